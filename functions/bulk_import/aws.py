@@ -1,0 +1,50 @@
+"""boto3 clients and the API key, built lazily and cached per execution environment.
+
+No endpoint code: boto3 honours AWS_ENDPOINT_URL, which is how the local stack is reached.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import boto3
+from botocore.config import Config
+
+from bulk_import.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+
+_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=16)
+
+
+@lru_cache(maxsize=1)
+def s3_client() -> S3Client:
+    return boto3.client("s3", config=_CONFIG)
+
+
+def vital_api_key(secret_name: str, max_age_seconds: int) -> str:
+    """The Vital API key from Secrets Manager via Powertools Parameters (cached ``max_age``)."""
+    from aws_lambda_powertools.utilities import parameters  # noqa: PLC0415 - cold start
+
+    try:
+        value = parameters.get_secret(secret_name, max_age=max_age_seconds)
+    except parameters.exceptions.GetParameterError as exc:
+        cause = type(exc.__cause__).__name__ if exc.__cause__ else "error"
+        raise ConfigurationError(
+            f"could not read the Vital API key from Secrets Manager secret '{secret_name}' "
+            f"({cause}); check VITAL_API_KEY_SECRET and the function's permissions"
+        ) from None
+    key = value.strip() if isinstance(value, str) else ""
+    if not key:
+        raise ConfigurationError(f"Secrets Manager secret '{secret_name}' is empty")
+    return key
+
+
+def clear_caches() -> None:
+    """For tests that point boto3 at a new endpoint."""
+    from aws_lambda_powertools.utilities import parameters  # noqa: PLC0415 - cold start
+
+    s3_client.cache_clear()
+    parameters.clear_caches()  # type: ignore[no-untyped-call]

@@ -1,0 +1,117 @@
+"""Pure chunking: rows grouped per provider into request bodies bounded by rows and bytes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from bulk_import.models import ChunkRecord, ConnectionRow, Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    """A validated row waiting to be sent: its line, user id and serialised ConnectionRecipe."""
+
+    line: int
+    user_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RowOutcome:
+    line: int
+    user_id: str
+    provider: str
+    outcome: Outcome
+    detail: str = ""
+
+
+def body_overhead(provider: str) -> int:
+    return len(_prefix(provider)) + len(_SUFFIX_TRUE)
+
+
+def _prefix(provider: str) -> bytes:
+    return b'{"provider":' + json.dumps(provider).encode() + b',"connections":['
+
+
+_SUFFIX_TRUE = b'],"wait_for_completion":true}'
+_SUFFIX_FALSE = b'],"wait_for_completion":false}'
+
+
+def serialise(row: ConnectionRow) -> bytes:
+    return json.dumps(row.recipe(), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(slots=True)
+class Chunk:
+    provider: str
+    rows: list[PendingRow] = field(default_factory=list)
+    payload_bytes: int = 0
+
+    @property
+    def first_line(self) -> int:
+        return self.rows[0].line
+
+    @property
+    def last_line(self) -> int:
+        return self.rows[-1].line
+
+    def body(self, wait_for_completion: bool) -> bytes:
+        suffix = _SUFFIX_TRUE if wait_for_completion else _SUFFIX_FALSE
+        return _prefix(self.provider) + b",".join(r.payload for r in self.rows) + suffix
+
+    def size_bytes(self) -> int:
+        return body_overhead(self.provider) + self.payload_bytes + max(0, len(self.rows) - 1)
+
+    def subset(self, rows: Iterable[PendingRow]) -> Chunk:
+        picked = list(rows)
+        return Chunk(self.provider, picked, sum(len(r.payload) for r in picked))
+
+    def record(self, **fields: object) -> ChunkRecord:
+        return ChunkRecord(
+            provider=self.provider,
+            first_line=self.first_line,
+            last_line=self.last_line,
+            size=len(self.rows),
+            bytes=self.size_bytes(),
+            **fields,
+        )
+
+    def outcomes(self, outcome: Outcome, detail: str) -> list[RowOutcome]:
+        return [RowOutcome(r.line, r.user_id, self.provider, outcome, detail) for r in self.rows]
+
+
+class Chunker:
+    """Buffers rows per provider; ``add`` returns a chunk when one is full."""
+
+    def __init__(self, max_rows: int, max_bytes: int) -> None:
+        self._max_rows = max_rows
+        self._max_bytes = max_bytes
+        self._open: dict[str, Chunk] = {}
+
+    def fits_alone(self, provider: str, payload: bytes) -> bool:
+        return body_overhead(provider) + len(payload) <= self._max_bytes
+
+    def add(self, provider: str, row: PendingRow) -> list[Chunk]:
+        """Add a row; returns the chunks it closed (none, or one, or two when max_rows is 1)."""
+        closed: list[Chunk] = []
+        current = self._open.get(provider)
+        if current is not None and current.size_bytes() + 1 + len(row.payload) > self._max_bytes:
+            closed.append(self._open.pop(provider))
+            current = None
+        if current is None:
+            current = self._open[provider] = Chunk(provider)
+        current.rows.append(row)
+        current.payload_bytes += len(row.payload)
+        if len(current.rows) >= self._max_rows:
+            closed.append(self._open.pop(provider))
+        return closed
+
+    def pending_rows(self) -> int:
+        return sum(len(c.rows) for c in self._open.values())
+
+    def flush(self) -> list[Chunk]:
+        chunks = [c for c in self._open.values() if c.rows]
+        self._open.clear()
+        return chunks

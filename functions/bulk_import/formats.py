@@ -1,0 +1,257 @@
+"""Row readers for JSONL/NDJSON, JSON arrays and CSV over a decompressed byte stream.
+
+Each reader yields one ``Record`` per input row with the row's line number (JSON arrays: the
+element's 1-based position). A row that cannot be parsed becomes a ``Record`` with an error so
+the rest of the file goes on; a file that cannot be parsed past some point raises
+``MalformedFile`` with the line where it broke.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import IO, Any
+
+from bulk_import.errors import MalformedFile, UnsupportedFile
+from bulk_import.models import RECIPE_FIELDS
+
+_BOM = b"\xef\xbb\xbf"
+_READ_SIZE = 256 * 1024
+
+
+class Format(StrEnum):
+    JSONL = "jsonl"
+    JSON = "json"
+    CSV = "csv"
+
+
+class Compression(StrEnum):
+    NONE = "none"
+    GZIP = "gzip"
+    ZSTD = "zstd"
+
+
+_FORMATS = {
+    ".jsonl": Format.JSONL,
+    ".ndjson": Format.JSONL,
+    ".json": Format.JSON,
+    ".csv": Format.CSV,
+}
+_COMPRESSIONS = {".gz": Compression.GZIP, ".zst": Compression.ZSTD}
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    line: int
+    data: dict[str, Any] | None
+    error: str | None = None
+
+
+def detect(key: str) -> tuple[Format, Compression]:
+    """Format and compression from the key's extensions, e.g. ``a/b.csv.gz``."""
+    name = key.rsplit("/", 1)[-1].lower()
+    compression = Compression.NONE
+    for ext, comp in _COMPRESSIONS.items():
+        if name.endswith(ext):
+            compression, name = comp, name[: -len(ext)]
+            break
+    for ext, fmt in _FORMATS.items():
+        if name.endswith(ext):
+            return fmt, compression
+    expected = ", ".join(sorted(_FORMATS)) + " (optionally ending in .gz or .zst)"
+    raise UnsupportedFile(f"unsupported file type for '{key.rsplit('/', 1)[-1]}'; use {expected}")
+
+
+def read_records(stream: IO[bytes], fmt: Format, max_row_bytes: int) -> Iterator[Record]:
+    if fmt is Format.JSONL:
+        return _read_jsonl(stream, max_row_bytes)
+    if fmt is Format.CSV:
+        return _read_csv(stream, max_row_bytes)
+    return _read_json_array(stream, max_row_bytes)
+
+
+def _object_or_error(line: int, value: Any) -> Record:
+    if isinstance(value, dict):
+        return Record(line, value)
+    return Record(line, None, f"expected a JSON object, got {_json_type(value)}")
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _decode_error(exc: json.JSONDecodeError) -> str:
+    # JSONDecodeError's own str() carries no input text, only a position.
+    return f"invalid JSON: {exc.msg} at column {exc.colno}"
+
+
+def _read_jsonl(stream: IO[bytes], limit: int) -> Iterator[Record]:
+    line = 0
+    while True:
+        raw = stream.readline(limit + 1)
+        if not raw:
+            return
+        line += 1
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            _skip_rest_of_line(stream, limit)
+            yield Record(line, None, f"line is longer than {limit} bytes")
+            continue
+        if line == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]
+        raw = raw.strip()
+        if not raw:
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            yield Record(line, None, _decode_error(exc))
+        except UnicodeDecodeError as exc:
+            yield Record(line, None, f"not valid UTF-8 (byte {exc.start + 1} of the line)")
+        except RecursionError:
+            yield Record(line, None, "JSON nested too deeply")
+        else:
+            yield _object_or_error(line, value)
+
+
+def _skip_rest_of_line(stream: IO[bytes], limit: int) -> None:
+    while True:
+        more = stream.readline(limit)
+        if not more or more.endswith(b"\n"):
+            return
+
+
+def normalise_header(name: str) -> str:
+    return name.strip().lower()
+
+
+def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    csv.field_size_limit(limit)
+    reader = csv.reader(text, strict=False)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        names = [normalise_header(h) for h in header]
+        missing = [f for f in RECIPE_FIELDS if f not in names and f != "oauth_scopes"]
+        if missing:
+            raise MalformedFile(
+                "CSV header (line 1) is missing column(s) "
+                + ", ".join(missing)
+                + "; expected "
+                + ", ".join((*RECIPE_FIELDS, "provider"))
+            )
+        width = len(names)
+        previous_end = reader.line_num
+        for values in reader:
+            start, previous_end = previous_end + 1, reader.line_num
+            if not values or (len(values) == 1 and not values[0].strip()):
+                continue
+            if len(values) != width:
+                yield Record(start, None, f"has {len(values)} fields, the header has {width}")
+                continue
+            yield Record(start, {k: v for k, v in zip(names, values, strict=True) if v != ""})
+    except UnicodeDecodeError:
+        raise MalformedFile(
+            f"not valid UTF-8 after line {reader.line_num}; save the file as UTF-8"
+        ) from None
+    except csv.Error as exc:
+        raise MalformedFile(f"CSV cannot be parsed at line {reader.line_num}: {exc}") from None
+    finally:
+        text.detach()
+
+
+def _read_json_array(stream: IO[bytes], limit: int) -> Iterator[Record]:
+    """Streams the elements of one top-level array without holding the file in memory."""
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig")
+    decoder = json.JSONDecoder()
+    reader = _TextWindow(text)
+    try:
+        if reader.next_significant() != "[":
+            raise MalformedFile("a .json file must hold one JSON array of objects, '[{...}, ...]'")
+        reader.advance(1)
+        index = 0
+        if reader.next_significant() == "]":
+            reader.advance(1)
+            reader.expect_end()
+            return
+        while True:
+            index += 1
+            value = reader.decode_value(decoder, limit, index)
+            yield _object_or_error(index, value)
+            separator = reader.next_significant()
+            reader.advance(1)
+            if separator == "]":
+                reader.expect_end()
+                return
+            if separator != ",":
+                found = "the end of the file" if separator == "" else f"'{separator}'"
+                raise MalformedFile(
+                    f"invalid JSON after element {index}: expected ',' or ']', found {found}"
+                )
+    except UnicodeDecodeError:
+        raise MalformedFile("not valid UTF-8; save the file as UTF-8") from None
+    finally:
+        text.detach()
+
+
+class _TextWindow:
+    """A sliding window over a text stream for incremental ``raw_decode``."""
+
+    def __init__(self, text: io.TextIOWrapper) -> None:
+        self._text = text
+        self._buf = ""
+        self._pos = 0
+        self._eof = False
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        chunk = self._text.read(_READ_SIZE)
+        if not chunk:
+            self._eof = True
+            return False
+        self._buf = self._buf[self._pos :] + chunk
+        self._pos = 0
+        return True
+
+    def next_significant(self) -> str:
+        """The next non-whitespace character ('' at end of input), without consuming it."""
+        while True:
+            while self._pos < len(self._buf) and self._buf[self._pos] in " \t\r\n":
+                self._pos += 1
+            if self._pos < len(self._buf):
+                return self._buf[self._pos]
+            if not self._fill():
+                return ""
+
+    def advance(self, n: int) -> None:
+        self._pos += n
+
+    def expect_end(self) -> None:
+        if self.next_significant() != "":
+            raise MalformedFile("unexpected content after the closing ']' of the JSON array")
+
+    def decode_value(self, decoder: json.JSONDecoder, limit: int, index: int) -> Any:
+        self.next_significant()
+        while True:
+            try:
+                value, end = decoder.raw_decode(self._buf, self._pos)
+            except json.JSONDecodeError as exc:
+                if len(self._buf) - self._pos > limit:
+                    raise MalformedFile(f"element {index} is larger than {limit} bytes") from None
+                if self._fill():
+                    continue
+                raise MalformedFile(f"invalid JSON in element {index}: {exc.msg}") from None
+            except RecursionError:
+                raise MalformedFile(f"element {index} is nested too deeply") from None
+            # A number or literal cut at the window's edge may continue in the next read.
+            if end == len(self._buf) and self._fill():
+                continue
+            self._pos = end
+            return value

@@ -1,0 +1,269 @@
+"""Pydantic models for every boundary: input rows, Vital bodies, and the result manifest."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    field_validator,
+)
+
+# Providers documented for Link bulk import (the enum is non-exhaustive; the SDK adds runkeeper).
+PROVIDERS: frozenset[str] = frozenset(
+    {
+        "oura",
+        "fitbit",
+        "garmin",
+        "strava",
+        "wahoo",
+        "ihealth",
+        "withings",
+        "google_fit",
+        "dexcom_v3",
+        "polar",
+        "cronometer",
+        "omron",
+        "whoop_v2",
+        "my_fitness_pal_v2",
+        "ultrahuman",
+        "runkeeper",
+    }
+)
+# Fields that carry credentials: never echoed in messages, outcomes or logs.
+SECRET_FIELDS: frozenset[str] = frozenset({"access_token", "refresh_token"})
+RECIPE_FIELDS: tuple[str, ...] = (
+    "user_id",
+    "access_token",
+    "refresh_token",
+    "provider_id",
+    "expires_at",
+    "oauth_scopes",
+)
+ROW_FIELDS: tuple[str, ...] = (*RECIPE_FIELDS, "provider")
+
+_SCOPE_SPLIT = re.compile(r"[\s,]+")
+_INT_TEXT = re.compile(r"[+-]?\d+")
+
+
+class Outcome(StrEnum):
+    IMPORTED = "imported"
+    FAILED = "failed"
+    ENQUEUED = "enqueued"
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+    ERRORED = "errored"
+
+
+def _scopes(value: Any) -> Any:
+    """CSV cells and some exports carry scopes as one space- or comma-separated string."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = [p for p in _SCOPE_SPLIT.split(value.strip()) if p]
+        return parts or None
+    return value
+
+
+def _expires_at(value: Any) -> Any:
+    """Accept integer epoch seconds, also as text (CSV) or an integral float; never a bool."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer (UNIX epoch seconds), not a boolean")
+    if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+        return int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _provider_id(value: Any) -> Any:
+    """Provider user ids are strings, but exports often store numeric ones as numbers."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+class ConnectionRow(BaseModel):
+    """One validated input row: Vital's ConnectionRecipe plus the provider it belongs to."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
+
+    provider: str
+    user_id: Annotated[str, Field(min_length=1)]
+    access_token: NonEmptyStr
+    refresh_token: NonEmptyStr
+    provider_id: Annotated[NonEmptyStr, BeforeValidator(_provider_id)]
+    expires_at: Annotated[StrictInt, BeforeValidator(_expires_at)]
+    oauth_scopes: Annotated[list[NonEmptyStr] | None, BeforeValidator(_scopes)] = None
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _known_provider(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in PROVIDERS:
+                raise ValueError(
+                    "unknown provider; expected one of " + ", ".join(sorted(PROVIDERS))
+                )
+        return value
+
+    @field_validator("user_id", mode="after")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueError("must be a Vital user id (a UUID)") from None
+
+    def recipe(self) -> dict[str, Any]:
+        """The ConnectionRecipe sent to Vital (no provider: that is per request)."""
+        return {
+            "user_id": self.user_id,
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "provider_id": self.provider_id,
+            "expires_at": self.expires_at,
+            "oauth_scopes": self.oauth_scopes,
+        }
+
+
+# --- Vital API bodies -------------------------------------------------------------------------
+
+
+class BulkImportResponse(BaseModel):
+    """200 body. 202 carries no body (or one we ignore)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    user_ids_imported: list[str] = Field(default_factory=list)
+    user_ids_failed: list[str] = Field(default_factory=list)
+
+
+class ValidationIssue(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    loc: list[str | int] = Field(default_factory=list)
+    msg: str = ""
+    type: str = ""
+
+
+class ValidationErrorBody(BaseModel):
+    """FastAPI's 422 shape. ``detail`` may also be a plain string on other errors."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    detail: list[ValidationIssue] | str = Field(default_factory=list)
+
+
+class BulkOp(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str | None = None
+    status: str
+    provider: str | None = None
+    pending: int | None = None
+    processed: int | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+
+
+class BulkOpPage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    data: list[BulkOp] = Field(default_factory=list)
+    next_cursor: str | None = None
+
+
+# --- Output contract --------------------------------------------------------------------------
+
+SCHEMA_VERSION = 1
+FileStatus = Literal["succeeded", "partial", "failed"]
+
+
+class SourceRef(BaseModel):
+    bucket: str
+    key: str
+    version_id: str | None = None
+    etag: str | None = None
+    size: int | None = None
+
+
+class Counts(BaseModel):
+    rows: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    imported: int = 0
+    failed: int = 0
+    enqueued: int = 0
+    errored: int = 0
+
+    def add(self, outcome: Outcome, n: int = 1) -> None:
+        self.rows += n
+        field = _COUNT_FIELD[outcome]
+        setattr(self, field, getattr(self, field) + n)
+
+    def merge(self, other: Counts) -> None:
+        for name in type(self).model_fields:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def balanced(self) -> bool:
+        return self.rows == (
+            self.rejected
+            + self.duplicates
+            + self.imported
+            + self.failed
+            + self.enqueued
+            + self.errored
+        )
+
+
+_COUNT_FIELD: dict[Outcome, str] = {
+    Outcome.IMPORTED: "imported",
+    Outcome.FAILED: "failed",
+    Outcome.ENQUEUED: "enqueued",
+    Outcome.REJECTED: "rejected",
+    Outcome.DUPLICATE: "duplicates",
+    Outcome.ERRORED: "errored",
+}
+
+
+class ChunkRecord(BaseModel):
+    provider: str
+    first_line: int
+    last_line: int
+    size: int
+    bytes: int
+    http_status: int | None = None
+    attempts: int = 0
+    duration_ms: int = 0
+    note: str | None = None
+
+
+class ErrorInfo(BaseModel):
+    type: str
+    message: str
+
+
+class Manifest(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    source: SourceRef
+    status: FileStatus
+    started_at: str
+    finished_at: str
+    counts: Counts
+    providers: dict[str, Counts] = Field(default_factory=dict)
+    chunks: list[ChunkRecord] = Field(default_factory=list)
+    bulk_ops: list[BulkOp] = Field(default_factory=list)
+    outcomes_key: str
+    error: ErrorInfo | None = None
