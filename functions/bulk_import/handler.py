@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -27,7 +28,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     )
     files = []
     for record in S3Event(event).records if "Records" in event else []:
-        bucket, key = record.s3.bucket.name, record.s3.get_object.key
+        # Keys arrive URL-encoded with spaces as '+' (Powertools decodes only the first record's).
+        bucket, key = record.s3.bucket.name, unquote_plus(record.s3.get_object.key)
         if not key.startswith(settings.incoming_prefix) or key.endswith("/"):
             logger.warning("ignoring object outside the incoming prefix", extra={"key": key})
             continue

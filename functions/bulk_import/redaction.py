@@ -18,9 +18,15 @@ _PATTERNS = (
     re.compile(r"(?P<k>\bBearer\s+)(?P<v>[A-Za-z0-9._~+/=-]+)", re.IGNORECASE),
     # JSON Web Tokens: three base64url segments, the first starting with '{"' encoded.
     re.compile(r"(?P<k>)(?P<v>\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*)"),
-    # "access_token": "value"  /  'refresh_token': 'value'  (JSON and Python reprs)
+    # "access_token": "value", 'refresh_token': 'value' (JSON and Python reprs: quoted keys)
     re.compile(
-        rf"""(?P<k>["']?{_SENSITIVE_NAMES}["']?\s*[:=]\s*)(?P<q>["']?)(?P<v>[^"'\s,}}&]+)(?P=q)""",
+        rf"""(?P<k>["']{_SENSITIVE_NAMES}["']\s*:\s*)(?P<q>["']?)(?P<v>[^"'\s,}}]+)(?P=q)""",
+        re.IGNORECASE,
+    ),
+    # access_token=value (query strings, key=value logs) and header lines
+    re.compile(
+        rf"""(?P<k>\b(?:{_SENSITIVE_NAMES}\s*=|(?:x-vital-api-key|authorization)\s*:)\s*)"""
+        rf"""(?P<q>["']?)(?P<v>[^"'\s,&}}]+)(?P=q)""",
         re.IGNORECASE,
     ),
 )
