@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
 SAMPLES = EVENTS / "samples"
 BUCKET = "vital-import-demo"
-SECRET_NAME = "vital/bulk-import/api-key"
+SECRET_NAME = "vital/bulk-import/api-key"  # noqa: S105 - a secret's name, not its value
 # One sample has no provider in its rows or key: it comes from the object's metadata.
 OBJECT_METADATA = {"garmin-connections.json.gz": {"provider": "garmin"}}
 # Sample user ids are uuid5(SAMPLE_NAMESPACE, "user-<n>"); two are unknown to the stand-in,
