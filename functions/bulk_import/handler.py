@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote_plus
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -32,6 +33,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         bucket, key = record.s3.bucket.name, unquote_plus(record.s3.get_object.key)
         if not key.startswith(settings.incoming_prefix) or key.endswith("/"):
             logger.warning("ignoring object outside the incoming prefix", extra={"key": key})
+            metrics.add_metric(name="FilesIgnored", unit=MetricUnit.Count, value=1)
             continue
         logger.append_keys(bucket=bucket, key=key)
         result = import_object(bucket, key, record.s3.get_object.version_id, settings, deps)

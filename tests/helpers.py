@@ -1,0 +1,117 @@
+"""Row, file and event builders shared by the test suites (not shipped)."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import quote_plus
+
+import zstandard
+
+RECIPE_COLUMNS = (
+    "provider",
+    "user_id",
+    "access_token",
+    "refresh_token",
+    "provider_id",
+    "expires_at",
+    "oauth_scopes",
+)
+
+
+def user_id(n: int, namespace: str = "tests") -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{namespace}/{n}"))
+
+
+def access_token(n: int) -> str:
+    """Unmistakable fake token values, searched for in every output by the hygiene tests."""
+    return f"tok-AT-{n:06d}-{uuid.uuid5(uuid.NAMESPACE_DNS, str(n)).hex[:12]}"
+
+
+def refresh_token(n: int) -> str:
+    return f"tok-RT-{n:06d}-{uuid.uuid5(uuid.NAMESPACE_OID, str(n)).hex[:12]}"
+
+
+def make_row(n: int, provider: str | None = "oura", **overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "user_id": user_id(n),
+        "access_token": access_token(n),
+        "refresh_token": refresh_token(n),
+        "provider_id": f"provider-user-{n}",
+        "expires_at": 1_893_456_000,
+        "oauth_scopes": ["daily", "heartrate"],
+    }
+    if provider is not None:
+        row["provider"] = provider
+    row.update(overrides)
+    return row
+
+
+def encode_rows(rows: Sequence[dict[str, Any]], fmt: str) -> bytes:
+    """Rows as the file bytes of ``fmt``: jsonl/ndjson, json (array) or csv."""
+    if fmt in {"jsonl", "ndjson"}:
+        return "".join(json.dumps(r) + "\n" for r in rows).encode()
+    if fmt == "json":
+        return json.dumps(list(rows), indent=1).encode()
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(RECIPE_COLUMNS)
+        for r in rows:
+            cells = []
+            for column in RECIPE_COLUMNS:
+                value = r.get(column)
+                if isinstance(value, list):
+                    value = " ".join(map(str, value))
+                cells.append("" if value is None else str(value))
+            writer.writerow(cells)
+        return out.getvalue().encode()
+    raise ValueError(fmt)
+
+
+def compress(data: bytes, compression: str) -> bytes:
+    if compression == "gz":
+        return gzip.compress(data)
+    if compression == "zst":
+        return zstandard.ZstdCompressor().compress(data)
+    return data
+
+
+def s3_event(
+    bucket: str, keys: Iterable[str], version_ids: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A direct S3 ObjectCreated notification; keys are URL-encoded as S3 does (space → '+')."""
+    records = []
+    for key in keys:
+        obj: dict[str, Any] = {
+            "key": quote_plus(key, safe="/"),
+            "size": 1,
+            "eTag": "x",
+            "sequencer": "00",
+        }
+        if version_ids and key in version_ids:
+            obj["versionId"] = version_ids[key]
+        records.append(
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "awsRegion": "us-east-1",
+                "eventTime": "2026-11-26T00:00:00.000Z",
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                    "object": obj,
+                },
+            }
+        )
+    return {"Records": records}
+
+
+def parse_outcomes(data: bytes) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8"))))

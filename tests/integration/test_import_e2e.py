@@ -1,0 +1,260 @@
+"""The whole path: S3 object → handler → Vital stand-in → results in S3, over real sockets."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from tests.helpers import (
+    access_token,
+    compress,
+    encode_rows,
+    make_row,
+    refresh_token,
+    s3_event,
+    user_id,
+)
+from tests.integration.conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+OUTCOME_COLUMNS = ["line", "user_id", "provider", "outcome", "detail"]
+
+
+def assert_invariant(manifest: dict, outcomes: list[dict[str, str]]) -> None:
+    counts = manifest["counts"]
+    assert counts["rows"] == sum(v for k, v in counts.items() if k != "rows")
+    assert len(outcomes) == counts["rows"]
+    assert len({o["line"] for o in outcomes}) == counts["rows"], "one outcome per line"
+    tally = Counter(o["outcome"] for o in outcomes)
+    assert tally["imported"] == counts["imported"]
+    assert tally["duplicate"] == counts["duplicates"]
+    assert tally["rejected"] == counts["rejected"]
+
+
+def test_mixed_file_is_imported_with_one_outcome_per_row(stack: Stack) -> None:
+    # Given 30 valid rows over three providers, 2 invalid rows, 1 duplicate, 1 user Vital fails
+    rows = [make_row(n, provider=("oura", "fitbit", "garmin")[n % 3]) for n in range(30)]
+    rows.insert(5, make_row(100, user_id="not-a-uuid"))
+    rows.insert(9, {**make_row(101), "expires_at": "soon"})
+    rows.append(dict(rows[0]))
+    stack.vital.add_known_users(*(user_id(n) for n in range(30) if n != 7))
+    stack.put("incoming/batch.jsonl", encode_rows(rows, "jsonl"))
+
+    # When the handler runs
+    result = stack.import_keys("incoming/batch.jsonl")
+
+    # Then every row has exactly one outcome and the counts add up
+    manifest = stack.manifest("results/batch.jsonl/")
+    outcomes = stack.outcomes("results/batch.jsonl/")
+    assert result["files"][0]["status"] == "partial"
+    assert manifest["status"] == "partial"
+    assert manifest["counts"] == {
+        "rows": 33,
+        "rejected": 2,
+        "duplicates": 1,
+        "imported": 29,
+        "failed": 1,
+        "enqueued": 0,
+        "errored": 0,
+    }
+    assert_invariant(manifest, outcomes)
+    by_line = {int(o["line"]): o for o in outcomes}
+    assert by_line[6]["outcome"] == "rejected"
+    assert "user_id" in by_line[6]["detail"]
+    assert by_line[10]["outcome"] == "rejected"
+    assert by_line[10]["detail"].startswith("expires_at")
+    assert by_line[33]["outcome"] == "duplicate"
+    assert "line 1" in by_line[33]["detail"]
+    assert {o["outcome"] for o in outcomes if o["user_id"] == user_id(7)} == {"failed"}
+    # And every valid row reached Vital exactly once, grouped by provider, CHUNK_SIZE bounded
+    posted = stack.vital.posted_connections()
+    valid = [make_row(n, provider=("oura", "fitbit", "garmin")[n % 3]) for n in range(30)]
+    assert sorted(posted) == sorted((r["provider"], r["user_id"]) for r in valid)
+    assert len(posted) == len(set(posted)) == 30
+    for request in stack.vital.bulk_import_requests():
+        assert len(request.user_ids) <= 10
+        assert request.query.get("team_id") is None
+    assert set(manifest["providers"]) == {"oura", "fitbit", "garmin"}
+    assert sum(c["size"] for c in manifest["chunks"]) == 30
+    assert manifest["source"]["bucket"] == stack.bucket
+    assert manifest["source"]["etag"]
+    assert manifest["source"]["size"] > 0
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "ndjson", "json", "csv"])
+@pytest.mark.parametrize("compression", ["", "gz", "zst"])
+def test_every_format_and_compression(stack: Stack, fmt: str, compression: str) -> None:
+    rows = [make_row(n, provider="withings") for n in range(25)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    key = f"incoming/export.{fmt}" + (f".{compression}" if compression else "")
+    stack.put(key, compress(encode_rows(rows, fmt), compression))
+
+    stack.import_keys(key)
+
+    prefix = "results/" + key.removeprefix("incoming/") + "/"
+    manifest = stack.manifest(prefix)
+    assert manifest["status"] == "succeeded", manifest.get("error")
+    assert manifest["counts"]["imported"] == 25
+    assert_invariant(manifest, stack.outcomes(prefix))
+    assert len(stack.vital.posted_connections()) == 25
+
+
+def test_key_with_spaces_and_unicode(stack: Stack) -> None:
+    key = "incoming/oura/Été 2026/exports + more 日本 ü.csv"
+    rows = [make_row(n, provider=None) for n in range(3)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put(key, encode_rows(rows, "csv"))
+
+    result = stack.invoke(s3_event(stack.bucket, [key]))
+
+    prefix = "results/oura/Été 2026/exports + more 日本 ü.csv/"
+    assert result["files"][0]["manifest"] == prefix + "manifest.json"
+    manifest = stack.manifest(prefix)
+    assert manifest["source"]["key"] == key
+    assert manifest["counts"]["imported"] == 3
+    assert {p for p, _ in stack.vital.posted_connections()} == {"oura"}
+
+
+def test_provider_from_object_metadata(stack: Stack) -> None:
+    rows = [make_row(n, provider=None) for n in range(4)]
+    rows.append(make_row(9, provider="polar"))  # a row's own provider wins
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put("incoming/no-provider.jsonl", encode_rows(rows, "jsonl"), {"provider": "dexcom_v3"})
+
+    stack.import_keys("incoming/no-provider.jsonl")
+
+    manifest = stack.manifest("results/no-provider.jsonl/")
+    assert manifest["counts"]["imported"] == 5
+    assert sorted(stack.vital.posted_connections()) == sorted(
+        [("dexcom_v3", r["user_id"]) for r in rows[:4]] + [("polar", rows[4]["user_id"])]
+    )
+
+
+def test_rows_without_any_provider_are_rejected_with_a_hint(stack: Stack) -> None:
+    stack.put("incoming/anon.jsonl", encode_rows([make_row(1, provider=None)], "jsonl"))
+
+    stack.import_keys("incoming/anon.jsonl")
+
+    (outcome,) = stack.outcomes("results/anon.jsonl/")
+    assert outcome["outcome"] == "rejected"
+    assert "incoming/<provider>/" in outcome["detail"]
+    assert stack.vital.bulk_import_requests() == []
+
+
+def test_outcomes_csv_header_and_manifest_shape(stack: Stack) -> None:
+    stack.vital.add_known_users(user_id(1))
+    stack.put("incoming/one.csv", encode_rows([make_row(1)], "csv"))
+
+    stack.import_keys("incoming/one.csv")
+
+    header = stack.get("results/one.csv/outcomes.csv").decode().splitlines()[0]
+    assert header == ",".join(OUTCOME_COLUMNS)
+    manifest = stack.manifest("results/one.csv/")
+    assert manifest["schema_version"] == 1
+    assert set(manifest) >= {
+        "schema_version",
+        "source",
+        "status",
+        "started_at",
+        "finished_at",
+        "counts",
+        "providers",
+        "chunks",
+        "error",
+    }
+    (chunk,) = manifest["chunks"]
+    assert chunk["provider"] == "oura"
+    assert (chunk["first_line"], chunk["last_line"], chunk["size"]) == (2, 2, 1)
+    assert chunk["http_status"] == 200
+    assert chunk["attempts"] == 1
+
+
+def test_enqueued_rows_and_bulk_ops_reconciliation(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WAIT_FOR_COMPLETION", "false")
+    rows = [make_row(n, provider="fitbit") for n in range(12)]
+    stack.put("incoming/async.jsonl", encode_rows(rows, "jsonl"))
+
+    stack.import_keys("incoming/async.jsonl")
+
+    manifest = stack.manifest("results/async.jsonl/")
+    assert manifest["status"] == "succeeded"
+    assert manifest["counts"]["enqueued"] == 12
+    assert {c["http_status"] for c in manifest["chunks"]} == {202}
+    assert len(manifest["bulk_ops"]) == 2
+    assert {op["status"] for op in manifest["bulk_ops"]} == {"success"}
+    assert {op["provider"] for op in manifest["bulk_ops"]} == {"fitbit"}
+
+
+@pytest.mark.parametrize(
+    ("key", "body", "error_type", "phrase"),
+    [
+        ("incoming/notes.txt", b"hello", "UnsupportedFile", "unsupported file type"),
+        ("incoming/bad.jsonl.gz", b"\x1f\x8b\x08\x00garbage-not-gzip", "MalformedFile", "gzip"),
+        ("incoming/bad.csv.zst", b"\x28\xb5\x2f\xfdnot really zstd", "MalformedFile", "zstd"),
+        (
+            "incoming/latin1.csv",
+            "user_id,access_token,refresh_token,provider_id,expires_at\nü,a,b,c,1\n".encode(
+                "latin-1"
+            ),
+            "MalformedFile",
+            "UTF-8",
+        ),
+        ("incoming/obj.json", b'{"user_id": "x"}', "MalformedFile", "JSON array"),
+        ("incoming/nocols.csv", b"name,email\nx,y\n", "MalformedFile", "missing column"),
+        ("incoming/hidden-gzip.jsonl", b"\x1f\x8b\x08\x00\x00\x00", "MalformedFile", ".gz"),
+    ],
+)
+def test_unprocessable_files_end_failed_and_handler_returns(
+    stack: Stack, key: str, body: bytes, error_type: str, phrase: str
+) -> None:
+    stack.put(key, body)
+
+    result = stack.import_keys(key)
+
+    assert result["files"][0]["status"] == "failed"
+    manifest = stack.manifest("results/" + key.removeprefix("incoming/") + "/")
+    assert manifest["status"] == "failed"
+    assert manifest["error"]["type"] == error_type
+    assert phrase in manifest["error"]["message"]
+    assert_invariant(manifest, stack.outcomes("results/" + key.removeprefix("incoming/") + "/"))
+
+
+def test_missing_object_fails_cleanly(stack: Stack) -> None:
+    result = stack.import_keys("incoming/gone.jsonl")
+
+    assert result["files"][0]["status"] == "failed"
+    manifest = stack.manifest("results/gone.jsonl/")
+    assert manifest["error"]["type"] == "SourceNotFound"
+    assert manifest["counts"]["rows"] == 0
+
+
+def test_keys_outside_incoming_and_test_events_are_ignored(stack: Stack) -> None:
+    stack.put("results/x.jsonl/manifest.json", b"{}")
+
+    assert stack.import_keys("results/x.jsonl/manifest.json") == {"files": []}
+    assert stack.invoke({"Service": "Amazon S3", "Event": "s3:TestEvent"}) == {"files": []}
+
+
+def test_no_token_value_in_any_output(stack: Stack) -> None:
+    # Valid rows, invalid rows whose tokens sit next to the broken field, and failures.
+    rows = [make_row(n) for n in range(20)]
+    rows += [make_row(n, user_id="bad") for n in range(20, 25)]
+    rows += [make_row(n, expires_at=[1]) for n in range(25, 28)]
+    rows += [make_row(n, access_token=123456) for n in range(28, 30)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows[:10]))
+    stack.put("incoming/secrets.jsonl", encode_rows(rows, "jsonl"))
+    stack.put("incoming/secrets.csv", encode_rows(rows, "csv"))
+
+    stack.import_keys("incoming/secrets.jsonl", "incoming/secrets.csv")
+
+    written = stack.everything_written()
+    assert "outcomes" in written  # the capture really saw the outputs
+    assert len(stack.log_lines) > 3
+    assert stack.vital.api_key not in written
+    for n in range(30):
+        assert access_token(n) not in written
+        assert refresh_token(n) not in written
