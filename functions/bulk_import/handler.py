@@ -54,8 +54,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
                 "manifest": result.manifest_key,
             }
         )
-    if not files and "Records" not in event:
-        logger.warning(
-            "event is not an S3 notification; nothing to do", extra={"keys": sorted(event)}
-        )
+    if "Records" not in event:
+        logger.warning("not an S3 notification; nothing to do", extra={"keys": sorted(event)})
+        metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
     return {"files": files}
