@@ -26,7 +26,7 @@ typecheck: venv ## mypy --strict on the Lambda package
 	$(PY) -m mypy
 
 cfn-lint: venv ## lint template.yaml
-	$(PY) -m cfnlint template.yaml
+	.venv/bin/cfn-lint template.yaml
 
 unit: venv ## unit tests only
 	$(PY) -m pytest tests/unit
