@@ -105,6 +105,7 @@ class _Run:
         self.writer = OutcomeWriter()
         self.last_progress = time.monotonic()
         self.chunks_done = 0
+        self.probed = False
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -225,7 +226,9 @@ class _Run:
             self.stop_reason = exc
             self._write(chunk.outcomes(Outcome.ERRORED, f"not sent: {exc}"))
             return
-        while len(self.in_flight) >= self.settings.max_concurrency:
+        # The first chunk goes alone: a rejected key or disabled Link Migration then costs one
+        # request, not MAX_CONCURRENCY of them.
+        while len(self.in_flight) >= (self.settings.max_concurrency if self.probed else 1):
             self._collect(block=True)
             if self.stop_reason is not None:
                 self._write(chunk.outcomes(Outcome.ERRORED, f"not sent: {self.stop_reason}"))
@@ -261,6 +264,7 @@ class _Run:
         self.chunk_records.extend(report.records)
         self._write(report.outcomes)
         self.chunks_done += 1
+        self.probed = self.probed or report.fatal is None
         if report.fatal is not None and self.stop_reason is None:
             self.stop_reason = ImportAborted(str(report.fatal))
             logger.error(
