@@ -15,6 +15,9 @@ from bulk_import.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_sqs.client import SQSClient
+
+    from bulk_import.models import ContinuationMessage
 
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=16)
 
@@ -47,4 +50,20 @@ def clear_caches() -> None:
     from aws_lambda_powertools.utilities import parameters  # noqa: PLC0415 - cold start
 
     s3_client.cache_clear()
+    sqs_client.cache_clear()
     parameters.clear_caches()  # type: ignore[no-untyped-call]
+
+
+@lru_cache(maxsize=1)
+def sqs_client() -> SQSClient:
+    return boto3.client("sqs", config=_CONFIG)
+
+
+def hand_off(message: ContinuationMessage, queue_url: str | None) -> None:
+    """Queue the rest of a long file for a fresh invocation (the message holds no tokens)."""
+    if not queue_url:
+        raise ConfigurationError(
+            "the file needs another invocation but CONTINUATION_QUEUE_URL is not set; "
+            "invoke the function again with the same event to resume from the checkpoint"
+        )
+    sqs_client().send_message(QueueUrl=queue_url, MessageBody=message.model_dump_json())

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 
 from bulk_import.models import ChunkRecord, ConnectionRow, Outcome
 
+# Bump when chunk boundaries change for the same input and settings: checkpoints taken by an
+# older version then refuse to resume instead of replaying different chunks.
+CHUNKING_VERSION = 1
+
 
 @dataclass(frozen=True, slots=True)
 class PendingRow:
@@ -28,7 +32,8 @@ class RowOutcome:
 
 
 def body_overhead(provider: str) -> int:
-    return len(_prefix(provider)) + len(_SUFFIX_TRUE)
+    """Bytes around the connections; counts the longer suffix so either body fits the bound."""
+    return len(_prefix(provider)) + len(_SUFFIX_FALSE)
 
 
 def _prefix(provider: str) -> bytes:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 PRODUCTION_BASE_URL = "https://api.tryvital.io"
 
@@ -56,9 +56,23 @@ class Settings(BaseModel):
     )
     # Seconds of Lambda time kept in reserve to finish in-flight chunks and checkpoint.
     safety_margin_seconds: float = Field(default=60.0, ge=0, alias="SAFETY_MARGIN_SECONDS")
+    # Chunks sent between two checkpoints (0: twice MAX_CONCURRENCY). Smaller means fewer rows
+    # in doubt after a crash, larger means fewer S3 writes.
+    checkpoint_every_chunks: int = Field(default=0, ge=0, alias="CHECKPOINT_EVERY_CHUNKS")
     http_timeout_seconds: float = Field(default=30.0, gt=0, alias="HTTP_TIMEOUT_SECONDS")
     max_attempts: int = Field(default=5, ge=1, le=20, alias="MAX_ATTEMPTS")
     secret_max_age_seconds: int = Field(default=300, ge=0, alias="SECRET_MAX_AGE_SECONDS")
+
+    @model_validator(mode="after")
+    def _prefixes_apart(self) -> Settings:
+        """Outputs inside the incoming prefix would trigger the function on its own results."""
+        for name, prefix in (
+            ("RESULTS_PREFIX", self.results_prefix),
+            ("RETRY_PREFIX", self.retry_prefix),
+        ):
+            if prefix.startswith(self.incoming_prefix) or self.incoming_prefix.startswith(prefix):
+                raise ValueError(f"{name} ({prefix}) must not overlap INCOMING_PREFIX")
+        return self
 
     @property
     def bulk_import_url(self) -> str:

@@ -5,6 +5,11 @@ Messages are written for the person who uploaded the file and never include row 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bulk_import.models import ErrorInfo
+
 
 class FileError(Exception):
     """The file as a whole cannot be (fully) processed; the manifest says ``failed``."""
@@ -44,3 +49,16 @@ class ConfigurationError(FileError):
 
 class InternalError(FileError):
     """An unexpected exception; details are in the function's logs, not in the manifest."""
+
+
+def to_info(error: FileError | None) -> ErrorInfo | None:
+    from bulk_import.models import ErrorInfo  # noqa: PLC0415 - models imports nothing from here
+
+    return None if error is None else ErrorInfo(type=error.kind, message=error.message)
+
+
+def from_info(info: ErrorInfo) -> FileError:
+    """Rebuild a stored stop reason (kept across invocations in the checkpoint)."""
+    classes: list[type[FileError]] = [FileError, *FileError.__subclasses__()]
+    kinds = {cls.__name__: cls for cls in classes}
+    return kinds.get(info.type, FileError)(info.message)

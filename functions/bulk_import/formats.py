@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,6 +21,8 @@ from bulk_import.errors import MalformedFile, UnsupportedFile
 from bulk_import.models import RECIPE_FIELDS
 
 _BOM = b"\xef\xbb\xbf"
+_CUT_WINDOW = 16
+_NUMBER_TAIL = re.compile(r"[0-9.eE+-]*")
 _READ_SIZE = 256 * 1024
 
 
@@ -93,12 +96,13 @@ def _decode_error(exc: json.JSONDecodeError) -> str:
 def _read_jsonl(stream: IO[bytes], limit: int) -> Iterator[Record]:
     line = 0
     while True:
-        raw = stream.readline(limit + 1)
+        raw = stream.readline(limit + 2)  # room for the limit plus "\r\n"
         if not raw:
             return
         line += 1
-        if len(raw) > limit and not raw.endswith(b"\n"):
-            _skip_rest_of_line(stream, limit)
+        if len(raw.rstrip(b"\r\n")) > limit:
+            if not raw.endswith(b"\n"):
+                _skip_rest_of_line(stream, limit)
             yield Record(line, None, f"line is longer than {limit} bytes")
             continue
         if line == 1 and raw.startswith(_BOM):
@@ -243,6 +247,8 @@ class _TextWindow:
             try:
                 value, end = decoder.raw_decode(self._buf, self._pos)
             except json.JSONDecodeError as exc:
+                if not self._cut_short(exc):
+                    raise MalformedFile(f"invalid JSON in element {index}: {exc.msg}") from None
                 if len(self._buf) - self._pos > limit:
                     raise MalformedFile(f"element {index} is larger than {limit} bytes") from None
                 if self._fill():
@@ -250,8 +256,20 @@ class _TextWindow:
                 raise MalformedFile(f"invalid JSON in element {index}: {exc.msg}") from None
             except RecursionError:
                 raise MalformedFile(f"element {index} is nested too deeply") from None
-            # A number or literal cut at the window's edge may continue in the next read.
-            if end == len(self._buf) and self._fill():
+            # A number cut at the window's edge ('1.' of '1.5') may continue in the next read.
+            if not self._eof and _NUMBER_TAIL.fullmatch(self._buf, end) and self._fill():
                 continue
+            if end - self._pos > limit:
+                raise MalformedFile(f"element {index} is larger than {limit} bytes")
             self._pos = end
             return value
+
+    def _cut_short(self, exc: json.JSONDecodeError) -> bool:
+        """Whether the error may only mean the element continues past the buffered text."""
+        if self._eof:
+            return False
+        if exc.msg.startswith("Unterminated string"):
+            return True
+        # Errors near the end (a literal, number or key cut in half) may be a cut; further in
+        # they are real: after a refill the same broken text is no longer near the end.
+        return exc.pos >= len(self._buf) - _CUT_WINDOW

@@ -1,4 +1,8 @@
-"""Lambda entry point: parse the S3 event, import each object, return a short summary."""
+"""Lambda entry point: turn S3 notifications and continuation messages into imports.
+
+Thin on purpose: the pipeline does the work; this module only parses events, applies the
+duplicate guard, hands long files on, and reports.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,22 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.data_classes import S3Event
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+)
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
 
 from bulk_import import aws
-from bulk_import.config import get_settings
+from bulk_import.config import Settings, get_settings
+from bulk_import.idempotency import once_per_ref
+from bulk_import.models import ContinuationMessage, ObjectRef
 from bulk_import.observability import logger, metrics, record_file_metrics, tracer
-from bulk_import.pipeline import Dependencies, import_object
+from bulk_import.pipeline import Dependencies, FileResult, import_object
+
+
+class ImportStillRunning(Exception):
+    """Another invocation holds this S3 event's object; raised so Lambda retries it later."""
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -27,34 +40,85 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         ),
         remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000,
     )
-    files = []
-    for record in S3Event(event).records if "Records" in event else []:
-        # Keys arrive URL-encoded with spaces as '+' (Powertools decodes only the first record's).
-        bucket, key = record.s3.bucket.name, unquote_plus(record.s3.get_object.key)
+    work = once_per_ref(
+        lambda ref: _import(ref, settings, deps), settings.idempotency_table, context
+    )
+    files, busy = [], []
+    for ref, from_queue in _refs(event, settings):
+        logger.append_keys(bucket=ref.bucket, key=ref.key, segment=ref.segment)
+        try:
+            files.append(work(ref))
+        except IdempotencyAlreadyInProgressError:
+            logger.warning("another invocation is importing this object right now")
+            metrics.add_metric(name="DuplicateInProgress", unit=MetricUnit.Count, value=1)
+            if not from_queue:
+                busy.append(ref.key)  # an S3 retry may be the only copy: let Lambda retry it
+    if busy:
+        raise ImportStillRunning(f"{len(busy)} object(s) are being imported by another invocation")
+    return {"files": files}
+
+
+def _import(ref: ObjectRef, settings: Settings, deps: Dependencies) -> dict[str, Any]:
+    result = import_object(ref, settings, deps)
+    record_file_metrics(result.manifest, result.call_stats)
+    if result.continuation is not None:
+        aws.hand_off(ContinuationMessage(ref=result.continuation), settings.continuation_queue_url)
+    return _summary(result)
+
+
+def _summary(result: FileResult) -> dict[str, Any]:
+    summary: dict[str, Any] = {"key": result.ref.key, "segment": result.ref.segment}
+    if result.skipped is not None:
+        summary.update(status="skipped", reason=result.skipped)
+    elif result.continuation is not None:
+        summary.update(status="continued", next_segment=result.continuation.segment)
+    elif result.manifest is not None:
+        manifest = result.manifest
+        summary.update(
+            status=manifest.status,
+            counts=manifest.counts.model_dump(),
+            manifest=result.manifest_key,
+        )
+        logger.info(
+            "file finished",
+            extra={
+                "status": manifest.status,
+                "counts": manifest.counts.model_dump(),
+                "manifest": f"s3://{result.ref.bucket}/{result.manifest_key}",
+            },
+        )
+    return summary
+
+
+def _refs(event: dict[str, Any], settings: Settings) -> list[tuple[ObjectRef, bool]]:
+    """(ref, came from the continuation queue) for every record worth importing."""
+    if not isinstance(event.get("Records"), list):
+        logger.warning("not an S3 or SQS event; nothing to do", extra={"keys": sorted(event)})
+        metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
+        return []
+    refs: list[tuple[ObjectRef, bool]] = []
+    for record in event["Records"]:
+        if record.get("eventSource") == "aws:sqs":
+            try:
+                refs.append((ContinuationMessage.model_validate_json(record["body"]).ref, True))
+            except (ValidationError, KeyError):
+                logger.error("ignoring a queue message that is not a continuation")
+                metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
+            continue
+        s3 = record.get("s3", {})
+        obj = s3.get("object", {})
+        # Keys arrive URL-encoded with spaces as '+'.
+        key = unquote_plus(obj.get("key", ""))
         if not key.startswith(settings.incoming_prefix) or key.endswith("/"):
             logger.warning("ignoring object outside the incoming prefix", extra={"key": key})
             metrics.add_metric(name="FilesIgnored", unit=MetricUnit.Count, value=1)
             continue
-        logger.append_keys(bucket=bucket, key=key)
-        result = import_object(bucket, key, record.s3.get_object.version_id, settings, deps)
-        record_file_metrics(result.manifest, result.call_stats)
-        logger.info(
-            "file finished",
-            extra={
-                "status": result.manifest.status,
-                "counts": result.manifest.counts.model_dump(),
-                "manifest": f"s3://{bucket}/{result.manifest_key}",
-            },
+        ref = ObjectRef(
+            bucket=s3.get("bucket", {}).get("name", ""),
+            key=key,
+            version_id=obj.get("versionId") or None,
+            etag=(obj.get("eTag") or "").strip('"') or None,
+            sequencer=obj.get("sequencer") or None,
         )
-        files.append(
-            {
-                "key": key,
-                "status": result.manifest.status,
-                "counts": result.manifest.counts.model_dump(),
-                "manifest": result.manifest_key,
-            }
-        )
-    if "Records" not in event:
-        logger.warning("not an S3 notification; nothing to do", extra={"keys": sorted(event)})
-        metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
-    return {"files": files}
+        refs.append((ref, False))
+    return refs

@@ -196,6 +196,8 @@ class SourceRef(BaseModel):
     version_id: str | None = None
     etag: str | None = None
     size: int | None = None
+    # S3's event sequencer: with the ETag, tells two uploads of one unversioned key apart.
+    sequencer: str | None = None
 
 
 class Counts(BaseModel):
@@ -266,4 +268,64 @@ class Manifest(BaseModel):
     chunks: list[ChunkRecord] = Field(default_factory=list)
     bulk_ops: list[BulkOp] = Field(default_factory=list)
     outcomes_key: str
+    # Where the original rows of failed and errored rows are, to fix and upload again.
+    retry_key: str | None = None
+    # How many invocations the import took (long files continue in fresh invocations).
+    segments: int = 1
     error: ErrorInfo | None = None
+
+
+# --- Work items and checkpoints ---------------------------------------------------------------
+
+
+class ObjectRef(BaseModel):
+    """One object version to import, and which invocation (segment) of its import this is.
+
+    The idempotency key: a redelivered S3 event or continuation message maps to the same ref.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    key: str
+    version_id: str | None = None
+    # Without versioning, the ETag and S3's sequencer tell two uploads of one key apart.
+    etag: str | None = None
+    sequencer: str | None = None
+    segment: int = Field(default=0, ge=0)
+
+
+class ContinuationMessage(BaseModel):
+    """The SQS message that hands the rest of a file to a fresh invocation (no tokens)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["bulk-import-continuation"] = "bulk-import-continuation"
+    ref: ObjectRef
+
+
+class Checkpoint(BaseModel):
+    """What a later invocation needs to resume a file without re-sending any chunk.
+
+    Chunks are numbered in the deterministic order the chunker emits them. ``lease`` is the
+    number of chunks that may have been sent; every chunk below ``settled_below`` or in
+    ``settled_extra`` has its outcomes stored in ``parts``. A chunk under the lease that is not
+    settled is in doubt after a crash: it is reported ``errored``, never sent again. Rejected and
+    duplicate rows up to ``lines_done`` are in the parts too.
+    """
+
+    schema_version: int = 1
+    source: SourceRef
+    fingerprint: str
+    started_at: str
+    next_segment: int
+    lease: int = 0
+    settled_below: int = 0
+    settled_extra: list[int] = Field(default_factory=list)
+    lines_done: int = 0
+    counts: Counts = Field(default_factory=Counts)
+    providers: dict[str, Counts] = Field(default_factory=dict)
+    chunks: list[ChunkRecord] = Field(default_factory=list)
+    outcome_parts: list[str] = Field(default_factory=list)
+    retry_parts: list[str] = Field(default_factory=list)
+    stop_reason: ErrorInfo | None = None

@@ -35,8 +35,17 @@ metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 tracer = Tracer(service=SERVICE)
 
 
-def record_file_metrics(manifest: Manifest, stats: CallStats | None) -> None:
-    """EMF metrics for one file: totals on the service dimension, rows per provider apart."""
+def record_file_metrics(manifest: Manifest | None, stats: CallStats | None) -> None:
+    """EMF metrics: HTTP stats per invocation; row totals (and per provider) once per file."""
+    if stats is not None:
+        metrics.add_metric(name="Retries", unit=MetricUnit.Count, value=stats.retries)
+        metrics.add_metric(name="Throttles", unit=MetricUnit.Count, value=stats.throttles)
+        metrics.add_metric(name="ServerErrors", unit=MetricUnit.Count, value=stats.server_errors)
+        metrics.add_metric(
+            name="RetryWaitSeconds", unit=MetricUnit.Seconds, value=stats.wait_seconds
+        )
+    if manifest is None:
+        return
     counts = manifest.counts
     for name, value in (
         ("RowsRead", counts.rows),
@@ -54,13 +63,6 @@ def record_file_metrics(manifest: Manifest, stats: CallStats | None) -> None:
         unit=MetricUnit.Count,
         value=1,
     )
-    if stats is not None:
-        metrics.add_metric(name="Retries", unit=MetricUnit.Count, value=stats.retries)
-        metrics.add_metric(name="Throttles", unit=MetricUnit.Count, value=stats.throttles)
-        metrics.add_metric(name="ServerErrors", unit=MetricUnit.Count, value=stats.server_errors)
-        metrics.add_metric(
-            name="RetryWaitSeconds", unit=MetricUnit.Seconds, value=stats.wait_seconds
-        )
     for provider, per in manifest.providers.items():
         for name, value in (("RowsImported", per.imported), ("RowsFailed", per.failed)):
             with single_metric(

@@ -3,10 +3,17 @@
 Reading, validation and outcome writing happen on the calling thread; only the POSTs run on
 worker threads, at most ``MAX_CONCURRENCY`` at a time. A full pool blocks reading (back-pressure),
 so memory stays bounded by the chunks in flight, whatever the file's size.
+
+Exactly-once across crashes, retries and continuations rests on one fact: reading the same file
+with the same settings yields the same chunks in the same order. A checkpoint records how many
+chunks may have been sent (the lease) and which have their outcomes stored; a later invocation
+replays the file, skips what is settled, reports unsettled chunks under the lease as in doubt
+(``errored``, never re-sent), and posts the rest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -15,19 +22,23 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import httpx
+from botocore.exceptions import BotoCoreError, ClientError
 
-from bulk_import import formats, sources
-from bulk_import.chunking import Chunk, Chunker, PendingRow, RowOutcome, serialise
+from bulk_import import errors, formats, sources
+from bulk_import.checkpoint import CheckpointStore
+from bulk_import.chunking import CHUNKING_VERSION, Chunk, Chunker, PendingRow, RowOutcome, serialise
 from bulk_import.config import Settings
 from bulk_import.errors import FileError, ImportAborted, InternalError
 from bulk_import.models import (
     BulkOp,
+    Checkpoint,
     ChunkRecord,
     ConnectionRow,
     Counts,
     ErrorInfo,
     FileStatus,
     Manifest,
+    ObjectRef,
     Outcome,
     SourceRef,
 )
@@ -37,7 +48,11 @@ from bulk_import.redaction import redact_text
 from bulk_import.results import (
     MANIFEST_NAME,
     OUTCOMES_NAME,
-    OutcomeWriter,
+    RETRY_NAME,
+    OutcomeSpool,
+    RetrySpool,
+    assemble,
+    outcomes_header,
     results_prefix,
     write_manifest,
 )
@@ -52,6 +67,12 @@ PROGRESS_EVERY_SECONDS = 15.0
 THRESHOLD_WARMUP_ROWS = 100
 BULK_OP_POLL_SECONDS = 2.0
 BULK_OP_MAX_WAIT_SECONDS = 60.0
+DEADLINE_CHECK_EVERY_RECORDS = 64
+IN_DOUBT_DETAIL = (
+    "in doubt: the function stopped while this chunk was being sent, so it is not sent again; "
+    "check GET /v2/user/providers/{user_id} and re-upload the row from retry.jsonl if needed"
+)
+RETRY_OUTCOMES = frozenset({Outcome.FAILED, Outcome.ERRORED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,93 +87,230 @@ class Dependencies:
 
 @dataclass(frozen=True, slots=True)
 class FileResult:
-    manifest: Manifest
+    """A finished file (``manifest``), a hand-off (``continuation``) or a ``skipped`` duplicate."""
+
+    ref: ObjectRef
     manifest_key: str
-    call_stats: CallStats | None
+    manifest: Manifest | None = None
+    call_stats: CallStats | None = None
+    continuation: ObjectRef | None = None
+    skipped: str | None = None
 
 
-def import_object(
-    bucket: str, key: str, version_id: str | None, settings: Settings, deps: Dependencies
-) -> FileResult:
-    return _Run(bucket, key, version_id, settings, deps).execute()
+class TransientError(Exception):
+    """S3 failed mid-file after boto3's own retries: checkpointed, then raised for a retry."""
+
+
+class _DeadlineReached(Exception):
+    pass
+
+
+def import_object(ref: ObjectRef, settings: Settings, deps: Dependencies) -> FileResult:
+    return _Run(ref, settings, deps).execute()
+
+
+def fingerprint(settings: Settings) -> str:
+    """Everything that decides chunk boundaries: a resume with other values cannot replay."""
+    basis = f"v{CHUNKING_VERSION};rows={settings.chunk_size};bytes={settings.max_body_bytes}"
+    return hashlib.sha256(basis.encode()).hexdigest()[:16]
 
 
 class _Run:
-    def __init__(
-        self,
-        bucket: str,
-        key: str,
-        version_id: str | None,
-        settings: Settings,
-        deps: Dependencies,
-    ) -> None:
+    def __init__(self, ref: ObjectRef, settings: Settings, deps: Dependencies) -> None:
+        self.ref = ref
         self.settings = settings
         self.deps = deps
-        self.source = SourceRef(bucket=bucket, key=key, version_id=version_id)
-        self.prefix = results_prefix(key, settings.incoming_prefix, settings.results_prefix)
+        self.source = SourceRef(
+            bucket=ref.bucket, key=ref.key, version_id=ref.version_id, sequencer=ref.sequencer
+        )
+        self.prefix = results_prefix(ref.key, settings.incoming_prefix, settings.results_prefix)
+        self.retry_prefix = results_prefix(ref.key, settings.incoming_prefix, settings.retry_prefix)
+        self.store = CheckpointStore(deps.s3, ref.bucket, self.prefix, self.retry_prefix)
+        self.checkpoint: Checkpoint | None = None
         self.started_at = _now()
         self.started_monotonic = time.monotonic()
+        # Accounting, restored from a checkpoint on resume.
         self.counts = Counts()
         self.providers: dict[str, Counts] = {}
         self.chunk_records: list[ChunkRecord] = []
+        self.outcome_parts: list[str] = []
+        self.retry_parts: list[str] = []
+        self.lease = 0
+        self.settled: set[int] = set()
+        self.settled_below = 0
+        self.lines_done = 0  # reject/duplicate outcomes up to here are already stored
+        self.replay_settled: set[int] = set()
+        self.replay_below = 0
+        self.replay_lease = 0
+        # This invocation.
         self.seen: dict[tuple[str, str], int] = {}
+        self.next_seq = 0
+        self.line = 0
         self.error: FileError | None = None
         self.stop_reason: FileError | None = None
         self.client: VitalClient | None = None
         self.executor: ThreadPoolExecutor | None = None
-        self.in_flight: set[Future[ChunkReport]] = set()
+        self.in_flight: dict[Future[ChunkReport], int] = {}
         self.chunker = Chunker(settings.chunk_size, settings.max_body_bytes)
-        self.writer = OutcomeWriter()
+        self.outcomes = OutcomeSpool()
+        self.retries = RetrySpool()
         self.last_progress = time.monotonic()
         self.chunks_done = 0
         self.probed = False
+        self.lease_step = settings.checkpoint_every_chunks or 2 * settings.max_concurrency
 
     # --- main flow ----------------------------------------------------------------------------
 
     def execute(self) -> FileResult:
-        with self.writer:
-            try:
-                self._read_and_post()
-            except FileError as exc:
-                self.error = exc
-            except Exception as exc:  # noqa: BLE001 - a bug must not send the file into retries
-                logger.exception(
-                    "unexpected error while importing", extra={"error": type(exc).__name__}
-                )
-                self.error = InternalError(
-                    f"internal error ({type(exc).__name__}); see the function's logs"
-                )
-            finally:
-                self._finish_posting()
-            bulk_ops = self._reconcile_bulk_ops()
-            manifest = self._manifest(bulk_ops)
-            self.writer.upload(self.deps.s3, self.source.bucket, manifest.outcomes_key)
+        try:
+            skipped = self._prepare()
+            if skipped is not None:
+                return skipped
+            return self._run()
+        finally:
+            self.outcomes.close()
+            self.retries.close()
+            if self.client is not None:
+                self.client.close()
+
+    def _prepare(self) -> FileResult | None:  # noqa: PLR0911 - a decision table of early exits
+        """Resume, skip a duplicate, or re-send a lost hand-off; None to start fresh or resume."""
+        checkpoint = self.store.load()
         manifest_key = self.prefix + MANIFEST_NAME
-        write_manifest(self.deps.s3, self.source.bucket, manifest_key, manifest)
-        stats = self.client.stats if self.client else None
-        return FileResult(manifest, manifest_key, stats)
+        if checkpoint is not None and not self._same_object(checkpoint.source):
+            if self.ref.segment > 0:
+                return self._skip("a newer upload of this key replaced the file being imported")
+            logger.warning("a new upload replaces an unfinished import of this key")
+            self.store.delete(checkpoint)
+            checkpoint = None
+        if checkpoint is None:
+            if self.ref.segment > 0:
+                return self._skip("this import already finished")
+            manifest = self.store.existing_manifest()
+            if manifest is not None and self._same_object(manifest.source):
+                return self._skip("this object version was already imported")
+            return None
+        if self.ref.segment < checkpoint.next_segment:
+            if self.ref.segment == checkpoint.next_segment - 1:
+                # Our earlier attempt saved the hand-off but may have died before sending it.
+                return FileResult(
+                    self.ref, manifest_key, continuation=self._next_ref(checkpoint.next_segment)
+                )
+            return self._skip("a later invocation already took over this import")
+        if self.ref.segment > checkpoint.next_segment:
+            return self._skip("continuation from an unknown segment")
+        if checkpoint.fingerprint != fingerprint(self.settings):
+            self.error = errors.ConfigurationError(
+                "CHUNK_SIZE or MAX_BODY_BYTES changed while this file was being imported; "
+                "the rest cannot be resumed safely: upload retry.jsonl or the remaining rows again"
+            )
+        self._restore(checkpoint)
+        return None
+
+    def _same_object(self, other: SourceRef) -> bool:
+        if self.ref.version_id and other.version_id:
+            return self.ref.version_id == other.version_id
+        return (self.ref.etag or None, self.ref.sequencer) == (
+            other.etag or None,
+            other.sequencer,
+        ) and not (self.ref.etag is None and self.ref.sequencer is None)
+
+    def _skip(self, reason: str) -> FileResult:
+        logger.info("skipping: " + reason, extra={"segment": self.ref.segment})
+        return FileResult(self.ref, self.prefix + MANIFEST_NAME, skipped=reason)
+
+    def _next_ref(self, segment: int) -> ObjectRef:
+        return self.ref.model_copy(update={"segment": segment})
+
+    def _restore(self, cp: Checkpoint) -> None:
+        self.checkpoint = cp
+        self.source = cp.source
+        self.started_at = cp.started_at
+        self.counts = cp.counts.model_copy()
+        self.providers = {p: c.model_copy() for p, c in cp.providers.items()}
+        self.chunk_records = list(cp.chunks)
+        self.outcome_parts = list(cp.outcome_parts)
+        self.retry_parts = list(cp.retry_parts)
+        self.lease = self.replay_lease = cp.lease
+        self.settled_below = self.replay_below = cp.settled_below
+        self.settled = set(cp.settled_extra)
+        self.replay_settled = set(cp.settled_extra)
+        self.lines_done = cp.lines_done
+        if cp.stop_reason is not None:
+            self.stop_reason = errors.from_info(cp.stop_reason)
+        logger.info(
+            "resuming from checkpoint",
+            extra={"segment": self.ref.segment, "lines_done": cp.lines_done, "lease": cp.lease},
+        )
+
+    def _run(self) -> FileResult:
+        deadline = False
+        try:
+            if self.error is None:
+                self._read_and_post()
+        except FileError as exc:
+            self.error = exc
+        except _DeadlineReached:
+            deadline = True
+        except (BotoCoreError, ClientError) as exc:
+            self._drain()
+            self._save_checkpoint(next_segment=self.ref.segment)
+            raise TransientError(f"S3 failed while reading ({type(exc).__name__})") from exc
+        except Exception as exc:  # noqa: BLE001 - a bug must not send the file into retries
+            logger.exception("unexpected error", extra={"error": type(exc).__name__})
+            self.error = InternalError(
+                f"internal error ({type(exc).__name__}); see the function's logs"
+            )
+        if deadline:
+            self._drain()
+            self._save_checkpoint(next_segment=self.ref.segment + 1)
+            nxt = self._next_ref(self.ref.segment + 1)
+            logger.info(
+                "time is running out; handing the rest to a fresh invocation",
+                extra={"lines_done": self.line, "next_segment": nxt.segment},
+            )
+            stats = self.client.stats if self.client else None
+            return FileResult(
+                self.ref, self.prefix + MANIFEST_NAME, call_stats=stats, continuation=nxt
+            )
+        self._finish_posting()
+        return self._finalise()
 
     def _read_and_post(self) -> None:
         fmt, compression = formats.detect(self.source.key)
         described = sources.describe(
             self.deps.s3, self.source.bucket, self.source.key, self.source.version_id
         )
-        self.source = described.ref
+        if self.checkpoint is None:
+            self.source = described.ref.model_copy(update={"sequencer": self.ref.sequencer})
         default_provider = sources.provider_from_key(
             self.source.key, self.settings.incoming_prefix
         ) or described.metadata.get("provider")
         logger.info(
             "reading file",
-            extra={"format": fmt.value, "compression": compression.value, "size": self.source.size},
+            extra={
+                "format": fmt.value,
+                "compression": compression.value,
+                "size": self.source.size,
+                "segment": self.ref.segment,
+            },
         )
         stream = sources.open_stream(
             self.deps.s3, described, compression, self.settings.max_decompressed_bytes
         )
+        margin = self.settings.safety_margin_seconds
         with stream:
-            for record in formats.read_records(stream, fmt, self.settings.max_row_bytes):
+            for n, record in enumerate(
+                formats.read_records(stream, fmt, self.settings.max_row_bytes)
+            ):
+                if n % DEADLINE_CHECK_EVERY_RECORDS == 0:
+                    # Only after progress past the checkpoint, so every invocation moves on.
+                    if self.line > self.lines_done and self.deps.remaining_seconds() < margin:
+                        raise _DeadlineReached
+                    if time.monotonic() - self.last_progress > PROGRESS_EVERY_SECONDS:
+                        self._log_progress()
                 self._take(record, default_provider)
-                if time.monotonic() - self.last_progress > PROGRESS_EVERY_SECONDS:
-                    self._log_progress()
+                self.line = record.line
 
     def _take(self, record: formats.Record, default_provider: str | None) -> None:
         if record.data is None:
@@ -167,14 +325,13 @@ class _Run:
     def _reject(
         self, line: int, data: dict[str, object] | None, default: str | None, reason: str
     ) -> None:
+        if line <= self.lines_done:
+            return  # stored before the checkpoint this run resumed from
+        provider = display_provider(data, default)
         self._write(
             [
                 RowOutcome(
-                    line,
-                    display_user_id(data),
-                    display_provider(data, default),
-                    Outcome.REJECTED,
-                    redact_text(reason),
+                    line, display_user_id(data), provider, Outcome.REJECTED, redact_text(reason)
                 )
             ]
         )
@@ -183,60 +340,65 @@ class _Run:
         identity = (row.provider, row.user_id)
         first = self.seen.get(identity)
         if first is not None:
-            self._write(
-                [
-                    RowOutcome(
-                        line,
-                        row.user_id,
-                        row.provider,
-                        Outcome.DUPLICATE,
-                        f"duplicate of line {first} (same provider and user_id); not sent",
-                    )
-                ]
-            )
+            if line > self.lines_done:
+                detail = f"duplicate of line {first} (same provider and user_id); not sent"
+                self._write(
+                    [RowOutcome(line, row.user_id, row.provider, Outcome.DUPLICATE, detail)]
+                )
             return
         self.seen[identity] = line
         payload = serialise(row)
         if not self.chunker.fits_alone(row.provider, payload):
-            self._write(
-                [
-                    RowOutcome(
-                        line,
-                        row.user_id,
-                        row.provider,
-                        Outcome.REJECTED,
-                        "row is larger than one request may be "
-                        f"(MAX_BODY_BYTES={self.settings.max_body_bytes})",
-                    )
-                ]
+            self._reject(
+                line,
+                None,
+                row.provider,
+                "row is larger than one request may be "
+                f"(MAX_BODY_BYTES={self.settings.max_body_bytes})",
             )
             return
         for chunk in self.chunker.add(row.provider, PendingRow(line, row.user_id, payload)):
-            self._submit(chunk)
+            self._dispatch(chunk)
 
     # --- posting ------------------------------------------------------------------------------
 
-    def _submit(self, chunk: Chunk) -> None:
+    def _dispatch(self, chunk: Chunk) -> None:
+        """Route a new chunk by what earlier invocations did with the same chunk number."""
+        seq = self.next_seq
+        self.next_seq += 1
+        if seq < self.replay_below or seq in self.replay_settled:
+            self._settle(seq)  # outcomes already stored
+            return
+        if seq < self.replay_lease:
+            logger.warning("chunk in doubt after an interrupted run", extra={"chunk": seq})
+            self._write_chunk(chunk, Outcome.ERRORED, IN_DOUBT_DETAIL)
+            self._settle(seq)
+            return
         if self.stop_reason is not None:
-            self._write(chunk.outcomes(Outcome.ERRORED, f"not sent: {self.stop_reason}"))
+            self._write_chunk(chunk, Outcome.ERRORED, f"not sent: {self.stop_reason}")
+            self._settle(seq)
             return
         try:
             client = self._client()
         except FileError as exc:
             self.stop_reason = exc
-            self._write(chunk.outcomes(Outcome.ERRORED, f"not sent: {exc}"))
+            self._write_chunk(chunk, Outcome.ERRORED, f"not sent: {exc}")
+            self._settle(seq)
             return
         # The first chunk goes alone: a rejected key or disabled Link Migration then costs one
         # request, not MAX_CONCURRENCY of them.
         while len(self.in_flight) >= (self.settings.max_concurrency if self.probed else 1):
-            self._collect(block=True)
-            if self.stop_reason is not None:
-                self._write(chunk.outcomes(Outcome.ERRORED, f"not sent: {self.stop_reason}"))
-                return
+            self._collect()
+        if self.stop_reason is not None:
+            self._write_chunk(chunk, Outcome.ERRORED, f"not sent: {self.stop_reason}")
+            self._settle(seq)
+            return
+        if seq >= self.lease:
+            # Make the lease durable before sending past it, so a crash cannot hide a send.
+            self._save_checkpoint(next_segment=self.ref.segment, lease=seq + self.lease_step)
         assert self.executor is not None  # noqa: S101 - created with the client
-        self.in_flight.add(
-            self.executor.submit(post_chunk, client, chunk, self.settings.wait_for_completion)
-        )
+        future = self.executor.submit(post_chunk, client, chunk, self.settings.wait_for_completion)
+        self.in_flight[future] = seq
 
     def _client(self) -> VitalClient:
         if self.client is None:
@@ -251,53 +413,58 @@ class _Run:
             )
         return self.client
 
-    def _collect(self, *, block: bool) -> None:
+    def _collect(self) -> None:
         if not self.in_flight:
             return
-        done, self.in_flight = wait(
-            self.in_flight, timeout=None if block else 0, return_when=FIRST_COMPLETED
-        )
+        done, _ = wait(self.in_flight, return_when=FIRST_COMPLETED)
         for future in done:
+            seq = self.in_flight.pop(future)
             self._absorb(future.result())
+            self._settle(seq)
+
+    def _drain(self) -> None:
+        while self.in_flight:
+            self._collect()
 
     def _absorb(self, report: ChunkReport) -> None:
         self.chunk_records.extend(report.records)
-        self._write(report.outcomes)
+        self._write(report.outcomes, {r.line: r.payload for r in report.chunk.rows})
         self.chunks_done += 1
         self.probed = self.probed or report.fatal is None
         if report.fatal is not None and self.stop_reason is None:
             self.stop_reason = ImportAborted(str(report.fatal))
             logger.error(
-                "Vital refused the credentials; stopping the file",
-                extra={"status": report.fatal.status},
+                "Vital refused the request; file stopped", extra={"status": report.fatal.status}
             )
         self._check_threshold()
+
+    def _settle(self, seq: int) -> None:
+        self.settled.add(seq)
+        while self.settled_below in self.settled:
+            self.settled.discard(self.settled_below)
+            self.settled_below += 1
 
     def _check_threshold(self) -> None:
         threshold = self.settings.failure_threshold_percent
         if threshold >= 100 or self.stop_reason is not None:
             return
-        posted = (
-            self.counts.imported + self.counts.failed + self.counts.enqueued + self.counts.errored
-        )
+        c = self.counts
+        posted = c.imported + c.failed + c.enqueued + c.errored
         if posted < THRESHOLD_WARMUP_ROWS:
             return
-        bad = self.counts.failed + self.counts.errored
+        bad = c.failed + c.errored
         if bad * 100 > threshold * posted:
             self.stop_reason = ImportAborted(
                 f"{bad} of {posted} posted rows failed or errored, more than "
                 f"FAILURE_THRESHOLD_PERCENT={threshold:g}%; the import was stopped"
             )
-            logger.error(
-                "failure threshold passed; stopping the file", extra={"bad": bad, "posted": posted}
-            )
+            logger.error("failure threshold passed", extra={"bad": bad, "posted": posted})
 
     def _finish_posting(self) -> None:
         try:
             for chunk in self.chunker.flush():
-                self._submit(chunk)
-            while self.in_flight:
-                self._collect(block=True)
+                self._dispatch(chunk)
+            self._drain()
         finally:
             if self.executor is not None:
                 self.executor.shutdown(wait=True)
@@ -306,9 +473,13 @@ class _Run:
 
     def _reconcile_bulk_ops(self) -> list[BulkOp]:
         """After 202s, wait (bounded) for the bulk ops this run started and record their state."""
-        if self.client is None or self.counts.enqueued == 0:
+        if self.counts.enqueued == 0:
             return []
-        since = self.started_at
+        try:
+            client = self._client()
+        except FileError:
+            return []
+        since = self.started_at[:19]
         providers = {p for p, c in self.providers.items() if c.enqueued}
         deadline = time.monotonic() + min(
             BULK_OP_MAX_WAIT_SECONDS,
@@ -319,8 +490,8 @@ class _Run:
             try:
                 ops = [
                     op
-                    for op in self.client.list_bulk_ops()
-                    if op.provider in providers and (op.started_at or "") >= since[:19]
+                    for op in client.list_bulk_ops()
+                    if op.provider in providers and (op.started_at or "") >= since
                 ]
             except (VitalError, httpx.HTTPError) as exc:
                 logger.warning("could not list bulk ops", extra={"error": type(exc).__name__})
@@ -331,23 +502,93 @@ class _Run:
 
     # --- bookkeeping --------------------------------------------------------------------------
 
-    def _write(self, outcomes: list[RowOutcome]) -> None:
-        self.writer.write(outcomes)
+    def _write_chunk(self, chunk: Chunk, outcome: Outcome, detail: str) -> None:
+        self._write(chunk.outcomes(outcome, detail), {r.line: r.payload for r in chunk.rows})
+
+    def _write(self, outcomes: list[RowOutcome], payloads: dict[int, bytes] | None = None) -> None:
+        self.outcomes.write(outcomes)
         for outcome in outcomes:
             self.counts.add(outcome.outcome)
             if outcome.provider:
                 self.providers.setdefault(outcome.provider, Counts()).add(outcome.outcome)
+            if payloads and outcome.outcome in RETRY_OUTCOMES and outcome.line in payloads:
+                self.retries.write(outcome.provider, payloads[outcome.line])
+
+    def _save_checkpoint(self, *, next_segment: int, lease: int | None = None) -> None:
+        """Store the spooled outcomes as parts, then the checkpoint that makes them count."""
+        s3, bucket = self.deps.s3, self.source.bucket
+        if self.outcomes.lines:
+            key = self.store.outcome_part_key(len(self.outcome_parts) + 1)
+            self.outcomes.upload(s3, bucket, key, "text/csv")
+            self.outcome_parts.append(key)
+        if self.retries.lines:
+            key = self.store.retry_part_key(len(self.retry_parts) + 1)
+            self.retries.upload(s3, bucket, key, "application/x-ndjson")
+            self.retry_parts.append(key)
+        # Without an explicit lease the caller has drained: nothing past next_seq was sent.
+        self.lease = lease if lease is not None else self.next_seq
+        checkpoint = Checkpoint(
+            source=self.source,
+            fingerprint=fingerprint(self.settings),
+            started_at=self.started_at,
+            next_segment=next_segment,
+            lease=self.lease,
+            settled_below=self.settled_below,
+            settled_extra=sorted(self.settled),
+            lines_done=max(self.line, self.lines_done),
+            counts=self.counts,
+            providers=self.providers,
+            chunks=self.chunk_records,
+            outcome_parts=self.outcome_parts,
+            retry_parts=self.retry_parts,
+            stop_reason=errors.to_info(self.stop_reason),
+        )
+        self.store.save(checkpoint)
+        self.checkpoint = checkpoint
+
+    def _finalise(self) -> FileResult:
+        bulk_ops = self._reconcile_bulk_ops()
+        s3, bucket = self.deps.s3, self.source.bucket
+        outcomes_key = self.prefix + OUTCOMES_NAME
+        assemble(
+            s3,
+            bucket,
+            outcomes_key,
+            header=outcomes_header(),
+            part_keys=self.outcome_parts,
+            tail=self.outcomes,
+            content_type="text/csv",
+        )
+        retry_key = None
+        if self.retry_parts or self.retries.lines:
+            retry_key = self.retry_prefix + RETRY_NAME
+            assemble(
+                s3,
+                bucket,
+                retry_key,
+                header=b"",
+                part_keys=self.retry_parts,
+                tail=self.retries,
+                content_type="application/x-ndjson",
+            )
+        manifest = self._manifest(bulk_ops, outcomes_key, retry_key)
+        manifest_key = self.prefix + MANIFEST_NAME
+        write_manifest(s3, bucket, manifest_key, manifest)
+        if self.checkpoint is not None:
+            self.store.delete(self.checkpoint, self.outcome_parts + self.retry_parts)
+        stats = self.client.stats if self.client else None
+        return FileResult(self.ref, manifest_key, manifest=manifest, call_stats=stats)
 
     def _log_progress(self) -> None:
         self.last_progress = time.monotonic()
         logger.info(
             "progress",
             extra={
-                "rows": self.counts.rows,
+                "line": self.line,
                 "chunks_done": self.chunks_done,
                 "in_flight": len(self.in_flight),
                 "elapsed_s": round(self.last_progress - self.started_monotonic, 1),
-                **self.counts.model_dump(exclude={"rows"}),
+                **self.counts.model_dump(),
             },
         )
 
@@ -357,9 +598,9 @@ class _Run:
         c = self.counts
         return "partial" if c.rejected or c.failed or c.errored else "succeeded"
 
-    def _manifest(self, bulk_ops: list[BulkOp]) -> Manifest:
-        if self.client is not None:
-            self.client.close()
+    def _manifest(
+        self, bulk_ops: list[BulkOp], outcomes_key: str, retry_key: str | None
+    ) -> Manifest:
         error = (
             ErrorInfo(type=self.error.kind, message=redact_text(self.error.message))
             if self.error is not None
@@ -374,7 +615,9 @@ class _Run:
             providers=dict(sorted(self.providers.items())),
             chunks=self.chunk_records,
             bulk_ops=bulk_ops,
-            outcomes_key=self.prefix + OUTCOMES_NAME,
+            outcomes_key=outcomes_key,
+            retry_key=retry_key,
+            segments=self.ref.segment + 1,
             error=error,
         )
 

@@ -18,15 +18,16 @@ _PATTERNS = (
     re.compile(r"(?P<k>\bBearer\s+)(?P<v>[A-Za-z0-9._~+/=-]+)", re.IGNORECASE),
     # JSON Web Tokens: three base64url segments, the first starting with '{"' encoded.
     re.compile(r"(?P<k>)(?P<v>\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*)"),
-    # "access_token": "value", 'refresh_token': 'value' (JSON and Python reprs: quoted keys)
+    # "access_token": "value", 'refresh_token': 'a b', access_token="x": quoted values whole
     re.compile(
-        rf"""(?P<k>["']{_SENSITIVE_NAMES}["']\s*:\s*)(?P<q>["']?)(?P<v>[^"'\s,}}]+)(?P=q)""",
+        rf"""(?P<k>["']?\b{_SENSITIVE_NAMES}["']?\s*(?::|=)\s*)"""
+        r"""(?P<q>["'])(?P<v>(?:\\.|(?!(?P=q)).)*)(?P=q)""",
         re.IGNORECASE,
     ),
-    # access_token=value (query strings, key=value logs) and header lines
+    # "access_token": value, access_token=value (query strings) and header lines: to a separator
     re.compile(
-        rf"""(?P<k>\b(?:{_SENSITIVE_NAMES}\s*=|(?:x-vital-api-key|authorization)\s*:)\s*)"""
-        rf"""(?P<q>["']?)(?P<v>[^"'\s,&}}]+)(?P=q)""",
+        rf"""(?P<k>(?:["']{_SENSITIVE_NAMES}["']\s*:|\b{_SENSITIVE_NAMES}\s*=|"""
+        rf"""\b(?:x-vital-api-key|authorization)\s*:)\s*)(?P<v>[^"'\s,&}}]+)""",
         re.IGNORECASE,
     ),
 )

@@ -1,13 +1,18 @@
-"""Writers for ``outcomes.csv`` and ``manifest.json`` under the file's results prefix.
+"""Writers for ``outcomes.csv``, ``retry.jsonl`` and ``manifest.json``.
 
-Outcomes stream to a temporary file as rows finish and go up with boto3's managed transfer
-(multipart for large files), so memory never holds the whole outcome list.
+Outcome lines spool to temporary files as rows finish; a checkpoint uploads the spool as a part
+object, and the last invocation streams the parts into the final object, which boto3's managed
+transfer uploads (multipart when large). Memory never holds the outcome list.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import json
+import os
 import tempfile
+from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING
 
 from boto3.s3.transfer import TransferConfig
@@ -21,10 +26,12 @@ if TYPE_CHECKING:
 OUTCOMES_HEADER = ("line", "user_id", "provider", "outcome", "detail")
 MANIFEST_NAME = "manifest.json"
 OUTCOMES_NAME = "outcomes.csv"
-_TRANSFER = TransferConfig(
-    multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024
-)
+RETRY_NAME = "retry.jsonl"
+STATE_DIR = "_state/"
+_PART = 16 * 1024 * 1024
+_TRANSFER = TransferConfig(multipart_threshold=_PART, multipart_chunksize=_PART)
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_COPY_CHUNK = 1024 * 1024
 
 
 def results_prefix(key: str, incoming_prefix: str, results_prefix: str) -> str:
@@ -38,40 +45,94 @@ def _cell(value: str) -> str:
     return "'" + value if value.startswith(_FORMULA_START) else value
 
 
-class OutcomeWriter:
-    """Appends outcome lines to a spooled temp file; ``upload`` sends it to S3."""
+def outcomes_header() -> bytes:
+    return (",".join(OUTCOMES_HEADER) + "\n").encode()
+
+
+class Spool:
+    """Lines appended to an anonymous temp file; ``upload`` sends them and starts over."""
 
     def __init__(self) -> None:
-        self._file: IO[str] = tempfile.TemporaryFile(  # noqa: SIM115 - closed in close()
-            mode="w+", encoding="utf-8", newline=""
-        )
-        self._csv = csv.writer(self._file, lineterminator="\n")
-        self._csv.writerow(OUTCOMES_HEADER)
+        self._file: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
         self.lines = 0
 
-    def write(self, outcomes: list[RowOutcome]) -> None:
-        self._csv.writerows(
-            (o.line, _cell(o.user_id), _cell(o.provider), o.outcome.value, _cell(o.detail))
-            for o in outcomes
-        )
-        self.lines += len(outcomes)
+    def write_bytes(self, data: bytes, lines: int) -> None:
+        self._file.write(data)
+        self.lines += lines
 
-    def upload(self, s3: S3Client, bucket: str, key: str) -> None:
+    def upload(self, s3: S3Client, bucket: str, key: str, content_type: str) -> None:
         self._file.flush()
-        binary = self._file.buffer  # type: ignore[attr-defined]
-        binary.seek(0)
-        s3.upload_fileobj(
-            binary, bucket, key, ExtraArgs={"ContentType": "text/csv"}, Config=_TRANSFER
-        )
+        # s3transfer closes the file object it reads: hand it a duplicate descriptor.
+        with os.fdopen(os.dup(self._file.fileno()), "rb") as view:
+            view.seek(0)
+            s3.upload_fileobj(
+                view, bucket, key, ExtraArgs={"ContentType": content_type}, Config=_TRANSFER
+            )
+        self.reset()
+
+    def copy_to(self, target: IO[bytes]) -> None:
+        self._file.flush()
+        self._file.seek(0)
+        while block := self._file.read(_COPY_CHUNK):
+            target.write(block)
+        self._file.seek(0, io.SEEK_END)
+
+    def reset(self) -> None:
+        self._file.seek(0)
+        self._file.truncate()
+        self.lines = 0
 
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> OutcomeWriter:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+class OutcomeSpool(Spool):
+    def write(self, outcomes: Iterable[RowOutcome]) -> None:
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        n = 0
+        for o in outcomes:
+            writer.writerow(
+                (o.line, _cell(o.user_id), _cell(o.provider), o.outcome.value, _cell(o.detail))
+            )
+            n += 1
+        if n:
+            self.write_bytes(text.getvalue().encode(), n)
+
+
+class RetrySpool(Spool):
+    """Original rows (ConnectionRecipe + provider) of rows to fix and upload again."""
+
+    def write(self, provider: str, payload: bytes) -> None:
+        # payload is the recipe's compact JSON object: put the provider first, keep the rest.
+        self.write_bytes(
+            b'{"provider":' + json.dumps(provider).encode() + b"," + payload[1:] + b"\n", 1
+        )
+
+
+def assemble(
+    s3: S3Client,
+    bucket: str,
+    key: str,
+    *,
+    header: bytes,
+    part_keys: list[str],
+    tail: Spool,
+    content_type: str,
+) -> None:
+    """Concatenate header, stored parts and the unsaved tail into one object at ``key``."""
+    with tempfile.TemporaryFile() as combined:
+        combined.write(header)
+        for part in part_keys:
+            body = s3.get_object(Bucket=bucket, Key=part)["Body"]
+            for block in body.iter_chunks(_COPY_CHUNK):
+                combined.write(block)
+        tail.copy_to(combined)
+        combined.flush()
+        combined.seek(0)
+        s3.upload_fileobj(
+            combined, bucket, key, ExtraArgs={"ContentType": content_type}, Config=_TRANSFER
+        )
 
 
 def write_manifest(s3: S3Client, bucket: str, key: str, manifest: Manifest) -> None:

@@ -15,10 +15,10 @@ _NO_PROVIDER = (
 
 
 def validate_row(data: dict[str, Any], default_provider: str | None) -> ConnectionRow | str:
-    if data.get("provider") in (None, "") and default_provider is not None:
+    if _blank(data.get("provider")):
+        if default_provider is None:
+            return _NO_PROVIDER
         data = {**data, "provider": default_provider}
-    if data.get("provider") in (None, ""):
-        return _NO_PROVIDER
     try:
         return ConnectionRow.model_validate(data)
     except ValidationError as exc:
@@ -48,3 +48,7 @@ def display_provider(data: dict[str, Any] | None, default: str | None) -> str:
     if isinstance(value, str) and 0 < len(value) <= 40:
         return value.strip().lower()
     return default or ""
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())

@@ -96,11 +96,11 @@ class Stack:
         return parse_outcomes(self.get(result_prefix + "outcomes.csv"))
 
     def everything_written(self) -> str:
-        """Every object in the bucket outside incoming/, plus all logs and stdout."""
+        """Every object outside incoming/ and retry/ (which hold tokens by design), logs, stdout."""
         texts = []
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
             for obj in page.get("Contents", []):
-                if not obj["Key"].startswith("incoming/"):
+                if not obj["Key"].startswith(("incoming/", "retry/")):
                     texts.append(self.get(obj["Key"]).decode("utf-8", "replace"))
         return "\n".join([*texts, *self.log_lines, *self.stdout])
 

@@ -1,0 +1,50 @@
+"""Duplicate-event protection with Powertools Idempotency on DynamoDB (``IDEMPOTENCY_TABLE``).
+
+The key is the object version plus the segment (``ObjectRef``): a redelivered S3 event or
+continuation message returns the stored summary instead of importing again. Without a table
+(local runs) the checkpoint and manifest checks in the pipeline still skip finished work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from bulk_import.models import ObjectRef
+
+# Long enough to absorb late S3 redeliveries and Lambda's async retries of a long import.
+EXPIRES_AFTER_SECONDS = 2 * 24 * 3600
+
+Work = Callable[[ObjectRef], dict[str, Any]]
+
+
+@lru_cache(maxsize=4)
+def _persistence(table_name: str) -> DynamoDBPersistenceLayer:
+    return DynamoDBPersistenceLayer(table_name=table_name)
+
+
+def once_per_ref(work: Work, table_name: str | None, context: LambdaContext) -> Work:
+    """``work`` guarded so each ``ObjectRef`` runs once; unchanged when no table is set."""
+    if not table_name:
+        return work
+    config = IdempotencyConfig(expires_after_seconds=EXPIRES_AFTER_SECONDS)
+    config.register_lambda_context(context)
+
+    @idempotent_function(  # type: ignore[untyped-decorator]
+        data_keyword_argument="ref",
+        persistence_store=_persistence(table_name),
+        config=config,
+        key_prefix="bulk-import",
+    )
+    def guarded(*, ref: ObjectRef) -> dict[str, Any]:
+        return work(ref)
+
+    return lambda ref: guarded(ref=ref)

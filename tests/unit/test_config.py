@@ -1,0 +1,158 @@
+"""Settings from the environment: defaults, normalisation, and errors that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from bulk_import.config import PRODUCTION_BASE_URL, Settings, get_settings
+
+ALIASES = [f.alias for f in Settings.model_fields.values() if f.alias]
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ALIASES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_defaults() -> None:
+    s = Settings.from_env({"VITAL_API_KEY_SECRET": "vital/api-key"})
+    expected = {
+        "vital_api_base_url": PRODUCTION_BASE_URL + "/",
+        "vital_api_key_secret": "vital/api-key",
+        "vital_team_id": None,
+        "chunk_size": 500,
+        "max_body_bytes": 4_000_000,
+        "max_concurrency": 4,
+        "wait_for_completion": True,
+        "incoming_prefix": "incoming/",
+        "results_prefix": "results/",
+        "retry_prefix": "retry/",
+        "idempotency_table": None,
+        "continuation_queue_url": None,
+        "notify_topic_arn": None,
+        "max_decompressed_bytes": 20 * 1024**3,
+        "max_row_bytes": 1_000_000,
+        "failure_threshold_percent": 100.0,
+        "safety_margin_seconds": 60.0,
+        "http_timeout_seconds": 30.0,
+        "max_attempts": 5,
+        "secret_max_age_seconds": 300,
+    }
+    dumped = s.model_dump(mode="json")
+    # Settings added later need their own default test; these must not change silently.
+    assert {name: dumped[name] for name in expected} == expected
+    assert s.bulk_import_url == "https://api.tryvital.io/v2/link/bulk_import"
+    assert s.bulk_op_url == "https://api.tryvital.io/v2/link/bulk_op"
+
+
+def test_from_env_reads_os_environ_through_get_settings(env: pytest.MonkeyPatch) -> None:
+    env.setenv("VITAL_API_KEY_SECRET", "arn:aws:secretsmanager:eu-west-1:1:secret:k")
+    env.setenv("VITAL_API_BASE_URL", "https://api.sandbox.eu.tryvital.io")
+    env.setenv("CHUNK_SIZE", "250")
+    env.setenv("WAIT_FOR_COMPLETION", "false")
+    env.setenv("VITAL_TEAM_ID", "team-1")
+    s = get_settings()
+    assert s is get_settings()  # cached per execution environment
+    assert (s.chunk_size, s.wait_for_completion, s.vital_team_id) == (250, False, "team-1")
+    assert s.bulk_import_url == "https://api.sandbox.eu.tryvital.io/v2/link/bulk_import"
+    env.setenv("CHUNK_SIZE", "10")
+    assert get_settings().chunk_size == 250
+    get_settings.cache_clear()
+    assert get_settings().chunk_size == 10
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("uploads", "uploads/"), ("uploads/", "uploads/"), ("a/b", "a/b/")],
+)
+def test_prefixes_get_a_trailing_slash(value: str, expected: str) -> None:
+    s = Settings.from_env(
+        {
+            "VITAL_API_KEY_SECRET": "k",
+            "INCOMING_PREFIX": value,
+            "RESULTS_PREFIX": value.replace("uploads", "reports").replace("a/", "r/"),
+            "RETRY_PREFIX": value.replace("uploads", "again").replace("a/", "t/"),
+        }
+    )
+    assert s.incoming_prefix == expected
+    assert s.results_prefix == expected.replace("uploads", "reports").replace("a/", "r/")
+    assert s.retry_prefix == expected.replace("uploads", "again").replace("a/", "t/")
+
+
+def test_empty_strings_are_treated_as_unset() -> None:
+    s = Settings.from_env(
+        {
+            "VITAL_API_KEY_SECRET": "k",
+            "VITAL_API_BASE_URL": "",
+            "VITAL_TEAM_ID": "",
+            "CHUNK_SIZE": "",
+            "WAIT_FOR_COMPLETION": "",
+            "INCOMING_PREFIX": "",
+            "RESULTS_PREFIX": "",
+            "IDEMPOTENCY_TABLE": "",
+        }
+    )
+    assert s == Settings.from_env({"VITAL_API_KEY_SECRET": "k"})
+    assert s.vital_team_id is None
+    assert s.incoming_prefix == "incoming/"
+    assert s.idempotency_table is None
+
+
+def test_base_url_trailing_slash_does_not_double() -> None:
+    s = Settings(VITAL_API_KEY_SECRET="x", VITAL_API_BASE_URL="http://vital.test/")
+    assert s.bulk_import_url == "http://vital.test/v2/link/bulk_import"
+    s = Settings(vital_api_key_secret="x", vital_api_base_url="http://vital.test")
+    assert s.bulk_op_url == "http://vital.test/v2/link/bulk_op"
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "5001", "1.5", "-3"])
+def test_invalid_chunk_size_names_the_variable(value: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings.from_env({"VITAL_API_KEY_SECRET": "k", "CHUNK_SIZE": value})
+    errors = info.value.errors()
+    assert [e["loc"] for e in errors] == [("CHUNK_SIZE",)]
+    assert "CHUNK_SIZE" in str(info.value)
+
+
+def test_missing_api_key_secret_names_the_variable() -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings.from_env({"VITAL_API_KEY_SECRET": ""})
+    assert [(e["loc"], e["type"]) for e in info.value.errors()] == [
+        (("VITAL_API_KEY_SECRET",), "missing")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("VITAL_API_BASE_URL", "not a url"),
+        ("MAX_CONCURRENCY", "65"),
+        ("WAIT_FOR_COMPLETION", "maybe"),
+        ("MAX_ATTEMPTS", "0"),
+        ("FAILURE_THRESHOLD_PERCENT", "101"),
+        ("MAX_ROW_BYTES", "10"),
+    ],
+)
+def test_other_invalid_values_name_their_variable(name: str, value: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings.from_env({"VITAL_API_KEY_SECRET": "k", name: value})
+    assert [e["loc"] for e in info.value.errors()] == [(name,)]
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings(VITAL_API_KEY_SECRET="x")
+    with pytest.raises(ValidationError):
+        s.chunk_size = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("incoming", "results"), [("data/", "data/"), ("uploads/", "uploads/results/")]
+)
+def test_results_prefix_inside_incoming_prefix_is_refused(incoming: str, results: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings.from_env(
+            {"VITAL_API_KEY_SECRET": "k", "INCOMING_PREFIX": incoming, "RESULTS_PREFIX": results}
+        )

@@ -1,0 +1,514 @@
+"""Row readers: format detection, JSONL, CSV and streamed JSON arrays."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from bulk_import import formats
+from bulk_import.errors import MalformedFile, UnsupportedFile
+from bulk_import.formats import Compression, Format, detect, read_records
+
+BOM = b"\xef\xbb\xbf"
+SECRET = "tok_SECRET_abc123"
+BIG = 1_000_000
+
+Row = tuple[int, dict[str, Any] | None, str | None]
+
+
+def stream(data: bytes) -> io.BufferedReader:
+    return io.BufferedReader(io.BytesIO(data))
+
+
+def read(data: bytes, fmt: Format, limit: int = BIG) -> list[Row]:
+    return [(r.line, r.data, r.error) for r in read_records(stream(data), fmt, limit)]
+
+
+def _collect(records: Iterator[formats.Record], into: list[Row]) -> None:
+    for r in records:
+        into.append((r.line, r.data, r.error))
+
+
+def read_until_malformed(data: bytes, fmt: Format, limit: int = BIG) -> tuple[list[Row], str]:
+    """The records yielded before the reader gave up, and its message."""
+    got: list[Row] = []
+    with pytest.raises(MalformedFile) as info:
+        _collect(read_records(stream(data), fmt, limit), got)
+    return got, str(info.value)
+
+
+# --- detect -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "fmt", "compression"),
+    [
+        ("incoming/oura/export.jsonl", Format.JSONL, Compression.NONE),
+        ("incoming/export.ndjson", Format.JSONL, Compression.NONE),
+        ("incoming/export.json", Format.JSON, Compression.NONE),
+        ("incoming/export.csv", Format.CSV, Compression.NONE),
+        ("incoming/export.csv.gz", Format.CSV, Compression.GZIP),
+        ("incoming/export.json.zst", Format.JSON, Compression.ZSTD),
+        ("incoming/export.jsonl.gz", Format.JSONL, Compression.GZIP),
+        ("incoming/export.ndjson.zst", Format.JSONL, Compression.ZSTD),
+        ("incoming/OURA/EXPORT.CSV", Format.CSV, Compression.NONE),
+        ("incoming/Export.JSONL.GZ", Format.JSONL, Compression.GZIP),
+        ("incoming/Export.Json.Zst", Format.JSON, Compression.ZSTD),
+        ("export.2024.01.csv", Format.CSV, Compression.NONE),
+        ("a.json/b.csv", Format.CSV, Compression.NONE),
+    ],
+)
+def test_detect(key: str, fmt: Format, compression: Compression) -> None:
+    assert detect(key) == (fmt, compression)
+
+
+def test_detect_unsupported_extension_message_names_file_and_choices() -> None:
+    with pytest.raises(UnsupportedFile) as info:
+        detect("incoming/oura/export.txt")
+    assert str(info.value) == (
+        "unsupported file type for 'export.txt'; use .csv, .json, .jsonl, .ndjson "
+        "(optionally ending in .gz or .zst)"
+    )
+
+
+@pytest.mark.parametrize(
+    "key", ["incoming/export.gz", "incoming/export.csv.bz2", "incoming/export", "a.csv/b.xlsx"]
+)
+def test_detect_rejects_unknown_extensions(key: str) -> None:
+    with pytest.raises(UnsupportedFile, match="unsupported file type for"):
+        detect(key)
+
+
+# --- JSONL ------------------------------------------------------------------------------------
+
+
+def test_jsonl_blank_lines_are_skipped_but_line_numbers_stay_physical() -> None:
+    data = b'{"a":1}\n\n   \n\t\n{"b":2}\n\n{"c":3}'
+    assert read(data, Format.JSONL) == [
+        (1, {"a": 1}, None),
+        (5, {"b": 2}, None),
+        (7, {"c": 3}, None),
+    ]
+
+
+def test_jsonl_crlf_and_bom() -> None:
+    data = BOM + b'{"a":1}\r\n{"b":"x"}\r\n'
+    assert read(data, Format.JSONL) == [(1, {"a": 1}, None), (2, {"b": "x"}, None)]
+
+
+def test_jsonl_bom_before_a_blank_first_line() -> None:
+    assert read(BOM + b'\n{"a":1}\n', Format.JSONL) == [(2, {"a": 1}, None)]
+
+
+def test_jsonl_empty_file_yields_nothing() -> None:
+    assert read(b"", Format.JSONL) == []
+    assert read(b"\n\n", Format.JSONL) == []
+
+
+def test_jsonl_invalid_line_is_an_error_record_without_its_content() -> None:
+    data = b'{"a":1}\n{"access_token": "' + SECRET.encode() + b'",\n{"c":3}\n'
+    rows = read(data, Format.JSONL)
+    assert rows == [
+        (1, {"a": 1}, None),
+        (2, None, "invalid JSON: Expecting property name enclosed in double quotes at column 38"),
+        (3, {"c": 3}, None),
+    ]
+    assert SECRET not in repr(rows[1])
+
+
+def test_jsonl_extra_data_after_object_is_an_error() -> None:
+    data = b'{"a":1} trailing ' + SECRET.encode() + b"\n"
+    assert read(data, Format.JSONL) == [(1, None, "invalid JSON: Extra data at column 9")]
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [
+        (b"[1, 2]", "an array"),
+        (b'"' + SECRET.encode() + b'"', "a string"),
+        (b"3", "a number"),
+        (b"2.5", "a number"),
+        (b"null", "null"),
+        (b"true", "a boolean"),
+    ],
+)
+def test_jsonl_non_object_line_is_rejected(line: bytes, kind: str) -> None:
+    assert read(b'{"a":1}\n' + line + b'\n{"b":2}\n', Format.JSONL) == [
+        (1, {"a": 1}, None),
+        (2, None, f"expected a JSON object, got {kind}"),
+        (3, {"b": 2}, None),
+    ]
+
+
+def test_jsonl_overlong_line_is_rejected_and_the_next_line_still_read() -> None:
+    long_line = b'{"access_token":"' + b"x" * 200 + b'"}'
+    data = b'{"a":1}\n' + long_line + b'\n{"b":2}\n' + long_line + b"\n" + long_line
+    assert read(data, Format.JSONL, limit=40) == [
+        (1, {"a": 1}, None),
+        (2, None, "line is longer than 40 bytes"),
+        (3, {"b": 2}, None),
+        (4, None, "line is longer than 40 bytes"),
+        (5, None, "line is longer than 40 bytes"),
+    ]
+
+
+def test_jsonl_line_of_exactly_the_limit_is_accepted() -> None:
+    line = b'{"a":"' + b"y" * 12 + b'"}'
+    assert len(line) == 20
+    assert read(line + b"\n" + line, Format.JSONL, limit=20) == [
+        (1, {"a": "y" * 12}, None),
+        (2, {"a": "y" * 12}, None),
+    ]
+    assert read(line + b"z\n{}\n", Format.JSONL, limit=20) == [
+        (1, None, "line is longer than 20 bytes"),
+        (2, {}, None),
+    ]
+
+
+def test_jsonl_invalid_utf8_line_is_rejected_with_its_byte_position() -> None:
+    data = b'{"a":1}\n{"a":"\xff"}\n{"b":2}\n'
+    assert read(data, Format.JSONL) == [
+        (1, {"a": 1}, None),
+        (2, None, "not valid UTF-8 (byte 7 of the line)"),
+        (3, {"b": 2}, None),
+    ]
+
+
+def test_jsonl_deeply_nested_line_is_rejected() -> None:
+    data = b"[" * 100_000 + b"\n" + b'{"b":2}\n'
+    assert read(data, Format.JSONL) == [(1, None, "JSON nested too deeply"), (2, {"b": 2}, None)]
+
+
+def test_jsonl_non_ascii_text_round_trips() -> None:
+    row = {"provider_id": "Zoë 😀", "k": "\u2028"}
+    data = json.dumps(row, ensure_ascii=False).encode() + b"\n"
+    assert read(data, Format.JSONL) == [(1, row, None)]
+
+
+# --- CSV --------------------------------------------------------------------------------------
+
+HEADER = b"user_id,access_token,refresh_token,provider_id,expires_at,oauth_scopes,provider\r\n"
+
+
+def test_csv_header_names_are_case_and_space_insensitive() -> None:
+    data = (
+        b" User_ID ,ACCESS_TOKEN,  refresh_token,Provider_Id ,EXPIRES_AT,OAuth_Scopes,Provider\n"
+        b"u1,a1,r1,p1,1700000000,a b,OURA\n"
+    )
+    assert read(data, Format.CSV) == [
+        (
+            2,
+            {
+                "user_id": "u1",
+                "access_token": "a1",
+                "refresh_token": "r1",
+                "provider_id": "p1",
+                "expires_at": "1700000000",
+                "oauth_scopes": "a b",
+                "provider": "OURA",
+            },
+            None,
+        )
+    ]
+
+
+def test_csv_bom_is_not_part_of_the_first_header() -> None:
+    data = BOM + HEADER + b"u1,a1,r1,p1,1,,oura\r\n"
+    rows = read(data, Format.CSV)
+    assert rows == [
+        (
+            2,
+            {
+                "user_id": "u1",
+                "access_token": "a1",
+                "refresh_token": "r1",
+                "provider_id": "p1",
+                "expires_at": "1",
+                "provider": "oura",
+            },
+            None,
+        )
+    ]
+
+
+def test_csv_quoted_fields_with_newlines_report_the_first_physical_line() -> None:
+    data = (
+        HEADER
+        + b'u1,"a\r\nb\r\nc",r1,p1,1,,oura\r\n'  # lines 2-4
+        + b"\r\n"  # line 5, blank
+        + b'u2,"x, ""y""",r2,"p\n2",2,,oura\r\n'  # lines 6-7
+        + b"u3,a3,r3,p3,3,,oura\r\n"  # line 8
+    )
+    rows = read(data, Format.CSV)
+    assert [(line, d and d["user_id"]) for line, d, _ in rows] == [(2, "u1"), (6, "u2"), (8, "u3")]
+    assert rows[0][1] is not None
+    assert rows[0][1]["access_token"] == "a\r\nb\r\nc"
+    assert rows[1][1] is not None
+    assert rows[1][1]["access_token"] == 'x, "y"'
+    assert rows[1][1]["provider_id"] == "p\n2"
+
+
+def test_csv_wrong_field_count_is_an_error_record_and_reading_goes_on() -> None:
+    data = HEADER + b"u1,a1,r1\r\nu2,a2,r2,p2,2,,oura,extra\r\nu3,a3,r3,p3,3,,oura\r\n"
+    rows = read(data, Format.CSV)
+    assert [(line, err) for line, _, err in rows] == [
+        (2, "has 3 fields, the header has 7"),
+        (3, "has 8 fields, the header has 7"),
+        (4, None),
+    ]
+    assert rows[0][1] is None
+    assert rows[1][1] is None
+
+
+def test_csv_empty_cells_are_dropped_but_spaces_kept() -> None:
+    data = HEADER + b"u1,a1,r1,p1,1,, \r\n,,,,,,\r\n"
+    assert read(data, Format.CSV) == [
+        (
+            2,
+            {
+                "user_id": "u1",
+                "access_token": "a1",
+                "refresh_token": "r1",
+                "provider_id": "p1",
+                "expires_at": "1",
+                "provider": " ",
+            },
+            None,
+        ),
+        (3, {}, None),
+    ]
+
+
+def test_csv_oauth_scopes_and_provider_columns_are_optional() -> None:
+    data = b"user_id,access_token,refresh_token,provider_id,expires_at\nu,a,r,p,1\n"
+    assert read(data, Format.CSV) == [
+        (
+            2,
+            {
+                "user_id": "u",
+                "access_token": "a",
+                "refresh_token": "r",
+                "provider_id": "p",
+                "expires_at": "1",
+            },
+            None,
+        )
+    ]
+
+
+def test_csv_missing_required_columns_raise_malformed_file_naming_them() -> None:
+    data = b"User_Id,access_token,provider\nu,a,oura\n"
+    with pytest.raises(MalformedFile) as info:
+        read(data, Format.CSV)
+    assert str(info.value) == (
+        "CSV header (line 1) is missing column(s) refresh_token, provider_id, expires_at; "
+        "expected user_id, access_token, refresh_token, provider_id, expires_at, oauth_scopes, "
+        "provider"
+    )
+
+
+@pytest.mark.parametrize("data", [b"", BOM, HEADER, BOM + HEADER + b"\r\n\r\n"])
+def test_csv_empty_file_or_header_only_yields_nothing(data: bytes) -> None:
+    assert read(data, Format.CSV) == []
+
+
+def test_csv_blank_lines_are_skipped_with_physical_line_numbers() -> None:
+    data = HEADER + b"\r\n\r\nu1,a,r,p,1,,oura\r\n\r\nu2,a,r,p,1,,oura"
+    assert [(line, d and d["user_id"]) for line, d, _ in read(data, Format.CSV)] == [
+        (4, "u1"),
+        (6, "u2"),
+    ]
+
+
+def test_csv_invalid_utf8_is_a_malformed_file() -> None:
+    data = HEADER + b"u1,a\xff,r,p,1,,oura\r\n"
+    pattern = r"^not valid UTF-8 after line \d+; save the file as UTF-8$"
+    with pytest.raises(MalformedFile, match=pattern):
+        read(data, Format.CSV)
+
+
+def test_csv_field_over_the_limit_is_a_malformed_file_without_content() -> None:
+    data = HEADER + b"u1," + SECRET.encode() * 200 + b",r,p,1,,oura\r\n"
+    with pytest.raises(MalformedFile) as info:
+        read(data, Format.CSV, limit=1024)
+    assert str(info.value).startswith("CSV cannot be parsed at line 2: field larger than")
+    assert SECRET not in str(info.value)
+
+
+def test_csv_does_not_close_the_underlying_stream() -> None:
+    s = stream(HEADER + b"u,a,r,p,1,,oura\r\n")
+    assert len(list(read_records(s, Format.CSV, BIG))) == 1
+    assert not s.closed
+
+
+# --- JSON array -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [b"[]", b"  [ \n ]  \n", BOM + b"[]", b"\n[\r\n]"])
+def test_json_empty_array_yields_nothing(data: bytes) -> None:
+    assert read(data, Format.JSON) == []
+
+
+def test_json_pretty_printed_array_uses_element_index_as_line() -> None:
+    rows = [{"user_id": f"u{i}", "n": i, "scopes": ["a", "b"], "x": None} for i in range(5)]
+    data = json.dumps(rows, indent=2).encode()
+    assert read(data, Format.JSON) == [(i + 1, row, None) for i, row in enumerate(rows)]
+
+
+def test_json_bom_is_accepted() -> None:
+    assert read(BOM + b'[{"a":1}]', Format.JSON) == [(1, {"a": 1}, None)]
+
+
+def test_json_non_object_elements_are_error_records() -> None:
+    data = b'[{"a":1}, [1], "' + SECRET.encode() + b'", 7, null, false, {"b":2}]'
+    assert read(data, Format.JSON) == [
+        (1, {"a": 1}, None),
+        (2, None, "expected a JSON object, got an array"),
+        (3, None, "expected a JSON object, got a string"),
+        (4, None, "expected a JSON object, got a number"),
+        (5, None, "expected a JSON object, got null"),
+        (6, None, "expected a JSON object, got a boolean"),
+        (7, {"b": 2}, None),
+    ]
+
+
+def test_json_trailing_garbage_is_malformed_after_the_elements() -> None:
+    got, message = read_until_malformed(b'[{"a":1}] {"b":2}', Format.JSON)
+    assert got == [(1, {"a": 1}, None)]
+    assert message == "unexpected content after the closing ']' of the JSON array"
+
+
+@pytest.mark.parametrize("data", [b'{"a":1}', b"", b"   \n", b'"[1]"', b"null"])
+def test_json_not_an_array_is_malformed(data: bytes) -> None:
+    got, message = read_until_malformed(data, Format.JSON)
+    assert got == []
+    assert message == "a .json file must hold one JSON array of objects, '[{...}, ...]'"
+
+
+def test_json_broken_element_midway_is_malformed_after_earlier_elements() -> None:
+    data = b'[{"a":1},\n{"b":2},\n{"access_token": "' + SECRET.encode() + b'" "c"},\n{"d":4}]'
+    got, message = read_until_malformed(data, Format.JSON)
+    assert got == [(1, {"a": 1}, None), (2, {"b": 2}, None)]
+    assert message == "invalid JSON in element 3: Expecting ',' delimiter"
+    assert SECRET not in message
+
+
+def test_json_missing_separator_is_malformed() -> None:
+    got, message = read_until_malformed(b'[{"a":1} {"b":2}]', Format.JSON)
+    assert got == [(1, {"a": 1}, None)]
+    assert message == "invalid JSON after element 1: expected ',' or ']', found '{'"
+
+
+def test_json_unterminated_array_is_malformed() -> None:
+    got, message = read_until_malformed(b'[{"a":1}, {"b":2}', Format.JSON)
+    assert got == [(1, {"a": 1}, None), (2, {"b": 2}, None)]
+    assert message == "invalid JSON after element 2: expected ',' or ']', found the end of the file"
+
+
+def test_json_trailing_comma_is_malformed() -> None:
+    got, message = read_until_malformed(b'[{"a":1},]', Format.JSON)
+    assert got == [(1, {"a": 1}, None)]
+    assert message.startswith("invalid JSON in element 2: ")
+
+
+def test_json_invalid_utf8_is_malformed() -> None:
+    _, message = read_until_malformed(b'[{"a":"\xff"}]', Format.JSON)
+    assert message == "not valid UTF-8; save the file as UTF-8"
+
+
+def test_json_elements_larger_than_the_read_window() -> None:
+    size = 600 * 1024  # each element spans more than two 256 KiB windows
+    rows = [{"i": i, "blob": chr(ord("a") + i) * size} for i in range(3)]
+    data = json.dumps(rows).encode()
+    got = read(data, Format.JSON, limit=2 * size)
+    assert [(line, d and d["i"], err) for line, d, err in got] == [
+        (1, 0, None),
+        (2, 1, None),
+        (3, 2, None),
+    ]
+    assert got == [(i + 1, row, None) for i, row in enumerate(rows)]
+
+
+def test_json_multibyte_characters_across_window_edges() -> None:
+    rows = [{"name": "Zoë😀" * 7, "i": i} for i in range(4)]
+    data = json.dumps(rows, ensure_ascii=False).encode()
+    for window in range(1, 12):
+        with mock.patch.object(formats, "_READ_SIZE", window):
+            assert read(data, Format.JSON) == [(i + 1, r, None) for i, r in enumerate(rows)]
+
+
+def test_json_element_crossing_windows_over_the_limit_is_malformed() -> None:
+    data = b'[{"a":1}, {"blob":"' + b"x" * 500 + b'"}]'
+    with mock.patch.object(formats, "_READ_SIZE", 16):
+        got, message = read_until_malformed(data, Format.JSON, limit=100)
+    assert got == [(1, {"a": 1}, None)]
+    assert message == "element 2 is larger than 100 bytes"
+
+
+@pytest.mark.parametrize("window", range(1, 14))
+def test_json_integers_and_literals_split_at_window_edges(window: int) -> None:
+    data = b'[123456789, {"n": 98765432101}, -4200, true, null, false, {"z": -1}, 7]'
+    with mock.patch.object(formats, "_READ_SIZE", window):
+        rows = read(data, Format.JSON)
+    assert rows == [
+        (1, None, "expected a JSON object, got a number"),
+        (2, {"n": 98765432101}, None),
+        (3, None, "expected a JSON object, got a number"),
+        (4, None, "expected a JSON object, got a boolean"),
+        (5, None, "expected a JSON object, got null"),
+        (6, None, "expected a JSON object, got a boolean"),
+        (7, {"z": -1}, None),
+        (8, None, "expected a JSON object, got a number"),
+    ]
+
+
+@pytest.mark.parametrize("window", range(1, 14))
+def test_json_objects_with_floats_split_at_window_edges(window: int) -> None:
+    data = b'[{"f": 1.25e-3, "g": -0.5}, {"h": 6E3}]'
+    with mock.patch.object(formats, "_READ_SIZE", window):
+        assert read(data, Format.JSON) == [
+            (1, {"f": 0.00125, "g": -0.5}, None),
+            (2, {"h": 6000.0}, None),
+        ]
+
+
+def test_json_top_level_floats_split_at_window_edges() -> None:
+    # e.g. window 3: '[1.' | '5, ' -> 1 is decoded and '.' taken as the separator
+    data = b'[1.5, 12e3, {"a": 1}]'
+    for window in range(1, 14):
+        with mock.patch.object(formats, "_READ_SIZE", window):
+            rows = read(data, Format.JSON)
+        assert rows == [
+            (1, None, "expected a JSON object, got a number"),
+            (2, None, "expected a JSON object, got a number"),
+            (3, {"a": 1}, None),
+        ], f"window {window}"
+
+
+def test_json_broken_small_element_followed_by_much_data_is_reported_as_invalid() -> None:
+    tail = b",".join(b'{"ok":%d}' % i for i in range(400))  # ~4 KB of valid elements
+    data = b'[{"a":1}, {"b":2,,}, ' + tail + b"]"
+    got, message = read_until_malformed(data, Format.JSON, limit=1024)
+    assert got == [(1, {"a": 1}, None)]
+    assert message.startswith("invalid JSON in element 2: ")
+
+
+def test_json_element_over_the_limit_is_refused_wherever_it_lies() -> None:
+    data = b'[{"a":1}, {"blob":"' + b"x" * 5000 + b'"}]'
+    with mock.patch.object(formats, "_READ_SIZE", 64):  # straddles windows: refused
+        _, message = read_until_malformed(data, Format.JSON, limit=1024)
+    assert message == "element 2 is larger than 1024 bytes"
+    # Inside the default window the same element is accepted today.
+    _, message = read_until_malformed(data, Format.JSON, limit=1024)
+    assert message == "element 2 is larger than 1024 bytes"
+
+
+def test_json_array_stream_is_not_closed() -> None:
+    s = stream(b'[{"a":1}]')
+    assert len(list(read_records(s, Format.JSON, BIG))) == 1
+    assert not s.closed

@@ -1,0 +1,285 @@
+"""Property-based tests: readers round-trip, chunking invariants, count bookkeeping."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections import defaultdict
+from typing import Any
+from unittest import mock
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bulk_import import formats
+from bulk_import.chunking import Chunk, Chunker, PendingRow, body_overhead
+from bulk_import.formats import Format, read_records
+from bulk_import.models import ROW_FIELDS, Counts, Outcome
+
+FAST = settings(max_examples=60, deadline=None)
+BIG = 10_000_000
+
+
+def stream(data: bytes) -> io.BufferedReader:
+    return io.BufferedReader(io.BytesIO(data))
+
+
+def read(data: bytes, fmt: Format) -> list[tuple[int, dict[str, Any] | None, str | None]]:
+    return [(r.line, r.data, r.error) for r in read_records(stream(data), fmt, BIG)]
+
+
+# --- readers round-trip -----------------------------------------------------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+json_rows = st.lists(st.dictionaries(st.text(max_size=8), json_values, max_size=5), max_size=8)
+
+
+@FAST
+@given(
+    rows=json_rows,
+    blanks=st.lists(st.integers(min_value=0, max_value=2), min_size=9, max_size=9),
+    ascii_only=st.booleans(),
+    bom=st.booleans(),
+    crlf=st.booleans(),
+)
+def test_jsonl_round_trip(
+    rows: list[dict[str, Any]], blanks: list[int], ascii_only: bool, bom: bool, crlf: bool
+) -> None:
+    newline = "\r\n" if crlf else "\n"
+    lines: list[str] = []
+    expected = []
+    for row, blank in zip(rows, blanks, strict=False):
+        lines.extend([""] * blank)
+        lines.append(json.dumps(row, ensure_ascii=ascii_only))
+        expected.append((len(lines), row, None))
+    lines.extend([""] * blanks[-1])
+    data = (b"\xef\xbb\xbf" if bom else b"") + newline.join(lines).encode()
+    assert read(data, Format.JSONL) == expected
+
+
+@FAST
+@given(
+    rows=json_rows,
+    window=st.integers(min_value=1, max_value=40),
+    indent=st.sampled_from([None, 0, 2]),
+    ascii_only=st.booleans(),
+)
+def test_json_array_round_trip_with_tiny_read_windows(
+    rows: list[dict[str, Any]], window: int, indent: int | None, ascii_only: bool
+) -> None:
+    data = json.dumps(rows, indent=indent, ensure_ascii=ascii_only).encode()
+    with mock.patch.object(formats, "_READ_SIZE", window):
+        got = read(data, Format.JSON)
+    assert got == [(i + 1, row, None) for i, row in enumerate(rows)]
+
+
+def test_json_array_round_trip_with_read_size_7() -> None:
+    rows = [
+        {"user_id": f"u{i}", "expires_at": 1_700_000_000 + i, "s": ["a", "b"]} for i in range(50)
+    ]
+    with mock.patch.object(formats, "_READ_SIZE", 7):
+        assert read(json.dumps(rows).encode(), Format.JSON) == [
+            (i + 1, row, None) for i, row in enumerate(rows)
+        ]
+
+
+# Cell text: anything CSV must quote, including line breaks, plus non-ASCII.
+csv_text = st.text(
+    alphabet=st.sampled_from([*"ab Z,\"'\r\n\t;=é😀", "\u2028"]),
+    max_size=10,
+)
+csv_rows = st.lists(st.fixed_dictionaries(dict.fromkeys(ROW_FIELDS, csv_text)), max_size=8)
+_NEWLINES = re.compile(r"\r\n|\r|\n")
+
+
+@FAST
+@given(rows=csv_rows, crlf=st.booleans(), bom=st.booleans())
+def test_csv_round_trip_with_physical_line_numbers(
+    rows: list[dict[str, str]], crlf: bool, bom: bool
+) -> None:
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\r\n" if crlf else "\n")
+    writer.writerow(ROW_FIELDS)
+    expected = []
+    for row in rows:
+        line = len(_NEWLINES.findall(out.getvalue())) + 1
+        writer.writerow([row[f] for f in ROW_FIELDS])
+        expected.append((line, {k: v for k, v in row.items() if v != ""}, None))
+    data = (b"\xef\xbb\xbf" if bom else b"") + out.getvalue().encode()
+    got = read(data, Format.CSV)
+    # A record that is one empty-looking cell per column is still a record (all cells dropped).
+    assert got == expected
+
+
+# --- chunking ---------------------------------------------------------------------------------
+
+PROVIDERS = ["oura", "garmin", "whoop_v2"]
+
+
+def _payload(line: int, pad: int) -> bytes:
+    return json.dumps({"line": line, "pad": "x" * pad}, separators=(",", ":")).encode()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(PROVIDERS), st.integers(min_value=0, max_value=120)),
+        max_size=60,
+    ),
+    max_rows=st.integers(min_value=1, max_value=12),
+    extra_bytes=st.integers(min_value=-20, max_value=700),
+)
+def test_chunker_invariants(rows: list[tuple[str, int]], max_rows: int, extra_bytes: int) -> None:
+    max_bytes = body_overhead("whoop_v2") + extra_bytes
+    chunker = Chunker(max_rows, max_bytes)
+    emitted: list[Chunk] = []
+    by_provider: dict[str, list[int]] = defaultdict(list)
+    for line, (provider, pad) in enumerate(rows, start=1):
+        by_provider[provider].append(line)
+        closed = chunker.add(provider, PendingRow(line, f"user-{line}", _payload(line, pad)))
+        assert all(c.provider == provider for c in closed)
+        emitted.extend(closed)
+        assert chunker.pending_rows() == line - sum(len(c.rows) for c in emitted)
+    emitted.extend(chunker.flush())
+    assert chunker.pending_rows() == 0
+    assert chunker.flush() == []
+
+    # Every row lands in exactly one chunk.
+    lines = sorted(r.line for c in emitted for r in c.rows)
+    assert lines == list(range(1, len(rows) + 1))
+
+    # Order is preserved per provider, across chunks in the order they were emitted.
+    seen: dict[str, list[int]] = defaultdict(list)
+    for chunk in emitted:
+        assert chunk.rows, "no empty chunks"
+        seen[chunk.provider].extend(r.line for r in chunk.rows)
+    assert seen == by_provider
+
+    for chunk in emitted:
+        assert 1 <= len(chunk.rows) <= max_rows
+        size = chunk.size_bytes()
+        assert size <= max_bytes or len(chunk.rows) == 1
+        body = chunk.body(True)
+        # The bound counts the longer (wait_for_completion false) body: both fit.
+        assert size == len(chunk.body(False)) == len(body) + 1
+        assert chunk.payload_bytes == sum(len(r.payload) for r in chunk.rows)
+        parsed = json.loads(body)
+        assert parsed["provider"] == chunk.provider
+        assert parsed["wait_for_completion"] is True
+        assert [c["line"] for c in parsed["connections"]] == [r.line for r in chunk.rows]
+        assert json.loads(chunk.body(False))["wait_for_completion"] is False
+        assert (chunk.first_line, chunk.last_line) == (chunk.rows[0].line, chunk.rows[-1].line)
+
+
+def test_chunker_closes_on_rows_then_on_bytes() -> None:
+    p = _payload(1, 10)
+    chunker = Chunker(max_rows=2, max_bytes=10_000)
+    assert chunker.add("oura", PendingRow(1, "u1", p)) == []
+    [full] = chunker.add("oura", PendingRow(2, "u2", p))
+    assert [r.line for r in full.rows] == [1, 2]
+    # Bytes: room for exactly two payloads and one comma.
+    exact = body_overhead("oura") + 2 * len(p) + 1
+    chunker = Chunker(max_rows=100, max_bytes=exact)
+    assert chunker.add("oura", PendingRow(1, "u1", p)) == []
+    assert chunker.add("oura", PendingRow(2, "u2", p)) == []
+    [closed] = chunker.add("oura", PendingRow(3, "u3", p))
+    assert [r.line for r in closed.rows] == [1, 2]
+    assert closed.size_bytes() == exact
+    [rest] = chunker.flush()
+    assert [r.line for r in rest.rows] == [3]
+    assert chunker.fits_alone("oura", p)
+    assert not chunker.fits_alone("oura", b"x" * exact)
+
+
+def test_chunk_body_exact_bytes() -> None:
+    chunk = Chunk("oura")
+    chunk = chunk.subset([PendingRow(1, "u1", b'{"a":1}'), PendingRow(2, "u2", b'{"b":2}')])
+    assert chunk.body(True) == (
+        b'{"provider":"oura","connections":[{"a":1},{"b":2}],"wait_for_completion":true}'
+    )
+    assert chunk.body(False) == (
+        b'{"provider":"oura","connections":[{"a":1},{"b":2}],"wait_for_completion":false}'
+    )
+    assert chunk.payload_bytes == 14
+
+
+def test_chunk_body_never_exceeds_max_bytes_without_wait_for_completion() -> None:
+    p = _payload(1, 30)
+    max_bytes = body_overhead("oura") + 2 * len(p) + 1
+    chunker = Chunker(max_rows=100, max_bytes=max_bytes)
+    chunker.add("oura", PendingRow(1, "u1", p))
+    chunker.add("oura", PendingRow(2, "u2", p))
+    [chunk] = chunker.flush()
+    assert len(chunk.rows) == 2
+    assert len(chunk.body(False)) <= max_bytes
+
+
+# --- counts -----------------------------------------------------------------------------------
+
+outcomes = st.lists(
+    st.tuples(st.sampled_from(list(Outcome)), st.integers(min_value=0, max_value=5)), max_size=40
+)
+
+
+def _counts(items: list[tuple[Outcome, int]]) -> Counts:
+    counts = Counts()
+    for outcome, n in items:
+        counts.add(outcome, n)
+        assert counts.balanced
+    return counts
+
+
+@FAST
+@given(a=outcomes, b=outcomes)
+def test_counts_stay_balanced_and_merge_adds_up(
+    a: list[tuple[Outcome, int]], b: list[tuple[Outcome, int]]
+) -> None:
+    ca, cb = _counts(a), _counts(b)
+    assert ca.rows == sum(n for _, n in a)
+    field = {
+        Outcome.IMPORTED: "imported",
+        Outcome.FAILED: "failed",
+        Outcome.ENQUEUED: "enqueued",
+        Outcome.REJECTED: "rejected",
+        Outcome.DUPLICATE: "duplicates",
+        Outcome.ERRORED: "errored",
+    }
+    for outcome, name in field.items():
+        assert getattr(ca, name) == sum(n for o, n in a if o is outcome)
+    merged = ca.model_copy()
+    merged.merge(cb)
+    assert merged == _counts(a + b)
+    assert merged.balanced
+    assert merged.rows == ca.rows + cb.rows
+
+
+def test_counts_unbalanced_is_detected() -> None:
+    counts = Counts(rows=2, imported=1)
+    assert not counts.balanced
+    counts.add(Outcome.DUPLICATE)
+    assert counts.model_dump() == {
+        "rows": 3,
+        "rejected": 0,
+        "duplicates": 1,
+        "imported": 1,
+        "failed": 0,
+        "enqueued": 0,
+        "errored": 0,
+    }
+    assert not counts.balanced

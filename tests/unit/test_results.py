@@ -1,0 +1,214 @@
+"""outcomes.csv and manifest.json writers, and where results go."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from typing import IO, Any
+
+import pytest
+
+from bulk_import.chunking import RowOutcome, serialise
+from bulk_import.formats import Format, read_records
+from bulk_import.models import ConnectionRow, Counts, Manifest, Outcome, SourceRef
+from bulk_import.results import (
+    OUTCOMES_HEADER,
+    OutcomeSpool,
+    RetrySpool,
+    assemble,
+    outcomes_header,
+    results_prefix,
+    write_manifest,
+)
+from bulk_import.validation import validate_row
+
+
+class FakeBody:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def iter_chunks(self, chunk_size: int) -> Iterator[bytes]:
+        for i in range(0, len(self._data), chunk_size):
+            yield self._data[i : i + chunk_size]
+
+
+class FakeS3:
+    """An in-memory stand-in with just the calls the writers make; no AWS involved."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], bytes] = {}
+        self.extra: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def upload_fileobj(self, fileobj: IO[bytes], bucket: str, key: str, **kwargs: Any) -> None:
+        self.objects[bucket, key] = fileobj.read()
+        self.extra[bucket, key] = kwargs
+
+    def put_object(self, *, Bucket: str, Key: str, Body: bytes, **kwargs: Any) -> None:  # noqa: N803
+        self.objects[Bucket, Key] = Body
+        self.extra[Bucket, Key] = kwargs
+
+    def get_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803
+        return {"Body": FakeBody(self.objects[Bucket, Key])}
+
+
+@pytest.mark.parametrize(
+    ("key", "incoming", "results", "expected"),
+    [
+        ("incoming/a/b.csv", "incoming/", "results/", "results/a/b.csv/"),
+        ("incoming/oura/export.jsonl.gz", "incoming/", "results/", "results/oura/export.jsonl.gz/"),
+        ("incoming/x.json", "incoming/", "out/", "out/x.json/"),
+        ("uploads/2024/x.csv", "uploads/", "reports/done/", "reports/done/2024/x.csv/"),
+        ("other/a.csv", "incoming/", "results/", "results/other/a.csv/"),
+        ("incomingx/a.csv", "incoming/", "results/", "results/incomingx/a.csv/"),
+        ("a.csv", "incoming/", "results/", "results/a.csv/"),
+    ],
+)
+def test_results_prefix(key: str, incoming: str, results: str, expected: str) -> None:
+    assert results_prefix(key, incoming, results) == expected
+
+
+def outcomes_csv(*batches: list[RowOutcome]) -> bytes:
+    """outcomes.csv as the pipeline builds it: header + stored parts + the unsaved tail."""
+    s3 = FakeS3()
+    spool = OutcomeSpool()
+    try:
+        parts = []
+        for i, batch in enumerate(batches[:-1]):
+            spool.write(batch)
+            spool.upload(s3, "bucket", f"_state/part-{i}", "text/csv")  # type: ignore[arg-type]
+            assert spool.lines == 0  # upload starts the spool over
+            parts.append(f"_state/part-{i}")
+        if batches:
+            spool.write(batches[-1])
+            assert spool.lines == len(batches[-1])
+        assemble(
+            s3,  # type: ignore[arg-type]
+            "bucket",
+            "results/x.csv/outcomes.csv",
+            header=outcomes_header(),
+            part_keys=parts,
+            tail=spool,
+            content_type="text/csv",
+        )
+    finally:
+        spool.close()
+    assert s3.extra["bucket", "results/x.csv/outcomes.csv"]["ExtraArgs"] == {
+        "ContentType": "text/csv"
+    }
+    return s3.objects["bucket", "results/x.csv/outcomes.csv"]
+
+
+def test_header_row_is_exact_and_alone_for_no_rows() -> None:
+    assert outcomes_header() == b"line,user_id,provider,outcome,detail\n"
+    assert OUTCOMES_HEADER == ("line", "user_id", "provider", "outcome", "detail")
+    assert outcomes_csv() == b"line,user_id,provider,outcome,detail\n"
+    assert outcomes_csv([]) == b"line,user_id,provider,outcome,detail\n"
+
+
+def test_rows_are_written_in_order_with_exact_text() -> None:
+    user = "6f1c2c4e-1111-4222-8333-444455556666"
+    body = outcomes_csv(
+        [
+            RowOutcome(2, user, "oura", Outcome.IMPORTED),
+            RowOutcome(3, "", "garmin", Outcome.REJECTED, 'expires_at: bad, "quoted"\nnext'),
+        ],
+        [],
+        [RowOutcome(4, user, "oura", Outcome.DUPLICATE, "duplicate of line 2")],
+    )
+    assert body.decode() == (
+        "line,user_id,provider,outcome,detail\n"
+        f"2,{user},oura,imported,\n"
+        '3,,garmin,rejected,"expires_at: bad, ""quoted""\nnext"\n'
+        f"4,{user},oura,duplicate,duplicate of line 2\n"
+    )
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_csv_injection_is_neutralised_in_every_input_derived_cell(start: str) -> None:
+    value = start + 'HYPERLINK("http://evil","x")'
+    body = outcomes_csv([RowOutcome(7, value, value, Outcome.REJECTED, value)])
+    [header, row] = list(csv.reader(io.StringIO(body.decode(), newline="")))
+    assert header == list(OUTCOMES_HEADER)
+    assert row == ["7", "'" + value, "'" + value, "rejected", "'" + value]
+
+
+def test_ordinary_values_are_not_prefixed() -> None:
+    body = outcomes_csv(
+        [RowOutcome(1, "a=b", "oura", Outcome.FAILED, "check GET /v2/user/providers/{user_id}")]
+    )
+    assert body.decode().splitlines()[1] == (
+        "1,a=b,oura,failed,check GET /v2/user/providers/{user_id}"
+    )
+
+
+def test_many_parts_keep_order_and_utf8() -> None:
+    batches = [[RowOutcome(i + 1, f"u{i}", "oura", Outcome.ENQUEUED, "Zoë 😀")] for i in range(4)]
+    rows = list(csv.reader(io.StringIO(outcomes_csv(*batches).decode("utf-8"), newline="")))
+    assert rows[1:] == [[str(i + 1), f"u{i}", "oura", "enqueued", "Zoë 😀"] for i in range(4)]
+
+
+def test_write_manifest() -> None:
+    s3 = FakeS3()
+    counts = Counts()
+    counts.add(Outcome.IMPORTED, 2)
+    manifest = Manifest(
+        source=SourceRef(bucket="b", key="incoming/a.csv", etag='"abc"', size=10),
+        status="succeeded",
+        started_at="2025-01-01T00:00:00.000Z",
+        finished_at="2025-01-01T00:00:01.000Z",
+        counts=counts,
+        outcomes_key="results/a.csv/outcomes.csv",
+    )
+    write_manifest(s3, "b", "results/a.csv/manifest.json", manifest)  # type: ignore[arg-type]
+    assert s3.extra["b", "results/a.csv/manifest.json"] == {"ContentType": "application/json"}
+    doc = json.loads(s3.objects["b", "results/a.csv/manifest.json"])
+    assert doc["schema_version"] == 1
+    assert doc["status"] == "succeeded"
+    assert doc["counts"] == {
+        "rows": 2,
+        "rejected": 0,
+        "duplicates": 0,
+        "imported": 2,
+        "failed": 0,
+        "enqueued": 0,
+        "errored": 0,
+    }
+    assert doc["source"]["key"] == "incoming/a.csv"
+    assert doc["source"]["etag"] == '"abc"'
+    assert doc["source"]["size"] == 10
+    assert doc["outcomes_key"] == "results/a.csv/outcomes.csv"
+    assert doc["error"] is None
+    assert Manifest.model_validate(doc) == manifest
+
+
+def test_retry_spool_lines_can_be_uploaded_again_as_jsonl() -> None:
+    rows = [
+        ConnectionRow.model_validate(
+            {
+                "provider": provider,
+                "user_id": f"6f1c2c4e-1111-4222-8333-44445555666{i}",
+                "access_token": f"a{i}",
+                "refresh_token": f"r{i}",
+                "provider_id": f"p{i}",
+                "expires_at": 1_700_000_000,
+                "oauth_scopes": "x y" if i else None,
+            }
+        )
+        for i, provider in enumerate(["oura", "garmin"])
+    ]
+    s3 = FakeS3()
+    spool = RetrySpool()
+    try:
+        for row in rows:
+            spool.write(row.provider, serialise(row))
+        assert spool.lines == 2
+        spool.upload(s3, "b", "results/a.csv/retry.jsonl", "application/x-ndjson")  # type: ignore[arg-type]
+    finally:
+        spool.close()
+    data = s3.objects["b", "results/a.csv/retry.jsonl"]
+    records = list(read_records(io.BufferedReader(io.BytesIO(data)), Format.JSONL, 10_000))
+    assert [r.line for r in records] == [1, 2]
+    assert [validate_row(r.data or {}, None) for r in records] == rows
+    assert data.startswith(b'{"provider":"oura","user_id":')

@@ -1,0 +1,250 @@
+"""Row validation: ConnectionRow from JSON- and CSV-shaped dicts; reasons never echo values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bulk_import.chunking import serialise
+from bulk_import.models import PROVIDERS, ConnectionRow
+from bulk_import.validation import display_provider, display_user_id, validate_row
+
+USER = "6f1c2c4e-1111-4222-8333-444455556666"
+SECRET = "tok_SECRET_abc123"
+REFRESH_SECRET = "ref_SECRET_xyz789"
+
+
+def json_row(**overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "provider": "oura",
+        "user_id": USER,
+        "access_token": SECRET,
+        "refresh_token": REFRESH_SECRET,
+        "provider_id": "oura-user-1",
+        "expires_at": 1_700_000_000,
+        "oauth_scopes": ["daily", "heartrate"],
+    }
+    row.update(overrides)
+    return {k: v for k, v in row.items() if v is not ...}
+
+
+def valid(data: dict[str, Any], default: str | None = None) -> ConnectionRow:
+    row = validate_row(data, default)
+    assert isinstance(row, ConnectionRow), row
+    return row
+
+
+def test_valid_json_row() -> None:
+    row = valid(json_row())
+    assert row.recipe() == {
+        "user_id": USER,
+        "access_token": SECRET,
+        "refresh_token": REFRESH_SECRET,
+        "provider_id": "oura-user-1",
+        "expires_at": 1_700_000_000,
+        "oauth_scopes": ["daily", "heartrate"],
+    }
+    assert row.provider == "oura"
+    assert serialise(row) == (
+        b'{"user_id":"6f1c2c4e-1111-4222-8333-444455556666","access_token":"tok_SECRET_abc123",'
+        b'"refresh_token":"ref_SECRET_xyz789","provider_id":"oura-user-1",'
+        b'"expires_at":1700000000,"oauth_scopes":["daily","heartrate"]}'
+    )
+
+
+def test_valid_csv_like_row() -> None:
+    data = {
+        "provider": " Garmin ",
+        "user_id": f" {USER.upper()} ",
+        "access_token": " a ",
+        "refresh_token": "r",
+        "provider_id": "12345",
+        "expires_at": " 1700000000 ",
+        "oauth_scopes": "a b,c ,, d",
+    }
+    row = valid(data)
+    assert row.provider == "garmin"
+    assert row.recipe() == {
+        "user_id": USER,
+        "access_token": "a",
+        "refresh_token": "r",
+        "provider_id": "12345",
+        "expires_at": 1_700_000_000,
+        "oauth_scopes": ["a", "b", "c", "d"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("scopes", "expected"),
+    [
+        ("a b,c", ["a", "b", "c"]),
+        ("  read\twrite  ", ["read", "write"]),
+        ("", None),
+        ("  , ", None),
+        (None, None),
+        ([], []),
+        (["x"], ["x"]),
+        (..., None),
+    ],
+)
+def test_oauth_scopes(scopes: Any, expected: list[str] | None) -> None:
+    assert valid(json_row(oauth_scopes=scopes)).oauth_scopes == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1700000000", 1_700_000_000),
+        ("+5", 5),
+        ("-1", -1),
+        (1_700_000_000.0, 1_700_000_000),
+        (2_147_483_647, 2_147_483_647),
+    ],
+)
+def test_expires_at_accepted_forms(value: Any, expected: int) -> None:
+    expires = valid(json_row(expires_at=value)).expires_at
+    assert expires == expected
+    assert type(expires) is int
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(12345, "12345"), (0, "0"), ("abc", "abc"), ("  x  ", "x")],
+)
+def test_provider_id_numbers_become_strings(value: Any, expected: str) -> None:
+    assert valid(json_row(provider_id=value)).provider_id == expected
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    [
+        USER.upper(),
+        "{" + USER + "}",
+        "urn:uuid:" + USER,
+        USER.replace("-", ""),
+    ],
+)
+def test_user_id_is_canonical_lowercase_uuid(user_id: str) -> None:
+    assert valid(json_row(user_id=user_id)).user_id == USER
+
+
+@pytest.mark.parametrize("provider", ["OURA", "Oura", " oura\t"])
+def test_provider_is_case_insensitive(provider: str) -> None:
+    assert valid(json_row(provider=provider)).provider == "oura"
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_every_documented_provider_is_accepted(provider: str) -> None:
+    assert valid(json_row(provider=provider)).provider == provider
+
+
+def test_default_provider_applies_only_when_row_lacks_one() -> None:
+    assert valid(json_row(provider=...), "garmin").provider == "garmin"
+    assert valid(json_row(provider=None), "garmin").provider == "garmin"
+    assert valid(json_row(provider=""), "garmin").provider == "garmin"
+    assert valid(json_row(provider="fitbit"), "garmin").provider == "fitbit"
+    # The row's own (invalid) provider wins over the default: it is not silently replaced.
+    reason = validate_row(json_row(provider="nope"), "garmin")
+    assert isinstance(reason, str)
+    assert reason.startswith("provider: unknown provider; expected one of cronometer, ")
+
+
+def test_input_dict_is_not_modified() -> None:
+    data = json_row(provider=...)
+    before = dict(data)
+    valid(data, "oura")
+    assert data == before
+
+
+@pytest.mark.parametrize("provider", [..., None, ""])
+def test_missing_provider_message(provider: Any) -> None:
+    assert validate_row(json_row(provider=provider), None) == (
+        "provider: missing; add a 'provider' field, put the file under incoming/<provider>/, "
+        "or set the object's 'provider' metadata"
+    )
+
+
+def test_unknown_provider_lists_the_known_ones() -> None:
+    assert validate_row(json_row(provider="myspace"), None) == (
+        "provider: unknown provider; expected one of " + ", ".join(sorted(PROVIDERS))
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        (
+            {"expires_at": True},
+            "expires_at: must be an integer (UNIX epoch seconds), not a boolean",
+        ),
+        (
+            {"expires_at": False},
+            "expires_at: must be an integer (UNIX epoch seconds), not a boolean",
+        ),
+        ({"expires_at": 1.5}, "expires_at: Input should be a valid integer"),
+        ({"expires_at": "1.5"}, "expires_at: Input should be a valid integer"),
+        ({"expires_at": "soon"}, "expires_at: Input should be a valid integer"),
+        ({"expires_at": ...}, "expires_at: missing"),
+        ({"access_token": ...}, "access_token: missing"),
+        ({"refresh_token": ...}, "refresh_token: missing"),
+        ({"provider_id": ...}, "provider_id: missing"),
+        ({"user_id": ...}, "user_id: missing"),
+        ({"access_token": ""}, "access_token: String should have at least 1 character"),
+        ({"access_token": "   "}, "access_token: String should have at least 1 character"),
+        ({"user_id": "not-a-uuid"}, "user_id: must be a Vital user id (a UUID)"),
+        ({"user_id": ""}, "user_id: String should have at least 1 character"),
+        ({"oauth_scopes": 5}, "oauth_scopes: Input should be a valid list"),
+        ({"oauth_scopes": ["a", ""]}, "oauth_scopes.1: String should have at least 1 character"),
+        ({"provider_id": True}, "provider_id: Input should be a valid string"),
+        ({"provider": 7}, "provider: Input should be a valid string"),
+    ],
+)
+def test_invalid_rows(overrides: dict[str, Any], reason: str) -> None:
+    assert validate_row(json_row(**overrides), None) == reason
+
+
+def test_several_invalid_fields_are_all_named() -> None:
+    reason = validate_row(json_row(access_token=..., expires_at="x", user_id="u"), None)
+    assert reason == (
+        "user_id: must be a Vital user id (a UUID); access_token: missing; "
+        "expires_at: Input should be a valid integer"
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"access_token": 12345},
+        {"access_token": [SECRET]},
+        {"access_token": {"value": SECRET}},
+        {"refresh_token": [REFRESH_SECRET, SECRET]},
+        {"refresh_token": 98765.5},
+        {"access_token": SECRET, "expires_at": "never"},
+        {"access_token": SECRET, "user_id": SECRET},
+        {"access_token": SECRET, "provider_id": SECRET, "expires_at": SECRET},
+        {"access_token": SECRET, "provider": SECRET},
+        {"access_token": SECRET, "oauth_scopes": {SECRET: SECRET}},
+        {"access_token": SECRET, "oauth_scopes": [SECRET, 5, ""]},
+        {"access_token": SECRET, "user_id": 12345},
+        {"access_token": SECRET + "\ud800"},
+        {"access_token": f"  {SECRET}", "refresh_token": ""},
+    ],
+)
+def test_reasons_never_contain_token_values(overrides: dict[str, Any]) -> None:
+    reason = validate_row(json_row(**overrides), None)
+    assert isinstance(reason, str)
+    assert reason  # a real reason
+    for secret in (SECRET, REFRESH_SECRET, "12345", "98765", "tok_", "ref_"):
+        assert secret not in reason, reason
+
+
+def test_display_helpers() -> None:
+    assert display_user_id({"user_id": f" {USER} "}) == USER
+    assert display_user_id({"user_id": "x" * 65}) == ""
+    assert display_user_id({"user_id": 5}) == ""
+    assert display_user_id(None) == ""
+    assert display_provider({"provider": " OURA "}, "garmin") == "oura"
+    assert display_provider({"provider": ""}, "garmin") == "garmin"
+    assert display_provider({"provider": "x" * 41}, None) == ""
+    assert display_provider(None, None) == ""
