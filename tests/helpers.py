@@ -85,14 +85,16 @@ def compress(data: bytes, compression: str) -> bytes:
 def s3_event(
     bucket: str, keys: Iterable[str], version_ids: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """A direct S3 ObjectCreated notification; keys are URL-encoded as S3 does (space → '+')."""
+    """A direct S3 ObjectCreated notification; keys are URL-encoded as S3 does (space → '+').
+
+    Each call is a new upload (a new sequencer); reuse the dict to model a redelivery.
+    """
     records = []
     for key in keys:
         obj: dict[str, Any] = {
             "key": quote_plus(key, safe="/"),
             "size": 1,
-            "eTag": "x",
-            "sequencer": "00",
+            "sequencer": uuid.uuid4().hex[:18].upper(),
         }
         if version_ids and key in version_ids:
             obj["versionId"] = version_ids[key]

@@ -41,29 +41,41 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000,
     )
     work = once_per_ref(
-        lambda ref: _import(ref, settings, deps), settings.idempotency_table, context
+        lambda ref: _import(ref, settings, deps, context.aws_request_id),
+        settings.idempotency_table,
+        context,
     )
     files, busy = [], []
     for ref, from_queue in _refs(event, settings):
         logger.append_keys(bucket=ref.bucket, key=ref.key, segment=ref.segment)
         try:
-            files.append(work(ref))
+            summary = work(ref)
         except IdempotencyAlreadyInProgressError:
             logger.warning("another invocation is importing this object right now")
             metrics.add_metric(name="DuplicateInProgress", unit=MetricUnit.Count, value=1)
             if not from_queue:
                 busy.append(ref.key)  # an S3 retry may be the only copy: let Lambda retry it
+            continue
+        if (
+            summary.get("status") == "skipped"
+            or summary.get("request_id") != context.aws_request_id
+        ):
+            # Skipped by the pipeline, or a stored result replayed by the idempotency guard.
+            metrics.add_metric(name="DuplicateEvents", unit=MetricUnit.Count, value=1)
+        files.append(summary)
     if busy:
         raise ImportStillRunning(f"{len(busy)} object(s) are being imported by another invocation")
     return {"files": files}
 
 
-def _import(ref: ObjectRef, settings: Settings, deps: Dependencies) -> dict[str, Any]:
+def _import(
+    ref: ObjectRef, settings: Settings, deps: Dependencies, request_id: str
+) -> dict[str, Any]:
     result = import_object(ref, settings, deps)
     record_file_metrics(result.manifest, result.call_stats)
     if result.continuation is not None:
         aws.hand_off(ContinuationMessage(ref=result.continuation), settings.continuation_queue_url)
-    return _summary(result)
+    return {**_summary(result), "request_id": request_id}
 
 
 def _summary(result: FileResult) -> dict[str, Any]:

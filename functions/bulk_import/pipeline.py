@@ -157,6 +157,7 @@ class _Run:
         self.last_progress = time.monotonic()
         self.chunks_done = 0
         self.probed = False
+        self.posted_here = 0
         self.lease_step = settings.checkpoint_every_chunks or 2 * settings.max_concurrency
 
     # --- main flow ----------------------------------------------------------------------------
@@ -208,12 +209,15 @@ class _Run:
         return None
 
     def _same_object(self, other: SourceRef) -> bool:
-        if self.ref.version_id and other.version_id:
-            return self.ref.version_id == other.version_id
-        return (self.ref.etag or None, self.ref.sequencer) == (
-            other.etag or None,
-            other.sequencer,
-        ) and not (self.ref.etag is None and self.ref.sequencer is None)
+        """Same upload: by version id, else by S3's per-upload sequencer, else by ETag."""
+        for mine, theirs in (
+            (self.ref.version_id, other.version_id),
+            (self.ref.sequencer, other.sequencer),
+            (self.ref.etag, other.etag),
+        ):
+            if mine and theirs:
+                return mine == theirs
+        return False
 
     def _skip(self, reason: str) -> FileResult:
         logger.info("skipping: " + reason, extra={"segment": self.ref.segment})
@@ -250,6 +254,10 @@ class _Run:
                 self._read_and_post()
         except FileError as exc:
             self.error = exc
+            # Rows already chunked are not sent after a file error: reported, and in retry.jsonl.
+            self.stop_reason = self.stop_reason or exc
+            for chunk in self.chunker.flush():
+                self._dispatch(chunk)
         except _DeadlineReached:
             deadline = True
         except (BotoCoreError, ClientError) as exc:
@@ -311,6 +319,8 @@ class _Run:
                         self._log_progress()
                 self._take(record, default_provider)
                 self.line = record.line
+        for chunk in self.chunker.flush():
+            self._dispatch(chunk)
 
     def _take(self, record: formats.Record, default_provider: str | None) -> None:
         if record.data is None:
@@ -389,6 +399,10 @@ class _Run:
         # request, not MAX_CONCURRENCY of them.
         while len(self.in_flight) >= (self.settings.max_concurrency if self.probed else 1):
             self._collect()
+        if self.posted_here and self.deps.remaining_seconds() < self.settings.safety_margin_seconds:
+            # Not numbered yet: a later invocation rebuilds this very chunk and sends it.
+            self.next_seq = seq
+            raise _DeadlineReached
         if self.stop_reason is not None:
             self._write_chunk(chunk, Outcome.ERRORED, f"not sent: {self.stop_reason}")
             self._settle(seq)
@@ -399,6 +413,7 @@ class _Run:
         assert self.executor is not None  # noqa: S101 - created with the client
         future = self.executor.submit(post_chunk, client, chunk, self.settings.wait_for_completion)
         self.in_flight[future] = seq
+        self.posted_here += 1
 
     def _client(self) -> VitalClient:
         if self.client is None:
@@ -462,8 +477,6 @@ class _Run:
 
     def _finish_posting(self) -> None:
         try:
-            for chunk in self.chunker.flush():
-                self._dispatch(chunk)
             self._drain()
         finally:
             if self.executor is not None:

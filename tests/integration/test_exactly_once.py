@@ -1,0 +1,298 @@
+"""Duplicate events, crashes, deadlines and aborts: no chunk sent twice, no row without an outcome."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.helpers import encode_rows, make_row, parse_outcomes, s3_event, user_id
+from tests.integration.conftest import Stack
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def idempotency_table(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A table with Powertools' default schema (key ``id``), as template.yaml creates it."""
+    name = f"idempotency-{uuid.uuid4().hex[:8]}"
+    boto3.client("dynamodb").create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    monkeypatch.setenv("IDEMPOTENCY_TABLE", name)
+    return name
+
+
+@pytest.fixture
+def continuation_queue(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> str:
+    url: str = boto3.client("sqs").create_queue(QueueName=f"cont-{uuid.uuid4().hex[:8]}")[
+        "QueueUrl"
+    ]
+    monkeypatch.setenv("CONTINUATION_QUEUE_URL", url)
+    return url
+
+
+def upload(
+    stack: Stack, key: str, n: int, providers: tuple[str, ...] = ("oura", "fitbit")
+) -> list[dict[str, Any]]:
+    rows = [make_row(i, provider=providers[i % len(providers)]) for i in range(n)]
+    rows.insert(n // 3, make_row(10_000, user_id="broken"))  # one rejected row
+    rows.append(dict(rows[1]))  # one duplicate
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put(key, encode_rows(rows, "jsonl"))
+    return rows
+
+
+def assert_complete(stack: Stack, prefix: str, rows: int) -> dict[str, Any]:
+    manifest = stack.manifest(prefix)
+    outcomes = stack.outcomes(prefix)
+    counts = manifest["counts"]
+    assert counts["rows"] == rows
+    assert counts["rows"] == sum(v for k, v in counts.items() if k != "rows")
+    assert len(outcomes) == rows
+    assert sorted(int(o["line"]) for o in outcomes) == list(range(1, rows + 1))
+    posted = stack.vital.posted_connections()
+    assert len(posted) == len(set(posted)), "a connection was sent twice"
+    return manifest
+
+
+def drain_queue(stack: Stack, queue_url: str, timeout_seconds: float, limit: int = 50) -> int:
+    """Invoke the handler with every continuation message until none is left."""
+    sqs = boto3.client("sqs")
+    invocations = 0
+    for _ in range(limit):
+        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1).get(
+            "Messages", []
+        )
+        if not messages:
+            return invocations
+        (message,) = messages
+        event = {"Records": [{"eventSource": "aws:sqs", "body": message["Body"]}]}
+        stack.invoke(event, timeout_seconds=timeout_seconds)
+        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        invocations += 1
+    pytest.fail("continuations did not converge")
+
+
+def test_redelivered_event_posts_nothing_with_idempotency_table(
+    stack: Stack, idempotency_table: str
+) -> None:
+    upload(stack, "incoming/twice.jsonl", 30)
+    event = s3_event(stack.bucket, ["incoming/twice.jsonl"])
+
+    first = stack.invoke(event)
+    requests_after_first = len(stack.vital.bulk_import_requests())
+    second = stack.invoke(event)
+
+    assert second == first  # Powertools returned the stored result
+    assert len(stack.vital.bulk_import_requests()) == requests_after_first
+    assert_complete(stack, "results/twice.jsonl/", 32)
+    items = boto3.client("dynamodb").scan(TableName=idempotency_table)["Items"]
+    assert len(items) == 1
+    assert items[0]["status"]["S"] == "COMPLETED"
+    assert "expiration" in items[0]
+
+
+def test_redelivered_event_posts_nothing_without_table(stack: Stack) -> None:
+    upload(stack, "incoming/twice.jsonl", 12)
+    event = s3_event(stack.bucket, ["incoming/twice.jsonl"])
+
+    stack.invoke(event)
+    before = len(stack.vital.bulk_import_requests())
+    result = stack.invoke(event)
+
+    assert result["files"][0]["status"] == "skipped"
+    assert len(stack.vital.bulk_import_requests()) == before
+
+
+def test_new_upload_of_the_same_key_is_a_new_import(stack: Stack, idempotency_table: str) -> None:
+    stack.s3.put_bucket_versioning(
+        Bucket=stack.bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
+    rows = [make_row(n) for n in range(5)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    v1 = stack.put("incoming/same.jsonl", encode_rows(rows[:3], "jsonl"))
+    stack.invoke(s3_event(stack.bucket, ["incoming/same.jsonl"], {"incoming/same.jsonl": v1}))
+    v2 = stack.put("incoming/same.jsonl", encode_rows(rows, "jsonl"))
+    stack.invoke(s3_event(stack.bucket, ["incoming/same.jsonl"], {"incoming/same.jsonl": v2}))
+
+    manifest = stack.manifest("results/same.jsonl/")
+    assert manifest["source"]["version_id"] == v2
+    assert manifest["counts"]["imported"] == 5
+    assert len(stack.vital.bulk_import_requests()) == 2
+
+
+def test_concurrent_duplicate_events_post_each_connection_once(
+    stack: Stack, idempotency_table: str
+) -> None:
+    stack.vital.latency_seconds = 0.05
+    upload(stack, "incoming/race.jsonl", 60)
+    event = s3_event(stack.bucket, ["incoming/race.jsonl"])
+    outcomes: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcomes.append(stack.invoke(event))
+        except Exception as exc:  # noqa: BLE001 - the loser's error is what we assert on
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    kinds = sorted(type(o).__name__ for o in outcomes)
+    # The loser raises so that Lambda retries it; the retry then finds the stored result.
+    assert kinds == ["ImportStillRunning", "dict"]
+    assert_complete(stack, "results/race.jsonl/", 62)
+    retried = stack.invoke(event)
+    assert retried["files"][0]["status"] == "partial"
+    assert len(stack.vital.posted_connections()) == 60
+
+
+def test_killed_process_resumes_without_resending(stack: Stack, stack_env: dict[str, str]) -> None:
+    # Given a slow Vital and a run that is really killed after a few chunks
+    stack.vital.latency_seconds = 0.15
+    rows = upload(stack, "incoming/crash.jsonl", 200)
+    event = s3_event(stack.bucket, ["incoming/crash.jsonl"])
+    env = {**os.environ, "CHUNK_SIZE": "10", "MAX_CONCURRENCY": "2", "CHECKPOINT_EVERY_CHUNKS": "2"}
+    child = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+        [sys.executable, "-m", "tests.integration.run_handler", json.dumps(event), "900"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(stack.vital.bulk_import_requests()) < 6 and time.monotonic() < deadline:
+            assert child.poll() is None, "the run finished before it could be killed"
+            time.sleep(0.01)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    sent_before_crash = set(stack.vital.posted_connections())
+    assert sent_before_crash, "nothing was sent before the kill"
+    listing = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="results/crash.jsonl/manifest")
+    assert "Contents" not in listing, "the killed run must not have finished"
+
+    # When the event is delivered again (Lambda's retry)
+    stack.vital.latency_seconds = 0
+    result = stack.invoke(event)
+
+    # Then every row has one outcome, nothing was sent twice, in-doubt rows are in retry.jsonl
+    assert result["files"][0]["status"] in {"partial", "succeeded"}
+    manifest = assert_complete(stack, "results/crash.jsonl/", len(rows))
+    outcomes = stack.outcomes("results/crash.jsonl/")
+    tally = Counter(o["outcome"] for o in outcomes)
+    assert tally["rejected"] == 1
+    assert tally["duplicate"] == 1
+    assert tally["imported"] + tally["errored"] == 200
+    in_doubt = {o["user_id"] for o in outcomes if o["outcome"] == "errored"}
+    assert all("in doubt" in o["detail"] for o in outcomes if o["outcome"] == "errored")
+    imported = {o["user_id"] for o in outcomes if o["outcome"] == "imported"}
+    assert {u for _, u in sent_before_crash} <= imported | in_doubt
+    if in_doubt:
+        retry = stack.get("retry/crash.jsonl/retry.jsonl").decode().splitlines()
+        assert {json.loads(line)["user_id"] for line in retry} == in_doubt
+    assert manifest["segments"] == 1
+    # And the checkpoint state is cleaned up
+    leftovers = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="results/crash.jsonl/_state/")
+    assert "Contents" not in leftovers
+
+
+def test_tiny_time_budget_continues_across_invocations(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, continuation_queue: str
+) -> None:
+    # Given the same file imported once in one go and once with ~0.3 s per invocation
+    rows = upload(stack, "incoming/long.jsonl", 400)
+    stack.put("incoming/whole.jsonl", stack.get("incoming/long.jsonl"))
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "2")
+    stack.import_keys("incoming/whole.jsonl")
+    whole = stack.manifest("results/whole.jsonl/")
+    stack.vital.reset()
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+
+    # The client keeps max(1, margin/2) s in reserve and needs 1 s for an attempt: 2.6 s of
+    # margin out of 3 s leaves each invocation ~0.4 s of reading.
+    stack.vital.latency_seconds = 0.05
+    monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "2.6")
+    first = stack.invoke(s3_event(stack.bucket, ["incoming/long.jsonl"]), timeout_seconds=3.0)
+    assert first["files"][0]["status"] == "continued"
+    continuations = drain_queue(stack, continuation_queue, timeout_seconds=3.0)
+
+    # Then several invocations produced one manifest equal to the single-run result
+    assert continuations >= 2
+    manifest = assert_complete(stack, "results/long.jsonl/", len(rows))
+    assert manifest["segments"] == continuations + 1
+    assert manifest["counts"] == whole["counts"]
+    assert manifest["providers"] == whole["providers"]
+    assert manifest["status"] == whole["status"]
+    assert len(manifest["chunks"]) == len(whole["chunks"])
+    split = sorted(
+        (o["line"], o["outcome"], o["user_id"]) for o in stack.outcomes("results/long.jsonl/")
+    )
+    single = sorted(
+        (o["line"], o["outcome"], o["user_id"]) for o in stack.outcomes("results/whole.jsonl/")
+    )
+    assert split == single
+    assert len(stack.vital.posted_connections()) == 400
+
+
+def test_duplicate_continuation_message_is_ignored(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, continuation_queue: str
+) -> None:
+    upload(stack, "incoming/dup.jsonl", 200)
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "2.8")
+    stack.vital.latency_seconds = 0.02
+    stack.invoke(s3_event(stack.bucket, ["incoming/dup.jsonl"]), timeout_seconds=3.0)
+    sqs = boto3.client("sqs")
+    (message,) = sqs.receive_message(QueueUrl=continuation_queue)["Messages"]
+    sqs.delete_message(QueueUrl=continuation_queue, ReceiptHandle=message["ReceiptHandle"])
+    event = {"Records": [{"eventSource": "aws:sqs", "body": message["Body"]}]}
+
+    monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "0")
+    stack.invoke(event)  # finishes the file
+    before = len(stack.vital.bulk_import_requests())
+    again = stack.invoke(event)
+
+    assert again["files"][0]["status"] == "skipped"
+    assert len(stack.vital.bulk_import_requests()) == before
+    assert_complete(stack, "results/dup.jsonl/", 202)
+
+
+def test_failure_threshold_stops_the_file(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAILURE_THRESHOLD_PERCENT", "20")
+    rows = [make_row(n) for n in range(400)]
+    stack.vital.add_known_users(*(user_id(n) for n in range(0, 400, 2)))  # half fail
+    stack.put("incoming/bad.jsonl", encode_rows(rows, "jsonl"))
+
+    stack.import_keys("incoming/bad.jsonl")
+
+    manifest = assert_complete(stack, "results/bad.jsonl/", 400)
+    assert manifest["status"] == "failed"
+    assert manifest["error"]["type"] == "ImportAborted"
+    assert "FAILURE_THRESHOLD_PERCENT=20%" in manifest["error"]["message"]
+    assert len(stack.vital.posted_connections()) < 400
+    outcomes = stack.outcomes("results/bad.jsonl/")
+    not_sent = [o for o in outcomes if o["detail"].startswith("not sent")]
+    assert len(not_sent) == 400 - len(stack.vital.posted_connections())
+    retry = parse_outcomes(stack.get("results/bad.jsonl/outcomes.csv"))
+    assert len(retry) == 400
