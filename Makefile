@@ -3,8 +3,11 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY = $(shell ./local/bootstrap.sh)
 UV = $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+# SAM CLI pins its own boto3 and friends: it runs from a separate tool environment.
+SAM_CLI_VERSION = 1.170.0
+export SAM_CLI_VERSION
 
-.PHONY: help venv demo test lint typecheck unit integration cfn-lint requirements bench clean
+.PHONY: help venv demo test lint typecheck unit integration cfn-lint sam-validate package requirements bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -15,7 +18,7 @@ venv: ## create .venv/ from uv.lock (Python 3.13)
 demo: venv ## run the importer on the embedded local stack with the sample files in events/
 	$(PY) -m local.demo
 
-test: lint typecheck cfn-lint ## everything CI runs: ruff, mypy --strict, cfn-lint, all tests
+test: lint typecheck cfn-lint sam-validate ## everything CI runs: ruff, mypy --strict, cfn-lint, sam validate, all tests
 	$(PY) -m pytest
 
 lint: venv ## ruff check and format check
@@ -28,6 +31,12 @@ typecheck: venv ## mypy --strict on the Lambda package
 cfn-lint: venv ## lint template.yaml
 	.venv/bin/cfn-lint template.yaml
 
+sam-validate: venv ## sam validate --lint (SAM CLI in its own uv tool environment, not in the lock)
+	SAM_CLI_TELEMETRY=0 $(UV) tool run --python "$$(readlink -f .venv/bin/python)" --from aws-sam-cli==$(SAM_CLI_VERSION) sam validate --lint --template template.yaml --region us-east-1
+
+package: venv ## build the Lambda package for python3.13/arm64 without Docker (build/lambda-arm64.zip)
+	./local/package.sh
+
 unit: venv ## unit tests only
 	$(PY) -m pytest tests/unit
 
@@ -35,7 +44,7 @@ integration: venv ## integration tests only (starts the local stack)
 	$(PY) -m pytest tests/integration
 
 requirements: venv ## regenerate functions/requirements.txt from uv.lock
-	$(UV) export --locked --no-dev --no-emit-project --format requirements-txt --quiet -o functions/requirements.txt
+	./local/export-requirements.sh > functions/requirements.txt
 
 bench: venv ## run the benchmarks (on demand; prints ratios, writes bench/results.json)
 	$(PY) -m bench.run

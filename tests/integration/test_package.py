@@ -1,0 +1,80 @@
+"""The deployment package `make package` builds: what ships, and that it fits Lambda's limits."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+ZIP = ROOT / "build" / "lambda-arm64.zip"
+EM_AARCH64 = 183
+# Lambda's limits for a zip deployment: 50 MB zipped (direct upload), 250 MB unzipped.
+MAX_ZIPPED = 50 * 1024 * 1024
+MAX_UNZIPPED = 250 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def package() -> zipfile.ZipFile:
+    subprocess.run(["./local/package.sh"], cwd=ROOT, check=True, capture_output=True)
+    with zipfile.ZipFile(ZIP) as zf:
+        yield zf
+
+
+def elf_machine(data: bytes) -> int:
+    assert data[:4] == b"\x7fELF"
+    little = data[5] == 1
+    (machine,) = struct.unpack("<H" if little else ">H", data[18:20])
+    return int(machine)
+
+
+def test_handler_module_and_runtime_dependencies_are_at_the_root(package: zipfile.ZipFile) -> None:
+    names = set(package.namelist())
+    assert "bulk_import/handler.py" in names
+    for top in (
+        "httpx",
+        "pydantic",
+        "pydantic_core",
+        "aws_lambda_powertools",
+        "stamina",
+        "zstandard",
+    ):
+        assert any(n.startswith(top + "/") for n in names), top
+
+
+def test_no_test_local_or_dev_code_and_no_runtime_provided_sdk(package: zipfile.ZipFile) -> None:
+    tops = {n.split("/", 1)[0] for n in package.namelist()}
+    forbidden = {
+        "tests",
+        "local",
+        "bench",
+        "moto",
+        "pytest",
+        "hypothesis",
+        "fastapi",
+        "uvicorn",
+        "vital",
+        "pyinstrument",
+        "boto3",
+        "botocore",
+        "s3transfer",
+        "mypy_boto3_s3",
+    }
+    assert not tops & forbidden
+    assert not [n for n in package.namelist() if "__pycache__" in n]
+
+
+def test_native_code_is_arm64_only(package: zipfile.ZipFile) -> None:
+    native = [n for n in package.namelist() if n.endswith(".so") or ".so." in n]
+    assert native, "expected compiled extensions (pydantic-core, zstandard)"
+    for name in native:
+        assert elf_machine(package.read(name)[:64]) == EM_AARCH64, name
+
+
+def test_package_fits_lambda_limits(package: zipfile.ZipFile) -> None:
+    assert ZIP.stat().st_size < MAX_ZIPPED
+    assert sum(i.file_size for i in package.infolist()) < MAX_UNZIPPED
