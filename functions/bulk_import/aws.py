@@ -5,8 +5,9 @@ No endpoint code: boto3 honours AWS_ENDPOINT_URL, which is how the local stack i
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -15,6 +16,7 @@ from bulk_import.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_sns.client import SNSClient
     from mypy_boto3_sqs.client import SQSClient
 
     from bulk_import.models import ContinuationMessage
@@ -51,6 +53,7 @@ def clear_caches() -> None:
 
     s3_client.cache_clear()
     sqs_client.cache_clear()
+    sns_client.cache_clear()
     parameters.clear_caches()  # type: ignore[no-untyped-call]
 
 
@@ -67,3 +70,20 @@ def hand_off(message: ContinuationMessage, queue_url: str | None) -> None:
             "invoke the function again with the same event to resume from the checkpoint"
         )
     sqs_client().send_message(QueueUrl=queue_url, MessageBody=message.model_dump_json())
+
+
+@lru_cache(maxsize=1)
+def sns_client() -> SNSClient:
+    return boto3.client("sns", config=_CONFIG)
+
+
+def announce(topic_arn: str, summary: dict[str, Any]) -> None:
+    """Publish a finished file's summary (status, counts, where the manifest is; no tokens)."""
+    sns_client().publish(
+        TopicArn=topic_arn,
+        Subject=f"Vital bulk import {summary.get('status', 'finished')}"[:99],
+        Message=json.dumps(summary),
+        MessageAttributes={
+            "status": {"DataType": "String", "StringValue": str(summary.get("status"))}
+        },
+    )

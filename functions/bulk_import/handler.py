@@ -75,7 +75,10 @@ def _import(
     record_file_metrics(result.manifest, result.call_stats)
     if result.continuation is not None:
         aws.hand_off(ContinuationMessage(ref=result.continuation), settings.continuation_queue_url)
-    return {**_summary(result), "request_id": request_id}
+    summary = _summary(result)
+    if result.manifest is not None and settings.notify_topic_arn:
+        aws.announce(settings.notify_topic_arn, {"bucket": ref.bucket, **summary})
+    return {**summary, "request_id": request_id}
 
 
 def _summary(result: FileResult) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
+import boto3
 import pytest
 
 from tests.helpers import (
@@ -258,3 +260,31 @@ def test_no_token_value_in_any_output(stack: Stack) -> None:
     for n in range(30):
         assert access_token(n) not in written
         assert refresh_token(n) not in written
+
+
+def test_finished_import_is_announced_on_sns_without_tokens(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sns, sqs = boto3.client("sns"), boto3.client("sqs")
+    topic = sns.create_topic(Name=f"done-{stack.bucket}")["TopicArn"]
+    queue = sqs.create_queue(QueueName=f"done-{stack.bucket}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    monkeypatch.setenv("NOTIFY_TOPIC_ARN", topic)
+    rows = [make_row(n) for n in range(3)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put("incoming/announce.jsonl", encode_rows(rows, "jsonl"))
+
+    stack.import_keys("incoming/announce.jsonl")
+
+    (message,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    envelope = json.loads(message["Body"])
+    summary = json.loads(envelope["Message"])
+    assert summary["status"] == "succeeded"
+    assert summary["counts"]["imported"] == 3
+    assert summary["manifest"] == "results/announce.jsonl/manifest.json"
+    assert summary["bucket"] == stack.bucket
+    for n in range(3):
+        assert access_token(n) not in message["Body"]
