@@ -20,8 +20,10 @@ from bulk_import.vital import (
     connection_index,
 )
 
-# Bisecting an unattributable 422 stops here (2**12 rows); deeper rows are marked errored.
-MAX_SPLIT_DEPTH = 12
+# Requests one chunk may spend after its first one on resends and halves around 422s. Isolating
+# one bad row in the largest chunk (CHUNK_SIZE 5000) takes about 2 * 13 = 26; what the budget
+# cannot isolate is marked errored, so a chunk full of bad rows costs 64 requests, not 10,000.
+MAX_EXTRA_REQUESTS = 64
 
 IMPORTED_DETAIL = ""
 FAILED_DETAIL = "Vital could not import this connection; check GET /v2/user/providers/{user_id}"
@@ -41,7 +43,7 @@ class ChunkReport:
 
 def post_chunk(client: VitalClient, chunk: Chunk, wait_for_completion: bool) -> ChunkReport:
     poster = _Poster(client, wait_for_completion, ChunkReport(chunk))
-    poster.post(chunk, depth=0, resent=False)
+    poster.post(chunk, resent=False)
     return poster.report
 
 
@@ -50,14 +52,20 @@ class _Poster:
     client: VitalClient
     wait: bool
     report: ChunkReport
+    requests: int = 0
 
-    def post(self, chunk: Chunk, *, depth: int, resent: bool) -> None:
+    def post(self, chunk: Chunk, *, resent: bool) -> None:
+        if self.report.fatal is not None:  # e.g. the key was revoked in the middle of a bisection
+            detail = f"not sent: {self.report.fatal}"
+            self.report.outcomes.extend(chunk.outcomes(Outcome.ERRORED, detail))
+            return
+        self.requests += 1
         started = time.monotonic()
         try:
             result = self.client.post_bulk_import(chunk.body(self.wait))
         except VitalRejected as exc:
             self._record(chunk, started, 422, exc.attempts, "rejected by Vital")
-            self._rejected(chunk, exc, depth=depth, resent=resent)
+            self._rejected(chunk, exc, resent=resent)
         except VitalAuthError as exc:
             self._record(chunk, started, exc.status, exc.attempts, str(exc))
             self.report.outcomes.extend(chunk.outcomes(Outcome.ERRORED, str(exc)))
@@ -69,7 +77,7 @@ class _Poster:
             self._record(chunk, started, result.status, result.attempts, None)
             self.report.outcomes.extend(map_result(chunk, result))
 
-    def _rejected(self, chunk: Chunk, exc: VitalRejected, *, depth: int, resent: bool) -> None:
+    def _rejected(self, chunk: Chunk, exc: VitalRejected, *, resent: bool) -> None:
         """Reject the rows a 422 points at and resend the rest once; else bisect to find them."""
         pointed: dict[int, str] = {}
         for issue in exc.issues:
@@ -86,18 +94,27 @@ class _Poster:
                 )
             rest = chunk.subset(r for i, r in enumerate(chunk.rows) if i not in pointed)
             if rest.rows:
-                self.post(rest, depth=depth, resent=True)
+                self._post_more(rest, exc, resent=True)
             return
-        if len(chunk.rows) == 1:
-            self.report.outcomes.extend(chunk.outcomes(Outcome.REJECTED, str(exc)))
-            return
-        if depth >= MAX_SPLIT_DEPTH:
-            detail = f"not sent: could not isolate the rejected row ({exc})"
-            self.report.outcomes.extend(chunk.outcomes(Outcome.ERRORED, detail))
+        whole = _whole_body_issue(exc)
+        if len(chunk.rows) == 1 or whole is not None:
+            # One row left, or Vital objects to something every row shares (e.g. the provider).
+            self.report.outcomes.extend(chunk.outcomes(Outcome.REJECTED, whole or str(exc)))
             return
         middle = len(chunk.rows) // 2
         for half in (chunk.rows[:middle], chunk.rows[middle:]):
-            self.post(chunk.subset(half), depth=depth + 1, resent=False)
+            self._post_more(chunk.subset(half), exc, resent=False)
+
+    def _post_more(self, chunk: Chunk, exc: VitalRejected, *, resent: bool) -> None:
+        """Another request for part of a rejected chunk, if the chunk's budget allows one."""
+        if self.requests - 1 >= MAX_EXTRA_REQUESTS:
+            detail = (
+                f"not sent: could not isolate the rows Vital rejected within "
+                f"{MAX_EXTRA_REQUESTS} extra requests ({exc})"
+            )
+            self.report.outcomes.extend(chunk.outcomes(Outcome.ERRORED, redact_text(detail)))
+            return
+        self.post(chunk, resent=resent)
 
     def _record(
         self, chunk: Chunk, started: float, status: int | None, attempts: int, note: str | None
@@ -110,6 +127,22 @@ class _Poster:
                 note=note,
             )
         )
+
+
+def _whole_body_issue(exc: VitalRejected) -> str | None:
+    """A 422 issue about what every row of the request shares, if any.
+
+    ``["body", "provider"]`` or ``["query", "team_id"]`` apply to all rows alike: bisecting
+    would only repeat them. ``["body"]`` alone or ``["body", "connections"]`` say nothing about
+    which rows, so those are bisected.
+    """
+    for issue in exc.issues:
+        loc = issue.loc
+        if not loc or (loc[0] == "body" and (len(loc) == 1 or loc[1] == "connections")):
+            continue
+        where = ".".join(map(str, loc[1:] if loc[0] == "body" else loc))
+        return redact_text(f"rejected by Vital: {where}: {issue.msg}")[:300]
+    return None
 
 
 def map_result(chunk: Chunk, result: PostResult) -> list[RowOutcome]:

@@ -1,20 +1,30 @@
 """The httpx client for Vital's Link bulk import: one pooled client, retries, typed errors.
 
-Error messages carry status codes, Vital's own validation messages and Retry-After values only;
-never a request body, a header or a token.
+Retries run on stamina (tenacity underneath). The backoff hook decides every wait itself:
+``Retry-After`` when Vital sent one (capped), otherwise exponential backoff with full jitter. It
+also refuses a retry when the file's retry budget is spent, when the circuit breaker is open, or
+when the wait plus another attempt would run past the invocation's deadline (derived from the
+Lambda's remaining time), so a sick API never burns the whole invocation.
+
+Error messages carry status codes, Vital's own validation messages (minus anything that looks
+like a token, and minus every token value of the request that caused them) and exception type
+names only; never a request or response body, a header or a token.
 """
 
 from __future__ import annotations
 
 import email.utils
+import json
+import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
+import pydantic
 import stamina
 
 from bulk_import.config import Settings
@@ -25,11 +35,29 @@ from bulk_import.models import (
     ValidationErrorBody,
     ValidationIssue,
 )
-from bulk_import.redaction import redact_text
+from bulk_import.redaction import MASK, redact_text
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Transport failures worth another attempt. Not UnsupportedProtocol / LocalProtocolError: those
+# are our own mistakes and fail the same way every time.
+RETRYABLE_TRANSPORT_ERRORS: tuple[type[httpx.TransportError], ...] = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+    httpx.ProxyError,
+)
 MAX_RETRY_AFTER_SECONDS = 60.0
+# Full jitter: the n-th retry waits uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (n - 1))).
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 20.0
+CONNECT_TIMEOUT_SECONDS = 5.0
+# No attempt starts with less time than this before the deadline.
+MIN_ATTEMPT_SECONDS = 1.0
+BULK_OP_MAX_ATTEMPTS = 3
+BREAKER_THRESHOLD = 3
+BREAKER_COOLDOWN_SECONDS = 30.0
 _MESSAGE_LIMIT = 300
+_MIN_SECRET_LENGTH = 4
 
 
 class VitalError(Exception):
@@ -46,7 +74,10 @@ class VitalAuthError(VitalError):
 
 
 class VitalRejected(VitalError):
-    """422: Vital's validation refused the body; ``issues`` point at connections when they can."""
+    """422: Vital's validation refused the body; ``issues`` point at connections when they can.
+
+    The issues' ``msg`` and ``loc`` are already scrubbed of the request's token values.
+    """
 
     def __init__(self, message: str, issues: list[ValidationIssue], attempts: int = 0) -> None:
         super().__init__(message, 422, attempts)
@@ -54,7 +85,11 @@ class VitalRejected(VitalError):
 
 
 class VitalClientError(VitalError):
-    """Another 4xx: the request is wrong in a way retrying cannot fix."""
+    """Another 4xx (or a request httpx cannot send): retrying cannot fix it."""
+
+
+class VitalProtocolError(VitalError):
+    """Vital answered, but not in the documented shape; what happened to the rows is unknown."""
 
 
 class VitalUnavailable(VitalError):
@@ -78,13 +113,21 @@ class PostResult:
 
 @dataclass(slots=True)
 class CallStats:
-    """Counters shared by all worker threads of one file (for metrics and the retry budget)."""
+    """Counters shared by all worker threads of one file (for metrics).
+
+    ``wait_seconds`` is the backoff chosen before each retry that was then made (Retry-After or
+    jittered exponential): what stamina sleeps, except in its testing mode, which sleeps 0.
+    """
 
     retries: int = 0
     throttles: int = 0
     server_errors: int = 0
     transport_errors: int = 0
     wait_seconds: float = 0.0
+    # Requests not sent because the circuit breaker was open.
+    short_circuited: int = 0
+    # Chunks whose retries stopped early: budget spent, deadline near, or breaker open.
+    retries_refused: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, **deltas: float) -> None:
@@ -94,25 +137,55 @@ class CallStats:
 
 
 class CircuitBreaker:
-    """Opens after ``threshold`` consecutive failed chunks so a down API is not hammered."""
+    """Closed → open after ``threshold`` consecutive failed calls → one trial after ``cooldown``.
 
-    def __init__(self, threshold: int = 3) -> None:
+    While open, calls are refused at once and running retries stop. After the cooldown one call
+    (a single attempt: retries stop while the breaker is not closed) may try; its success closes
+    the breaker, its failure opens it for another cooldown.
+    """
+
+    def __init__(
+        self,
+        threshold: int = BREAKER_THRESHOLD,
+        cooldown: float = BREAKER_COOLDOWN_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._threshold = threshold
+        self._cooldown = cooldown
+        self._clock = clock
         self._consecutive = 0
+        self._opened_at: float | None = None
+        self._trial = False
         self._lock = threading.Lock()
 
     @property
     def open(self) -> bool:
+        """True unless closed (also while a trial call is running)."""
         with self._lock:
-            return self._consecutive >= self._threshold
+            return self._opened_at is not None
+
+    def allow(self) -> bool:
+        """May a call start now? Hands out the single trial when the cooldown has passed."""
+        with self._lock:
+            if self._opened_at is None:
+                return True
+            if self._trial or self._clock() - self._opened_at < self._cooldown:
+                return False
+            self._trial = True
+            return True
 
     def success(self) -> None:
         with self._lock:
             self._consecutive = 0
+            self._opened_at = None
+            self._trial = False
 
     def failure(self) -> None:
         with self._lock:
             self._consecutive += 1
+            if self._trial or self._consecutive >= self._threshold:
+                self._opened_at = self._clock()
+            self._trial = False
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -134,6 +207,25 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, min(seconds, MAX_RETRY_AFTER_SECONDS))
 
 
+def full_jitter_backoff(retry: int, rng: random.Random | None = None) -> float:
+    """The wait before the ``retry``-th retry (1-based): uniform over [0, exponential cap]."""
+    ceiling = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** min(retry - 1, 30))
+    return (rng or random).uniform(0.0, ceiling)
+
+
+@dataclass(slots=True)
+class _Call:
+    """One logical request and its retries (lives on one worker thread)."""
+
+    deadline: float  # time.monotonic() after which no attempt may run
+    max_attempts: int
+    attempts: int = 0
+    last: str = "no attempt made"
+    last_status: int | None = None
+    stopped: str | None = None  # why retrying stopped before the attempts ran out
+    pending_wait: float | None = None  # chosen by the hook, committed when the retry starts
+
+
 class VitalClient:
     """One instance per file: a keep-alive pool sized to the concurrency, shared by threads."""
 
@@ -143,11 +235,19 @@ class VitalClient:
         api_key: str,
         remaining_seconds: Callable[[], float],
         transport: httpx.BaseTransport | None = None,
+        *,
+        breaker: CircuitBreaker | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._settings = settings
         self._remaining = remaining_seconds
+        self._api_key = api_key
+        self._rng = rng
         self.stats = CallStats()
-        self.breaker = CircuitBreaker()
+        self.breaker = breaker or CircuitBreaker()
+        # Retries stop this long before the invocation ends: the other half of the safety
+        # margin is the pipeline's, to write outcomes and a checkpoint after the last answer.
+        self._reserve_seconds = max(1.0, settings.safety_margin_seconds / 2)
         params = {"team_id": settings.vital_team_id} if settings.vital_team_id else None
         self._http = httpx.Client(
             headers={
@@ -157,12 +257,7 @@ class VitalClient:
                 "user-agent": "vital-bulk-import/0.1",
             },
             params=params,
-            timeout=httpx.Timeout(
-                connect=5.0,
-                read=settings.http_timeout_seconds,
-                write=settings.http_timeout_seconds,
-                pool=settings.http_timeout_seconds * 2,
-            ),
+            timeout=self._timeout(settings.http_timeout_seconds),
             limits=httpx.Limits(
                 max_connections=settings.max_concurrency,
                 max_keepalive_connections=settings.max_concurrency,
@@ -171,8 +266,14 @@ class VitalClient:
             transport=transport,
         )
         # Retries for the whole file, so one sick API cannot burn the invocation chunk by chunk.
-        self._retry_budget = max(10, settings.max_attempts * 2 * settings.max_concurrency)
+        self.retry_budget = max(10, settings.max_attempts * 2 * settings.max_concurrency)
+        self._budget_left = self.retry_budget
         self._budget_lock = threading.Lock()
+
+    @property
+    def retries_left(self) -> int:
+        with self._budget_lock:
+            return self._budget_left
 
     def __enter__(self) -> VitalClient:
         return self
@@ -183,128 +284,281 @@ class VitalClient:
     def close(self) -> None:
         self._http.close()
 
+    # --- bulk import --------------------------------------------------------------------------
+
     def post_bulk_import(self, body: bytes) -> PostResult:
         """POST one chunk, retrying transient failures; raises a ``VitalError`` otherwise."""
-        if self.breaker.open:
+        if self._seconds_to_deadline() < MIN_ATTEMPT_SECONDS:
+            raise VitalUnavailable("not sent: too little Lambda time left for a request")
+        if not self.breaker.allow():
+            self.stats.record(short_circuited=1)
             raise VitalUnavailable("not sent: Vital kept failing (circuit breaker open)")
+        call = self._new_call(self._settings.max_attempts)
         started = time.monotonic()
-        attempts = 0
-        last: str = "no attempt made"
         try:
-            for attempt in self._retrying():
-                with attempt:
-                    attempts += 1
-                    if attempts > 1:
-                        self.stats.record(retries=1)
-                    try:
-                        result = self._post_once(body, attempts, started)
-                    except httpx.TransportError as exc:
-                        last = f"{type(exc).__name__} talking to Vital"
-                        self.stats.record(transport_errors=1)
-                        raise
-                    except _Retryable as exc:
-                        last = f"HTTP {exc.status}"
-                        raise
-            self.breaker.success()
-            return result
+            result = self._with_retries(call, lambda: self._post_once(body, call, started))
         except (_Retryable, httpx.TransportError):
             self.breaker.failure()
             raise VitalUnavailable(
-                f"gave up after {attempts} attempt(s): {last}",
-                status=_status_of(last),
-                attempts=attempts,
+                _give_up_message(call), status=call.last_status, attempts=call.attempts
             ) from None
         except VitalError as exc:
-            exc.attempts = attempts
-            if not isinstance(exc, VitalRejected):
+            exc.attempts = call.attempts
+            if isinstance(exc, VitalClientError):
                 self.breaker.failure()
+            else:  # Vital answered: 401/403/422 or an unreadable 200 say it is up
+                self.breaker.success()
             raise
+        self.breaker.success()
+        return result
 
-    def _retrying(self) -> Iterator[stamina.Attempt]:
-        # Keep a few seconds for the caller to record the outcome after the last attempt.
-        budget = max(1.0, self._remaining() - 5.0)
-        return iter(
-            stamina.retry_context(
-                on=self._backoff,
-                attempts=self._settings.max_attempts,
-                timeout=budget,
-                wait_initial=0.5,
-                wait_max=20.0,
-                wait_jitter=1.0,
-            )
+    def _post_once(self, body: bytes, call: _Call, started: float) -> PostResult:
+        response = self._http.post(
+            self._settings.bulk_import_url, content=body, timeout=self._attempt_timeout(call)
         )
-
-    def _backoff(self, exc: Exception) -> bool | float:
-        """stamina's hook: retry transient failures, honouring Retry-After, within the budget."""
-        if not isinstance(exc, _Retryable | httpx.TransportError) or self.breaker.open:
-            return False
-        with self._budget_lock:
-            if self._retry_budget <= 0:
-                return False
-            self._retry_budget -= 1
-        if isinstance(exc, _Retryable) and exc.retry_after is not None:
-            self.stats.record(wait_seconds=exc.retry_after)
-            return exc.retry_after
-        return True
-
-    def _post_once(self, body: bytes, attempt: int, started: float) -> PostResult:
-        response = self._http.post(self._settings.bulk_import_url, content=body)
         status = response.status_code
-        if status in (200, 201):
-            parsed = BulkImportResponse.model_validate_json(response.content or b"{}")
-            return PostResult(status, parsed, attempt, time.monotonic() - started)
-        if status == 202:
-            return PostResult(status, None, attempt, time.monotonic() - started)
-        if status in RETRYABLE_STATUS:
-            if status == 429:
-                self.stats.record(throttles=1)
-            elif status >= 500:
-                self.stats.record(server_errors=1)
-            raise _Retryable(status, parse_retry_after(response.headers.get("retry-after")))
-        if status in (401, 403):
-            raise VitalAuthError(_auth_message(status, response), status)
-        if status == 422:
-            issues = _validation_issues(response)
-            raise VitalRejected(_issues_summary(issues), issues)
-        raise VitalClientError(f"HTTP {status}: {_detail_text(response)}", status)
+        call.last_status = status
+        if status not in (200, 201, 202):
+            self._raise_for_status(response, lambda: self._secrets(body))
+        if status != 202:
+            try:
+                parsed = BulkImportResponse.model_validate_json(response.content or b"{}")
+            except pydantic.ValidationError:
+                msg = (
+                    f"Vital answered {status} with a body that is not the documented "
+                    "shape; whether these rows were imported is unknown"
+                )
+                raise VitalProtocolError(msg, status) from None
+            return PostResult(status, parsed, call.attempts, time.monotonic() - started)
+        return PostResult(status, None, call.attempts, time.monotonic() - started)
 
-    def list_bulk_ops(self, page_size: int = 50, max_pages: int = 20) -> list[BulkOp]:
-        """All bulk ops Vital lists, newest pages first, bounded by ``max_pages``."""
+    # --- bulk ops -----------------------------------------------------------------------------
+
+    def list_bulk_ops(
+        self, page_size: int = 50, max_pages: int = 20, since: datetime | None = None
+    ) -> list[BulkOp]:
+        """Bulk ops as Vital lists them (newest first), bounded by ``max_pages``.
+
+        With ``since``, paging stops at the first page that reaches ops started before it.
+        Transient failures are retried (a GET is safe to repeat); every failure is a
+        ``VitalError``.
+        """
         ops: list[BulkOp] = []
         cursor: str | None = None
         for _ in range(max_pages):
             params: dict[str, Any] = {"page_size": max(1, min(page_size, 50))}
             if cursor:
                 params["next_cursor"] = cursor
-            response = self._http.get(self._settings.bulk_op_url, params=params)
-            if response.status_code in (401, 403):
-                raise VitalAuthError(
-                    _auth_message(response.status_code, response), response.status_code
-                )
-            response.raise_for_status()
-            page = BulkOpPage.model_validate_json(response.content)
+            page = self._bulk_op_page(params)
             ops.extend(page.data)
             cursor = page.next_cursor
-            if not cursor:
+            if not cursor or (since is not None and _reaches_before(page.data, since)):
                 break
         return ops
 
+    def _bulk_op_page(self, params: dict[str, Any]) -> BulkOpPage:
+        call = self._new_call(BULK_OP_MAX_ATTEMPTS)
 
-def _status_of(last: str) -> int | None:
-    return int(last[5:]) if last.startswith("HTTP ") and last[5:].isdigit() else None
+        def get_once() -> BulkOpPage:
+            response = self._http.get(
+                self._settings.bulk_op_url, params=params, timeout=self._attempt_timeout(call)
+            )
+            call.last_status = response.status_code
+            if response.status_code != 200:
+                self._raise_for_status(response, lambda: {self._api_key})
+            try:
+                return BulkOpPage.model_validate_json(response.content)
+            except pydantic.ValidationError:
+                msg = "Vital's bulk op list is not in the documented shape"
+                raise VitalProtocolError(msg, 200) from None
+
+        try:
+            return self._with_retries(call, get_once)
+        except (_Retryable, httpx.TransportError):
+            raise VitalUnavailable(
+                _give_up_message(call), status=call.last_status, attempts=call.attempts
+            ) from None
+        except VitalError as exc:
+            exc.attempts = call.attempts
+            raise
+
+    # --- retries ------------------------------------------------------------------------------
+
+    def _new_call(self, max_attempts: int) -> _Call:
+        return _Call(
+            deadline=time.monotonic() + self._seconds_to_deadline(), max_attempts=max_attempts
+        )
+
+    def _with_retries[T](self, call: _Call, attempt_once: Callable[[], T]) -> T:
+        try:
+            for attempt in stamina.retry_context(
+                on=lambda exc: self._backoff(exc, call),
+                attempts=call.max_attempts,
+                timeout=None,  # the hook enforces the deadline, counting the wait it picks
+                wait_initial=BACKOFF_BASE_SECONDS,
+                wait_max=BACKOFF_MAX_SECONDS,
+                wait_jitter=0.0,
+            ):
+                with attempt:
+                    self._start_attempt(call)
+                    try:
+                        return attempt_once()
+                    except RETRYABLE_TRANSPORT_ERRORS as exc:
+                        call.last = f"{type(exc).__name__} talking to Vital"
+                        call.last_status = None
+                        self.stats.record(transport_errors=1)
+                        raise
+                    except httpx.HTTPError as exc:  # e.g. UnsupportedProtocol: no retry helps
+                        msg = f"could not talk to Vital ({type(exc).__name__})"
+                        raise VitalClientError(msg) from None
+                    except _Retryable as exc:
+                        call.last = f"HTTP {exc.status}"
+                        raise
+        finally:
+            if call.pending_wait is not None:  # the hook allowed a retry stamina did not make
+                call.pending_wait = None
+                with self._budget_lock:
+                    self._budget_left += 1
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _start_attempt(self, call: _Call) -> None:
+        call.attempts += 1
+        if call.pending_wait is not None:
+            self.stats.record(retries=1, wait_seconds=call.pending_wait)
+            call.pending_wait = None
+
+    def _backoff(self, exc: Exception, call: _Call) -> bool | float:
+        """stamina's hook: False to stop, else the seconds to wait before the next attempt."""
+        if not isinstance(exc, _Retryable | httpx.TransportError):
+            return False
+        if call.attempts >= call.max_attempts and not stamina.is_testing():
+            return False  # stamina stops here anyway; spend no budget on it
+        if self.breaker.open:
+            return self._refuse(call, "circuit breaker open: Vital kept failing")
+        if isinstance(exc, _Retryable) and exc.retry_after is not None:
+            wait = exc.retry_after  # parse_retry_after caps it at MAX_RETRY_AFTER_SECONDS
+        else:
+            wait = full_jitter_backoff(call.attempts, self._rng)
+        if time.monotonic() + wait + MIN_ATTEMPT_SECONDS > call.deadline:
+            return self._refuse(call, "too little Lambda time left to retry")
+        with self._budget_lock:
+            if self._budget_left <= 0:
+                budget_spent = True
+            else:
+                budget_spent = False
+                self._budget_left -= 1
+        if budget_spent:
+            return self._refuse(call, f"the file's retry budget of {self.retry_budget} is spent")
+        call.pending_wait = wait
+        return wait
+
+    def _refuse(self, call: _Call, why: str) -> bool:
+        call.stopped = why
+        self.stats.record(retries_refused=1)
+        return False
+
+    def _seconds_to_deadline(self) -> float:
+        return self._remaining() - self._reserve_seconds
+
+    def _attempt_timeout(self, call: _Call) -> httpx.Timeout:
+        """The configured timeouts, shortened so the attempt cannot outlive the deadline."""
+        left = max(MIN_ATTEMPT_SECONDS, call.deadline - time.monotonic())
+        return self._timeout(min(self._settings.http_timeout_seconds, left))
+
+    @staticmethod
+    def _timeout(seconds: float) -> httpx.Timeout:
+        return httpx.Timeout(
+            connect=min(CONNECT_TIMEOUT_SECONDS, seconds), read=seconds, write=seconds, pool=seconds
+        )
+
+    def _raise_for_status(
+        self, response: httpx.Response, secrets: Callable[[], set[str]]
+    ) -> NoReturn:
+        """Raise what a non-2xx answer means; messages are scrubbed of ``secrets()``."""
+        status = response.status_code
+        if status in RETRYABLE_STATUS:
+            if status == 429:
+                self.stats.record(throttles=1)
+            elif status >= 500:
+                self.stats.record(server_errors=1)
+            raise _Retryable(status, parse_retry_after(response.headers.get("retry-after")))
+        known = secrets()
+        if status in (401, 403):
+            raise VitalAuthError(_auth_message(status, response, known), status)
+        if status == 422:
+            issues = _validation_issues(response, known)
+            raise VitalRejected(_issues_summary(issues), issues)
+        raise VitalClientError(f"HTTP {status}: {_detail_text(response, known)}", status)
+
+    def _secrets(self, body: bytes) -> set[str]:
+        """Every value an error message must not repeat: the key and the body's tokens."""
+        return {self._api_key, *request_secrets(body)}
 
 
-def _detail_text(response: httpx.Response) -> str:
+# --- messages ---------------------------------------------------------------------------------
+
+
+def _give_up_message(call: _Call) -> str:
+    message = f"gave up after {call.attempts} attempt(s): {call.last}"
+    return f"{message} ({call.stopped})" if call.stopped else message
+
+
+def request_secrets(body: bytes) -> set[str]:
+    """The token values of a bulk_import body (only parsed on the error path)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return set()
+    connections = payload.get("connections") if isinstance(payload, dict) else None
+    found: set[str] = set()
+    for connection in connections if isinstance(connections, list) else []:
+        if not isinstance(connection, dict):
+            continue
+        for name in ("access_token", "refresh_token"):
+            value = connection.get(name)
+            if isinstance(value, str) and len(value) >= _MIN_SECRET_LENGTH:
+                found.add(value)
+    return found
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """Mask each known secret value, then anything token-shaped."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= _MIN_SECRET_LENGTH:
+            text = text.replace(secret, MASK)
+    return redact_text(text)
+
+
+def _reaches_before(ops: list[BulkOp], since: datetime) -> bool:
+    for op in ops:
+        started = _parse_time(op.started_at)
+        if started is not None and started < since:
+            return True
+    return False
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _detail_text(response: httpx.Response, secrets: set[str]) -> str:
+    """Vital's ``detail`` when it is a plain string (scrubbed, then cut), else a placeholder."""
     try:
         payload = response.json()
     except ValueError:
         return "no JSON body"
     detail = payload.get("detail") if isinstance(payload, dict) else None
     text = detail if isinstance(detail, str) else "see Vital's response"
-    return redact_text(text)[:_MESSAGE_LIMIT]
+    return scrub(text, secrets)[:_MESSAGE_LIMIT]
 
 
-def _auth_message(status: int, response: httpx.Response) -> str:
+def _auth_message(status: int, response: httpx.Response, secrets: set[str]) -> str:
     what = (
         "Vital rejected the API key (401): check the secret named by VITAL_API_KEY_SECRET "
         "and that it belongs to this environment (production/sandbox, US/EU)"
@@ -312,15 +566,25 @@ def _auth_message(status: int, response: httpx.Response) -> str:
         else "Vital refused the request (403): Link Migration may not be enabled for this team, "
         "or no Bring-Your-Own-OAuth credential is set for the provider; ask Vital support"
     )
-    return f"{what}. Vital said: {_detail_text(response)}"
+    return f"{what}. Vital said: {_detail_text(response, secrets)}"
 
 
-def _validation_issues(response: httpx.Response) -> list[ValidationIssue]:
+def _validation_issues(response: httpx.Response, secrets: set[str]) -> list[ValidationIssue]:
+    """FastAPI's issues, scrubbed: only loc, msg and type (never ``input``: it echoes data)."""
     try:
         body = ValidationErrorBody.model_validate_json(response.content)
     except ValueError:
         return []
-    return [] if isinstance(body.detail, str) else body.detail
+    if isinstance(body.detail, str):
+        return []
+    return [
+        ValidationIssue(
+            loc=[scrub(p, secrets) if isinstance(p, str) else p for p in issue.loc],
+            msg=scrub(issue.msg, secrets)[:_MESSAGE_LIMIT],
+            type=issue.type,
+        )
+        for issue in body.detail
+    ]
 
 
 def _issues_summary(issues: list[ValidationIssue]) -> str:

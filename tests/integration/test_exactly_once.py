@@ -1,4 +1,4 @@
-"""Duplicate events, crashes, deadlines and aborts: no chunk sent twice, no row without an outcome."""
+"""Duplicate events, crashes, deadlines, aborts: no chunk sent twice, no row left without outcome."""
 
 from __future__ import annotations
 
@@ -73,8 +73,7 @@ def assert_complete(stack: Stack, prefix: str, rows: int) -> dict[str, Any]:
 def drain_queue(stack: Stack, queue_url: str, timeout_seconds: float, limit: int = 50) -> int:
     """Invoke the handler with every continuation message until none is left."""
     sqs = boto3.client("sqs")
-    invocations = 0
-    for _ in range(limit):
+    for invocations in range(limit):
         messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1).get(
             "Messages", []
         )
@@ -84,7 +83,6 @@ def drain_queue(stack: Stack, queue_url: str, timeout_seconds: float, limit: int
         event = {"Records": [{"eventSource": "aws:sqs", "body": message["Body"]}]}
         stack.invoke(event, timeout_seconds=timeout_seconds)
         sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-        invocations += 1
     pytest.fail("continuations did not converge")
 
 

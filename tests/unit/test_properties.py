@@ -10,7 +10,6 @@ from collections import defaultdict
 from typing import Any
 from unittest import mock
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
