@@ -1,4 +1,4 @@
-"""Duplicate events, crashes, deadlines, aborts: no chunk sent twice, no row left without outcome."""
+"""Duplicate events, crashes, deadlines, aborts: no chunk sent twice, no row without outcome."""
 
 from __future__ import annotations
 

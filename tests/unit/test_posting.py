@@ -332,14 +332,6 @@ def test_422_without_details() -> None:
     assert len(fake.bodies) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: posting.MAX_SPLIT_DEPTH = 12 isolates a bad row only in chunks of <= 4096 rows, "
-        "but CHUNK_SIZE may be up to 5000: bisecting a 5000-row chunk reaches depth 12 with a "
-        "2-row piece and marks both rows errored, including a valid one"
-    ),
-)
 def test_unattributable_422_bisects_the_largest_allowed_chunk() -> None:
     size = 5000
     assert settings(CHUNK_SIZE=size).chunk_size == size  # the largest CHUNK_SIZE accepted
