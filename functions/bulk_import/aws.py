@@ -41,10 +41,31 @@ def vital_api_key(secret_name: str, max_age_seconds: int) -> str:
             f"could not read the Vital API key from Secrets Manager secret '{secret_name}' "
             f"({cause}); check VITAL_API_KEY_SECRET and the function's permissions"
         ) from None
-    key = value.strip() if isinstance(value, str) else ""
+    key = _key_from_secret(value if isinstance(value, str) else "")
     if not key:
-        raise ConfigurationError(f"Secrets Manager secret '{secret_name}' is empty")
+        raise ConfigurationError(
+            f"Secrets Manager secret '{secret_name}' holds no API key: store the key as plain "
+            'text, or as JSON {"api_key": "..."}'
+        )
     return key
+
+
+def _key_from_secret(value: str) -> str:
+    """Plain text, or the console's key/value JSON with an ``api_key`` entry."""
+    value = value.strip()
+    if not value.startswith("{"):
+        return value
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return ""
+    if not isinstance(parsed, dict):
+        return ""
+    for name in ("api_key", "VITAL_API_KEY", "apiKey", "x-vital-api-key"):
+        candidate = parsed.get(name)
+        if isinstance(candidate, str) and candidate.strip():
+            return candidate.strip()
+    return ""
 
 
 def clear_caches() -> None:

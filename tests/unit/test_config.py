@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -156,3 +158,27 @@ def test_results_prefix_inside_incoming_prefix_is_refused(incoming: str, results
         Settings.from_env(
             {"VITAL_API_KEY_SECRET": "k", "INCOMING_PREFIX": incoming, "RESULTS_PREFIX": results}
         )
+
+
+@pytest.mark.parametrize(
+    ("stored", "key"),
+    [
+        ("sk_plain_value", "sk_plain_value"),
+        ("  sk_padded \n", "sk_padded"),
+        ('{"api_key": "sk_in_json"}', "sk_in_json"),
+        ('{"VITAL_API_KEY": "sk_upper"}', "sk_upper"),
+        ('{"other": "x"}', ""),
+        ("{not json", ""),
+        ("[1, 2]", "[1, 2]"),
+    ],
+)
+def test_api_key_secret_may_be_plain_text_or_json(stored: str, key: str) -> None:
+    from bulk_import.aws import _key_from_secret  # noqa: PLC0415
+
+    assert _key_from_secret(stored) == key
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for field in Settings.model_fields.values():
+        assert f"`{field.alias}`" in readme, f"README does not document {field.alias}"
