@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools import Logger, Metrics, Tracer, single_metric
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.metrics import MetricUnit
+from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 
 from bulk_import.redaction import redact_text
 
@@ -35,6 +36,21 @@ metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 tracer = Tracer(service=SERVICE)
 
 
+def _log_retry(details: RetryDetails) -> None:
+    """stamina's retries as structured lines (its default is a plain-text warning)."""
+    logger.info(
+        "retry scheduled",
+        extra={
+            "retry": details.retry_num,
+            "wait_s": round(details.wait_for, 3),
+            "cause": type(details.caused_by).__name__,
+        },
+    )
+
+
+set_on_retry_hooks([_log_retry])
+
+
 def record_file_metrics(manifest: Manifest | None, stats: CallStats | None) -> None:
     """EMF metrics: HTTP stats per invocation; row totals (and per provider) once per file."""
     if stats is not None:
@@ -43,6 +59,15 @@ def record_file_metrics(manifest: Manifest | None, stats: CallStats | None) -> N
         metrics.add_metric(name="ServerErrors", unit=MetricUnit.Count, value=stats.server_errors)
         metrics.add_metric(
             name="RetryWaitSeconds", unit=MetricUnit.Seconds, value=stats.wait_seconds
+        )
+        metrics.add_metric(
+            name="TransportErrors", unit=MetricUnit.Count, value=stats.transport_errors
+        )
+        metrics.add_metric(
+            name="RetriesRefused", unit=MetricUnit.Count, value=stats.retries_refused
+        )
+        metrics.add_metric(
+            name="RequestsShortCircuited", unit=MetricUnit.Count, value=stats.short_circuited
         )
     if manifest is None:
         return

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import httpx
@@ -57,7 +57,7 @@ from bulk_import.results import (
     write_manifest,
 )
 from bulk_import.validation import display_provider, display_user_id, validate_row
-from bulk_import.vital import CallStats, VitalClient, VitalError
+from bulk_import.vital import CallStats, VitalClient, VitalError, parse_time
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -67,6 +67,7 @@ PROGRESS_EVERY_SECONDS = 15.0
 THRESHOLD_WARMUP_ROWS = 100
 BULK_OP_POLL_SECONDS = 2.0
 BULK_OP_MAX_WAIT_SECONDS = 60.0
+BULK_OP_SKEW = timedelta(seconds=5)
 DEADLINE_CHECK_EVERY_RECORDS = 64
 IN_DOUBT_DETAIL = (
     "in doubt: the function stopped while this chunk was being sent, so it is not sent again; "
@@ -492,7 +493,8 @@ class _Run:
             client = self._client()
         except FileError:
             return []
-        since = self.started_at[:19]
+        # A little slack for clock skew between Vital and Lambda.
+        since = datetime.fromisoformat(self.started_at.replace("Z", "+00:00")) - BULK_OP_SKEW
         providers = {p for p, c in self.providers.items() if c.enqueued}
         deadline = time.monotonic() + min(
             BULK_OP_MAX_WAIT_SECONDS,
@@ -503,8 +505,10 @@ class _Run:
             try:
                 ops = [
                     op
-                    for op in client.list_bulk_ops()
-                    if op.provider in providers and (op.started_at or "") >= since
+                    for op in client.list_bulk_ops(since=since)
+                    if op.provider in providers
+                    and (started := parse_time(op.started_at)) is not None
+                    and started >= since
                 ]
             except (VitalError, httpx.HTTPError) as exc:
                 logger.warning("could not list bulk ops", extra={"error": type(exc).__name__})

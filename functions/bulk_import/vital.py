@@ -531,13 +531,14 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 
 def _reaches_before(ops: list[BulkOp], since: datetime) -> bool:
     for op in ops:
-        started = _parse_time(op.started_at)
+        started = parse_time(op.started_at)
         if started is not None and started < since:
             return True
     return False
 
 
-def _parse_time(value: str | None) -> datetime | None:
+def parse_time(value: str | None) -> datetime | None:
+    """An ISO 8601 time from Vital (``Z`` or an offset; naive means UTC), or None."""
     if not value:
         return None
     try:

@@ -49,10 +49,17 @@ def stack_env(moto_stack: MotoStack, standin: VitalStandin) -> Iterator[dict[str
         mp.delenv("AWS_PROFILE", raising=False)
         for name, value in env.items():
             mp.setenv(name, value)
-        boto3.client("secretsmanager").create_secret(
-            Name=SECRET_NAME, SecretString=standin.state.api_key
-        )
+        _ensure_api_key_secret(standin.state.api_key)
         yield env
+
+
+def _ensure_api_key_secret(api_key: str) -> None:
+    """Recreate the secret if a test reset moto (moto's state is per process)."""
+    secrets = boto3.client("secretsmanager")
+    try:
+        secrets.describe_secret(SecretId=SECRET_NAME)
+    except secrets.exceptions.ResourceNotFoundException:
+        secrets.create_secret(Name=SECRET_NAME, SecretString=api_key)
 
 
 @dataclass
@@ -123,6 +130,7 @@ def stack(
     from bulk_import.observability import logger  # noqa: PLC0415
 
     standin.state.reset()
+    _ensure_api_key_secret(standin.state.api_key)
     monkeypatch.setenv("CHUNK_SIZE", "10")
     get_settings.cache_clear()
     aws.clear_caches()

@@ -1,0 +1,429 @@
+"""Vital misbehaving, through the whole stack: faults injected by the stand-in, real sockets.
+
+Every test asserts on the stand-in's record of requests and on manifest + outcomes, and checks
+the same invariants: the counts add up with one outcome per line, no row reached Vital twice,
+every row Vital accepted is reported as such, and no token appears in anything written.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import stamina
+
+from local.vital_standin import DEFAULT_API_KEY
+from tests.helpers import access_token, encode_rows, make_row, refresh_token, user_id
+from tests.integration.conftest import Stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+ACCEPTED = {"imported", "failed", "enqueued"}
+
+
+@pytest.fixture
+def no_waits() -> Iterator[None]:
+    """Retries without sleeping (for tests where the waits are not the point): 4 attempts."""
+    with stamina.set_testing(True, attempts=4):
+        yield
+
+
+def put_rows(stack: Stack, key: str, count: int, provider: str = "oura") -> list[dict[str, Any]]:
+    rows = [make_row(n, provider=provider) for n in range(count)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put(key, encode_rows(rows, "jsonl"))
+    return rows
+
+
+def run(stack: Stack, key: str, **kwargs: Any) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    stack.import_keys(key, **kwargs)
+    prefix = "results/" + key.removeprefix("incoming/") + "/"
+    return stack.manifest(prefix), stack.outcomes(prefix)
+
+
+def check_invariants(
+    stack: Stack, manifest: dict[str, Any], outcomes: list[dict[str, str]], rows: int
+) -> dict[int, dict[str, str]]:
+    """The invariants every fault must keep; returns the outcomes by line (JSONL: 1-based)."""
+    counts = manifest["counts"]
+    assert counts["rows"] == rows
+    assert counts["rows"] == sum(v for k, v in counts.items() if k != "rows")
+    assert len(outcomes) == counts["rows"]
+    by_line = {int(o["line"]): o for o in outcomes}
+    assert sorted(by_line) == list(range(1, rows + 1)), "exactly one outcome per line"
+    tally = Counter(o["outcome"] for o in outcomes)
+    for outcome, field in (
+        ("imported", "imported"),
+        ("failed", "failed"),
+        ("enqueued", "enqueued"),
+        ("rejected", "rejected"),
+        ("errored", "errored"),
+    ):
+        assert tally[outcome] == counts[field], outcome
+    # No row reached Vital twice; each row reported as accepted reached it exactly once.
+    delivered = stack.vital.posted_connections(include_undelivered=False)
+    assert len(delivered) == len(set(delivered)), "a row was imported twice"
+    accepted = Counter((o["provider"], o["user_id"]) for o in outcomes if o["outcome"] in ACCEPTED)
+    assert Counter(delivered) == accepted
+    # And nothing Vital accepted is reported as not sent.
+    everything = stack.vital.posted_connections(include_undelivered=True)
+    by_pair = {(o["provider"], o["user_id"]): o for o in outcomes}
+    for pair in everything:
+        assert by_pair[pair]["outcome"] in ACCEPTED | {"errored"}
+    # Never a token or the API key in anything written: results, logs, metrics.
+    written = stack.everything_written()
+    assert "outcomes" in written
+    for n in range(rows):
+        assert access_token(n) not in written
+        assert refresh_token(n) not in written
+    assert DEFAULT_API_KEY not in written
+    assert stack.vital.api_key not in written
+    return by_line
+
+
+def emitted_metrics(stack: Stack) -> Counter[str]:
+    """Sum of each EMF metric Powertools printed (one JSON document per line)."""
+    totals: Counter[str] = Counter()
+    for output in stack.stdout:
+        for line in output.splitlines():
+            if not line.startswith("{"):
+                continue
+            document = json.loads(line)
+            for directive in document.get("_aws", {}).get("CloudWatchMetrics", []):
+                for metric in directive["Metrics"]:
+                    value = document[metric["Name"]]
+                    totals[metric["Name"]] += sum(value) if isinstance(value, list) else value
+    return totals
+
+
+# --- transient failures -----------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_waits")
+def test_503_on_the_first_attempts_then_success(stack: Stack) -> None:
+    rows = put_rows(stack, "incoming/flaky.jsonl", 25)
+    stack.vital.status_script = [503, 503]
+
+    manifest, outcomes = run(stack, "incoming/flaky.jsonl")
+
+    requests = stack.vital.bulk_import_requests()
+    assert [r.status for r in requests[:3]] == [503, 503, 200]
+    assert [r.status for r in requests[3:]] == [200, 200]
+    # The probe chunk was sent three times with the same rows; the others once.
+    assert requests[0].user_ids == requests[1].user_ids == requests[2].user_ids
+    assert requests[0].user_ids == [r["user_id"] for r in rows[:10]]
+    assert manifest["status"] == "succeeded"
+    assert manifest["counts"]["imported"] == 25
+    probe = manifest["chunks"][0]
+    assert (probe["first_line"], probe["http_status"], probe["attempts"]) == (1, 200, 3)
+    check_invariants(stack, manifest, outcomes, 25)
+    metrics = emitted_metrics(stack)
+    assert metrics["ServerErrors"] == 2
+    assert metrics["Retries"] == 2
+
+
+def test_429_every_third_request_waits_out_retry_after(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_CONCURRENCY", "2")
+    put_rows(stack, "incoming/throttled.jsonl", 40)
+    stack.vital.throttle_every = 3
+    stack.vital.retry_after = "1"
+
+    manifest, outcomes = run(stack, "incoming/throttled.jsonl")
+
+    requests = stack.vital.bulk_import_requests()
+    throttled = [r for r in requests if r.status == 429]
+    assert throttled
+    assert all(r.seq % 3 == 0 for r in throttled)
+    for refused in throttled:
+        # The same rows came back no sooner than Retry-After said.
+        retry = next(r for r in requests if r.seq > refused.seq and r.user_ids == refused.user_ids)
+        assert retry.timestamp - refused.timestamp >= 1.0
+    assert manifest["status"] == "succeeded"
+    assert manifest["counts"]["imported"] == 40
+    assert sum(c["attempts"] for c in manifest["chunks"]) == len(requests)
+    check_invariants(stack, manifest, outcomes, 40)
+    metrics = emitted_metrics(stack)
+    assert metrics["Throttles"] == len(throttled) >= 1
+    assert metrics["Retries"] == len(throttled)
+    assert metrics["RetryWaitSeconds"] == pytest.approx(len(throttled) * 1.0)
+
+
+@pytest.mark.usefixtures("no_waits")
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_dropped_connections_are_retried(stack: Stack, reset: bool) -> None:
+    put_rows(stack, "incoming/dropped.jsonl", 30)
+    stack.vital.drop_with_reset = reset
+    stack.vital.drop_script = [True, False, True]
+
+    manifest, outcomes = run(stack, "incoming/dropped.jsonl")
+
+    requests = stack.vital.bulk_import_requests()
+    assert [r.dropped for r in requests] == [True, False, True, False, False]
+    assert [r.status for r in requests] == [0, 200, 0, 200, 200]
+    assert requests[0].user_ids == requests[1].user_ids
+    assert manifest["status"] == "succeeded"
+    assert manifest["counts"]["imported"] == 30
+    assert sorted(c["attempts"] for c in manifest["chunks"]) == [1, 2, 2]
+    check_invariants(stack, manifest, outcomes, 30)
+
+
+@pytest.mark.usefixtures("no_waits")
+def test_read_timeout_is_retried_and_the_row_counted_once(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_TIMEOUT_SECONDS", "0.3")
+    put_rows(stack, "incoming/slow.jsonl", 8)
+    stack.vital.latency_seconds = 1.0
+
+    def speed_up_after_the_first_request() -> None:
+        deadline = time.monotonic() + 10
+        while not stack.vital.bulk_import_requests() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        stack.vital.latency_seconds = 0.0  # faults are decided on arrival: only #1 is slow
+
+    watcher = threading.Thread(target=speed_up_after_the_first_request)
+    watcher.start()
+    manifest, outcomes = run(stack, "incoming/slow.jsonl")
+    watcher.join()
+
+    first, second = stack.vital.bulk_import_requests()
+    # Vital processed the slow request after the client had gone, as the real API would.
+    assert (first.status, first.client_disconnected) == (200, True)
+    assert (second.status, second.client_disconnected) == (200, False)
+    assert first.user_ids == second.user_ids
+    assert manifest["status"] == "succeeded"
+    assert [(c["http_status"], c["attempts"]) for c in manifest["chunks"]] == [(200, 2)]
+    check_invariants(stack, manifest, outcomes, 8)
+
+
+@pytest.mark.usefixtures("no_waits")
+def test_a_vital_slower_than_the_read_timeout_errors_the_rows(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_TIMEOUT_SECONDS", "0.2")
+    put_rows(stack, "incoming/stuck.jsonl", 5)
+    stack.vital.latency_seconds = 2.0
+
+    started = time.monotonic()
+    manifest, outcomes = run(stack, "incoming/stuck.jsonl")
+
+    assert time.monotonic() - started < 4.0  # 4 attempts of 0.2 s, not 4 of 2 s
+    requests = stack.vital.bulk_import_requests()
+    assert len(requests) == 4
+    assert all(r.client_disconnected for r in requests)
+    assert manifest["status"] == "partial"
+    assert manifest["counts"]["errored"] == 5
+    assert {o["detail"] for o in outcomes} == {
+        "gave up after 4 attempt(s): ReadTimeout talking to Vital"
+    }
+    assert [(c["http_status"], c["attempts"]) for c in manifest["chunks"]] == [(None, 4)]
+    check_invariants(stack, manifest, outcomes, 5)
+
+
+@pytest.mark.usefixtures("no_waits")
+def test_retries_exhausted_leave_the_rows_errored_with_the_last_cause(stack: Stack) -> None:
+    put_rows(stack, "incoming/down.jsonl", 25)
+    stack.vital.status_script = [503] * 11 + [502]
+
+    manifest, outcomes = run(stack, "incoming/down.jsonl")
+
+    requests = stack.vital.bulk_import_requests()
+    assert len(requests) == 12  # 3 chunks x 4 attempts
+    assert Counter(r.status for r in requests) == {503: 11, 502: 1}
+    assert stack.vital.posted_connections() == []
+    assert manifest["status"] == "partial"
+    assert manifest["error"] is None
+    assert manifest["counts"]["errored"] == 25
+    details = Counter(o["detail"] for o in outcomes)
+    assert set(details) <= {
+        "gave up after 4 attempt(s): HTTP 503",
+        "gave up after 4 attempt(s): HTTP 502",
+    }
+    assert details["gave up after 4 attempt(s): HTTP 502"] in (5, 10)  # the last chunk to fail
+    assert [c["attempts"] for c in manifest["chunks"]] == [4, 4, 4]
+    check_invariants(stack, manifest, outcomes, 25)
+    metrics = emitted_metrics(stack)
+    assert metrics["ServerErrors"] == 12
+    assert metrics["Retries"] == 9
+
+
+@pytest.mark.usefixtures("no_waits")
+def test_circuit_breaker_stops_hammering_a_vital_that_is_down(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
+    put_rows(stack, "incoming/outage.jsonl", 60)
+    stack.vital.status_script = [503] * 1000
+
+    manifest, outcomes = run(stack, "incoming/outage.jsonl")
+
+    # Three chunks fail for good (4 attempts each), then the breaker opens: nothing more is sent.
+    assert len(stack.vital.bulk_import_requests()) == 12
+    assert manifest["status"] == "partial"
+    assert manifest["counts"]["errored"] == 60
+    by_line = check_invariants(stack, manifest, outcomes, 60)
+    assert by_line[30]["detail"] == "gave up after 4 attempt(s): HTTP 503"
+    assert by_line[31]["detail"] == "not sent: Vital kept failing (circuit breaker open)"
+    assert by_line[60]["detail"] == by_line[31]["detail"]
+    assert [c["attempts"] for c in manifest["chunks"]] == [4, 4, 4, 0, 0, 0]
+
+
+def test_retries_stop_before_the_invocation_runs_out(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 5 s of Lambda time, SAFETY_MARGIN_SECONDS=3: retries must be over 1.5 s before the end.
+    monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "3")
+    monkeypatch.setenv("MAX_ATTEMPTS", "20")
+    put_rows(stack, "incoming/deadline.jsonl", 5)
+    stack.vital.status_script = [429] * 20
+    stack.vital.retry_after = "2"
+
+    started = time.time()
+    manifest, outcomes = run(stack, "incoming/deadline.jsonl", timeout_seconds=5.0)
+
+    requests = stack.vital.bulk_import_requests()
+    # t=0: 429 (wait 2 s) → t=2: 429; one more would end after t=3.5, so it is not made.
+    assert [r.status for r in requests] == [429, 429]
+    assert requests[-1].timestamp - started < 3.5
+    assert time.time() - started < 4.0
+    assert manifest["counts"]["errored"] == 5
+    assert {o["detail"] for o in outcomes} == {
+        "gave up after 2 attempt(s): HTTP 429 (too little Lambda time left to retry)"
+    }
+    check_invariants(stack, manifest, outcomes, 5)
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_waits")
+def test_wrong_api_key_fails_the_file_fast(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_CONCURRENCY", "4")
+    monkeypatch.setenv("CHUNK_SIZE", "5")
+    put_rows(stack, "incoming/wrong-key.jsonl", 60)
+    stack.vital.api_key = "sk_rotated_key_the_secret_does_not_hold"
+
+    manifest, outcomes = run(stack, "incoming/wrong-key.jsonl")
+
+    requests = stack.vital.bulk_import_requests()
+    assert 1 <= len(requests) <= 2
+    assert {(r.status, r.api_key_ok) for r in requests} == {(401, False)}
+    assert manifest["status"] == "failed"
+    assert manifest["error"]["type"] == "ImportAborted"
+    assert "Vital rejected the API key (401)" in manifest["error"]["message"]
+    assert "VITAL_API_KEY_SECRET" in manifest["error"]["message"]
+    assert manifest["counts"]["errored"] == 60
+    by_line = check_invariants(stack, manifest, outcomes, 60)
+    assert by_line[60]["detail"].startswith("not sent: Vital rejected the API key (401)")
+
+
+@pytest.mark.usefixtures("no_waits")
+def test_link_migration_disabled_fails_the_file_fast(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHUNK_SIZE", "5")
+    put_rows(stack, "incoming/not-enabled.jsonl", 40)
+    stack.vital.link_migration_enabled = False
+
+    manifest, outcomes = run(stack, "incoming/not-enabled.jsonl")
+
+    requests = stack.vital.bulk_import_requests()
+    assert 1 <= len(requests) <= 2
+    assert {(r.status, r.api_key_ok) for r in requests} == {(403, True)}
+    assert manifest["status"] == "failed"
+    message = manifest["error"]["message"]
+    assert "Link Migration may not be enabled for this team" in message
+    assert "Link Migration is not enabled for this team" in message  # Vital's own words
+    assert manifest["counts"]["errored"] == 40
+    check_invariants(stack, manifest, outcomes, 40)
+
+
+# --- 422 --------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_waits")
+def test_422_pointing_at_one_connection_rejects_it_and_resends_the_rest(stack: Stack) -> None:
+    rows = put_rows(stack, "incoming/one-bad.jsonl", 25)
+    stack.vital.reject_user_ids = {user_id(13)}
+
+    manifest, outcomes = run(stack, "incoming/one-bad.jsonl")
+
+    requests = stack.vital.bulk_import_requests()
+    assert Counter(r.status for r in requests) == {200: 3, 422: 1}
+    (refused,) = (r for r in requests if r.status == 422)
+    (resent,) = (r for r in requests if r.seq > refused.seq and user_id(12) in r.user_ids)
+    assert refused.user_ids == [r["user_id"] for r in rows[10:20]]
+    assert resent.user_ids == [r["user_id"] for r in rows[10:20] if r["user_id"] != user_id(13)]
+    assert manifest["status"] == "partial"
+    assert manifest["counts"]["rejected"] == 1
+    assert manifest["counts"]["imported"] == 24
+    by_line = check_invariants(stack, manifest, outcomes, 25)
+    assert by_line[14] == {
+        "line": "14",
+        "user_id": user_id(13),
+        "provider": "oura",
+        "outcome": "rejected",
+        "detail": "rejected by Vital: user_id: Value error, user_id cannot be imported",
+    }
+    chunks = [(c["first_line"], c["size"], c["http_status"]) for c in manifest["chunks"]]
+    assert sorted(chunks) == [(1, 10, 200), (11, 9, 200), (11, 10, 422), (21, 5, 200)]
+
+
+@pytest.mark.usefixtures("no_waits")
+def test_unattributable_422_is_bisected_down_to_the_bad_row(stack: Stack) -> None:
+    put_rows(stack, "incoming/hidden-bad.jsonl", 16)
+    stack.vital.reject_unattributed = {user_id(6)}
+
+    manifest, outcomes = run(stack, "incoming/hidden-bad.jsonl")
+
+    requests = stack.vital.bulk_import_requests()
+    # Chunk 1 (rows 0-9): 10 → 5+5 → (3+2) → (1+1); chunk 2 (rows 10-15) passes at once.
+    refused = [r.user_ids for r in requests if r.status == 422]
+    assert [len(ids) for ids in refused] == [10, 5, 2, 1]
+    assert all(user_id(6) in ids for ids in refused)
+    assert Counter(r.status for r in requests) == {422: 4, 200: 4}
+    assert manifest["counts"]["rejected"] == 1
+    assert manifest["counts"]["imported"] == 15
+    by_line = check_invariants(stack, manifest, outcomes, 16)
+    assert by_line[7]["outcome"] == "rejected"
+    assert by_line[7]["detail"] == (
+        "Vital rejected the request (422): body: Value error, the bulk import could not be "
+        "processed"
+    )
+    assert {o["outcome"] for line, o in by_line.items() if line != 7} == {"imported"}
+
+
+# --- 202 --------------------------------------------------------------------------------------
+
+
+def test_202_with_an_empty_body_then_bulk_ops_reconciliation(stack: Stack) -> None:
+    put_rows(stack, "incoming/queued.jsonl", 25, provider="whoop_v2")
+    stack.vital.force_202 = True
+    stack.vital.op_complete_after_seconds = 0.2
+
+    manifest, outcomes = run(stack, "incoming/queued.jsonl")
+
+    requests = stack.vital.bulk_import_requests()
+    assert [r.status for r in requests] == [202, 202, 202]
+    # The pipeline asked for completion; Vital only enqueued (and sent no body).
+    assert {r.body["wait_for_completion"] for r in requests} == {True}
+    polls = [r for r in stack.vital.recorded() if r.path == "/v2/link/bulk_op"]
+    assert polls
+    assert all(1 <= int(p.query["page_size"]) <= 50 for p in polls)
+    assert manifest["status"] == "succeeded"
+    assert manifest["counts"]["enqueued"] == 25
+    assert {o["outcome"] for o in outcomes} == {"enqueued"}
+    ops = manifest["bulk_ops"]
+    assert len(ops) == 3
+    assert {(op["provider"], op["status"], op["pending"]) for op in ops} == {
+        ("whoop_v2", "success", 0)
+    }
+    assert sorted(op["processed"] for op in ops) == [5, 10, 10]
+    check_invariants(stack, manifest, outcomes, 25)
