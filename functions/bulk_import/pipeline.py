@@ -42,7 +42,7 @@ from bulk_import.models import (
     Outcome,
     SourceRef,
 )
-from bulk_import.observability import logger
+from bulk_import.observability import logger, tracer
 from bulk_import.posting import ChunkReport, post_chunk
 from bulk_import.redaction import redact_text
 from bulk_import.results import (
@@ -106,7 +106,12 @@ class _DeadlineReached(Exception):
     pass
 
 
+# capture_response=False: a result must never be copied into a trace. Worker threads are not
+# traced (X-Ray's context is per thread); their HTTP calls show under this subsegment's time.
+@tracer.capture_method(capture_response=False)
 def import_object(ref: ObjectRef, settings: Settings, deps: Dependencies) -> FileResult:
+    tracer.put_annotation(key="segment", value=str(ref.segment))
+    tracer.put_metadata(key="object", value={"bucket": ref.bucket, "key": ref.key})
     return _Run(ref, settings, deps).execute()
 
 
