@@ -1,0 +1,96 @@
+"""One contender in its own fresh process: ``python -m bench.child SPEC_JSON RESULT_PATH``.
+
+Times the contender's imports (its cold start), runs it once, and writes wall time, CPU time and
+peak RSS as JSON to RESULT_PATH. Imports nothing heavy before the timed import, so the figures
+belong to the contender alone.
+
+Peak RSS is ``VmHWM`` from /proc/self/status: the high-water mark of this process's own address
+space. ``getrusage(RUSAGE_SELF).ru_maxrss`` would be wrong here: Linux carries the parent's
+high-water mark into the child across fork + exec, and the parent (moto, the stand-in and the
+generated files) is bigger than any contender, so every child would report the parent's size.
+``ru_maxrss`` is the fallback where /proc is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    return None
+
+
+def _peak_rss_mb() -> float:
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_mb() -> float:
+    rss = _status_mb("VmRSS")
+    return rss if rss is not None else _peak_rss_mb()
+
+
+def main() -> None:
+    spec: dict[str, Any] = json.loads(sys.argv[1])
+    out = Path(sys.argv[2])
+    rss_start = _rss_mb()
+    started = time.perf_counter()
+    module = importlib.import_module(f"bench.contenders.{spec['contender']}")
+    import_s = time.perf_counter() - started
+    rss_imported = _rss_mb()
+
+    profiler: Any = None
+    if spec.get("profile"):
+        from pyinstrument import Profiler  # noqa: PLC0415 - only when profiling
+
+        profiler = Profiler(interval=0.001)
+        profiler.start()
+    cpu0, wall0 = _cpu(), time.perf_counter()
+    info = module.run(spec)
+    wall = time.perf_counter() - wall0
+    cpu = _cpu() - cpu0
+    if profiler is not None:
+        profiler.stop()
+        prefix = Path(spec["profile"])
+        prefix.with_suffix(".html").write_text(profiler.output_html())
+        prefix.with_suffix(".txt").write_text(
+            profiler.output_text(unicode=True, color=False, show_all=False)
+        )
+        from bench.profiling import summarise  # noqa: PLC0415 - only when profiling
+
+        summary = summarise(profiler.last_session)
+        prefix.with_suffix(".top.json").write_text(json.dumps(summary, indent=1))
+
+    result = {
+        **info,
+        "contender": spec["contender"],
+        "import_s": import_s,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "rss_start_mb": rss_start,
+        "rss_after_import_mb": rss_imported,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    out.write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

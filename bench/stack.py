@@ -1,0 +1,143 @@
+"""The local stack every contender runs against: moto server + Vital stand-in on 127.0.0.1.
+
+Started once in the parent process; children reach it through the environment only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, Self
+
+import boto3
+
+from local.moto_server import MotoStack
+from local.vital_standin import StandinState, VitalStandin
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+BUCKET = "vital-import-bench"
+SECRET_NAME = "vital/bulk-import/bench-api-key"  # noqa: S105 - a secret's name, not its value
+INCOMING = "incoming/bench/"
+
+
+class BenchState(StandinState):
+    """The stand-in's state, with a membership test that costs O(chunk), not O(known users).
+
+    ``StandinState._import`` canonicalises every known user on every request, which is fine for
+    tests with a handful of users but costs the stand-in ~O(100k) work per request at benchmark
+    sizes, in the same process as moto: it would dominate every contender's wall time. The
+    generated user ids are canonical UUID strings already, so each request narrows the known set
+    to the users it names before the stand-in does its usual work.
+    """
+
+    bench_known: frozenset[str] = frozenset()
+
+    def _import(self, provider: str, user_ids: list[str], *, enqueue: bool) -> Any:
+        with self._lock:  # re-entrant: the base class takes it again
+            self.known_users = {u for u in user_ids if u in self.bench_known}
+            return super()._import(provider, user_ids, enqueue=enqueue)
+
+
+class BenchStack:
+    """Starts moto and the stand-in, creates the bucket and the API key secret; stops both."""
+
+    def __init__(self) -> None:
+        if not hasattr(StandinState, "_import"):
+            msg = "local.vital_standin.StandinState._import is gone: update bench.stack.BenchState"
+            raise RuntimeError(msg)
+        self.state = BenchState(record_full_bodies=False)
+        self.moto = MotoStack()
+        self.vital = VitalStandin(self.state, stop_timeout=2.0)
+        self._exit = contextlib.ExitStack()
+        self.s3: Any = None
+
+    def __enter__(self) -> Self:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.moto)
+            stack.enter_context(self.vital)
+            session = boto3.session.Session(
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",  # noqa: S106 - moto's fake credentials
+                region_name=self.moto.region,
+            )
+            self.s3 = session.client("s3", endpoint_url=self.moto.endpoint_url)
+            self.s3.create_bucket(Bucket=BUCKET)
+            session.client("secretsmanager", endpoint_url=self.moto.endpoint_url).create_secret(
+                Name=SECRET_NAME, SecretString=self.state.api_key
+            )
+            self._exit = stack.pop_all()  # from here on, __exit__ stops both servers
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit.close()
+
+    def upload(self, name: str, data: bytes) -> tuple[str, str]:
+        """(key, ETag) of the uploaded object."""
+        key = INCOMING + name
+        etag = self.s3.put_object(Bucket=BUCKET, Key=key, Body=data)["ETag"].strip('"')
+        return key, etag
+
+    def clear_outputs(self, max_pages: int = 100) -> int:
+        """Delete everything outside incoming/ (results, checkpoints) left by earlier runs."""
+        deleted = 0
+        for _ in range(max_pages):
+            page = self.s3.list_objects_v2(Bucket=BUCKET, MaxKeys=1000)
+            keys = [o["Key"] for o in page.get("Contents", []) if not o["Key"].startswith(INCOMING)]
+            if not keys:
+                break
+            self.s3.delete_objects(
+                Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
+            )
+            deleted += len(keys)
+        return deleted
+
+    def child_env(self) -> dict[str, str]:
+        """What every contender's process gets on top of a clean environment."""
+        return {
+            **self.moto.env,
+            "VITAL_API_BASE_URL": self.vital.url,
+            "VITAL_API_KEY_SECRET": SECRET_NAME,
+            "BENCH_BUCKET": BUCKET,
+            "CHUNK_SIZE": "500",
+            "MAX_CONCURRENCY": "8",
+            "POWERTOOLS_SERVICE_NAME": "bulk-import",
+            "POWERTOOLS_METRICS_NAMESPACE": "VitalBulkImport",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_METRICS_DISABLED": "true",
+        }
+
+    def prepare(self, latency_seconds: float, known: frozenset[str]) -> None:
+        """Forget the previous run; set this run's latency and known users."""
+        self.clear_outputs()
+        self.state.reset()
+        with self.state._lock:
+            self.state.latency_seconds = latency_seconds
+            self.state.bench_known = known
+
+    def verify(self, expected: frozenset[str]) -> dict[str, int]:
+        """Every row posted exactly once, every request answered 200; raises otherwise."""
+        requests = self.state.bulk_import_requests()
+        statuses: dict[int, int] = {}
+        for record in requests:
+            statuses[record.status or 0] = statuses.get(record.status or 0, 0) + 1
+        posted = self.state.posted_connections()
+        unique = {user_id for _, user_id in posted}
+        problems = []
+        if set(statuses) != {200}:
+            problems.append(f"statuses {statuses}")
+        if len(posted) != len(expected):
+            problems.append(f"{len(posted)} connections posted, expected {len(expected)}")
+        if unique != expected:
+            problems.append(
+                f"{len(expected - unique)} rows never posted, {len(unique - expected)} unexpected"
+            )
+        if problems:
+            raise AssertionError("contender did not import the file: " + "; ".join(problems))
+        return {"requests": len(requests), "connections": len(posted)}
