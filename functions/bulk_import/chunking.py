@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
 
 from bulk_import.models import ChunkRecord, ConnectionRow, Outcome
 
@@ -31,11 +32,13 @@ class RowOutcome:
     detail: str = ""
 
 
+@cache
 def body_overhead(provider: str) -> int:
     """Bytes around the connections; counts the longer suffix so either body fits the bound."""
     return len(_prefix(provider)) + len(_SUFFIX_FALSE)
 
 
+@cache
 def _prefix(provider: str) -> bytes:
     return b'{"provider":' + json.dumps(provider).encode() + b',"connections":['
 

@@ -56,8 +56,8 @@ class Settings(BaseModel):
     )
     # Seconds of Lambda time kept in reserve to finish in-flight chunks and checkpoint.
     safety_margin_seconds: float = Field(default=60.0, ge=0, alias="SAFETY_MARGIN_SECONDS")
-    # Chunks sent between two checkpoints (0: twice MAX_CONCURRENCY). Smaller means fewer rows
-    # in doubt after a crash, larger means fewer S3 writes.
+    # Chunks sent between two checkpoints (0: twice MAX_CONCURRENCY, or ~2 s worth when faster).
+    # Smaller means fewer rows in doubt after a crash, larger means fewer S3 writes.
     checkpoint_every_chunks: int = Field(default=0, ge=0, alias="CHECKPOINT_EVERY_CHUNKS")
     http_timeout_seconds: float = Field(default=30.0, gt=0, alias="HTTP_TIMEOUT_SECONDS")
     max_attempts: int = Field(default=5, ge=1, le=20, alias="MAX_ATTEMPTS")

@@ -211,7 +211,7 @@ class Counts(BaseModel):
 
     def add(self, outcome: Outcome, n: int = 1) -> None:
         self.rows += n
-        field = _COUNT_FIELD[outcome]
+        field = COUNT_FIELD[outcome]
         setattr(self, field, getattr(self, field) + n)
 
     def merge(self, other: Counts) -> None:
@@ -230,7 +230,7 @@ class Counts(BaseModel):
         )
 
 
-_COUNT_FIELD: dict[Outcome, str] = {
+COUNT_FIELD: dict[Outcome, str] = {
     Outcome.IMPORTED: "imported",
     Outcome.FAILED: "failed",
     Outcome.ENQUEUED: "enqueued",

@@ -34,7 +34,6 @@ from bulk_import.models import (
     Checkpoint,
     ChunkRecord,
     ConnectionRow,
-    Counts,
     ErrorInfo,
     FileStatus,
     Manifest,
@@ -56,6 +55,7 @@ from bulk_import.results import (
     results_prefix,
     write_manifest,
 )
+from bulk_import.tally import Tally
 from bulk_import.validation import display_provider, display_user_id, validate_row
 from bulk_import.vital import CallStats, VitalClient, VitalError, parse_time
 
@@ -69,6 +69,8 @@ BULK_OP_POLL_SECONDS = 2.0
 BULK_OP_MAX_WAIT_SECONDS = 60.0
 BULK_OP_SKEW = timedelta(seconds=5)
 DEADLINE_CHECK_EVERY_RECORDS = 64
+# Checkpoints are spaced at least about this far apart when chunks go out quickly.
+CHECKPOINT_SECONDS = 2.0
 IN_DOUBT_DETAIL = (
     "in doubt: the function stopped while this chunk was being sent, so it is not sent again; "
     "check GET /v2/user/providers/{user_id} and re-upload the row from retry.jsonl if needed"
@@ -136,8 +138,7 @@ class _Run:
         self.started_at = _now()
         self.started_monotonic = time.monotonic()
         # Accounting, restored from a checkpoint on resume.
-        self.counts = Counts()
-        self.providers: dict[str, Counts] = {}
+        self.tally = Tally()
         self.chunk_records: list[ChunkRecord] = []
         self.outcome_parts: list[str] = []
         self.retry_parts: list[str] = []
@@ -165,6 +166,8 @@ class _Run:
         self.probed = False
         self.posted_here = 0
         self.lease_step = settings.checkpoint_every_chunks or 2 * settings.max_concurrency
+        self.last_lease_at = time.monotonic()
+        self.last_lease_seq = 0
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -236,8 +239,7 @@ class _Run:
         self.checkpoint = cp
         self.source = cp.source
         self.started_at = cp.started_at
-        self.counts = cp.counts.model_copy()
-        self.providers = {p: c.model_copy() for p, c in cp.providers.items()}
+        self.tally = Tally.restore(cp.counts, cp.providers)
         self.chunk_records = list(cp.chunks)
         self.outcome_parts = list(cp.outcome_parts)
         self.retry_parts = list(cp.retry_parts)
@@ -415,11 +417,26 @@ class _Run:
             return
         if seq >= self.lease:
             # Make the lease durable before sending past it, so a crash cannot hide a send.
-            self._save_checkpoint(next_segment=self.ref.segment, lease=seq + self.lease_step)
+            self._save_checkpoint(next_segment=self.ref.segment, lease=seq + self._lease_step(seq))
         assert self.executor is not None  # noqa: S101 - created with the client
         future = self.executor.submit(post_chunk, client, chunk, self.settings.wait_for_completion)
         self.in_flight[future] = seq
         self.posted_here += 1
+
+    def _lease_step(self, seq: int) -> int:
+        """Chunks until the next checkpoint: the configured step, or ~CHECKPOINT_SECONDS' worth.
+
+        Fast runs would otherwise write a checkpoint every few milliseconds; a crash leaves at
+        most this many chunks in doubt.
+        """
+        now = time.monotonic()
+        elapsed = now - self.last_lease_at
+        sent = seq - self.last_lease_seq
+        self.last_lease_at, self.last_lease_seq = now, seq
+        if self.settings.checkpoint_every_chunks or elapsed <= 0 or sent <= 0:
+            return self.lease_step
+        rate = sent / elapsed
+        return max(self.lease_step, min(int(rate * CHECKPOINT_SECONDS), 64 * self.lease_step))
 
     def _client(self) -> VitalClient:
         if self.client is None:
@@ -469,11 +486,11 @@ class _Run:
         threshold = self.settings.failure_threshold_percent
         if threshold >= 100 or self.stop_reason is not None:
             return
-        c = self.counts
-        posted = c.imported + c.failed + c.enqueued + c.errored
+        t = self.tally
+        bad = t[Outcome.FAILED] + t[Outcome.ERRORED]
+        posted = t[Outcome.IMPORTED] + t[Outcome.ENQUEUED] + bad
         if posted < THRESHOLD_WARMUP_ROWS:
             return
-        bad = c.failed + c.errored
         if bad * 100 > threshold * posted:
             self.stop_reason = ImportAborted(
                 f"{bad} of {posted} posted rows failed or errored, more than "
@@ -492,7 +509,7 @@ class _Run:
 
     def _reconcile_bulk_ops(self) -> list[BulkOp]:
         """After 202s, wait (bounded) for the bulk ops this run started and record their state."""
-        if self.counts.enqueued == 0:
+        if self.tally[Outcome.ENQUEUED] == 0:
             return []
         try:
             client = self._client()
@@ -500,7 +517,7 @@ class _Run:
             return []
         # A little slack for clock skew between Vital and Lambda.
         since = datetime.fromisoformat(self.started_at.replace("Z", "+00:00")) - BULK_OP_SKEW
-        providers = {p for p, c in self.providers.items() if c.enqueued}
+        providers = {p for p, c in self.tally.providers().items() if c.enqueued}
         deadline = time.monotonic() + min(
             BULK_OP_MAX_WAIT_SECONDS,
             max(0.0, self.deps.remaining_seconds() - self.settings.safety_margin_seconds),
@@ -529,12 +546,11 @@ class _Run:
 
     def _write(self, outcomes: list[RowOutcome], payloads: dict[int, bytes] | None = None) -> None:
         self.outcomes.write(outcomes)
-        for outcome in outcomes:
-            self.counts.add(outcome.outcome)
-            if outcome.provider:
-                self.providers.setdefault(outcome.provider, Counts()).add(outcome.outcome)
-            if payloads and outcome.outcome in RETRY_OUTCOMES and outcome.line in payloads:
-                self.retries.write(outcome.provider, payloads[outcome.line])
+        self.tally.add(outcomes)
+        if payloads:
+            for outcome in outcomes:
+                if outcome.outcome in RETRY_OUTCOMES and outcome.line in payloads:
+                    self.retries.write(outcome.provider, payloads[outcome.line])
 
     def _save_checkpoint(self, *, next_segment: int, lease: int | None = None) -> None:
         """Store the spooled outcomes as parts, then the checkpoint that makes them count."""
@@ -558,8 +574,8 @@ class _Run:
             settled_below=self.settled_below,
             settled_extra=sorted(self.settled),
             lines_done=max(self.line, self.lines_done),
-            counts=self.counts,
-            providers=self.providers,
+            counts=self.tally.counts(),
+            providers=self.tally.providers(),
             chunks=self.chunk_records,
             outcome_parts=self.outcome_parts,
             retry_parts=self.retry_parts,
@@ -610,15 +626,16 @@ class _Run:
                 "chunks_done": self.chunks_done,
                 "in_flight": len(self.in_flight),
                 "elapsed_s": round(self.last_progress - self.started_monotonic, 1),
-                **self.counts.model_dump(),
+                **self.tally.counts().model_dump(),
             },
         )
 
     def _status(self) -> FileStatus:
         if self.error is not None:
             return "failed"
-        c = self.counts
-        return "partial" if c.rejected or c.failed or c.errored else "succeeded"
+        t = self.tally
+        bad = t[Outcome.REJECTED] + t[Outcome.FAILED] + t[Outcome.ERRORED]
+        return "partial" if bad else "succeeded"
 
     def _manifest(
         self, bulk_ops: list[BulkOp], outcomes_key: str, retry_key: str | None
@@ -633,8 +650,8 @@ class _Run:
             status=self._status(),
             started_at=self.started_at,
             finished_at=_now(),
-            counts=self.counts,
-            providers=dict(sorted(self.providers.items())),
+            counts=self.tally.counts(),
+            providers=self.tally.providers(),
             chunks=self.chunk_records,
             bulk_ops=bulk_ops,
             outcomes_key=outcomes_key,

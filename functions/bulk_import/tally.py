@@ -1,0 +1,57 @@
+"""Outcome counts on the hot path: plain ints per (provider, outcome); pydantic at the edges."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from bulk_import.chunking import RowOutcome
+from bulk_import.models import COUNT_FIELD, Counts, Outcome
+
+
+class Tally:
+    """Counts every outcome once; rows without a provider count in the totals only."""
+
+    __slots__ = ("_by_provider", "_totals")
+
+    def __init__(self) -> None:
+        self._by_provider: Counter[tuple[str, Outcome]] = Counter()
+        self._totals: Counter[Outcome] = Counter()
+
+    def add(self, outcomes: Iterable[RowOutcome]) -> None:
+        by_provider, totals = self._by_provider, self._totals
+        for o in outcomes:
+            by_provider[o.provider, o.outcome] += 1
+            totals[o.outcome] += 1
+
+    def __getitem__(self, outcome: Outcome) -> int:
+        return self._totals[outcome]
+
+    def counts(self) -> Counts:
+        return _counts(self._totals)
+
+    def providers(self) -> dict[str, Counts]:
+        per: dict[str, Counter[Outcome]] = {}
+        for (provider, outcome), n in self._by_provider.items():
+            if provider:
+                per.setdefault(provider, Counter())[outcome] += n
+        return {p: _counts(c) for p, c in sorted(per.items())}
+
+    @classmethod
+    def restore(cls, counts: Counts, providers: dict[str, Counts]) -> Tally:
+        tally = cls()
+        for outcome, field in COUNT_FIELD.items():
+            total = getattr(counts, field)
+            tally._totals[outcome] = total
+            attributed = 0
+            for provider, per in providers.items():
+                n = getattr(per, field)
+                tally._by_provider[provider, outcome] = n
+                attributed += n
+            tally._by_provider["", outcome] = total - attributed
+        return tally
+
+
+def _counts(counter: Counter[Outcome]) -> Counts:
+    values = {field: counter[outcome] for outcome, field in COUNT_FIELD.items()}
+    return Counts(rows=sum(values.values()), **values)
