@@ -10,15 +10,12 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.idempotency.exceptions import (
-    IdempotencyAlreadyInProgressError,
-)
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from bulk_import import aws
 from bulk_import.config import Settings, get_settings
-from bulk_import.idempotency import once_per_ref
+from bulk_import.idempotency import AlreadyInProgress, once_per_ref
 from bulk_import.models import ContinuationMessage, ObjectRef
 from bulk_import.observability import logger, metrics, record_file_metrics, tracer
 from bulk_import.pipeline import Dependencies, FileResult, import_object
@@ -50,7 +47,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         logger.append_keys(bucket=ref.bucket, key=ref.key, segment=ref.segment)
         try:
             summary = work(ref)
-        except IdempotencyAlreadyInProgressError:
+        except AlreadyInProgress:
             logger.warning("another invocation is importing this object right now")
             metrics.add_metric(name="DuplicateInProgress", unit=MetricUnit.Count, value=1)
             if not from_queue:

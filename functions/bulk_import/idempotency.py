@@ -2,23 +2,21 @@
 
 The key is the object version plus the segment (``ObjectRef``): a redelivered S3 event or
 continuation message returns the stored summary instead of importing again. Without a table
-(local runs) the checkpoint and manifest checks in the pipeline still skip finished work.
+(local runs) the checkpoint and manifest checks in the pipeline still skip finished work, and
+the idempotency utility is never imported.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
-
-from aws_lambda_powertools.utilities.idempotency import (
-    DynamoDBPersistenceLayer,
-    IdempotencyConfig,
-    idempotent_function,
-)
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from typing import TYPE_CHECKING, Any
 
 from bulk_import.models import ObjectRef
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 # Long enough to absorb late S3 redeliveries and Lambda's async retries of a long import.
 EXPIRES_AFTER_SECONDS = 2 * 24 * 3600
@@ -26,8 +24,16 @@ EXPIRES_AFTER_SECONDS = 2 * 24 * 3600
 Work = Callable[[ObjectRef], dict[str, Any]]
 
 
+class AlreadyInProgress(Exception):
+    """Another invocation holds the idempotency record of this ref right now."""
+
+
 @lru_cache(maxsize=4)
 def _persistence(table_name: str) -> DynamoDBPersistenceLayer:
+    from aws_lambda_powertools.utilities.idempotency import (  # noqa: PLC0415 - cold start
+        DynamoDBPersistenceLayer,
+    )
+
     return DynamoDBPersistenceLayer(table_name=table_name)
 
 
@@ -35,6 +41,14 @@ def once_per_ref(work: Work, table_name: str | None, context: LambdaContext) -> 
     """``work`` guarded so each ``ObjectRef`` runs once; unchanged when no table is set."""
     if not table_name:
         return work
+    from aws_lambda_powertools.utilities.idempotency import (  # noqa: PLC0415 - cold start
+        IdempotencyConfig,
+        idempotent_function,
+    )
+    from aws_lambda_powertools.utilities.idempotency.exceptions import (  # noqa: PLC0415
+        IdempotencyAlreadyInProgressError,
+    )
+
     config = IdempotencyConfig(expires_after_seconds=EXPIRES_AFTER_SECONDS)
     config.register_lambda_context(context)
 
@@ -47,4 +61,11 @@ def once_per_ref(work: Work, table_name: str | None, context: LambdaContext) -> 
     def guarded(*, ref: ObjectRef) -> dict[str, Any]:
         return work(ref)
 
-    return lambda ref: guarded(ref=ref)
+    def run(ref: ObjectRef) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = guarded(ref=ref)
+        except IdempotencyAlreadyInProgressError:
+            raise AlreadyInProgress(ref.key) from None
+        return result
+
+    return run

@@ -7,7 +7,8 @@ never logs row contents or request bodies in the first place.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aws_lambda_powertools import Logger, Metrics, Tracer, single_metric
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
@@ -31,9 +32,52 @@ class RedactingFormatter(LambdaPowertoolsFormatter):
         return redact_text(super().serialize(log))
 
 
+class Decorator(Protocol):
+    def __call__[F: Callable[..., Any]](self, function: F, /) -> F: ...
+
+
+class TracerLike(Protocol):
+    """The part of Powertools' Tracer we use, typed (its decorators are not)."""
+
+    def capture_lambda_handler(self, *, capture_response: bool) -> Decorator: ...
+
+    def capture_method(self, *, capture_response: bool) -> Decorator: ...
+
+    def put_annotation(self, key: str, value: str) -> None: ...
+
+    def put_metadata(self, key: str, value: Any) -> None: ...
+
+
+class _NoTracer:
+    """Stands in for Tracer when tracing is off, so the X-Ray SDK (~130 ms) is never imported."""
+
+    def capture_lambda_handler(self, *, capture_response: bool) -> Decorator:
+        return _unchanged
+
+    def capture_method(self, *, capture_response: bool) -> Decorator:
+        return _unchanged
+
+    def put_annotation(self, key: str, value: str) -> None:
+        pass
+
+    def put_metadata(self, key: str, value: Any) -> None:
+        pass
+
+
+def _unchanged[F: Callable[..., Any]](function: F, /) -> F:
+    return function
+
+
+def _tracer() -> TracerLike:
+    # Powertools' own rule: POWERTOOLS_TRACE_DISABLED, or not running in Lambda / SAM local.
+    if Tracer._is_tracer_disabled():
+        return _NoTracer()
+    return cast(TracerLike, Tracer(service=SERVICE))
+
+
 logger = Logger(service=SERVICE, logger_formatter=RedactingFormatter())
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
-tracer = Tracer(service=SERVICE)
+tracer = _tracer()
 
 
 def _log_retry(details: RetryDetails) -> None:
