@@ -466,7 +466,7 @@ class _Run:
 
     def _absorb(self, report: ChunkReport) -> None:
         self.chunk_records.extend(report.records)
-        self._write(report.outcomes, {r.line: r.payload for r in report.chunk.rows})
+        self._write(report.outcomes, report.chunk)
         self.chunks_done += 1
         self.probed = self.probed or report.fatal is None
         if report.fatal is not None and self.stop_reason is None:
@@ -542,15 +542,19 @@ class _Run:
     # --- bookkeeping --------------------------------------------------------------------------
 
     def _write_chunk(self, chunk: Chunk, outcome: Outcome, detail: str) -> None:
-        self._write(chunk.outcomes(outcome, detail), {r.line: r.payload for r in chunk.rows})
+        self._write(chunk.outcomes(outcome, detail), chunk)
 
-    def _write(self, outcomes: list[RowOutcome], payloads: dict[int, bytes] | None = None) -> None:
+    def _write(self, outcomes: list[RowOutcome], source: Chunk | None = None) -> None:
+        """Record outcomes; failed and errored rows of a chunk also go to retry.jsonl."""
         self.outcomes.write(outcomes)
         self.tally.add(outcomes)
-        if payloads:
-            for outcome in outcomes:
-                if outcome.outcome in RETRY_OUTCOMES and outcome.line in payloads:
-                    self.retries.write(outcome.provider, payloads[outcome.line])
+        if source is None:
+            return
+        retry = [o for o in outcomes if o.outcome in RETRY_OUTCOMES]
+        if retry:
+            payloads = {r.line: r.payload for r in source.rows}
+            for outcome in retry:
+                self.retries.write(outcome.provider, payloads[outcome.line])
 
     def _save_checkpoint(self, *, next_segment: int, lease: int | None = None) -> None:
         """Store the spooled outcomes as parts, then the checkpoint that makes them count."""
