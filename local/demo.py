@@ -88,6 +88,11 @@ def print_file(s3: Any, key: str, summary: dict[str, Any]) -> None:
         print(f"  line {row['line']:>4}  {row['outcome']:<9} {row['detail']}")
     print(f"  manifest s3://{BUCKET}/{manifest_key}")
     print(f"  outcomes s3://{BUCKET}/{manifest['outcomes_key']}")
+    if manifest.get("retry_key"):
+        retry_rows = counts["failed"] + counts["errored"]
+        print(
+            f"  retry    s3://{BUCKET}/{manifest['retry_key']} ({retry_rows} row(s) to re-upload)"
+        )
 
 
 def run(*, verbose: bool) -> int:
