@@ -50,6 +50,9 @@ RECIPE_FIELDS: tuple[str, ...] = (
 ROW_FIELDS: tuple[str, ...] = (*RECIPE_FIELDS, "provider")
 
 _SCOPE_SPLIT = re.compile(r"[\s,]+")
+_CANONICAL_UUID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
 _INT_TEXT = re.compile(r"[+-]?\d+")
 
 
@@ -120,6 +123,8 @@ class ConnectionRow(BaseModel):
     @field_validator("user_id", mode="after")
     @classmethod
     def _uuid(cls, value: str) -> str:
+        if _CANONICAL_UUID.fullmatch(value):
+            return value.lower()  # the common case, without building a UUID object
         try:
             return str(uuid.UUID(value))
         except ValueError:

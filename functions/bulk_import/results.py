@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING
@@ -31,6 +32,16 @@ STATE_DIR = "_state/"
 _PART = 16 * 1024 * 1024
 _TRANSFER = TransferConfig(multipart_threshold=_PART, multipart_chunksize=_PART)
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# Values that need neither CSV quoting nor formula neutralising (UUIDs, provider names, "").
+_PLAIN = re.compile(r"[0-9A-Za-z_][0-9A-Za-z_.:/ -]*|")
+
+
+def _plain(detail: str) -> bool:
+    return not detail or (
+        not detail.startswith(_FORMULA_START) and not any(c in detail for c in ',"\n\r')
+    )
+
+
 _COPY_CHUNK = 1024 * 1024
 
 
@@ -88,16 +99,23 @@ class Spool:
 
 class OutcomeSpool(Spool):
     def write(self, outcomes: Iterable[RowOutcome]) -> None:
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        n = 0
-        for o in outcomes:
-            writer.writerow(
-                (o.line, _cell(o.user_id), _cell(o.provider), o.outcome.value, _cell(o.detail))
-            )
-            n += 1
-        if n:
-            self.write_bytes(text.getvalue().encode(), n)
+        lines = [
+            # Nothing to quote or neutralise in the common case (imported, validated values).
+            f"{o.line},{o.user_id},{o.provider},{o.outcome.value},{o.detail}\n"
+            if _PLAIN.fullmatch(o.user_id) and _PLAIN.fullmatch(o.provider) and _plain(o.detail)
+            else _quoted_line(o)
+            for o in outcomes
+        ]
+        if lines:
+            self.write_bytes("".join(lines).encode(), len(lines))
+
+
+def _quoted_line(o: RowOutcome) -> str:
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerow(
+        (o.line, _cell(o.user_id), _cell(o.provider), o.outcome.value, _cell(o.detail))
+    )
+    return text.getvalue()
 
 
 class RetrySpool(Spool):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from pydantic import ValidationError
 
-from bulk_import.models import ConnectionRow
+from bulk_import.models import PROVIDERS, ConnectionRow
 
+# model_validate without its Python wrapper: this runs once per input row.
+_VALIDATE = ConnectionRow.__pydantic_validator__.validate_python
 _NO_PROVIDER = (
     "provider: missing; add a 'provider' field, put the file under incoming/<provider>/, "
     "or set the object's 'provider' metadata"
@@ -20,9 +23,10 @@ def validate_row(data: dict[str, Any], default_provider: str | None) -> Connecti
             return _NO_PROVIDER
         data = {**data, "provider": default_provider}
     try:
-        return ConnectionRow.model_validate(data)
+        row: ConnectionRow = _VALIDATE(data)
     except ValidationError as exc:
         return describe_errors(exc)
+    return row
 
 
 def describe_errors(exc: ValidationError) -> str:
@@ -38,16 +42,30 @@ def describe_errors(exc: ValidationError) -> str:
 
 
 def display_user_id(data: dict[str, Any] | None) -> str:
-    """The user id to show for a rejected row: only if it is a short string (never a token)."""
+    """The user id to show for a rejected row: only a UUID, canonical as in accepted rows.
+
+    Anything else may be a token in the wrong column (or a formula, or unencodable text).
+    """
     value = data.get("user_id") if data else None
-    return value.strip() if isinstance(value, str) and len(value) <= 64 else ""
+    if not isinstance(value, str) or len(value) > 64:
+        return ""
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        return ""
 
 
 def display_provider(data: dict[str, Any] | None, default: str | None) -> str:
+    """The provider to show for a rejected row: a known provider name, or the file's default.
+
+    An unknown value is shown as '': it may be a token in the wrong column, and it would become
+    a key of the manifest's per-provider counts and a metric dimension.
+    """
     value = data.get("provider") if data else None
-    if isinstance(value, str) and 0 < len(value) <= 40:
-        return value.strip().lower()
-    return default or ""
+    if _blank(value):
+        return default or ""
+    name = value.strip().lower() if isinstance(value, str) else ""
+    return name if name in PROVIDERS else ""
 
 
 def _blank(value: Any) -> bool:

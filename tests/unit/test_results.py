@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bulk_import.chunking import RowOutcome, serialise
 from bulk_import.formats import Format, read_records
@@ -17,6 +19,7 @@ from bulk_import.results import (
     OUTCOMES_HEADER,
     OutcomeSpool,
     RetrySpool,
+    _cell,
     assemble,
     outcomes_header,
     results_prefix,
@@ -212,3 +215,33 @@ def test_retry_spool_lines_can_be_uploaded_again_as_jsonl() -> None:
     assert [r.line for r in records] == [1, 2]
     assert [validate_row(r.data or {}, None) for r in records] == rows
     assert data.startswith(b'{"provider":"oura","user_id":')
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=1, max_value=10**9),
+            st.text(max_size=40),
+            st.text(max_size=20),
+            st.sampled_from(list(Outcome)),
+            st.text(max_size=60),
+        ),
+        max_size=20,
+    )
+)
+def test_fast_outcome_lines_parse_like_the_csv_module(rows: list[tuple]) -> None:
+    outcomes = [RowOutcome(*row) for row in rows]
+    spool = OutcomeSpool()
+    spool.write(outcomes)
+    written = io.BytesIO()
+    spool.copy_to(written)
+    spool.close()
+    expected = io.StringIO()
+    writer = csv.writer(expected, lineterminator="\n")
+    for o in outcomes:
+        writer.writerow(
+            (o.line, _cell(o.user_id), _cell(o.provider), o.outcome.value, _cell(o.detail))
+        )
+    parse = lambda text: list(csv.reader(io.StringIO(text, newline="")))  # noqa: E731
+    assert parse(written.getvalue().decode()) == parse(expected.getvalue())
