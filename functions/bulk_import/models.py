@@ -154,8 +154,13 @@ class BulkImportResponse(BaseModel):
     user_ids_failed: list[str] = Field(default_factory=list)
 
 
+# Models of rare paths (422s, 202s, continuations, resumes) are built on first use, not at
+# import: pydantic's schema building is most of this package's import time.
+_RARE = ConfigDict(extra="ignore", defer_build=True)
+
+
 class ValidationIssue(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _RARE
 
     loc: list[str | int] = Field(default_factory=list)
     msg: str = ""
@@ -165,13 +170,13 @@ class ValidationIssue(BaseModel):
 class ValidationErrorBody(BaseModel):
     """FastAPI's 422 shape. ``detail`` may also be a plain string on other errors."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = _RARE
 
     detail: list[ValidationIssue] | str = Field(default_factory=list)
 
 
 class BulkOp(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _RARE
 
     type: str | None = None
     status: str
@@ -183,7 +188,7 @@ class BulkOp(BaseModel):
 
 
 class BulkOpPage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _RARE
 
     data: list[BulkOp] = Field(default_factory=list)
     next_cursor: str | None = None
@@ -303,7 +308,7 @@ class ObjectRef(BaseModel):
 class ContinuationMessage(BaseModel):
     """The SQS message that hands the rest of a file to a fresh invocation (no tokens)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     kind: Literal["bulk-import-continuation"] = "bulk-import-continuation"
     ref: ObjectRef
