@@ -37,6 +37,7 @@ PROVIDERS: frozenset[str] = frozenset(
         "runkeeper",
     }
 )
+PROVIDER_INDEX: dict[str, int] = {name: i for i, name in enumerate(sorted(PROVIDERS))}
 # Fields that carry credentials: never echoed in messages, outcomes or logs.
 SECRET_FIELDS: frozenset[str] = frozenset({"access_token", "refresh_token"})
 RECIPE_FIELDS: tuple[str, ...] = (

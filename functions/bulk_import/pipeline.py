@@ -30,6 +30,7 @@ from bulk_import.chunking import CHUNKING_VERSION, Chunk, Chunker, PendingRow, R
 from bulk_import.config import Settings
 from bulk_import.errors import FileError, ImportAborted, InternalError
 from bulk_import.models import (
+    PROVIDER_INDEX,
     BulkOp,
     Checkpoint,
     ChunkRecord,
@@ -150,7 +151,8 @@ class _Run:
         self.replay_below = 0
         self.replay_lease = 0
         # This invocation.
-        self.seen: dict[tuple[str, str], int] = {}
+        # (provider, user_id) → first line, keyed by one int (~100 bytes a row, half a tuple's).
+        self.seen: dict[int, int] = {}
         self.next_seq = 0
         self.line = 0
         self.error: FileError | None = None
@@ -355,7 +357,7 @@ class _Run:
         )
 
     def _accept(self, line: int, row: ConnectionRow) -> None:
-        identity = (row.provider, row.user_id)
+        identity = (PROVIDER_INDEX[row.provider] << 128) | int(row.user_id.replace("-", ""), 16)
         first = self.seen.get(identity)
         if first is not None:
             if line > self.lines_done:
