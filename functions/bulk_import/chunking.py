@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
+from typing import NamedTuple
 
 from bulk_import.models import ChunkRecord, ConnectionRow, Outcome
 
@@ -14,17 +15,18 @@ from bulk_import.models import ChunkRecord, ConnectionRow, Outcome
 CHUNKING_VERSION = 1
 
 
-@dataclass(frozen=True, slots=True)
-class PendingRow:
-    """A validated row waiting to be sent: its line, user id and serialised ConnectionRecipe."""
+class PendingRow(NamedTuple):
+    """A validated row waiting to be sent: its line, user id and serialised ConnectionRecipe.
+
+    Named tuples: one is made per row, and they build several times faster than dataclasses.
+    """
 
     line: int
     user_id: str
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class RowOutcome:
+class RowOutcome(NamedTuple):
     line: int
     user_id: str
     provider: str
