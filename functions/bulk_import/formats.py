@@ -24,6 +24,8 @@ _BOM = b"\xef\xbb\xbf"
 _CUT_WINDOW = 16
 _NUMBER_TAIL = re.compile(r"[0-9.eE+-]*")
 _READ_SIZE = 256 * 1024
+# A CSV record (all its fields and lines) may be this many times MAX_ROW_BYTES long.
+_CSV_RECORD_FACTOR = 4
 
 
 class Format(StrEnum):
@@ -118,6 +120,8 @@ def _read_jsonl(stream: IO[bytes], limit: int) -> Iterator[Record]:
             yield Record(line, None, f"not valid UTF-8 (byte {exc.start + 1} of the line)")
         except RecursionError:
             yield Record(line, None, "JSON nested too deeply")
+        except ValueError:  # json's int limit: more than sys.get_int_max_str_digits() digits
+            yield Record(line, None, "invalid JSON: a number has too many digits")
         else:
             yield _object_or_error(line, value)
 
@@ -133,12 +137,45 @@ def normalise_header(name: str) -> str:
     return name.strip().lower()
 
 
+class _RecordTooLong(Exception):
+    pass
+
+
+class _BoundedLines:
+    """Feeds ``csv.reader`` one physical line at a time and stops a record that grows too long.
+
+    The reader bounds single fields only (``field_size_limit``, which reports one long value
+    first), so a long line of commas or many quoted lines would otherwise build one huge row.
+    """
+
+    def __init__(self, text: io.TextIOWrapper, limit: int) -> None:
+        self._text = text
+        self.record_limit = _CSV_RECORD_FACTOR * limit
+        self.record_chars = 0  # characters fed since the last complete record
+
+    def __iter__(self) -> _BoundedLines:
+        return self
+
+    def __next__(self) -> str:
+        # Whole lines only (the reader ends a record at the end of each string it is given),
+        # and never more than the record's remaining budget plus one character.
+        line = self._text.readline(self.record_limit - self.record_chars + 1)
+        if not line:
+            raise StopIteration
+        self.record_chars += len(line)
+        if self.record_chars > self.record_limit:
+            raise _RecordTooLong
+        return line
+
+
 def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
     csv.field_size_limit(limit)
-    reader = csv.reader(text, strict=False)
+    lines = _BoundedLines(text, limit)
+    reader = csv.reader(lines, strict=False)
     try:
         header = next(reader, None)
+        lines.record_chars = 0
         if header is None:
             return
         names = [normalise_header(h) for h in header]
@@ -153,6 +190,7 @@ def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
         width = len(names)
         previous_end = reader.line_num
         for values in reader:
+            lines.record_chars = 0
             start, previous_end = previous_end + 1, reader.line_num
             if not values or (len(values) == 1 and not values[0].strip()):
                 continue
@@ -166,6 +204,11 @@ def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
         ) from None
     except csv.Error as exc:
         raise MalformedFile(f"CSV cannot be parsed at line {reader.line_num}: {exc}") from None
+    except _RecordTooLong:
+        raise MalformedFile(
+            f"CSV record at line {reader.line_num + 1} is longer than {lines.record_limit} "
+            f"characters ({_CSV_RECORD_FACTOR} x MAX_ROW_BYTES); check the file's quoting"
+        ) from None
     finally:
         text.detach()
 
@@ -256,6 +299,10 @@ class _TextWindow:
                 raise MalformedFile(f"invalid JSON in element {index}: {exc.msg}") from None
             except RecursionError:
                 raise MalformedFile(f"element {index} is nested too deeply") from None
+            except ValueError:  # json's int limit (JSONDecodeError is handled above)
+                raise MalformedFile(
+                    f"element {index} holds a number with too many digits"
+                ) from None
             # A number cut at the window's edge ('1.' of '1.5') may continue in the next read.
             if not self._eof and _NUMBER_TAIL.fullmatch(self._buf, end) and self._fill():
                 continue

@@ -7,6 +7,7 @@ never logs row contents or request bodies in the first place.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -76,6 +77,9 @@ def _tracer() -> TracerLike:
 
 
 logger = Logger(service=SERVICE, logger_formatter=RedactingFormatter())
+# botocore's DEBUG lines print response bodies, Secrets Manager's SecretString (the API key)
+# among them; Lambda turns the root logger to DEBUG when the function's log level is DEBUG.
+logging.getLogger("botocore").setLevel(logging.INFO)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 tracer = _tracer()
 

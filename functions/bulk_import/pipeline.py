@@ -159,7 +159,7 @@ class _Run:
         self.stop_reason: FileError | None = None
         self.client: VitalClient | None = None
         self.executor: ThreadPoolExecutor | None = None
-        self.in_flight: dict[Future[ChunkReport], int] = {}
+        self.in_flight: dict[Future[ChunkReport], tuple[int, Chunk]] = {}
         self.chunker = Chunker(settings.chunk_size, settings.max_body_bytes)
         self.outcomes = OutcomeSpool()
         self.retries = RetrySpool()
@@ -279,6 +279,10 @@ class _Run:
             self.error = InternalError(
                 f"internal error ({type(exc).__name__}); see the function's logs"
             )
+            # Rows already chunked still get an outcome (errored, in retry.jsonl).
+            self.stop_reason = self.stop_reason or self.error
+            for chunk in self.chunker.flush():
+                self._dispatch(chunk)
         if deadline:
             self._drain()
             self._save_checkpoint(next_segment=self.ref.segment + 1)
@@ -422,7 +426,7 @@ class _Run:
             self._save_checkpoint(next_segment=self.ref.segment, lease=seq + self._lease_step(seq))
         assert self.executor is not None  # noqa: S101 - created with the client
         future = self.executor.submit(post_chunk, client, chunk, self.settings.wait_for_completion)
-        self.in_flight[future] = seq
+        self.in_flight[future] = (seq, chunk)
         self.posted_here += 1
 
     def _lease_step(self, seq: int) -> int:
@@ -458,8 +462,21 @@ class _Run:
             return
         done, _ = wait(self.in_flight, return_when=FIRST_COMPLETED)
         for future in done:
-            seq = self.in_flight.pop(future)
-            self._absorb(future.result())
+            seq, chunk = self.in_flight.pop(future)
+            try:
+                report = future.result()
+            except Exception as exc:  # noqa: BLE001 - a bug in a worker must not lose the file
+                logger.exception(
+                    "unexpected error posting a chunk", extra={"error": type(exc).__name__}
+                )
+                self.error = self.error or InternalError(
+                    f"internal error ({type(exc).__name__}); see the function's logs"
+                )
+                self.stop_reason = self.stop_reason or self.error
+                detail = "in doubt: the function failed while sending this chunk; see retry.jsonl"
+                self._write_chunk(chunk, Outcome.ERRORED, detail)
+            else:
+                self._absorb(report)
             self._settle(seq)
 
     def _drain(self) -> None:

@@ -2,6 +2,11 @@
 
 Matches values of token-like JSON/query keys, bearer credentials and JWTs. It deliberately does
 not mask UUIDs, ETags, S3 keys or request ids, which the logs need.
+
+Exception messages are masked too, except those of this package's own exceptions (written never to
+hold row data): a crash's message may quote a row value (``KeyError: 'tok…'``, ``invalid literal
+for int(): 'tok…'``, pydantic's ``input_value=…``), and the logger prints it in the traceback
+and in Powertools' structured ``stack_trace``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,29 @@ _PATTERNS = (
 )
 
 
+# Exception messages as the logger renders them: the last line of each traceback block,
+# ``module.Type: message`` (also inside exception groups' "  | " frames), except for exceptions
+# of this package. In a JSON log line, newlines are the two characters backslash and 'n'.
+_OWN = r"(?!bulk_import\.)"
+_EXC_NAME = r"(?:[ ]*\|[ ]?)*" + _OWN + r"(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*: "
+_EXCEPTION_PATTERNS = (
+    # inside a JSON string: up to the next escaped newline or the closing quote
+    (re.compile(r"(?P<k>\\n" + _EXC_NAME + r")(?:[^\"\\]|\\[^n])+"), rf"\g<k>{MASK}"),
+    # plain text: up to the end of the line
+    (re.compile(r"(?P<k>\n" + _EXC_NAME + r")[^\n]+"), rf"\g<k>{MASK}"),
+    # Powertools' structured "stack_trace": {"type": ..., "value": <message>, "module": ...}
+    (
+        re.compile(
+            r'(?P<k>"stack_trace":\s*\{\s*"type":\s*"[^"]*",\s*"value":\s*)"(?:\\.|[^"\\])*"'
+            r'(?=,\s*"module":\s*"' + _OWN + ")"
+        ),
+        rf'\g<k>"{MASK}"',
+    ),
+    # pydantic's ValidationError text: "[type=..., input_value=<the input>, input_type=...]"
+    (re.compile(r"(?P<k>\binput_value=).*?(?=, input_type=|$)", re.MULTILINE), rf"\g<k>{MASK}"),
+)
+
+
 def _mask(match: re.Match[str]) -> str:
     groups = match.groupdict()
     quote = groups.get("q") or ""
@@ -42,4 +70,6 @@ def _mask(match: re.Match[str]) -> str:
 def redact_text(text: str) -> str:
     for pattern in _PATTERNS:
         text = pattern.sub(_mask, text)
+    for exception_pattern, replacement in _EXCEPTION_PATTERNS:
+        text = exception_pattern.sub(replacement, text)
     return text

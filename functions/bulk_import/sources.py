@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
 _BUFFER = 1024 * 1024
+# Largest zstd window accepted. The decoder allocates the window a frame declares (zstandard's
+# default limit: 128 MiB) before MAX_DECOMPRESSED_BYTES can stop anything; 32 MiB covers every
+# level up to 20 (`zstd --ultra -21/-22` and `--long` need more).
+ZSTD_MAX_WINDOW = 32 * 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -71,15 +76,20 @@ def open_stream(
         bucket=ref.bucket, key=ref.key, version_id=ref.version_id, boto3_client=s3, **pin
     )
     codec_errors: tuple[type[BaseException], ...] = ()
+    complete: Callable[[], bool] | None = None
     if compression is Compression.GZIP:
         raw = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
         codec_errors = (gzip.BadGzipFile, EOFError, zlib.error)
     elif compression is Compression.ZSTD:
         import zstandard  # noqa: PLC0415 - deferred: only .zst files pay for the import
 
-        raw = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        framing = ZstdFraming(raw)
+        complete = framing.complete
+        raw = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
+            cast(IO[bytes], framing), read_across_frames=True
+        )
         codec_errors = (zstandard.ZstdError,)
-    guarded = _GuardedReader(raw, compression.value, codec_errors, max_bytes)
+    guarded = _GuardedReader(raw, compression.value, codec_errors, max_bytes, complete)
     bounded = io.BufferedReader(guarded, _BUFFER)
     _refuse_undeclared_compression(bounded, compression)
     return bounded
@@ -104,11 +114,13 @@ class _GuardedReader(io.RawIOBase):
         codec: str,
         codec_errors: tuple[type[BaseException], ...],
         max_bytes: int,
+        complete: Callable[[], bool] | None = None,
     ) -> None:
         self._inner = inner
         self._codec = codec
         self._codec_errors = codec_errors
         self._max = max_bytes
+        self._complete = complete
         self.total = 0
 
     def readable(self) -> bool:
@@ -118,11 +130,21 @@ class _GuardedReader(io.RawIOBase):
         try:
             data = self._inner.read(len(buffer))
         except self._codec_errors as exc:
+            if "too much memory" in str(exc):  # zstd: the frame's window is over the limit
+                raise MalformedFile(
+                    f"{self._codec} data needs a decoding window over {ZSTD_MAX_WINDOW >> 20} "
+                    "MiB (compressed with --long or --ultra); compress it again at level 19"
+                ) from None
             raise MalformedFile(
                 f"{self._codec} data is corrupt or truncated after {self.total} decompressed "
                 f"bytes ({type(exc).__name__}); upload the file again"
             ) from None
         n = len(data)
+        if n == 0 and self._complete is not None and not self._complete():
+            raise MalformedFile(
+                f"{self._codec} data is truncated or corrupt after {self.total} decompressed "
+                "bytes (the stream ends inside a frame); upload the file again"
+            )
         self.total += n
         if self.total > self._max:
             raise FileTooLarge(
@@ -131,6 +153,105 @@ class _GuardedReader(io.RawIOBase):
             )
         buffer[:n] = data
         return n
+
+
+class ZstdFraming:
+    """Passes compressed bytes through while following zstd's frame layout (RFC 8878).
+
+    zstandard's stream reader ends quietly where a truncated stream ends, so a cut-off upload
+    would look complete; ``complete()`` tells whether the bytes so far end between frames. It
+    reads headers only: the decoder still checks the content (and its checksums).
+    """
+
+    _MAGIC = 0xFD2FB528
+    _SKIPPABLE_MIN, _SKIPPABLE_MAX = 0x184D2A50, 0x184D2A5F
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self._inner = inner
+        self._state = "magic"  # the field expected next
+        self._want = 4  # its size
+        self._field = bytearray()
+        self._skip = 0  # content bytes to pass before the next field
+        self._checksum = False
+        self._corrupt = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._inner.read(size)
+        if not self._corrupt:
+            self._follow(data)
+        return data
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def complete(self) -> bool:
+        return not self._corrupt and self._state == "magic" and not self._field and not self._skip
+
+    def _follow(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end and not self._corrupt:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            step = min(self._want - len(self._field), end - pos)
+            self._field += data[pos : pos + step]
+            pos += step
+            if len(self._field) == self._want:
+                field = bytes(self._field)
+                self._field.clear()
+                self._advance(field)
+
+    def _advance(self, field: bytes) -> None:
+        value = int.from_bytes(field, "little")
+        if self._state == "magic":
+            self._on_magic(value)
+        elif self._state == "skippable_size":
+            self._skip = value
+            self._next("magic", 4)
+        elif self._state == "descriptor":
+            self._on_descriptor(value)
+        elif self._state == "header_rest":
+            self._next("block", 3)
+        elif self._state == "block":
+            self._on_block_header(value)
+        else:  # the checksum after the last block
+            self._next("magic", 4)
+
+    def _on_magic(self, value: int) -> None:
+        if value == self._MAGIC:
+            self._next("descriptor", 1)
+        elif self._SKIPPABLE_MIN <= value <= self._SKIPPABLE_MAX:
+            self._next("skippable_size", 4)
+        else:
+            self._corrupt = True  # not a frame: the decoder says so, or the stream is incomplete
+
+    def _on_descriptor(self, value: int) -> None:
+        single_segment = bool(value & 0x20)
+        self._checksum = bool(value & 0x04)
+        rest = (
+            (0 if single_segment else 1)  # window descriptor
+            + (0, 1, 2, 4)[value & 0x03]  # dictionary id
+            + ((1 if single_segment else 0), 2, 4, 8)[value >> 6]  # frame content size
+        )
+        if rest:
+            self._next("header_rest", rest)
+        else:
+            self._next("block", 3)
+
+    def _on_block_header(self, value: int) -> None:
+        last, kind, block_size = value & 1, (value >> 1) & 3, value >> 3
+        self._skip = 1 if kind == 1 else block_size  # an RLE block's content is one byte
+        if not last:
+            self._next("block", 3)
+        elif self._checksum:
+            self._next("checksum", 4)
+        else:
+            self._next("magic", 4)
+
+    def _next(self, state: str, size: int) -> None:
+        self._state, self._want = state, size
 
 
 def provider_from_key(key: str, incoming_prefix: str) -> str | None:
