@@ -54,6 +54,9 @@ class Record:
     line: int
     data: dict[str, Any] | None
     error: str | None = None
+    # JSONL with defer_json: the line's bytes, for one-step parse-and-validate in pydantic-core;
+    # parse_json_line gives the exact reason when that fails.
+    raw: bytes | None = None
 
 
 def detect(key: str) -> tuple[Format, Compression]:
@@ -71,9 +74,11 @@ def detect(key: str) -> tuple[Format, Compression]:
     raise UnsupportedFile(f"unsupported file type for '{key.rsplit('/', 1)[-1]}'; use {expected}")
 
 
-def read_records(stream: IO[bytes], fmt: Format, max_row_bytes: int) -> Iterator[Record]:
+def read_records(
+    stream: IO[bytes], fmt: Format, max_row_bytes: int, *, defer_json: bool = False
+) -> Iterator[Record]:
     if fmt is Format.JSONL:
-        return _read_jsonl(stream, max_row_bytes)
+        return _read_jsonl(stream, max_row_bytes, defer_json)
     if fmt is Format.CSV:
         return _read_csv(stream, max_row_bytes)
     return _read_json_array(stream, max_row_bytes)
@@ -95,7 +100,7 @@ def _decode_error(exc: json.JSONDecodeError) -> str:
     return f"invalid JSON: {exc.msg} at column {exc.colno}"
 
 
-def _read_jsonl(stream: IO[bytes], limit: int) -> Iterator[Record]:
+def _read_jsonl(stream: IO[bytes], limit: int, defer_json: bool) -> Iterator[Record]:
     line = 0
     while True:
         raw = stream.readline(limit + 2)  # room for the limit plus "\r\n"
@@ -112,18 +117,22 @@ def _read_jsonl(stream: IO[bytes], limit: int) -> Iterator[Record]:
         raw = raw.strip()
         if not raw:
             continue
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            yield Record(line, None, _decode_error(exc))
-        except UnicodeDecodeError as exc:
-            yield Record(line, None, f"not valid UTF-8 (byte {exc.start + 1} of the line)")
-        except RecursionError:
-            yield Record(line, None, "JSON nested too deeply")
-        except ValueError:  # json's int limit: more than sys.get_int_max_str_digits() digits
-            yield Record(line, None, "invalid JSON: a number has too many digits")
-        else:
-            yield _object_or_error(line, value)
+        yield Record(line, None, None, raw) if defer_json else parse_json_line(line, raw)
+
+
+def parse_json_line(line: int, raw: bytes) -> Record:
+    """One JSONL line as an object, or the reason it is not one (never quoting the line)."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return Record(line, None, _decode_error(exc))
+    except UnicodeDecodeError as exc:
+        return Record(line, None, f"not valid UTF-8 (byte {exc.start + 1} of the line)")
+    except RecursionError:
+        return Record(line, None, "JSON nested too deeply")
+    except ValueError:  # json's int limit: more than sys.get_int_max_str_digits() digits
+        return Record(line, None, "invalid JSON: a number has too many digits")
+    return _object_or_error(line, value)
 
 
 def _skip_rest_of_line(stream: IO[bytes], limit: int) -> None:

@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictInt,
+    ValidationInfo,
     field_validator,
 )
 
@@ -97,22 +98,35 @@ def _provider_id(value: Any) -> Any:
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 
 
+# Validation context key: the provider named by the object's key or metadata.
+DEFAULT_PROVIDER = "default_provider"
+NO_PROVIDER = (
+    "missing; add a 'provider' field, put the file under incoming/<provider>/, "
+    "or set the object's 'provider' metadata"
+)
+
+
 class ConnectionRow(BaseModel):
     """One validated input row: Vital's ConnectionRecipe plus the provider it belongs to."""
 
     model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
 
-    provider: str
+    # Validated first; rows without one take the file's default from the validation context.
+    provider: str = Field(default="", validate_default=True)
     user_id: Annotated[str, Field(min_length=1)]
     access_token: NonEmptyStr
     refresh_token: NonEmptyStr
     provider_id: Annotated[NonEmptyStr, BeforeValidator(_provider_id)]
-    expires_at: Annotated[StrictInt, BeforeValidator(_expires_at)]
+    expires_at: Annotated[StrictInt, Field(ge=0, lt=2**63), BeforeValidator(_expires_at)]
     oauth_scopes: Annotated[list[NonEmptyStr] | None, BeforeValidator(_scopes)] = None
 
     @field_validator("provider", mode="before")
     @classmethod
-    def _known_provider(cls, value: Any) -> Any:
+    def _known_provider(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            value = (info.context or {}).get(DEFAULT_PROVIDER)
+            if value is None:
+                raise ValueError(NO_PROVIDER)
         if isinstance(value, str):
             value = value.strip().lower()
             if value not in PROVIDERS:

@@ -57,7 +57,13 @@ from bulk_import.results import (
     write_manifest,
 )
 from bulk_import.tally import Tally
-from bulk_import.validation import display_provider, display_user_id, validate_row
+from bulk_import.validation import (
+    context_for,
+    display_provider,
+    display_user_id,
+    validate_json_row,
+    validate_row,
+)
 from bulk_import.vital import CallStats, VitalClient, VitalError, parse_time
 
 if TYPE_CHECKING:
@@ -153,6 +159,7 @@ class _Run:
         # This invocation.
         # (provider, user_id) → first line, keyed by one int (~100 bytes a row, half a tuple's).
         self.seen: dict[int, int] = {}
+        self.context = context_for(None)
         self.next_seq = 0
         self.line = 0
         self.error: FileError | None = None
@@ -308,6 +315,7 @@ class _Run:
         default_provider = sources.provider_from_key(
             self.source.key, self.settings.incoming_prefix
         ) or described.metadata.get("provider")
+        self.context = context_for(default_provider)
         logger.info(
             "reading file",
             extra={
@@ -323,7 +331,7 @@ class _Run:
         margin = self.settings.safety_margin_seconds
         with stream:
             for n, record in enumerate(
-                formats.read_records(stream, fmt, self.settings.max_row_bytes)
+                formats.read_records(stream, fmt, self.settings.max_row_bytes, defer_json=True)
             ):
                 if n % DEADLINE_CHECK_EVERY_RECORDS == 0:
                     # Only after progress past the checkpoint, so every invocation moves on.
@@ -337,6 +345,12 @@ class _Run:
             self._dispatch(chunk)
 
     def _take(self, record: formats.Record, default_provider: str | None) -> None:
+        if record.raw is not None:
+            fast = validate_json_row(record.raw, self.context)
+            if fast is not None:
+                self._accept(record.line, fast)
+                return
+            record = formats.parse_json_line(record.line, record.raw)  # for the exact reason
         if record.data is None:
             self._reject(record.line, None, default_provider, record.error or "unreadable row")
             return

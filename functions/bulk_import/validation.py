@@ -7,25 +7,32 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bulk_import.models import PROVIDERS, ConnectionRow
+from bulk_import.models import DEFAULT_PROVIDER, PROVIDERS, ConnectionRow
 
-# model_validate without its Python wrapper: this runs once per input row.
+# The validators without model_validate's Python wrapper: these run once per input row.
 _VALIDATE = ConnectionRow.__pydantic_validator__.validate_python
-_NO_PROVIDER = (
-    "provider: missing; add a 'provider' field, put the file under incoming/<provider>/, "
-    "or set the object's 'provider' metadata"
-)
+_VALIDATE_JSON = ConnectionRow.__pydantic_validator__.validate_json
+
+
+def context_for(default_provider: str | None) -> dict[str, Any]:
+    """The validation context of one file (its default provider, if any)."""
+    return {DEFAULT_PROVIDER: default_provider}
 
 
 def validate_row(data: dict[str, Any], default_provider: str | None) -> ConnectionRow | str:
-    if _blank(data.get("provider")):
-        if default_provider is None:
-            return _NO_PROVIDER
-        data = {**data, "provider": default_provider}
     try:
-        row: ConnectionRow = _VALIDATE(data)
+        row: ConnectionRow = _VALIDATE(data, context=context_for(default_provider))
     except ValidationError as exc:
         return describe_errors(exc)
+    return row
+
+
+def validate_json_row(raw: bytes, context: dict[str, Any]) -> ConnectionRow | None:
+    """Parse and validate a JSONL line in one step; None when the slow path must explain why."""
+    try:
+        row: ConnectionRow = _VALIDATE_JSON(raw, context=context)
+    except ValidationError:
+        return None
     return row
 
 

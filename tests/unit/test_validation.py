@@ -97,7 +97,7 @@ def test_oauth_scopes(scopes: Any, expected: list[str] | None) -> None:
     [
         ("1700000000", 1_700_000_000),
         ("+5", 5),
-        ("-1", -1),
+        ("0", 0),
         (1_700_000_000.0, 1_700_000_000),
         (2_147_483_647, 2_147_483_647),
     ],
@@ -248,3 +248,10 @@ def test_display_helpers() -> None:
     assert display_provider({"provider": ""}, "garmin") == "garmin"
     assert display_provider({"provider": "x" * 41}, None) == ""
     assert display_provider(None, None) == ""
+
+
+@pytest.mark.parametrize("value", [-1, "-5", 2**63, "9" * 5000])
+def test_expires_at_out_of_range_is_rejected(value: Any) -> None:
+    reason = validate_row(json_row(expires_at=value), None)
+    assert isinstance(reason, str)
+    assert reason.startswith("expires_at: ")
