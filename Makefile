@@ -46,7 +46,7 @@ integration: venv ## integration tests only (starts the local stack)
 requirements: venv ## regenerate functions/requirements.txt from uv.lock
 	./local/export-requirements.sh > functions/requirements.txt
 
-bench: venv ## run the benchmarks (on demand; prints ratios, writes bench/results.json)
+bench: venv ## run the benchmarks (on demand; prints ratios, writes bench/results/latest.json)
 	$(PY) -m bench.run
 
 clean: ## remove the environment and build output
