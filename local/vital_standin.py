@@ -53,6 +53,8 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
+from bulk_import import models
+
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -83,24 +85,8 @@ MIGRATION_DISABLED_DETAIL = (
     "Link Migration is not enabled for this team. Contact Vital support to enable it."
 )
 
-Provider = Literal[
-    "oura",
-    "fitbit",
-    "garmin",
-    "strava",
-    "wahoo",
-    "ihealth",
-    "withings",
-    "google_fit",
-    "dexcom_v3",
-    "polar",
-    "cronometer",
-    "omron",
-    "whoop_v2",
-    "my_fitness_pal_v2",
-    "ultrahuman",
-    "runkeeper",
-]
+# The documented provider enum: one list, the importer's (DESIGN.md's "Providers").
+Provider = Literal[tuple(sorted(models.PROVIDERS))]  # type: ignore[valid-type]
 PROVIDERS: tuple[str, ...] = get_args(Provider)
 
 BulkOpStatus = Literal["in_progress", "success", "failure", "aborted"]

@@ -13,15 +13,9 @@ from urllib.parse import quote_plus
 
 import zstandard
 
-RECIPE_COLUMNS = (
-    "provider",
-    "user_id",
-    "access_token",
-    "refresh_token",
-    "provider_id",
-    "expires_at",
-    "oauth_scopes",
-)
+from bulk_import.models import RECIPE_FIELDS
+
+RECIPE_COLUMNS = ("provider", *RECIPE_FIELDS)
 
 
 def user_id(n: int, namespace: str = "tests") -> str:
