@@ -437,7 +437,13 @@ class _Run:
             return
         if seq >= self.lease:
             # Make the lease durable before sending past it, so a crash cannot hide a send.
-            self._save_checkpoint(next_segment=self.ref.segment, lease=seq + self._lease_step(seq))
+            try:
+                self._save_checkpoint(
+                    next_segment=self.ref.segment, lease=seq + self._lease_step(seq)
+                )
+            except Exception:
+                self.next_seq = seq  # not sent: a retry rebuilds this chunk and sends it
+                raise
         assert self.executor is not None  # noqa: S101 - created with the client
         future = self.executor.submit(post_chunk, client, chunk, self.settings.wait_for_completion)
         self.in_flight[future] = (seq, chunk)
