@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    model_validator,
+)
 
 PRODUCTION_BASE_URL = "https://api.tryvital.io"
 
@@ -85,8 +93,25 @@ class Settings(BaseModel):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        # Empty strings in a deployed template mean "not set".
-        return cls.model_validate({k: v for k, v in env.items() if v != ""})
+        # Empty strings in a deployed template mean "not set". Only our own variables are
+        # validated: pydantic's errors quote their input, and the environment holds credentials.
+        names = {field.alias for field in cls.model_fields.values()}
+        values = {k: v for k, v in env.items() if v != "" and k in names}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError(exc) from None
+
+
+class SettingsError(ValueError):
+    """Invalid configuration, named by variable, without echoing any value."""
+
+    def __init__(self, exc: ValidationError) -> None:
+        problems = [
+            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
+        super().__init__("invalid configuration: " + "; ".join(problems))
 
 
 @lru_cache(maxsize=1)
