@@ -22,7 +22,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def test_defaults() -> None:
     s = Settings.from_env({"VITAL_API_KEY_SECRET": "vital/api-key"})
     expected = {
-        "vital_api_base_url": PRODUCTION_BASE_URL + "/",
+        "vital_api_base_url": PRODUCTION_BASE_URL,
         "vital_api_key_secret": "vital/api-key",
         "vital_team_id": None,
         "chunk_size": 500,
