@@ -9,8 +9,8 @@ UV="$(command -v uv 2>/dev/null || echo .tools/bin/uv)"
 PYTHON313="$(readlink -f .venv/bin/python)"
 SAM_CLI_VERSION="${SAM_CLI_VERSION:-1.170.0}"
 export SAM_CLI_TELEMETRY=0
-# functions/Makefile runs pip from the same Python 3.13 the tests use.
-export PIP="$PYTHON313 -m pip"
+# functions/Makefile runs pip and compileall with the same Python 3.13 the tests use.
+export PYTHON="$PYTHON313"
 "$UV" tool run --python "$PYTHON313" \
     --from "aws-sam-cli==${SAM_CLI_VERSION}" \
     sam build --template template.yaml --build-dir .aws-sam/build >&2
@@ -21,7 +21,7 @@ out = pathlib.Path("build/lambda-arm64.zip")
 out.parent.mkdir(exist_ok=True)
 with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
     for path in sorted(src.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
+        if path.is_file():
             zf.write(path, path.relative_to(src))
 print(f"{out} {out.stat().st_size / 1e6:.1f} MB zipped")
 PY

@@ -65,7 +65,19 @@ def test_no_test_local_or_dev_code_and_no_runtime_provided_sdk(package: zipfile.
         "mypy_boto3_s3",
     }
     assert not tops & forbidden
-    assert not [n for n in package.namelist() if "__pycache__" in n]
+
+
+def test_bytecode_is_compiled_ahead_for_python_313(package: zipfile.ZipFile) -> None:
+    names = package.namelist()
+    assert "bulk_import/__pycache__/handler.cpython-313.pyc" in names
+    assert "pydantic/__pycache__/main.cpython-313.pyc" in names
+    pycs = [n for n in names if n.endswith(".pyc")]
+    assert all(".cpython-313." in n for n in pycs)
+    # Hash-checked, so zip mtimes cannot invalidate it (PEP 552: flags word, bit 0 = hash-based).
+    flags = int.from_bytes(
+        package.read("bulk_import/__pycache__/handler.cpython-313.pyc")[4:8], "little"
+    )
+    assert flags & 0b01
 
 
 def test_native_code_is_arm64_only(package: zipfile.ZipFile) -> None:
