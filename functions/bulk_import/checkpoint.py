@@ -54,11 +54,9 @@ class CheckpointStore:
     def retry_part_key(self, n: int) -> str:
         return f"{self._retry}{STATE_DIR}retry-{n:05d}.jsonl"
 
-    def delete(self, checkpoint: Checkpoint | None, extra: list[str] | None = None) -> None:
-        """Remove the state of a finished import (checkpoint last: it is the commit record)."""
-        keys = [*(extra or [])]
-        if checkpoint is not None:
-            keys += checkpoint.outcome_parts + checkpoint.retry_parts
+    def delete(self, parts: list[str]) -> None:
+        """Remove an import's part objects, then its checkpoint (the commit record) last."""
+        keys = list(parts)
         for start in range(0, len(keys), 1000):
             batch: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[start : start + 1000]]
             self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True})

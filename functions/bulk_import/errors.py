@@ -52,9 +52,13 @@ class InternalError(FileError):
 
 
 def to_info(error: FileError | None) -> ErrorInfo | None:
+    """The manifest's and the checkpoint's ``error``, masked like a log line."""
     from bulk_import.models import ErrorInfo  # noqa: PLC0415 - models imports nothing from here
+    from bulk_import.redaction import redact_text  # noqa: PLC0415
 
-    return None if error is None else ErrorInfo(type=error.kind, message=error.message)
+    if error is None:
+        return None
+    return ErrorInfo(type=error.kind, message=redact_text(error.message))
 
 
 def from_info(info: ErrorInfo) -> FileError:

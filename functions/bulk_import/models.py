@@ -39,8 +39,6 @@ PROVIDERS: frozenset[str] = frozenset(
     }
 )
 PROVIDER_INDEX: dict[str, int] = {name: i for i, name in enumerate(sorted(PROVIDERS))}
-# Fields that carry credentials: never echoed in messages, outcomes or logs.
-SECRET_FIELDS: frozenset[str] = frozenset({"access_token", "refresh_token"})
 RECIPE_FIELDS: tuple[str, ...] = (
     "user_id",
     "access_token",
@@ -145,17 +143,6 @@ class ConnectionRow(BaseModel):
         except ValueError:
             raise ValueError("must be a Vital user id (a UUID)") from None
 
-    def recipe(self) -> dict[str, Any]:
-        """The ConnectionRecipe sent to Vital (no provider: that is per request)."""
-        return {
-            "user_id": self.user_id,
-            "access_token": self.access_token,
-            "refresh_token": self.refresh_token,
-            "provider_id": self.provider_id,
-            "expires_at": self.expires_at,
-            "oauth_scopes": self.oauth_scopes,
-        }
-
 
 # --- Vital API bodies -------------------------------------------------------------------------
 
@@ -233,26 +220,6 @@ class Counts(BaseModel):
     failed: int = 0
     enqueued: int = 0
     errored: int = 0
-
-    def add(self, outcome: Outcome, n: int = 1) -> None:
-        self.rows += n
-        field = COUNT_FIELD[outcome]
-        setattr(self, field, getattr(self, field) + n)
-
-    def merge(self, other: Counts) -> None:
-        for name in type(self).model_fields:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    @property
-    def balanced(self) -> bool:
-        return self.rows == (
-            self.rejected
-            + self.duplicates
-            + self.imported
-            + self.failed
-            + self.enqueued
-            + self.errored
-        )
 
 
 COUNT_FIELD: dict[Outcome, str] = {

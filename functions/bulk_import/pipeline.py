@@ -35,7 +35,6 @@ from bulk_import.models import (
     Checkpoint,
     ChunkRecord,
     ConnectionRow,
-    ErrorInfo,
     FileStatus,
     Manifest,
     ObjectRef,
@@ -200,7 +199,7 @@ class _Run:
             if self.ref.segment > 0:
                 return self._skip("a newer upload of this key replaced the file being imported")
             logger.warning("a new upload replaces an unfinished import of this key")
-            self.store.delete(checkpoint)
+            self.store.delete(checkpoint.outcome_parts + checkpoint.retry_parts)
             checkpoint = None
         if checkpoint is None:
             if self.ref.segment > 0:
@@ -656,7 +655,7 @@ class _Run:
         manifest_key = self.prefix + MANIFEST_NAME
         write_manifest(s3, bucket, manifest_key, manifest)
         if self.checkpoint is not None:
-            self.store.delete(self.checkpoint, self.outcome_parts + self.retry_parts)
+            self.store.delete(self.outcome_parts + self.retry_parts)
         stats = self.client.stats if self.client else None
         return FileResult(self.ref, manifest_key, manifest=manifest, call_stats=stats)
 
@@ -683,11 +682,6 @@ class _Run:
     def _manifest(
         self, bulk_ops: list[BulkOp], outcomes_key: str, retry_key: str | None
     ) -> Manifest:
-        error = (
-            ErrorInfo(type=self.error.kind, message=redact_text(self.error.message))
-            if self.error is not None
-            else None
-        )
         return Manifest(
             source=self.source,
             status=self._status(),
@@ -700,7 +694,7 @@ class _Run:
             outcomes_key=outcomes_key,
             retry_key=retry_key,
             segments=self.ref.segment + 1,
-            error=error,
+            error=errors.to_info(self.error),
         )
 
 

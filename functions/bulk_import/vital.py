@@ -605,7 +605,3 @@ def connection_index(issue: ValidationIssue) -> int | None:
         if part == "connections" and isinstance(loc[i + 1], int):
             return int(loc[i + 1])
     return None
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

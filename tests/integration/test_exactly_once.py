@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.helpers import encode_rows, make_row, parse_outcomes, s3_event, user_id
+from tests.helpers import encode_rows, make_row, s3_event, user_id
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -292,5 +292,7 @@ def test_failure_threshold_stops_the_file(stack: Stack, monkeypatch: pytest.Monk
     outcomes = stack.outcomes("results/bad.jsonl/")
     not_sent = [o for o in outcomes if o["detail"].startswith("not sent")]
     assert len(not_sent) == 400 - len(stack.vital.posted_connections())
-    retry = parse_outcomes(stack.get("results/bad.jsonl/outcomes.csv"))
-    assert len(retry) == 400
+    retry = [json.loads(line) for line in stack.get("retry/bad.jsonl/retry.jsonl").splitlines()]
+    errored_or_failed = {o["user_id"] for o in outcomes if o["outcome"] in {"errored", "failed"}}
+    assert {r["user_id"] for r in retry} == errored_or_failed
+    assert len(retry) == len(errored_or_failed) == manifest["counts"]["failed"] + len(not_sent)

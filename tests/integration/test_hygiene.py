@@ -45,6 +45,7 @@ import pytest
 import stamina
 
 from bulk_import import handler as handler_module
+from bulk_import.chunking import serialise
 from bulk_import.models import ConnectionRow
 from bulk_import.observability import logger as function_logger
 from bulk_import.pipeline import Dependencies
@@ -114,7 +115,7 @@ def retry_row(data: dict[str, Any]) -> dict[str, Any]:
     """What retry.jsonl holds for a row: provider and the ConnectionRecipe, tokens included."""
     row = validate_row(data, None)
     assert isinstance(row, ConnectionRow), row
-    return {"provider": row.provider, **row.recipe()}
+    return {"provider": row.provider, **json.loads(serialise(row))}
 
 
 # --- finding tokens ---------------------------------------------------------------------------

@@ -14,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bulk_import import formats
-from bulk_import.chunking import Chunk, Chunker, PendingRow, body_overhead
+from bulk_import.chunking import Chunk, Chunker, PendingRow, RowOutcome, body_overhead
 from bulk_import.formats import Format, read_records
 from bulk_import.models import ROW_FIELDS, Counts, Outcome
+from bulk_import.tally import Tally
 
 FAST = settings(max_examples=60, deadline=None)
 BIG = 10_000_000
@@ -236,21 +237,32 @@ outcomes = st.lists(
 )
 
 
-def _counts(items: list[tuple[Outcome, int]]) -> Counts:
-    counts = Counts()
+def _tally(items: list[tuple[Outcome, int]], provider: str = "oura") -> Tally:
+    tally = Tally()
     for outcome, n in items:
-        counts.add(outcome, n)
-        assert counts.balanced
-    return counts
+        tally.add([RowOutcome(1, "", provider, outcome, "")] * n)
+    return tally
+
+
+def _balanced(counts: Counts) -> bool:
+    return counts.rows == sum(v for k, v in counts.model_dump().items() if k != "rows")
 
 
 @FAST
 @given(a=outcomes, b=outcomes)
-def test_counts_stay_balanced_and_merge_adds_up(
+def test_tally_counts_add_up_per_outcome_and_provider(
     a: list[tuple[Outcome, int]], b: list[tuple[Outcome, int]]
 ) -> None:
-    ca, cb = _counts(a), _counts(b)
-    assert ca.rows == sum(n for _, n in a)
+    tally = _tally(a)
+    tally.add(
+        RowOutcome(1, "", provider, outcome, "")
+        for provider, items in (("fitbit", b), ("", b))
+        for outcome, n in items
+        for _ in range(n)
+    )
+    counts = tally.counts()
+    assert _balanced(counts)
+    assert counts.rows == sum(n for _, n in a) + 2 * sum(n for _, n in b)
     field = {
         Outcome.IMPORTED: "imported",
         Outcome.FAILED: "failed",
@@ -259,26 +271,19 @@ def test_counts_stay_balanced_and_merge_adds_up(
         Outcome.DUPLICATE: "duplicates",
         Outcome.ERRORED: "errored",
     }
+    providers = tally.providers()
+    assert "" not in providers  # rows without a provider count in the totals only
     for outcome, name in field.items():
-        assert getattr(ca, name) == sum(n for o, n in a if o is outcome)
-    merged = ca.model_copy()
-    merged.merge(cb)
-    assert merged == _counts(a + b)
-    assert merged.balanced
-    assert merged.rows == ca.rows + cb.rows
+        in_a = sum(n for o, n in a if o is outcome)
+        in_b = sum(n for o, n in b if o is outcome)
+        assert tally[outcome] == getattr(counts, name) == in_a + 2 * in_b
+        assert getattr(providers.get("oura", Counts()), name) == in_a
+        assert getattr(providers.get("fitbit", Counts()), name) == in_b
+    restored = Tally.restore(counts, providers)
+    assert restored.counts() == counts
+    assert restored.providers() == providers
 
 
-def test_counts_unbalanced_is_detected() -> None:
-    counts = Counts(rows=2, imported=1)
-    assert not counts.balanced
-    counts.add(Outcome.DUPLICATE)
-    assert counts.model_dump() == {
-        "rows": 3,
-        "rejected": 0,
-        "duplicates": 1,
-        "imported": 1,
-        "failed": 0,
-        "enqueued": 0,
-        "errored": 0,
-    }
-    assert not counts.balanced
+def test_unbalanced_counts_are_detected() -> None:
+    assert not _balanced(Counts(rows=2, imported=1))
+    assert _balanced(Counts(rows=2, imported=1, duplicates=1))

@@ -154,8 +154,7 @@ def test_many_parts_keep_order_and_utf8() -> None:
 
 def test_write_manifest() -> None:
     s3 = FakeS3()
-    counts = Counts()
-    counts.add(Outcome.IMPORTED, 2)
+    counts = Counts(rows=2, imported=2)
     manifest = Manifest(
         source=SourceRef(bucket="b", key="incoming/a.csv", etag='"abc"', size=10),
         status="succeeded",
