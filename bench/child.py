@@ -13,6 +13,7 @@ generated files) is bigger than any contender, so every child would report the p
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import resource
@@ -48,6 +49,22 @@ def _rss_mb() -> float:
     return rss if rss is not None else _peak_rss_mb()
 
 
+class _GcClock:
+    """Time the cyclic garbage collector spends during the run (all generations)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = 0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.collections += 1
+
+
 def main() -> None:
     spec: dict[str, Any] = json.loads(sys.argv[1])
     out = Path(sys.argv[2])
@@ -63,10 +80,13 @@ def main() -> None:
 
         profiler = Profiler(interval=0.001)
         profiler.start()
+    gc_clock = _GcClock()
+    gc.callbacks.append(gc_clock)
     cpu0, wall0 = _cpu(), time.perf_counter()
     info = module.run(spec)
     wall = time.perf_counter() - wall0
     cpu = _cpu() - cpu0
+    gc.callbacks.remove(gc_clock)
     if profiler is not None:
         profiler.stop()
         prefix = Path(spec["profile"])
@@ -85,6 +105,8 @@ def main() -> None:
         "import_s": import_s,
         "wall_s": wall,
         "cpu_s": cpu,
+        "gc_s": gc_clock.seconds,
+        "gc_collections": gc_clock.collections,
         "rss_start_mb": rss_start,
         "rss_after_import_mb": rss_imported,
         "peak_rss_mb": _peak_rss_mb(),

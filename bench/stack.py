@@ -1,21 +1,29 @@
 """The local stack every contender runs against: moto server + Vital stand-in on 127.0.0.1.
 
-Started once in the parent process; children reach it through the environment only.
+The stand-in runs in the parent process (the harness reads its record); moto runs in a process
+of its own. In one process they would share one GIL: serving a 55 MB object and checkpoint
+uploads would stall the stand-in's event loop, and every contender would wait on the bench's
+own plumbing, not on Vital's latency. Children reach both through the environment only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import boto3
 
-from local.moto_server import MotoStack
+from local.moto_server import DEFAULT_REGION, aws_env
 from local.vital_standin import StandinState, VitalStandin
 
 if TYPE_CHECKING:
     from types import TracebackType
 
+ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "vital-import-bench"
 SECRET_NAME = "vital/bulk-import/bench-api-key"  # noqa: S105 - a secret's name, not its value
 INCOMING = "incoming/bench/"
@@ -39,6 +47,72 @@ class BenchState(StandinState):
             return super()._import(provider, user_ids, enqueue=enqueue)
 
 
+# The moto process: prints its endpoint, serves until its stdin closes (the parent stopped or died).
+_MOTO_CHILD = """
+import sys
+from local.moto_server import MotoStack
+with MotoStack() as moto:
+    print(moto.endpoint_url, flush=True)
+    sys.stdin.read()
+"""
+
+
+class MotoProcess:
+    """``MotoStack`` in a child interpreter; ``cpu_seconds`` reads its CPU time from /proc."""
+
+    region = DEFAULT_REGION
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[str] | None = None
+        self.endpoint_url = ""
+
+    def __enter__(self) -> Self:
+        self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and code
+            [sys.executable, "-c", _MOTO_CHILD],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._process.stdout is not None  # PIPE above
+        self.endpoint_url = self._process.stdout.readline().strip()  # bounded: MotoStack's timeout
+        if not self.endpoint_url.startswith("http://"):
+            self.__exit__()
+            msg = "the moto process did not start (see its stderr above)"
+            raise RuntimeError(msg)
+        return self
+
+    @property
+    def env(self) -> dict[str, str]:
+        return aws_env(self.endpoint_url, self.region)
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the moto process (0 where /proc is missing)."""
+        if self._process is None:
+            return 0.0
+        try:
+            with open(f"/proc/{self._process.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def __exit__(self, *exc: object) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        assert process.stdin is not None  # PIPE above
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
 class BenchStack:
     """Starts moto and the stand-in, creates the bucket and the API key secret; stops both."""
 
@@ -47,7 +121,7 @@ class BenchStack:
             msg = "local.vital_standin.StandinState._import is gone: update bench.stack.BenchState"
             raise RuntimeError(msg)
         self.state = BenchState(record_full_bodies=False)
-        self.moto = MotoStack()
+        self.moto = MotoProcess()
         self.vital = VitalStandin(self.state, stop_timeout=2.0)
         self._exit = contextlib.ExitStack()
         self.s3: Any = None

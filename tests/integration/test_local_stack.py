@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -11,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from local.moto_server import MotoStack, aws_env
 from local.vital_standin import (
     BULK_IMPORT_PATH,
     BULK_OP_PATH,
     MIGRATION_DISABLED_DETAIL,
+    BulkImportBody,
     StandinState,
     VitalStandin,
 )
@@ -155,6 +158,41 @@ def test_unknown_provider_and_missing_field_are_422(client: httpx.Client) -> Non
     assert unknown_provider.json()["detail"][0]["loc"] == ["body", "provider"]
     assert missing_field.status_code == 422
     assert missing_field.json()["detail"][0]["loc"] == ["body", "connections", 1, "expires_at"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{not json",
+        b"[]",
+        b'{"provider": "oura"}',
+        b'{"provider": "oura", "connections": [{"user_id": "x"}], "wait_for_completion": "no"}',
+        b'{"provider": "oura", "connections": "none"}',
+    ],
+    ids=["empty", "invalid-json", "array", "no-connections", "bad-fields", "wrong-type"],
+)
+def test_422_bodies_are_fastapis_own(content: bytes, client: httpx.Client) -> None:
+    """The stand-in parses bodies itself (one pass); its 422 must stay what FastAPI answers."""
+    reference = FastAPI()
+
+    @reference.post(BULK_IMPORT_PATH)
+    async def bulk_import(body: BulkImportBody) -> None:  # pragma: no cover - never valid here
+        raise AssertionError(body)
+
+    headers = {"content-type": "application/json"}
+
+    async def ask_fastapi() -> httpx.Response:
+        transport = httpx.ASGITransport(app=reference)
+        async with httpx.AsyncClient(transport=transport, base_url="http://reference") as direct:
+            return await direct.post(BULK_IMPORT_PATH, content=content, headers=headers)
+
+    expected = asyncio.run(ask_fastapi())
+
+    response = client.post(BULK_IMPORT_PATH, content=content, headers=headers)
+
+    assert expected.status_code == 422
+    assert (response.status_code, response.json()) == (422, expected.json())
 
 
 def test_known_users_import_and_unknown_users_fail(
