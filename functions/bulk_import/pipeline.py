@@ -40,6 +40,7 @@ from bulk_import.models import (
     ObjectRef,
     Outcome,
     SourceRef,
+    WellFormedRow,
 )
 from bulk_import.observability import logger, tracer
 from bulk_import.posting import ChunkReport, post_chunk
@@ -62,6 +63,7 @@ from bulk_import.validation import (
     display_user_id,
     validate_json_row,
     validate_row,
+    validate_well_formed,
 )
 from bulk_import.vital import CallStats, VitalClient, VitalError, parse_time
 
@@ -345,9 +347,13 @@ class _Run:
 
     def _take(self, record: formats.Record, default_provider: str | None) -> None:
         if record.raw is not None:
-            fast = validate_json_row(record.raw, self.context)
-            if fast is not None:
-                self._accept(record.line, fast)
+            fast = validate_well_formed(record.raw)
+            if fast is not None and (provider := fast.provider or default_provider) is not None:
+                self._accept(record.line, provider, fast)
+                return
+            lenient = validate_json_row(record.raw, self.context)
+            if lenient is not None:
+                self._accept(record.line, lenient.provider, lenient)
                 return
             record = formats.parse_json_line(record.line, record.raw)  # for the exact reason
         if record.data is None:
@@ -357,7 +363,7 @@ class _Run:
         if isinstance(row, str):
             self._reject(record.line, record.data, default_provider, row)
             return
-        self._accept(record.line, row)
+        self._accept(record.line, row.provider, row)
 
     def _reject(
         self, line: int, data: dict[str, object] | None, default: str | None, reason: str
@@ -373,28 +379,27 @@ class _Run:
             ]
         )
 
-    def _accept(self, line: int, row: ConnectionRow) -> None:
-        identity = (PROVIDER_INDEX[row.provider] << 128) | int(row.user_id.replace("-", ""), 16)
+    def _accept(self, line: int, provider: str, row: ConnectionRow | WellFormedRow) -> None:
+        user_id = row.user_id
+        identity = (PROVIDER_INDEX[provider] << 128) | int(user_id.replace("-", ""), 16)
         first = self.seen.get(identity)
         if first is not None:
             if line > self.lines_done:
                 detail = f"duplicate of line {first} (same provider and user_id); not sent"
-                self._write(
-                    [RowOutcome(line, row.user_id, row.provider, Outcome.DUPLICATE, detail)]
-                )
+                self._write([RowOutcome(line, user_id, provider, Outcome.DUPLICATE, detail)])
             return
         self.seen[identity] = line
         payload = serialise(row)
-        if not self.chunker.fits_alone(row.provider, payload):
+        if not self.chunker.fits_alone(provider, payload):
             self._reject(
                 line,
                 None,
-                row.provider,
+                provider,
                 "row is larger than one request may be "
                 f"(MAX_BODY_BYTES={self.settings.max_body_bytes})",
             )
             return
-        for chunk in self.chunker.add(row.provider, PendingRow(line, row.user_id, payload)):
+        for chunk in self.chunker.add(provider, PendingRow(line, user_id, payload)):
             self._dispatch(chunk)
 
     # --- posting ------------------------------------------------------------------------------

@@ -7,11 +7,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bulk_import.models import DEFAULT_PROVIDER, PROVIDERS, ConnectionRow
+from bulk_import.models import DEFAULT_PROVIDER, PROVIDERS, ConnectionRow, WellFormedRow
 
 # The validators without model_validate's Python wrapper: these run once per input row.
 _VALIDATE = ConnectionRow.__pydantic_validator__.validate_python
 _VALIDATE_JSON = ConnectionRow.__pydantic_validator__.validate_json
+_VALIDATE_WELL_FORMED = WellFormedRow.__pydantic_validator__.validate_json
 
 
 def context_for(default_provider: str | None) -> dict[str, Any]:
@@ -24,6 +25,18 @@ def validate_row(data: dict[str, Any], default_provider: str | None) -> Connecti
         row: ConnectionRow = _VALIDATE(data, context=context_for(default_provider))
     except ValidationError as exc:
         return describe_errors(exc)
+    return row
+
+
+def validate_well_formed(raw: bytes) -> WellFormedRow | None:
+    """The hot path: a JSONL line in canonical form, parsed and checked in one pydantic-core call.
+
+    None sends the line on to ``validate_json_row``, which takes every accepted spelling.
+    """
+    try:
+        row: WellFormedRow = _VALIDATE_WELL_FORMED(raw)
+    except ValidationError:
+        return None
     return row
 
 

@@ -10,14 +10,23 @@ from collections import defaultdict
 from typing import Any
 from unittest import mock
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from bulk_import import formats
-from bulk_import.chunking import Chunk, Chunker, PendingRow, RowOutcome, body_overhead
+from bulk_import.chunking import (
+    Chunk,
+    Chunker,
+    PendingRow,
+    RowOutcome,
+    body_overhead,
+    serialise,
+)
 from bulk_import.formats import Format, read_records
+from bulk_import.models import PROVIDERS as KNOWN_PROVIDERS
 from bulk_import.models import ROW_FIELDS, Counts, Outcome
 from bulk_import.tally import Tally
+from bulk_import.validation import context_for, validate_json_row, validate_well_formed
 
 FAST = settings(max_examples=60, deadline=None)
 BIG = 10_000_000
@@ -287,3 +296,95 @@ def test_tally_counts_add_up_per_outcome_and_provider(
 def test_unbalanced_counts_are_detected() -> None:
     assert not _balanced(Counts(rows=2, imported=1))
     assert _balanced(Counts(rows=2, imported=1, duplicates=1))
+
+
+# --- the well-formed fast path agrees with the full model ---------------------------------------
+
+_uuids = st.uuids().map(str)
+_texts = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=0, max_size=6
+) | st.sampled_from(["", " ", "tok", " tok ", "\t", "a\u00a0", "\u2028x"])
+_field_values: dict[str, st.SearchStrategy[Any]] = {
+    "provider": st.sampled_from(
+        [*sorted(KNOWN_PROVIDERS), "OURA", " oura ", "Fitbit", "", "myspace"]
+    )
+    | st.none(),
+    "user_id": _uuids
+    | _uuids.map(str.upper)
+    | _uuids.map(lambda u: f" {u} ")
+    | _uuids.map(lambda u: u.replace("-", ""))
+    | _uuids.map(lambda u: "{" + u + "}")
+    | _texts,
+    "access_token": _texts,
+    "refresh_token": _texts,
+    "provider_id": _texts | st.integers(-5, 2**65) | st.floats(allow_nan=False),
+    "expires_at": st.integers(-5, 2**64)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.booleans()
+    | st.integers(0, 2**40).map(str)
+    | st.none(),
+    "oauth_scopes": st.none() | st.lists(_texts, max_size=3) | _texts | st.integers(),
+}
+_canonical: dict[str, st.SearchStrategy[Any]] = {
+    "provider": st.sampled_from(sorted(KNOWN_PROVIDERS)),
+    "user_id": _uuids,
+    "access_token": st.text(min_size=1, max_size=8),
+    "refresh_token": st.text(min_size=1, max_size=8),
+    "provider_id": st.text(min_size=1, max_size=8),
+    "expires_at": st.integers(0, 2**63 - 1),
+    "oauth_scopes": st.lists(st.text(min_size=1, max_size=5), max_size=3) | st.none(),
+}
+
+
+@st.composite
+def _rows(draw: st.DrawFn) -> dict[str, Any]:
+    """Mostly canonical rows, each field now and then odd, missing or replaced by a variant."""
+    row: dict[str, Any] = {}
+    for name, canonical in _canonical.items():
+        kind = draw(st.sampled_from(["canonical"] * 6 + ["variant", "missing"]))
+        if kind != "missing":
+            row[name] = draw(canonical if kind == "canonical" else _field_values[name])
+    if draw(st.booleans()):
+        row["extra"] = draw(json_values)
+    return row
+
+
+@settings(max_examples=400, deadline=None)
+@given(row=_rows(), default=st.sampled_from([None, "garmin"]), indent=st.sampled_from([None, 1]))
+def test_well_formed_rows_validate_as_the_full_model_does(
+    row: dict[str, Any], default: str | None, indent: int | None
+) -> None:
+    raw = json.dumps(row, indent=indent).encode()
+    fast = validate_well_formed(raw)
+    full = validate_json_row(raw, context_for(default))
+    event("fast path" if fast is not None else "full model only")
+    if fast is None:
+        return  # the full model decides alone
+    provider = fast.provider or default
+    if provider is None:
+        assert full is None  # no provider anywhere: the full model explains why
+        return
+    assert full is not None, row
+    assert (provider, fast.user_id, serialise(fast)) == (
+        full.provider,
+        full.user_id,
+        serialise(full),
+    )
+
+
+def test_canonical_rows_take_the_fast_path() -> None:
+    """The fast path is not vacuous: the rows the benchmark and most exports carry take it."""
+    row = {
+        "provider": "oura",
+        "user_id": "c1fa22f9-2917-49aa-9257-afac6e510cd0",
+        "access_token": "a",
+        "refresh_token": "r",
+        "provider_id": "148151911",
+        "expires_at": 1764763117,
+        "oauth_scopes": ["daily"],
+    }
+    fast = validate_well_formed(json.dumps(row).encode())
+    assert fast is not None
+    assert validate_well_formed(json.dumps({**row, "provider": None}).encode()) is not None
+    assert validate_well_formed(json.dumps({**row, "expires_at": "1764763117"}).encode()) is None
+    assert validate_well_formed(json.dumps({**row, "provider_id": 148151911}).encode()) is None
