@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
@@ -31,6 +31,7 @@ from bulk_import.config import Settings
 from bulk_import.errors import FileError, ImportAborted, InternalError
 from bulk_import.models import (
     PROVIDER_INDEX,
+    PROVIDERS,
     BulkOp,
     Checkpoint,
     ChunkRecord,
@@ -329,28 +330,55 @@ class _Run:
         stream = sources.open_stream(
             self.deps.s3, described, compression, self.settings.max_decompressed_bytes
         )
-        margin = self.settings.safety_margin_seconds
         with stream:
-            for n, record in enumerate(
-                formats.read_records(stream, fmt, self.settings.max_row_bytes, defer_json=True)
-            ):
-                if n % DEADLINE_CHECK_EVERY_RECORDS == 0:
-                    # Only after progress past the checkpoint, so every invocation moves on.
-                    if self.line > self.lines_done and self.deps.remaining_seconds() < margin:
-                        raise _DeadlineReached
-                    if time.monotonic() - self.last_progress > PROGRESS_EVERY_SECONDS:
-                        self._log_progress()
-                self._take(record, default_provider)
-                self.line = record.line
+            if fmt is formats.Format.JSONL:
+                self._take_jsonl(stream, default_provider)
+            else:
+                records = formats.read_records(stream, fmt, self.settings.max_row_bytes)
+                for n, record in enumerate(records):
+                    if n % DEADLINE_CHECK_EVERY_RECORDS == 0:
+                        self._between_rows()
+                    self._take(record, default_provider)
+                    self.line = record.line
         for chunk in self.chunker.flush():
             self._dispatch(chunk)
 
+    def _between_rows(self) -> None:
+        # Only after progress past the checkpoint, so every invocation moves on.
+        margin = self.settings.safety_margin_seconds
+        if self.line > self.lines_done and self.deps.remaining_seconds() < margin:
+            raise _DeadlineReached
+        if time.monotonic() - self.last_progress > PROGRESS_EVERY_SECONDS:
+            self._log_progress()
+
+    def _take_jsonl(self, stream: IO[bytes], default_provider: str | None) -> None:
+        """The hot loop: JSONL in blocks, well-formed rows straight to ``_accept``.
+
+        Everything else (blank and over-long lines, lenient spellings, errors) goes through
+        ``_take`` like the other formats' rows. ``self.line`` moves after each row, so a deadline
+        raised while a row is dispatched leaves that row to the next invocation.
+        """
+        limit = self.settings.max_row_bytes
+        validate, accept = validate_well_formed, self._accept
+        # A default spelled otherwise ("Oura") is normalised, or refused, by the full model.
+        default = default_provider if default_provider in PROVIDERS else None
+        for first, lines in formats.jsonl_blocks(stream, limit):
+            self._between_rows()
+            for line, raw in enumerate(lines, first):
+                if raw:
+                    row = validate(raw)
+                    if row is not None and (provider := row.provider or default):
+                        accept(line, provider, row)
+                    else:
+                        self._take(formats.Record(line, None, None, raw), default_provider)
+                elif raw is None:
+                    self._take(
+                        formats.Record(line, None, formats.too_long(limit)), default_provider
+                    )
+                self.line = line
+
     def _take(self, record: formats.Record, default_provider: str | None) -> None:
-        if record.raw is not None:
-            fast = validate_well_formed(record.raw)
-            if fast is not None and (provider := fast.provider or default_provider) is not None:
-                self._accept(record.line, provider, fast)
-                return
+        if record.raw is not None:  # a JSONL line that is not well formed (see _take_jsonl)
             lenient = validate_json_row(record.raw, self.context)
             if lenient is not None:
                 self._accept(record.line, lenient.provider, lenient)

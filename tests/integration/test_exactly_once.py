@@ -258,8 +258,9 @@ def test_duplicate_continuation_message_is_ignored(
 ) -> None:
     upload(stack, "incoming/dup.jsonl", 200)
     monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
     monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "2.8")
-    stack.vital.latency_seconds = 0.02
+    stack.vital.latency_seconds = 0.05  # 20 chunks one at a time: ~1 s, well past 0.2 s
     stack.invoke(s3_event(stack.bucket, ["incoming/dup.jsonl"]), timeout_seconds=3.0)
     sqs = boto3.client("sqs")
     (message,) = sqs.receive_message(QueueUrl=continuation_queue)["Messages"]

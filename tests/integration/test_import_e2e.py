@@ -134,6 +134,26 @@ def test_provider_from_object_metadata(stack: Stack) -> None:
     )
 
 
+@pytest.mark.parametrize(("metadata", "expected"), [(" Oura ", "oura"), ("", None)])
+def test_metadata_provider_spelled_loosely(
+    stack: Stack, metadata: str, expected: str | None
+) -> None:
+    """Well-formed rows without a provider take the file's default only once it is normalised."""
+    rows = [make_row(n, provider=None) for n in range(3)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put("incoming/loose.jsonl", encode_rows(rows, "jsonl"), {"provider": metadata})
+
+    stack.import_keys("incoming/loose.jsonl")
+
+    manifest = stack.manifest("results/loose.jsonl/")
+    if expected is None:
+        assert manifest["counts"]["rejected"] == 3
+        assert stack.vital.bulk_import_requests() == []
+    else:
+        assert manifest["counts"]["imported"] == 3
+        assert {p for p, _ in stack.vital.posted_connections()} == {expected}
+
+
 def test_rows_without_any_provider_are_rejected_with_a_hint(stack: Stack) -> None:
     stack.put("incoming/anon.jsonl", encode_rows([make_row(1, provider=None)], "jsonl"))
 

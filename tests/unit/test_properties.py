@@ -10,7 +10,7 @@ from collections import defaultdict
 from typing import Any
 from unittest import mock
 
-from hypothesis import event, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from bulk_import import formats
@@ -388,3 +388,50 @@ def test_canonical_rows_take_the_fast_path() -> None:
     assert validate_well_formed(json.dumps({**row, "provider": None}).encode()) is not None
     assert validate_well_formed(json.dumps({**row, "expires_at": "1764763117"}).encode()) is None
     assert validate_well_formed(json.dumps({**row, "provider_id": 148151911}).encode()) is None
+
+
+# --- JSONL blocks: the same lines whatever the block size ---------------------------------------
+
+
+def _lines_one_by_one(data: bytes, limit: int) -> list[tuple[int, bytes | None]]:
+    """The reference: one ``readline`` per line, as the reader worked before it read blocks."""
+    out: list[tuple[int, bytes | None]] = []
+    stream = io.BytesIO(data)
+    number = 0
+    while raw := stream.readline():
+        number += 1
+        content = raw.rstrip(b"\r\n") if raw.endswith(b"\n") else raw
+        if len(content.rstrip(b"\r")) > limit:
+            out.append((number, None))
+            continue
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        out.append((number, raw.strip()))
+    return out
+
+
+_line_bytes = st.sampled_from(
+    [b"{}", b' {"a": 1} ', b"\r", b"", b"  ", b"\xef\xbb\xbf{}", b"x" * 9]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(
+        _line_bytes | st.binary(max_size=12).filter(lambda b: b"\n" not in b), max_size=9
+    ),
+    newline=st.sampled_from([b"\n", b"\r\n"]),
+    final_newline=st.booleans(),
+    limit=st.integers(min_value=1, max_value=12),
+    block=st.integers(min_value=1, max_value=20),
+)
+# A block that ends on the "\r" of a line exactly at the limit: not too long once "\n" comes.
+@example(lines=[b"abc", b"{}"], newline=b"\r\n", final_newline=True, limit=3, block=4)
+def test_jsonl_blocks_match_reading_line_by_line(
+    lines: list[bytes], newline: bytes, final_newline: bool, limit: int, block: int
+) -> None:
+    data = newline.join(lines) + (newline if final_newline and lines else b"")
+    blocks = list(formats.jsonl_blocks(io.BytesIO(data), limit, block_size=block))
+    numbered = [(first + i, raw) for first, chunk in blocks for i, raw in enumerate(chunk)]
+    assert numbered == _lines_one_by_one(data, limit)
+    assert all(chunk for _, chunk in blocks)  # no empty blocks
