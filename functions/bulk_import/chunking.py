@@ -104,21 +104,32 @@ class Chunker:
         self._max_rows = max_rows
         self._max_bytes = max_bytes
         self._open: dict[str, Chunk] = {}
+        self._room: dict[str, int] = {}  # provider -> bytes of a body left for connections
+
+    def _room_for(self, provider: str) -> int:
+        room = self._room.get(provider)
+        if room is None:
+            room = self._room[provider] = self._max_bytes - body_overhead(provider)
+        return room
 
     def fits_alone(self, provider: str, payload: bytes) -> bool:
-        return body_overhead(provider) + len(payload) <= self._max_bytes
+        return len(payload) <= self._room_for(provider)
 
     def add(self, provider: str, row: PendingRow) -> list[Chunk]:
         """Add a row; returns the chunks it closed (none, or one, or two when max_rows is 1)."""
         closed: list[Chunk] = []
+        size = len(row.payload)
         current = self._open.get(provider)
-        if current is not None and current.size_bytes() + 1 + len(row.payload) > self._max_bytes:
+        # With the row, the body holds every payload plus one comma per row already there.
+        if current is not None and (
+            current.payload_bytes + len(current.rows) + size > self._room_for(provider)
+        ):
             closed.append(self._open.pop(provider))
             current = None
         if current is None:
             current = self._open[provider] = Chunk(provider)
         current.rows.append(row)
-        current.payload_bytes += len(row.payload)
+        current.payload_bytes += size
         if len(current.rows) >= self._max_rows:
             closed.append(self._open.pop(provider))
         return closed

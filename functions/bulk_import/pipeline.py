@@ -14,6 +14,7 @@ replays the file, skips what is settled, reports unsettled chunks under the leas
 from __future__ import annotations
 
 import hashlib
+import operator
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -85,6 +86,7 @@ IN_DOUBT_DETAIL = (
     "check GET /v2/user/providers/{user_id} and re-upload the row from retry.jsonl if needed"
 )
 RETRY_OUTCOMES = frozenset({Outcome.FAILED, Outcome.ERRORED})
+_OUTCOME = operator.attrgetter("outcome")
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,7 +621,7 @@ class _Run:
         """Record outcomes; failed and errored rows of a chunk also go to retry.jsonl."""
         self.outcomes.write(outcomes)
         self.tally.add(outcomes)
-        if source is None:
+        if source is None or RETRY_OUTCOMES.isdisjoint(map(_OUTCOME, outcomes)):
             return
         retry = [o for o in outcomes if o.outcome in RETRY_OUTCOMES]
         if retry:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import operator
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING
 
 from boto3.s3.transfer import TransferConfig
@@ -98,16 +99,41 @@ class Spool:
 
 
 class OutcomeSpool(Spool):
-    def write(self, outcomes: Iterable[RowOutcome]) -> None:
-        lines = [
-            # Nothing to quote or neutralise in the common case (imported, validated values).
-            f"{o.line},{o.user_id},{o.provider},{o.outcome.value},{o.detail}\n"
-            if _PLAIN.fullmatch(o.user_id) and _PLAIN.fullmatch(o.provider) and _plain(o.detail)
-            else _quoted_line(o)
-            for o in outcomes
-        ]
-        if lines:
-            self.write_bytes("".join(lines).encode(), len(lines))
+    def write(self, outcomes: Sequence[RowOutcome]) -> None:
+        if not outcomes:
+            return
+        if _all_plain(outcomes):
+            # The common case (validated ids, known providers, fixed details): one C-level
+            # format per row, no quoting, no per-value checks.
+            text = "".join([_LINE % o for o in outcomes])
+        else:
+            text = "".join([_LINE % o if _plain_row(o) else _quoted_line(o) for o in outcomes])
+        self.write_bytes(text.encode(), len(outcomes))
+
+
+_LINE = "%d,%s,%s,%s,%s\n"  # line, user_id, provider, outcome (a StrEnum: its value), detail
+_USER_ID = operator.attrgetter("user_id")
+_PROVIDER_AND_DETAIL = operator.attrgetter("provider", "detail")
+# Plain values, one per line: newlines cannot occur inside a plain value, so the count of
+# newlines tells that no value hid one.
+_PLAIN_LINES = re.compile(
+    r"(?:[0-9A-Za-z_][0-9A-Za-z_.:/ -]*)?(?:\n(?:[0-9A-Za-z_][0-9A-Za-z_.:/ -]*)?)*"
+)
+
+
+def _all_plain(outcomes: Sequence[RowOutcome]) -> bool:
+    """True when no value of any row needs CSV quoting or formula neutralising."""
+    ids = "\n".join(map(_USER_ID, outcomes))
+    if ids.count("\n") != len(outcomes) - 1 or not _PLAIN_LINES.fullmatch(ids):
+        return False
+    return all(
+        _PLAIN.fullmatch(provider) and _plain(detail)
+        for provider, detail in set(map(_PROVIDER_AND_DETAIL, outcomes))
+    )
+
+
+def _plain_row(o: RowOutcome) -> bool:
+    return bool(_PLAIN.fullmatch(o.user_id) and _PLAIN.fullmatch(o.provider) and _plain(o.detail))
 
 
 def _quoted_line(o: RowOutcome) -> str:

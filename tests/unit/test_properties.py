@@ -264,10 +264,12 @@ def test_tally_counts_add_up_per_outcome_and_provider(
 ) -> None:
     tally = _tally(a)
     tally.add(
-        RowOutcome(1, "", provider, outcome, "")
-        for provider, items in (("fitbit", b), ("", b))
-        for outcome, n in items
-        for _ in range(n)
+        [
+            RowOutcome(1, "", provider, outcome, "")
+            for provider, items in (("fitbit", b), ("", b))
+            for outcome, n in items
+            for _ in range(n)
+        ]
     )
     counts = tally.counts()
     assert _balanced(counts)

@@ -216,15 +216,20 @@ def test_retry_spool_lines_can_be_uploaded_again_as_jsonl() -> None:
     assert data.startswith(b'{"provider":"oura","user_id":')
 
 
-@settings(max_examples=200, deadline=None)
+# Values near the line between plain and quoted: UUIDs, names, and short strings of the
+# characters that decide it (separators, quotes, newlines, formula starts).
+_near_plain = st.uuids().map(str) | st.text(alphabet="ab1_.:/ -\n\r,=+@\t\"'", max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     st.lists(
         st.tuples(
             st.integers(min_value=1, max_value=10**9),
-            st.text(max_size=40),
-            st.text(max_size=20),
+            st.text(max_size=40) | _near_plain,
+            st.text(max_size=20) | _near_plain | st.sampled_from(["oura", ""]),
             st.sampled_from(list(Outcome)),
-            st.text(max_size=60),
+            st.text(max_size=60) | _near_plain | st.just(""),
         ),
         max_size=20,
     )
