@@ -369,8 +369,8 @@ class _Run:
             for line, raw in enumerate(lines, first):
                 if raw:
                     row = validate(raw)
-                    if row is not None and (provider := row.provider or default):
-                        accept(line, provider, row)
+                    if row is not None and (provider := row.get("provider") or default):
+                        accept(line, provider, row["user_id"], row)
                     else:
                         self._take(formats.Record(line, None, None, raw), default_provider)
                 elif raw is None:
@@ -383,7 +383,7 @@ class _Run:
         if record.raw is not None:  # a JSONL line that is not well formed (see _take_jsonl)
             lenient = validate_json_row(record.raw, self.context)
             if lenient is not None:
-                self._accept(record.line, lenient.provider, lenient)
+                self._accept(record.line, lenient.provider, lenient.user_id, lenient)
                 return
             record = formats.parse_json_line(record.line, record.raw)  # for the exact reason
         if record.data is None:
@@ -393,7 +393,7 @@ class _Run:
         if isinstance(row, str):
             self._reject(record.line, record.data, default_provider, row)
             return
-        self._accept(record.line, row.provider, row)
+        self._accept(record.line, row.provider, row.user_id, row)
 
     def _reject(
         self, line: int, data: dict[str, object] | None, default: str | None, reason: str
@@ -409,8 +409,9 @@ class _Run:
             ]
         )
 
-    def _accept(self, line: int, provider: str, row: ConnectionRow | WellFormedRow) -> None:
-        user_id = row.user_id
+    def _accept(
+        self, line: int, provider: str, user_id: str, row: ConnectionRow | WellFormedRow
+    ) -> None:
         identity = (PROVIDER_INDEX[provider] << 128) | int(user_id.replace("-", ""), 16)
         first = self.seen.get(identity)
         if first is not None:

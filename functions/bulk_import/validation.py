@@ -5,14 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from bulk_import.models import DEFAULT_PROVIDER, PROVIDERS, ConnectionRow, WellFormedRow
 
 # The validators without model_validate's Python wrapper: these run once per input row.
 _VALIDATE = ConnectionRow.__pydantic_validator__.validate_python
 _VALIDATE_JSON = ConnectionRow.__pydantic_validator__.validate_json
-_VALIDATE_WELL_FORMED = WellFormedRow.__pydantic_validator__.validate_json
+_VALIDATE_WELL_FORMED = TypeAdapter(WellFormedRow).validator.validate_json
 
 
 def context_for(default_provider: str | None) -> dict[str, Any]:
@@ -37,6 +37,8 @@ def validate_well_formed(raw: bytes) -> WellFormedRow | None:
         row: WellFormedRow = _VALIDATE_WELL_FORMED(raw)
     except ValidationError:
         return None
+    if "oauth_scopes" not in row:
+        row["oauth_scopes"] = None  # ConnectionRow's default: both give the same recipe
     return row
 
 

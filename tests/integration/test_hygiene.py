@@ -46,7 +46,7 @@ import stamina
 
 from bulk_import import handler as handler_module
 from bulk_import.chunking import serialise
-from bulk_import.models import ConnectionRow
+from bulk_import.models import ConnectionRow, WellFormedRow
 from bulk_import.observability import logger as function_logger
 from bulk_import.pipeline import Dependencies
 from bulk_import.validation import validate_row
@@ -751,16 +751,18 @@ def test_a_file_corrupt_half_way_leaks_nothing(
     assert manifest["chunks"]  # some of it went to Vital before the damage was found
 
 
-def _crash_key_error(row: ConnectionRow) -> bytes:
-    raise KeyError(row.access_token)
+def _crash_key_error(row: dict[str, Any]) -> bytes:
+    raise KeyError(row["access_token"])
 
 
-def _crash_int_literal(row: ConnectionRow) -> bytes:
-    return str(int(row.refresh_token)).encode()  # the OAuth 1.0 secret is no number
+def _crash_int_literal(row: dict[str, Any]) -> bytes:
+    return str(int(row["refresh_token"])).encode()  # the OAuth 1.0 secret is no number
 
 
-def _crash_pydantic(row: ConnectionRow) -> bytes:
-    ConnectionRow.model_validate({"access_token": [row.access_token], "user_id": row.refresh_token})
+def _crash_pydantic(row: dict[str, Any]) -> bytes:
+    ConnectionRow.model_validate(
+        {"access_token": [row["access_token"]], "user_id": row["refresh_token"]}
+    )
     raise AssertionError("unreachable")
 
 
@@ -770,7 +772,9 @@ def _crash_pydantic(row: ConnectionRow) -> bytes:
     ids=["KeyError", "ValueError", "ValidationError"],
 )
 def test_an_unexpected_crash_quoting_a_token_leaks_nothing(
-    hygiene: Hygiene, monkeypatch: pytest.MonkeyPatch, crash: Callable[[ConnectionRow], bytes]
+    hygiene: Hygiene,
+    monkeypatch: pytest.MonkeyPatch,
+    crash: Callable[[dict[str, Any]], bytes],
 ) -> None:
     from bulk_import import pipeline  # noqa: PLC0415 - patched below
 
@@ -779,8 +783,9 @@ def test_an_unexpected_crash_quoting_a_token_leaks_nothing(
     assert target["provider"] == "garmin"
     serialise = pipeline.serialise
 
-    def crashing(row: ConnectionRow) -> bytes:
-        return crash(row) if row.user_id == target["user_id"] else serialise(row)
+    def crashing(row: ConnectionRow | WellFormedRow) -> bytes:
+        fields = dict(row) if isinstance(row, dict) else row.model_dump()
+        return crash(fields) if fields["user_id"] == target["user_id"] else serialise(row)
 
     monkeypatch.setattr(pipeline, "serialise", crashing)
 
