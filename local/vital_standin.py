@@ -17,8 +17,10 @@ decided when a request arrives, in this order:
 3. `throttle_every` - every n-th request answers 429 with `Retry-After`;
 4. `force_202` - accept, enqueue, answer 202 with an empty body.
 
-`latency_seconds` is slept before any answer (or drop); `slow_body_seconds` stalls between the
-response headers and the body. Faults come before auth and validation, as a gateway's would.
+Every answer (or drop) leaves `latency_seconds` after its request arrived: a request takes that
+long, whatever the stand-in's own processing costs, unless that is longer. `slow_body_seconds`
+stalls between the response headers and the body. Faults come before auth and validation, as a
+gateway's would.
 Every request is recorded in `StandinState.requests` (never the API key: only whether it matched).
 
 How a connection is dropped: an outer ASGI middleware reads the whole request body, then reaches
@@ -661,7 +663,11 @@ class _FaultAndRecordMiddleware:
         faults: _Faults,
         gone: asyncio.Event,
     ) -> None:
-        if faults.latency_seconds:
+        # The answer leaves `latency_seconds` after arrival. A fault waits it out first; a real
+        # answer is worked out at once and held back until then, so the stand-in's own CPU time
+        # hides inside the latency, as a remote server's would, instead of queueing after it.
+        answer_at = time.monotonic() + faults.latency_seconds
+        if faults.latency_seconds and (faults.drop or faults.status):
             await _sleep_unless(gone, faults.latency_seconds)
         if faults.drop:
             self.state._dropped(record)
@@ -683,6 +689,8 @@ class _FaultAndRecordMiddleware:
         async def recording_send(message: Message) -> None:
             nonlocal stalled
             if message["type"] == "http.response.start":
+                if (wait := answer_at - time.monotonic()) > 0:
+                    await _sleep_unless(gone, wait)
                 self.state._answered(record, int(message["status"]), client_gone=gone.is_set())
             elif (
                 message["type"] == "http.response.body" and faults.slow_body_seconds and not stalled

@@ -8,9 +8,13 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import NamedTuple
 
-from pydantic import TypeAdapter
-
-from bulk_import.models import ChunkRecord, ConnectionRow, Outcome, WellFormedRow
+from bulk_import.models import (
+    WELL_FORMED_ROW,
+    ChunkRecord,
+    ConnectionRow,
+    Outcome,
+    WellFormedRow,
+)
 
 # Bump when chunk boundaries change for the same input and settings: checkpoints taken by an
 # older version then refuse to resume instead of replaying different chunks.
@@ -62,7 +66,7 @@ def serialise(row: ConnectionRow | WellFormedRow) -> bytes:
     return row.__pydantic_serializer__.to_json(row)
 
 
-_WELL_FORMED_JSON = TypeAdapter(WellFormedRow).serializer.to_json
+_WELL_FORMED_JSON = WELL_FORMED_ROW.serializer.to_json
 _PROVIDER = {"provider"}
 
 

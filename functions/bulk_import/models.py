@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     StrictInt,
     StringConstraints,
+    TypeAdapter,
     ValidationInfo,
     field_validator,
     with_config,
@@ -170,6 +171,10 @@ class WellFormedRow(TypedDict):
     provider_id: NonEmptyStr
     expires_at: Annotated[StrictInt, Field(ge=0, lt=2**63)]
     oauth_scopes: NotRequired[list[NonEmptyStr] | None]
+
+
+# Built once, shared by the validator (validation.py) and the serialiser (chunking.py).
+WELL_FORMED_ROW: TypeAdapter[WellFormedRow] = TypeAdapter(WellFormedRow)
 
 
 # --- Vital API bodies -------------------------------------------------------------------------
