@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import NamedTuple
 
+from pydantic_core import to_json
+
 from bulk_import.models import (
-    WELL_FORMED_ROW,
     ChunkRecord,
     ConnectionRow,
     Outcome,
@@ -58,16 +59,13 @@ _SUFFIX_FALSE = b'],"wait_for_completion":false}'
 def serialise(row: ConnectionRow | WellFormedRow) -> bytes:
     """The row's ConnectionRecipe as compact JSON (pydantic-core: ~4x faster than json.dumps).
 
-    Both types list the recipe's fields in the same order and leave ``provider`` out, so a row
-    gives the same bytes whichever one accepted it.
+    A well-formed row comes without ``provider`` (``validate_well_formed`` takes it out), holding
+    only JSON types in the recipe's field order: pydantic-core's schema-less ``to_json`` gives
+    the same bytes as ConnectionRow's serialiser, faster.
     """
     if isinstance(row, dict):
-        return _WELL_FORMED_JSON(row, exclude=_PROVIDER)
+        return to_json(row)
     return row.__pydantic_serializer__.to_json(row)
-
-
-_WELL_FORMED_JSON = WELL_FORMED_ROW.serializer.to_json
-_PROVIDER = {"provider"}
 
 
 @dataclass(slots=True)

@@ -87,6 +87,8 @@ IN_DOUBT_DETAIL = (
 )
 RETRY_OUTCOMES = frozenset({Outcome.FAILED, Outcome.ERRORED})
 _OUTCOME = operator.attrgetter("outcome")
+# PendingRow(...) runs a Python-level __new__; tuple.__new__ builds the same named tuple in C.
+_pending = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,9 +370,9 @@ class _Run:
             self._between_rows()
             for line, raw in enumerate(lines, first):
                 if raw:
-                    row = validate(raw)
-                    if row is not None and (provider := row.get("provider") or default):
-                        accept(line, provider, row["user_id"], row)
+                    fast = validate(raw)
+                    if fast is not None and (provider := fast[0] or default):
+                        accept(line, provider, fast[1]["user_id"], fast[1])
                     else:
                         self._take(formats.Record(line, None, None, raw), default_provider)
                 elif raw is None:
@@ -430,7 +432,7 @@ class _Run:
                 f"(MAX_BODY_BYTES={self.settings.max_body_bytes})",
             )
             return
-        for chunk in self.chunker.add(provider, PendingRow(line, user_id, payload)):
+        for chunk in self.chunker.add(provider, _pending(PendingRow, (line, user_id, payload))):
             self._dispatch(chunk)
 
     # --- posting ------------------------------------------------------------------------------

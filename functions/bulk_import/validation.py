@@ -34,18 +34,21 @@ def validate_row(data: dict[str, Any], default_provider: str | None) -> Connecti
     return row
 
 
-def validate_well_formed(raw: bytes) -> WellFormedRow | None:
+def validate_well_formed(raw: bytes) -> tuple[str | None, WellFormedRow] | None:
     """The hot path: a JSONL line in canonical form, parsed and checked in one pydantic-core call.
 
-    None sends the line on to ``validate_json_row``, which takes every accepted spelling.
+    Gives the row's own provider (None: the file's default applies) and its recipe: the row
+    without ``provider``, ready to serialise. None sends the line on to ``validate_json_row``,
+    which takes every accepted spelling.
     """
     try:
         row: WellFormedRow = _VALIDATE_WELL_FORMED(raw)
     except ValidationError:
         return None
+    provider = row.pop("provider", None)
     if "oauth_scopes" not in row:
         row["oauth_scopes"] = None  # ConnectionRow's default: both give the same recipe
-    return row
+    return provider, row
 
 
 def validate_json_row(raw: bytes, context: dict[str, Any]) -> ConnectionRow | None:

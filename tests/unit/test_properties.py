@@ -363,12 +363,13 @@ def test_well_formed_rows_validate_as_the_full_model_does(
     event("fast path" if fast is not None else "full model only")
     if fast is None:
         return  # the full model decides alone
-    provider = fast.get("provider") or default
+    own_provider, recipe = fast
+    provider = own_provider or default
     if provider is None:
         assert full is None  # no provider anywhere: the full model explains why
         return
     assert full is not None, row
-    assert (provider, fast["user_id"], serialise(fast)) == (
+    assert (provider, recipe["user_id"], serialise(recipe)) == (
         full.provider,
         full.user_id,
         serialise(full),
