@@ -57,8 +57,8 @@ class Record:
     line: int
     data: dict[str, Any] | None
     error: str | None = None
-    # JSONL with defer_json: the line's bytes, for one-step parse-and-validate in pydantic-core;
-    # parse_json_line gives the exact reason when that fails.
+    # A JSONL line the pipeline's fast path did not take: its bytes, for one-step
+    # parse-and-validate in pydantic-core; parse_json_line gives the exact reason if that fails.
     raw: bytes | None = None
 
 
@@ -77,11 +77,9 @@ def detect(key: str) -> tuple[Format, Compression]:
     raise UnsupportedFile(f"unsupported file type for '{key.rsplit('/', 1)[-1]}'; use {expected}")
 
 
-def read_records(
-    stream: IO[bytes], fmt: Format, max_row_bytes: int, *, defer_json: bool = False
-) -> Iterator[Record]:
+def read_records(stream: IO[bytes], fmt: Format, max_row_bytes: int) -> Iterator[Record]:
     if fmt is Format.JSONL:
-        return _read_jsonl(stream, max_row_bytes, defer_json)
+        return _read_jsonl(stream, max_row_bytes)
     if fmt is Format.CSV:
         return _read_csv(stream, max_row_bytes)
     return _read_json_array(stream, max_row_bytes)
@@ -149,13 +147,13 @@ def _clean(parts: list[bytes], number: int, limit: int) -> list[bytes | None]:
     return lines
 
 
-def _read_jsonl(stream: IO[bytes], limit: int, defer_json: bool) -> Iterator[Record]:
+def _read_jsonl(stream: IO[bytes], limit: int) -> Iterator[Record]:
     for first, lines in jsonl_blocks(stream, limit):
         for line, raw in enumerate(lines, first):
             if raw is None:
                 yield Record(line, None, too_long(limit))
             elif raw:
-                yield Record(line, None, None, raw) if defer_json else parse_json_line(line, raw)
+                yield parse_json_line(line, raw)
 
 
 def parse_json_line(line: int, raw: bytes) -> Record:

@@ -14,7 +14,6 @@ from pydantic import (
     Field,
     StrictInt,
     StringConstraints,
-    TypeAdapter,
     ValidationInfo,
     field_validator,
     with_config,
@@ -160,8 +159,9 @@ class WellFormedRow(TypedDict):
     on to ConnectionRow, which also takes the lenient spellings (numeric provider ids, epoch
     seconds as text or 1.7e9, scopes in one string, other UUID forms, capitalised providers) and
     says what is wrong. Every row it accepts, ConnectionRow accepts with the same values and the
-    same recipe (tests/unit/test_properties.py). ``provider`` may be absent or None: the caller
-    applies the file's default; ``validation.validate_well_formed`` fills in ``oauth_scopes``.
+    same recipe (tests/unit/test_properties.py). ``provider`` may be absent or None (the file's
+    default applies); ``validation.validate_well_formed`` takes it out of the row and fills in
+    ``oauth_scopes``, leaving exactly the recipe.
     """
 
     provider: NotRequired[Annotated[str, StringConstraints(pattern=_PROVIDER_NAME)] | None]
@@ -171,10 +171,6 @@ class WellFormedRow(TypedDict):
     provider_id: NonEmptyStr
     expires_at: Annotated[StrictInt, Field(ge=0, lt=2**63)]
     oauth_scopes: NotRequired[list[NonEmptyStr] | None]
-
-
-# Built once, shared by the validator (validation.py) and the serialiser (chunking.py).
-WELL_FORMED_ROW: TypeAdapter[WellFormedRow] = TypeAdapter(WellFormedRow)
 
 
 # --- Vital API bodies -------------------------------------------------------------------------

@@ -5,12 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from bulk_import.models import (
     DEFAULT_PROVIDER,
     PROVIDERS,
-    WELL_FORMED_ROW,
     ConnectionRow,
     WellFormedRow,
 )
@@ -18,7 +17,7 @@ from bulk_import.models import (
 # The validators without model_validate's Python wrapper: these run once per input row.
 _VALIDATE = ConnectionRow.__pydantic_validator__.validate_python
 _VALIDATE_JSON = ConnectionRow.__pydantic_validator__.validate_json
-_VALIDATE_WELL_FORMED = WELL_FORMED_ROW.validator.validate_json
+_VALIDATE_WELL_FORMED = TypeAdapter(WellFormedRow).validator.validate_json
 
 
 def context_for(default_provider: str | None) -> dict[str, Any]:
