@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ class MotoProcess:
     """``MotoStack`` in a child interpreter; ``cpu_seconds`` reads its CPU time from /proc."""
 
     region = DEFAULT_REGION
+    START_TIMEOUT_S = 60.0
 
     def __init__(self) -> None:
         self._process: subprocess.Popen[str] | None = None
@@ -75,7 +77,8 @@ class MotoProcess:
             text=True,
         )
         assert self._process.stdout is not None  # PIPE above
-        self.endpoint_url = self._process.stdout.readline().strip()  # bounded: MotoStack's timeout
+        ready, _, _ = select.select([self._process.stdout], [], [], self.START_TIMEOUT_S)
+        self.endpoint_url = self._process.stdout.readline().strip() if ready else ""
         if not self.endpoint_url.startswith("http://"):
             self.__exit__()
             msg = "the moto process did not start (see its stderr above)"

@@ -6,14 +6,16 @@ chunks of ``CHUNK_SIZE``, serialise each with pydantic-core and POST it with htt
 keep-alive connections. No validation, no dedupe, no outcomes, no manifest, no retries.
 
 Concurrency: the same bound as ours (``MAX_CONCURRENCY`` worker threads, at most that many
-requests in flight, reading blocks while the pool is full). At 0 ms latency this is still the
-cheapest schedule on this machine: the main thread parses while workers wait on the socket; at
-50 ms it is the only fair comparison (a sequential floor would lose to ours by design).
+requests in flight, reading blocks while the pool is full), so parsing overlaps posting as in
+ours. The issue words the floor as POSTs "over one keep-alive connection"; that variant is the
+``floor1`` contender (``run_one_connection``: each POST answered before reading goes on). It
+is slower than this one here, so this one is the bar the CPU-path target is judged against.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -25,8 +27,18 @@ READ_SIZE = 1024 * 1024
 
 
 def run(spec: dict[str, Any]) -> dict[str, int]:
+    """``MAX_CONCURRENCY`` connections on worker threads, reading while they post."""
+    return _run(spec, threads=int(os.environ["MAX_CONCURRENCY"]))
+
+
+def run_one_connection(spec: dict[str, Any]) -> dict[str, int]:
+    """One keep-alive connection; each POST in line with reading (``floor1``)."""
+    return _run(spec, threads=0)
+
+
+def _run(spec: dict[str, Any], threads: int) -> dict[str, int]:
     chunk_size = int(os.environ["CHUNK_SIZE"])
-    concurrency = int(os.environ["MAX_CONCURRENCY"])
+    connections = max(1, threads)
     api_key = boto3.client("secretsmanager").get_secret_value(
         SecretId=os.environ["VITAL_API_KEY_SECRET"]
     )["SecretString"]
@@ -35,7 +47,7 @@ def run(spec: dict[str, Any]) -> dict[str, int]:
         base_url=os.environ["VITAL_API_BASE_URL"],
         headers={"x-vital-api-key": api_key, "content-type": "application/json"},
         timeout=60.0,
-        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
     )
 
     def post(payload: bytes) -> int:
@@ -43,41 +55,68 @@ def run(spec: dict[str, Any]) -> dict[str, int]:
         response.raise_for_status()
         return len(from_json(response.content)["user_ids_imported"])
 
-    sent = requests = 0
-    in_flight: set[Future[int]] = set()
+    with client:
+        if threads:
+            with ThreadPoolExecutor(threads) as pool:
+                return _import(body, chunk_size, _Pool(pool, post, threads))
+        return _import(body, chunk_size, _InLine(post))
 
-    def settle(block: bool) -> None:
-        nonlocal in_flight, sent
-        done, in_flight = wait(in_flight, timeout=None if block else 0, return_when=FIRST_COMPLETED)
-        for future in done:
-            sent += future.result()
 
-    with client, ThreadPoolExecutor(concurrency) as pool:
+class _InLine:
+    def __init__(self, post: Callable[[bytes], int]) -> None:
+        self.post = post
+        self.sent = 0
 
-        def submit(provider: str, rows: list[Any]) -> None:
-            nonlocal requests
-            payload = to_json(
-                {"provider": provider, "connections": rows, "wait_for_completion": True}
-            )
-            while len(in_flight) >= concurrency:
-                settle(block=True)
-            in_flight.add(pool.submit(post, payload))
-            requests += 1
+    def submit(self, payload: bytes) -> None:
+        self.sent += self.post(payload)
 
-        open_chunks: dict[str, list[Any]] = {}
-        for line in body.iter_lines(chunk_size=READ_SIZE):
-            if not line:
-                continue
-            row = from_json(line)
-            provider = row.pop("provider")
-            rows = open_chunks.setdefault(provider, [])
-            rows.append(row)
-            if len(rows) >= chunk_size:
-                submit(provider, rows)
-                open_chunks[provider] = []
-        for provider, rows in open_chunks.items():
-            if rows:
-                submit(provider, rows)
-        while in_flight:
-            settle(block=True)
-    return {"rows_sent": sent, "requests": requests}
+    def drain(self) -> int:
+        return self.sent
+
+
+class _Pool:
+    def __init__(self, pool: ThreadPoolExecutor, post: Callable[[bytes], int], limit: int) -> None:
+        self.pool, self.post, self.limit = pool, post, limit
+        self.in_flight: set[Future[int]] = set()
+        self.sent = 0
+
+    def _settle(self) -> None:
+        done, self.in_flight = wait(self.in_flight, return_when=FIRST_COMPLETED)
+        self.sent += sum(future.result() for future in done)
+
+    def submit(self, payload: bytes) -> None:
+        while len(self.in_flight) >= self.limit:
+            self._settle()
+        self.in_flight.add(self.pool.submit(self.post, payload))
+
+    def drain(self) -> int:
+        while self.in_flight:
+            self._settle()
+        return self.sent
+
+
+def _import(body: Any, chunk_size: int, poster: _InLine | _Pool) -> dict[str, int]:
+    requests = 0
+
+    def submit(provider: str, rows: list[Any]) -> None:
+        nonlocal requests
+        poster.submit(
+            to_json({"provider": provider, "connections": rows, "wait_for_completion": True})
+        )
+        requests += 1
+
+    open_chunks: dict[str, list[Any]] = {}
+    for line in body.iter_lines(chunk_size=READ_SIZE):
+        if not line:
+            continue
+        row = from_json(line)
+        provider = row.pop("provider")
+        rows = open_chunks.setdefault(provider, [])
+        rows.append(row)
+        if len(rows) >= chunk_size:
+            submit(provider, rows)
+            open_chunks[provider] = []
+    for provider, rows in open_chunks.items():
+        if rows:
+            submit(provider, rows)
+    return {"rows_sent": poster.drain(), "requests": requests}
