@@ -169,11 +169,22 @@ def test_unknown_provider_and_missing_field_are_422(client: httpx.Client) -> Non
         b'{"provider": "oura"}',
         b'{"provider": "oura", "connections": [{"user_id": "x"}], "wait_for_completion": "no"}',
         b'{"provider": "oura", "connections": "none"}',
+        b"null",
+        b'{"provider": "\xff"}',
     ],
-    ids=["empty", "invalid-json", "array", "no-connections", "bad-fields", "wrong-type"],
+    ids=[
+        "empty",
+        "invalid-json",
+        "array",
+        "no-connections",
+        "bad-fields",
+        "wrong-type",
+        "null",
+        "not-utf8",
+    ],
 )
 def test_422_bodies_are_fastapis_own(content: bytes, client: httpx.Client) -> None:
-    """The stand-in parses bodies itself (one pass); its 422 must stay what FastAPI answers."""
+    """The stand-in parses bodies itself (one pass); its errors must stay what FastAPI answers."""
     reference = FastAPI()
 
     @reference.post(BULK_IMPORT_PATH)
@@ -191,8 +202,8 @@ def test_422_bodies_are_fastapis_own(content: bytes, client: httpx.Client) -> No
 
     response = client.post(BULK_IMPORT_PATH, content=content, headers=headers)
 
-    assert expected.status_code == 422
-    assert (response.status_code, response.json()) == (422, expected.json())
+    assert expected.status_code in (400, 422)
+    assert (response.status_code, response.json()) == (expected.status_code, expected.json())
 
 
 def test_known_users_import_and_unknown_users_fail(
