@@ -22,35 +22,31 @@ BASELINE = "import boto3, httpx, pydantic\nfrom aws_lambda_powertools import Log
 TIMEOUT_S = 60
 
 
+def _python(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter (ours) on fixed statements; raises if it fails or hangs."""
+    return subprocess.run(  # noqa: S603 - our own interpreter and fixed statements
+        [sys.executable, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=True,
+    )
+
+
 def _timed(statement: str, env: dict[str, str]) -> float:
     code = (
         "import time\n_t = time.perf_counter()\n"
         + statement
         + "\nprint(time.perf_counter() - _t)\n"
     )
-    done = subprocess.run(  # noqa: S603 - our own interpreter and fixed statements
-        [sys.executable, "-c", code],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=True,
-    )
-    return float(done.stdout.strip().splitlines()[-1])
+    return float(_python(["-c", code], env).stdout.strip().splitlines()[-1])
 
 
 def _import_profile(statement: str, env: dict[str, str]) -> dict[str, int]:
     """module -> self import time in µs, from ``-X importtime``."""
-    done = subprocess.run(  # noqa: S603 - our own interpreter and fixed statements
-        [sys.executable, "-X", "importtime", "-c", statement],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=True,
-    )
+    done = _python(["-X", "importtime", "-c", statement], env)
     modules: dict[str, int] = {}
     for line in done.stderr.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:

@@ -35,7 +35,7 @@ class BenchState(StandinState):
 
     ``StandinState._import`` canonicalises every known user on every request, which is fine for
     tests with a handful of users but costs the stand-in ~O(100k) work per request at benchmark
-    sizes, in the same process as moto: it would dominate every contender's wall time. The
+    sizes: it would dominate every contender's wall time. The
     generated user ids are canonical UUID strings already, so each request narrows the known set
     to the users it names before the stand-in does its usual work.
     """

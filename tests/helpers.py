@@ -1,4 +1,4 @@
-"""Row, file and event builders shared by the test suites (not shipped)."""
+"""Row and file builders shared by the test suites (not shipped; S3 events: local.events)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import gzip
 import io
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote_plus
 
 import zstandard
 
@@ -74,39 +73,6 @@ def compress(data: bytes, compression: str) -> bytes:
     if compression == "zst":
         return zstandard.ZstdCompressor().compress(data)
     return data
-
-
-def s3_event(
-    bucket: str, keys: Iterable[str], version_ids: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """A direct S3 ObjectCreated notification; keys are URL-encoded as S3 does (space → '+').
-
-    Each call is a new upload (a new sequencer); reuse the dict to model a redelivery.
-    """
-    records = []
-    for key in keys:
-        obj: dict[str, Any] = {
-            "key": quote_plus(key, safe="/"),
-            "size": 1,
-            "sequencer": uuid.uuid4().hex[:18].upper(),
-        }
-        if version_ids and key in version_ids:
-            obj["versionId"] = version_ids[key]
-        records.append(
-            {
-                "eventVersion": "2.1",
-                "eventSource": "aws:s3",
-                "awsRegion": "us-east-1",
-                "eventTime": "2026-11-26T00:00:00.000Z",
-                "eventName": "ObjectCreated:Put",
-                "s3": {
-                    "s3SchemaVersion": "1.0",
-                    "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-                    "object": obj,
-                },
-            }
-        )
-    return {"Records": records}
 
 
 def parse_outcomes(data: bytes) -> list[dict[str, str]]:

@@ -15,9 +15,10 @@ import boto3
 import pytest
 
 from local.context import LocalLambdaContext
+from local.events import s3_event
 from local.moto_server import MotoStack, aws_env
 from local.vital_standin import StandinState, VitalStandin
-from tests.helpers import parse_outcomes, s3_event
+from tests.helpers import parse_outcomes
 
 SECRET_NAME = "tests/vital-api-key"
 

@@ -16,7 +16,8 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.helpers import encode_rows, make_row, s3_event, user_id
+from local.events import s3_event
+from tests.helpers import encode_rows, make_row, user_id
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -124,9 +125,13 @@ def test_new_upload_of_the_same_key_is_a_new_import(stack: Stack, idempotency_ta
     rows = [make_row(n) for n in range(5)]
     stack.vital.add_known_users(*(r["user_id"] for r in rows))
     v1 = stack.put("incoming/same.jsonl", encode_rows(rows[:3], "jsonl"))
-    stack.invoke(s3_event(stack.bucket, ["incoming/same.jsonl"], {"incoming/same.jsonl": v1}))
+    stack.invoke(
+        s3_event(stack.bucket, ["incoming/same.jsonl"], version_ids={"incoming/same.jsonl": v1})
+    )
     v2 = stack.put("incoming/same.jsonl", encode_rows(rows, "jsonl"))
-    stack.invoke(s3_event(stack.bucket, ["incoming/same.jsonl"], {"incoming/same.jsonl": v2}))
+    stack.invoke(
+        s3_event(stack.bucket, ["incoming/same.jsonl"], version_ids={"incoming/same.jsonl": v2})
+    )
 
     manifest = stack.manifest("results/same.jsonl/")
     assert manifest["source"]["version_id"] == v2

@@ -32,7 +32,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bulk_import.models import ROW_FIELDS
-from tests.helpers import compress, encode_rows, make_row, s3_event
+from local.events import s3_event
+from tests.helpers import compress, encode_rows, make_row
 from tests.integration.conftest import Stack
 from tests.integration.test_hygiene import Secrets, stray_token
 

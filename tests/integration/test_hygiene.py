@@ -50,6 +50,7 @@ from bulk_import.models import ConnectionRow, WellFormedRow
 from bulk_import.observability import logger as function_logger
 from bulk_import.pipeline import Dependencies
 from bulk_import.validation import validate_row
+from local.events import s3_event
 from tests.helpers import (
     RECIPE_COLUMNS,
     access_token,
@@ -57,7 +58,6 @@ from tests.helpers import (
     encode_rows,
     make_row,
     refresh_token,
-    s3_event,
 )
 from tests.integration.conftest import Stack
 

@@ -8,13 +8,13 @@ from collections import Counter
 import boto3
 import pytest
 
+from local.events import s3_event
 from tests.helpers import (
     access_token,
     compress,
     encode_rows,
     make_row,
     refresh_token,
-    s3_event,
     user_id,
 )
 from tests.integration.conftest import Stack
