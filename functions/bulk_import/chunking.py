@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
+from itertools import repeat
+from operator import itemgetter
 from typing import NamedTuple
 
 from pydantic_core import to_json
@@ -39,6 +41,13 @@ class RowOutcome(NamedTuple):
     provider: str
     outcome: Outcome
     detail: str = ""
+
+
+# PendingRow.line and PendingRow.user_id as C-level getters, for code that maps over rows.
+LINE_OF = itemgetter(0)
+USER_ID_OF = itemgetter(1)
+# A NamedTuple's own constructor is Python code; tuple.__new__ builds the same tuple in C.
+_new_tuple = tuple.__new__
 
 
 @cache
@@ -104,7 +113,16 @@ class Chunk:
         )
 
     def outcomes(self, outcome: Outcome, detail: str) -> list[RowOutcome]:
-        return [RowOutcome(r.line, r.user_id, self.provider, outcome, detail) for r in self.rows]
+        """The same outcome for every row, built in C: a chunk's rows usually share one."""
+        rows = self.rows
+        fields = zip(
+            map(LINE_OF, rows),
+            map(USER_ID_OF, rows),
+            repeat(self.provider),
+            repeat(outcome),
+            repeat(detail),
+        )
+        return list(map(_new_tuple, repeat(RowOutcome), fields))
 
 
 class Chunker:

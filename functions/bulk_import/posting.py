@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from bulk_import.chunking import Chunk, RowOutcome
+from bulk_import.chunking import USER_ID_OF, Chunk, RowOutcome
 from bulk_import.models import ChunkRecord, Outcome
 from bulk_import.redaction import redact_text
 from bulk_import.vital import (
@@ -149,8 +149,10 @@ def map_result(chunk: Chunk, result: PostResult) -> list[RowOutcome]:
     """Rows of a 200 by Vital's imported/failed lists; every row of a 202 is enqueued."""
     if result.body is None:
         return chunk.outcomes(Outcome.ENQUEUED, ENQUEUED_DETAIL)
-    imported = {u.lower() for u in result.body.user_ids_imported}
-    failed = {u.lower() for u in result.body.user_ids_failed}
+    imported = set(map(str.lower, result.body.user_ids_imported))
+    failed = set(map(str.lower, result.body.user_ids_failed))
+    if not failed and imported.issuperset(map(USER_ID_OF, chunk.rows)):
+        return chunk.outcomes(Outcome.IMPORTED, IMPORTED_DETAIL)  # the usual answer
     outcomes = []
     for row in chunk.rows:
         if row.user_id in imported:
