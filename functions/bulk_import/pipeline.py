@@ -542,7 +542,10 @@ class _Run:
 
     def _absorb(self, report: ChunkReport) -> None:
         self.chunk_records.extend(report.records)
-        self._write(report.outcomes, report.chunk)
+        if report.shared is not None:
+            self._write_chunk(report.chunk, *report.shared)
+        else:
+            self._write(report.decided, report.chunk)
         self.chunks_done += 1
         self.probed = self.probed or report.fatal is None
         if report.fatal is not None and self.stop_reason is None:
@@ -618,7 +621,12 @@ class _Run:
     # --- bookkeeping --------------------------------------------------------------------------
 
     def _write_chunk(self, chunk: Chunk, outcome: Outcome, detail: str) -> None:
-        self._write(chunk.outcomes(outcome, detail), chunk)
+        """One outcome for every row of a chunk: no tuple per row (the usual case)."""
+        self.outcomes.write_same(chunk.rows, chunk.provider, outcome, detail)
+        self.tally.add_same(chunk.provider, outcome, len(chunk.rows))
+        if outcome in RETRY_OUTCOMES:
+            for row in chunk.rows:
+                self.retries.write(chunk.provider, row.payload)
 
     def _write(self, outcomes: list[RowOutcome], source: Chunk | None = None) -> None:
         """Record outcomes; failed and errored rows of a chunk also go to retry.jsonl."""

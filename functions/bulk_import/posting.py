@@ -33,12 +33,32 @@ UNREPORTED_DETAIL = "Vital's response did not mention this user"
 
 @dataclass(slots=True)
 class ChunkReport:
-    """What happened to one chunk: one record per request made, one outcome per row."""
+    """What happened to one chunk: one record per request made, one outcome per row.
+
+    The usual answer gives every row of the chunk one outcome (Vital imported them all, or
+    enqueued them, or the request failed): that is ``shared``, with no tuple per row. Rows
+    decided one by one (422s, partial answers) are in ``decided``.
+    """
 
     chunk: Chunk
     records: list[ChunkRecord] = field(default_factory=list)
-    outcomes: list[RowOutcome] = field(default_factory=list)
+    decided: list[RowOutcome] = field(default_factory=list)
+    shared: tuple[Outcome, str] | None = None
     fatal: VitalAuthError | None = None
+
+    @property
+    def outcomes(self) -> list[RowOutcome]:
+        """Every row's outcome, one tuple each (built on demand when shared)."""
+        if self.shared is not None:
+            return self.chunk.outcomes(*self.shared)
+        return self.decided
+
+    def add(self, rows: Chunk, outcome: Outcome, detail: str) -> None:
+        """One outcome for every row of ``rows`` (the whole chunk, or part of it)."""
+        if rows is self.chunk and self.shared is None and not self.decided:
+            self.shared = (outcome, detail)
+        else:
+            self.decided.extend(rows.outcomes(outcome, detail))
 
 
 def post_chunk(client: VitalClient, chunk: Chunk, wait_for_completion: bool) -> ChunkReport:
@@ -56,8 +76,7 @@ class _Poster:
 
     def post(self, chunk: Chunk, *, resent: bool) -> None:
         if self.report.fatal is not None:  # e.g. the key was revoked in the middle of a bisection
-            detail = f"not sent: {self.report.fatal}"
-            self.report.outcomes.extend(chunk.outcomes(Outcome.ERRORED, detail))
+            self.report.add(chunk, Outcome.ERRORED, f"not sent: {self.report.fatal}")
             return
         self.requests += 1
         started = time.monotonic()
@@ -68,14 +87,18 @@ class _Poster:
             self._rejected(chunk, exc, resent=resent)
         except VitalAuthError as exc:
             self._record(chunk, started, exc.status, exc.attempts, str(exc))
-            self.report.outcomes.extend(chunk.outcomes(Outcome.ERRORED, str(exc)))
+            self.report.add(chunk, Outcome.ERRORED, str(exc))
             self.report.fatal = exc
         except VitalError as exc:
             self._record(chunk, started, exc.status, exc.attempts, str(exc))
-            self.report.outcomes.extend(chunk.outcomes(Outcome.ERRORED, str(exc)))
+            self.report.add(chunk, Outcome.ERRORED, str(exc))
         else:
             self._record(chunk, started, result.status, result.attempts, None)
-            self.report.outcomes.extend(map_result(chunk, result))
+            same = same_result(chunk, result)
+            if same is not None:
+                self.report.add(chunk, *same)
+            else:
+                self.report.decided.extend(map_result(chunk, result))
 
     def _rejected(self, chunk: Chunk, exc: VitalRejected, *, resent: bool) -> None:
         """Reject the rows a 422 points at and resend the rest once; else bisect to find them."""
@@ -89,7 +112,7 @@ class _Poster:
         if pointed and not resent:
             for index, reason in pointed.items():
                 row = chunk.rows[index]
-                self.report.outcomes.append(
+                self.report.decided.append(
                     RowOutcome(row.line, row.user_id, chunk.provider, Outcome.REJECTED, reason)
                 )
             rest = chunk.subset(r for i, r in enumerate(chunk.rows) if i not in pointed)
@@ -99,7 +122,7 @@ class _Poster:
         whole = _whole_body_issue(exc)
         if len(chunk.rows) == 1 or whole is not None:
             # One row left, or Vital objects to something every row shares (e.g. the provider).
-            self.report.outcomes.extend(chunk.outcomes(Outcome.REJECTED, whole or str(exc)))
+            self.report.add(chunk, Outcome.REJECTED, whole or str(exc))
             return
         middle = len(chunk.rows) // 2
         for half in (chunk.rows[:middle], chunk.rows[middle:]):
@@ -112,7 +135,7 @@ class _Poster:
                 f"not sent: could not isolate the rows Vital rejected within "
                 f"{MAX_EXTRA_REQUESTS} extra requests ({exc})"
             )
-            self.report.outcomes.extend(chunk.outcomes(Outcome.ERRORED, redact_text(detail)))
+            self.report.add(chunk, Outcome.ERRORED, redact_text(detail))
             return
         self.post(chunk, resent=resent)
 
@@ -145,14 +168,26 @@ def _whole_body_issue(exc: VitalRejected) -> str | None:
     return None
 
 
+def same_result(chunk: Chunk, result: PostResult) -> tuple[Outcome, str] | None:
+    """The outcome every row shares, for the usual answers: a 202, or a 200 importing all."""
+    if result.body is None:
+        return Outcome.ENQUEUED, ENQUEUED_DETAIL
+    if result.body.user_ids_failed:
+        return None
+    imported = set(map(str.lower, result.body.user_ids_imported))
+    if imported.issuperset(map(USER_ID_OF, chunk.rows)):
+        return Outcome.IMPORTED, IMPORTED_DETAIL
+    return None
+
+
 def map_result(chunk: Chunk, result: PostResult) -> list[RowOutcome]:
     """Rows of a 200 by Vital's imported/failed lists; every row of a 202 is enqueued."""
-    if result.body is None:
-        return chunk.outcomes(Outcome.ENQUEUED, ENQUEUED_DETAIL)
+    same = same_result(chunk, result)
+    if same is not None:
+        return chunk.outcomes(*same)
+    assert result.body is not None  # noqa: S101 - same_result answers every 202
     imported = set(map(str.lower, result.body.user_ids_imported))
     failed = set(map(str.lower, result.body.user_ids_failed))
-    if not failed and imported.issuperset(map(USER_ID_OF, chunk.rows)):
-        return chunk.outcomes(Outcome.IMPORTED, IMPORTED_DETAIL)  # the usual answer
     outcomes = []
     for row in chunk.rows:
         if row.user_id in imported:

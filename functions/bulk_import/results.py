@@ -19,8 +19,8 @@ from typing import IO, TYPE_CHECKING
 
 from boto3.s3.transfer import TransferConfig
 
-from bulk_import.chunking import RowOutcome
-from bulk_import.models import Manifest
+from bulk_import.chunking import LINE_OF, USER_ID_OF, PendingRow, RowOutcome
+from bulk_import.models import Manifest, Outcome
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -99,6 +99,19 @@ class Spool:
 
 
 class OutcomeSpool(Spool):
+    def write_same(
+        self, rows: Sequence[PendingRow], provider: str, outcome: Outcome, detail: str
+    ) -> None:
+        """Rows sharing one outcome (a whole chunk's): the common part is formatted once."""
+        if not rows:
+            return
+        if not (_PLAIN.fullmatch(provider) and _plain(detail) and _plain_ids(rows)):
+            self.write([RowOutcome(r.line, r.user_id, provider, outcome, detail) for r in rows])
+            return
+        tail = f",{provider},{outcome.value},{detail}\n"
+        heads = map(_HEAD.__mod__, zip(map(LINE_OF, rows), map(USER_ID_OF, rows), strict=True))
+        self.write_bytes((tail.join(heads) + tail).encode(), len(rows))
+
     def write(self, outcomes: Sequence[RowOutcome]) -> None:
         if not outcomes:
             return
@@ -112,7 +125,8 @@ class OutcomeSpool(Spool):
 
 
 _LINE = "%d,%s,%s,%s,%s\n"  # line, user_id, provider, outcome (a StrEnum: its value), detail
-_USER_ID = operator.attrgetter("user_id")
+_HEAD = "%d,%s"  # line, user_id
+_USER_ID = operator.attrgetter("user_id")  # of a RowOutcome or a PendingRow
 _PROVIDER_AND_DETAIL = operator.attrgetter("provider", "detail")
 # Plain values, one per line: newlines cannot occur inside a plain value, so the count of
 # newlines tells that no value hid one.
@@ -123,13 +137,18 @@ _PLAIN_LINES = re.compile(
 
 def _all_plain(outcomes: Sequence[RowOutcome]) -> bool:
     """True when no value of any row needs CSV quoting or formula neutralising."""
-    ids = "\n".join(map(_USER_ID, outcomes))
-    if ids.count("\n") != len(outcomes) - 1 or not _PLAIN_LINES.fullmatch(ids):
+    if not _plain_ids(outcomes):
         return False
     return all(
         _PLAIN.fullmatch(provider) and _plain(detail)
         for provider, detail in set(map(_PROVIDER_AND_DETAIL, outcomes))
     )
+
+
+def _plain_ids(rows: Sequence[RowOutcome] | Sequence[PendingRow]) -> bool:
+    """True when no row's user id needs quoting: one regex over all of them, in C."""
+    ids = "\n".join(map(_USER_ID, rows))
+    return ids.count("\n") == len(rows) - 1 and _PLAIN_LINES.fullmatch(ids) is not None
 
 
 def _plain_row(o: RowOutcome) -> bool:

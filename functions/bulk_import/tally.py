@@ -27,6 +27,13 @@ class Tally:
         self._by_provider.update(map(_PROVIDER_AND_OUTCOME, outcomes))
         self._totals.update(map(_OUTCOME, outcomes))
 
+    def add_same(self, provider: str, outcome: Outcome, rows: int) -> None:
+        """``rows`` rows of one provider with one outcome (a whole chunk's)."""
+        if rows <= 0:
+            return
+        self._by_provider[provider, outcome] += rows
+        self._totals[outcome] += rows
+
     def __getitem__(self, outcome: Outcome) -> int:
         return self._totals[outcome]
 

@@ -295,6 +295,17 @@ def test_tally_counts_add_up_per_outcome_and_provider(
     assert restored.providers() == providers
 
 
+@FAST
+@given(items=outcomes, provider=st.sampled_from(["oura", "fitbit", ""]))
+def test_a_shared_outcome_counts_as_that_many_rows(
+    items: list[tuple[Outcome, int]], provider: str
+) -> None:
+    each, same = _tally(items, provider), Tally()
+    for outcome, n in items:
+        same.add_same(provider, outcome, n)
+    assert (same.counts(), same.providers()) == (each.counts(), each.providers())
+
+
 def test_unbalanced_counts_are_detected() -> None:
     assert not _balanced(Counts(rows=2, imported=1))
     assert _balanced(Counts(rows=2, imported=1, duplicates=1))

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulk_import.chunking import RowOutcome, serialise
+from bulk_import.chunking import PendingRow, RowOutcome, serialise
 from bulk_import.formats import Format, read_records
 from bulk_import.models import ConnectionRow, Counts, Manifest, Outcome, SourceRef
 from bulk_import.results import (
@@ -249,3 +249,29 @@ def test_fast_outcome_lines_parse_like_the_csv_module(rows: list[tuple]) -> None
         )
     parse = lambda text: list(csv.reader(io.StringIO(text, newline="")))  # noqa: E731
     assert parse(written.getvalue().decode()) == parse(expected.getvalue())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=1, max_value=10**9), st.text(max_size=40) | _near_plain),
+        max_size=20,
+    ),
+    st.text(max_size=20) | _near_plain | st.sampled_from(["oura", ""]),
+    st.sampled_from(list(Outcome)),
+    st.text(max_size=60) | _near_plain | st.just(""),
+)
+def test_a_shared_outcome_writes_the_bytes_of_one_outcome_per_row(
+    rows: list[tuple[int, str]], provider: str, outcome: Outcome, detail: str
+) -> None:
+    """``write_same`` (a whole chunk's one outcome, formatted once) is a shortcut, not a format."""
+    pending = [PendingRow(line, user_id, b"{}") for line, user_id in rows]
+    each, same = OutcomeSpool(), OutcomeSpool()
+    each.write([RowOutcome(r.line, r.user_id, provider, outcome, detail) for r in pending])
+    same.write_same(pending, provider, outcome, detail)
+    expected, written = io.BytesIO(), io.BytesIO()
+    each.copy_to(expected)
+    same.copy_to(written)
+    assert (same.lines, written.getvalue()) == (each.lines, expected.getvalue())
+    each.close()
+    same.close()
