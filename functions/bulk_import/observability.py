@@ -7,6 +7,7 @@ never logs row contents or request bodies in the first place.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -14,11 +15,12 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from aws_lambda_powertools import Logger, Metrics, Tracer, single_metric
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.metrics import MetricUnit
-from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 
 from bulk_import.redaction import redact_text
 
 if TYPE_CHECKING:
+    from stamina.instrumentation import RetryDetails
+
     from bulk_import.models import Manifest
     from bulk_import.vital import CallStats
 
@@ -96,7 +98,16 @@ def _log_retry(details: RetryDetails) -> None:
     )
 
 
-set_on_retry_hooks([_log_retry])
+@functools.cache
+def log_retries() -> None:
+    """stamina's retry notices into this log; called before the first retry, once.
+
+    Not at import: stamina and tenacity cost ~10 ms of every cold start, and most invocations
+    never retry (``vital.VitalClient._retry`` imports them when one does).
+    """
+    from stamina.instrumentation import set_on_retry_hooks  # noqa: PLC0415 - rare path
+
+    set_on_retry_hooks([_log_retry])
 
 
 def record_file_metrics(manifest: Manifest | None, stats: CallStats | None) -> None:

@@ -25,7 +25,6 @@ from typing import Any, NoReturn
 
 import httpx
 import pydantic
-import stamina
 
 from bulk_import.config import Settings
 from bulk_import.models import (
@@ -35,6 +34,7 @@ from bulk_import.models import (
     ValidationErrorBody,
     ValidationIssue,
 )
+from bulk_import.observability import log_retries
 from bulk_import.redaction import MASK, redact_text
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -391,6 +391,23 @@ class VitalClient:
 
     def _with_retries[T](self, call: _Call, attempt_once: Callable[[], T]) -> T:
         try:
+            return self._attempt(call, attempt_once)
+        except (_Retryable, httpx.TransportError) as exc:
+            first_failure: Exception = exc
+        return self._retry(call, attempt_once, first_failure)
+
+    def _retry[T](self, call: _Call, attempt_once: Callable[[], T], failed: Exception) -> T:
+        """After a first attempt failed: stamina decides from that failure on, as from the start.
+
+        stamina (with tenacity) is imported here, on the rare path: ~10 ms of every cold start
+        otherwise, and most invocations never retry. Its loop starts by re-raising the failure
+        already seen, so its attempt count, testing mode and hooks see the same sequence.
+        """
+        import stamina  # noqa: PLC0415 - only a retry needs it (cold start)
+
+        log_retries()
+        replay: Exception | None = failed
+        try:
             for attempt in stamina.retry_context(
                 on=lambda exc: self._backoff(exc, call),
                 attempts=call.max_attempts,
@@ -400,26 +417,34 @@ class VitalClient:
                 wait_jitter=0.0,
             ):
                 with attempt:
-                    self._start_attempt(call)
-                    try:
-                        return attempt_once()
-                    except RETRYABLE_TRANSPORT_ERRORS as exc:
-                        call.last = f"{type(exc).__name__} talking to Vital"
-                        call.last_status = None
-                        self.stats.record(transport_errors=1)
-                        raise
-                    except httpx.HTTPError as exc:  # e.g. UnsupportedProtocol: no retry helps
-                        msg = f"could not talk to Vital ({type(exc).__name__})"
-                        raise VitalClientError(msg) from None
-                    except _Retryable as exc:
-                        call.last = f"HTTP {exc.status}"
-                        raise
+                    if replay is not None:
+                        seen, replay = replay, None
+                        raise seen
+                    return self._attempt(call, attempt_once)
         finally:
             if call.pending_wait is not None:  # the hook allowed a retry stamina did not make
                 call.pending_wait = None
                 with self._budget_lock:
                     self._budget_left += 1
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempt[T](self, call: _Call, attempt_once: Callable[[], T]) -> T:
+        """One attempt; what escapes is a retry candidate (``_Retryable``, a transport error)
+        or final (any ``VitalError``)."""
+        self._start_attempt(call)
+        try:
+            return attempt_once()
+        except RETRYABLE_TRANSPORT_ERRORS as exc:
+            call.last = f"{type(exc).__name__} talking to Vital"
+            call.last_status = None
+            self.stats.record(transport_errors=1)
+            raise
+        except httpx.HTTPError as exc:  # e.g. UnsupportedProtocol: no retry helps
+            msg = f"could not talk to Vital ({type(exc).__name__})"
+            raise VitalClientError(msg) from None
+        except _Retryable as exc:
+            call.last = f"HTTP {exc.status}"
+            raise
 
     def _start_attempt(self, call: _Call) -> None:
         call.attempts += 1
@@ -431,6 +456,8 @@ class VitalClient:
         """stamina's hook: False to stop, else the seconds to wait before the next attempt."""
         if not isinstance(exc, _Retryable | httpx.TransportError):
             return False
+        import stamina  # noqa: PLC0415 - loaded by _retry, which calls this hook
+
         if call.attempts >= call.max_attempts and not stamina.is_testing():
             return False  # stamina stops here anyway; spend no budget on it
         if self.breaker.open:

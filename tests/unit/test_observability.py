@@ -1,12 +1,24 @@
-"""The tracer is Powertools' Tracer in Lambda and a no-op elsewhere (no X-Ray import cost)."""
+"""Observability's import costs and hooks.
+
+The tracer is Powertools' Tracer in Lambda and a no-op elsewhere (no X-Ray import cost); the
+retry machinery is imported, and its notices routed to the structured log, only on a retry.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
 
+import httpx
 import pytest
+import stamina
+
+from bulk_import.config import Settings
+from bulk_import.observability import logger
+from bulk_import.vital import VitalClient
 
 PROBE = (
     "import sys, bulk_import.handler; from bulk_import.observability import tracer; "
@@ -50,3 +62,51 @@ def test_idempotency_utility_is_not_imported_without_a_table() -> None:
         check=True,
     ).stdout.strip()
     assert out == "False"
+
+
+def test_retry_machinery_is_imported_only_when_a_request_is_retried() -> None:
+    """stamina and tenacity cost ~10 ms of every cold start; an invocation that never retries
+    should not pay it (``vital.VitalClient._retry`` imports them on the first retry)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, bulk_import.handler; "
+            "print('stamina' in sys.modules, 'tenacity' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert out == "False False"
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+def test_a_retry_is_logged_as_a_structured_line() -> None:
+    answers = [httpx.Response(503), httpx.Response(200, json={"user_ids_imported": []})]
+    settings = Settings.model_validate(
+        {"VITAL_API_KEY_SECRET": "x", "VITAL_API_BASE_URL": "http://vital.test"}
+    )
+    transport = httpx.MockTransport(lambda request: answers.pop(0))
+    capture = _Lines()
+    capture.setFormatter(logger.registered_formatter)  # what CloudWatch would get
+    logger.addHandler(capture)
+    try:
+        with (
+            stamina.set_testing(True, attempts=3),
+            VitalClient(settings, "sk_unit_KEY_0123456789", lambda: 900.0, transport) as vital,
+        ):
+            result = vital.post_bulk_import(b'{"provider":"oura","connections":[]}')
+    finally:
+        logger.removeHandler(capture)
+    assert result.attempts == 2
+    [retry] = [json.loads(line) for line in capture.lines if "retry scheduled" in line]
+    assert (retry["retry"], retry["cause"]) == (1, "_Retryable")
