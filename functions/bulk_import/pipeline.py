@@ -171,6 +171,7 @@ class _Run:
         self.error: FileError | None = None
         self.stop_reason: FileError | None = None
         self.client: VitalClient | None = None
+        self.client_future: Future[VitalClient] | None = None
         self.executor: ThreadPoolExecutor | None = None
         self.in_flight: dict[Future[ChunkReport], tuple[int, Chunk]] = {}
         self.chunker = Chunker(settings.chunk_size, settings.max_body_bytes)
@@ -188,6 +189,7 @@ class _Run:
 
     def execute(self) -> FileResult:
         try:
+            self._start_client()  # nearly every run needs it; its set-up overlaps S3's answers
             skipped = self._prepare()
             if skipped is not None:
                 return skipped
@@ -195,8 +197,10 @@ class _Run:
         finally:
             self.outcomes.close()
             self.retries.close()
-            if self.client is not None:
-                self.client.close()
+            if self.executor is not None:  # already drained, unless something went wrong
+                self.executor.shutdown(wait=False)
+            if self.client_future is not None:  # now, or once built if still on its way
+                self.client_future.add_done_callback(_close_client)
 
     def _prepare(self) -> FileResult | None:  # noqa: PLR0911 - a decision table of early exits
         """Resume, skip a duplicate, or re-send a lost hand-off; None to start fresh or resume."""
@@ -501,17 +505,34 @@ class _Run:
         rate = sent / elapsed
         return max(self.lease_step, min(int(rate * CHECKPOINT_SECONDS), 64 * self.lease_step))
 
-    def _client(self) -> VitalClient:
-        if self.client is None:
-            self.client = VitalClient(
-                self.settings,
-                self.deps.api_key(),
-                self.deps.remaining_seconds,
-                self.deps.transport,
-            )
+    def _start_client(self) -> None:
+        """Build the Vital client on a posting thread while the checkpoint, the object and the
+        first rows are read.
+
+        The API key is a Secrets Manager call and the TLS context loads CA certificates without
+        holding the GIL: ~50 ms that no longer delays the first request. A failure (say, the
+        secret is missing) surfaces where the client is first needed, as it would have. A run
+        that turns out to be a duplicate leaves it unused (the key stays cached for the next).
+        """
+        if self.client_future is None:
             self.executor = ThreadPoolExecutor(
                 max_workers=self.settings.max_concurrency, thread_name_prefix="vital-post"
             )
+            self.client_future = self.executor.submit(self._new_client)
+
+    def _new_client(self) -> VitalClient:
+        return VitalClient(
+            self.settings,
+            self.deps.api_key(),
+            self.deps.remaining_seconds,
+            self.deps.transport,
+        )
+
+    def _client(self) -> VitalClient:
+        if self.client is None:
+            self._start_client()
+            assert self.client_future is not None  # noqa: S101 - just started
+            self.client = self.client_future.result()
         return self.client
 
     def _collect(self) -> None:
@@ -742,6 +763,11 @@ class _Run:
             segments=self.ref.segment + 1,
             error=errors.to_info(self.error),
         )
+
+
+def _close_client(future: Future[VitalClient]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
 
 
 def _now() -> str:

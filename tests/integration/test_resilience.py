@@ -325,6 +325,27 @@ def test_wrong_api_key_fails_the_file_fast(stack: Stack, monkeypatch: pytest.Mon
     assert by_line[60]["detail"].startswith("not sent: Vital rejected the API key (401)")
 
 
+def test_missing_api_key_secret_fails_the_file_saying_what_to_fix(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is fetched while the file opens (on a posting thread); its failure still lands
+    where the first request would have gone: nothing sent, every row errored, the file failed."""
+    monkeypatch.setenv("CHUNK_SIZE", "5")
+    monkeypatch.setenv("VITAL_API_KEY_SECRET", "vital/no-such-secret")
+    put_rows(stack, "incoming/no-secret.jsonl", 12)
+
+    manifest, outcomes = run(stack, "incoming/no-secret.jsonl")
+
+    assert stack.vital.bulk_import_requests() == []
+    assert manifest["status"] == "failed"
+    assert manifest["error"]["type"] == "ConfigurationError"
+    assert "'vital/no-such-secret'" in manifest["error"]["message"]
+    assert "VITAL_API_KEY_SECRET" in manifest["error"]["message"]
+    assert manifest["counts"]["errored"] == 12
+    by_line = check_invariants(stack, manifest, outcomes, 12)
+    assert by_line[12]["detail"].startswith("not sent: could not read the Vital API key")
+
+
 @pytest.mark.usefixtures("no_waits")
 def test_link_migration_disabled_fails_the_file_fast(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
