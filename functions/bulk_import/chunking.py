@@ -43,7 +43,7 @@ class RowOutcome(NamedTuple):
     detail: str = ""
 
 
-# PendingRow.line and PendingRow.user_id as C-level getters, for code that maps over rows.
+# PendingRow fields as C-level getters, for code that maps over many rows.
 LINE_OF = itemgetter(0)
 USER_ID_OF = itemgetter(1)
 _PAYLOAD_OF = itemgetter(2)
