@@ -141,7 +141,9 @@ def _clean(parts: list[bytes], number: int, limit: int) -> list[bytes | None]:
     if max(map(len, parts), default=0) <= limit:  # the common case: no line near the limit
         lines: list[bytes | None] = [part.strip() for part in parts]
     else:
-        lines = [None if len(p.rstrip(b"\r")) > limit else p.strip() for p in parts]
+        # A line's length leaves out its ending ("\n" or "\r\n"), nothing more: a stray "\r"
+        # before it counts, as it does while the line is still the carry between blocks.
+        lines = [None if len(p) - p.endswith(b"\r") > limit else p.strip() for p in parts]
     if number == 1 and lines and lines[0] is not None and parts[0].startswith(_BOM):
         lines[0] = parts[0][len(_BOM) :].strip()
     return lines

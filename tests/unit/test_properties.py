@@ -409,14 +409,14 @@ def test_canonical_rows_take_the_fast_path() -> None:
 
 
 def _lines_one_by_one(data: bytes, limit: int) -> list[tuple[int, bytes | None]]:
-    """The reference: one ``readline`` per line, as the reader worked before it read blocks."""
+    """The reference: one ``readline`` per line; a line's length leaves out its ending only."""
     out: list[tuple[int, bytes | None]] = []
     stream = io.BytesIO(data)
     number = 0
     while raw := stream.readline():
         number += 1
-        content = raw.rstrip(b"\r\n") if raw.endswith(b"\n") else raw
-        if len(content.rstrip(b"\r")) > limit:
+        content = raw.removesuffix(b"\n").removesuffix(b"\r")  # the line ending only
+        if len(content) > limit:
             out.append((number, None))
             continue
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -442,6 +442,13 @@ _line_bytes = st.sampled_from(
 )
 # A block that ends on the "\r" of a line exactly at the limit: not too long once "\n" comes.
 @example(lines=[b"abc", b"{}"], newline=b"\r\n", final_newline=True, limit=3, block=4)
+# A stray "\r" before the "\r\n" is part of the line, whichever block it ends up in.
+@example(
+    lines=[b"\x00\x00\x00\x00\r", b"{}"], newline=b"\r\n", final_newline=False, limit=4, block=1
+)
+@example(
+    lines=[b"\x00\x00\x00\x00\r", b"{}"], newline=b"\r\n", final_newline=False, limit=4, block=20
+)
 def test_jsonl_blocks_match_reading_line_by_line(
     lines: list[bytes], newline: bytes, final_newline: bool, limit: int, block: int
 ) -> None:
