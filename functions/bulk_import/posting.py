@@ -94,11 +94,28 @@ class _Poster:
             self.report.add(chunk, Outcome.ERRORED, str(exc))
         else:
             self._record(chunk, started, result.status, result.attempts, None)
-            same = same_result(chunk, result)
-            if same is not None:
-                self.report.add(chunk, *same)
+            self._answered(chunk, result)
+
+    def _answered(self, chunk: Chunk, result: PostResult) -> None:
+        """Rows of a 200 by Vital's imported/failed lists; every row of a 202 is enqueued."""
+        if result.body is None:
+            self.report.add(chunk, Outcome.ENQUEUED, ENQUEUED_DETAIL)
+            return
+        imported = set(map(str.lower, result.body.user_ids_imported))
+        failed = set(map(str.lower, result.body.user_ids_failed))
+        if not failed and imported.issuperset(map(USER_ID_OF, chunk.rows)):
+            self.report.add(chunk, Outcome.IMPORTED, IMPORTED_DETAIL)  # the usual answer
+            return
+        for row in chunk.rows:
+            if row.user_id in imported:
+                outcome, detail = Outcome.IMPORTED, IMPORTED_DETAIL
+            elif row.user_id in failed:
+                outcome, detail = Outcome.FAILED, FAILED_DETAIL
             else:
-                self.report.decided.extend(map_result(chunk, result))
+                outcome, detail = Outcome.ERRORED, UNREPORTED_DETAIL
+            self.report.decided.append(
+                RowOutcome(row.line, row.user_id, chunk.provider, outcome, detail)
+            )
 
     def _rejected(self, chunk: Chunk, exc: VitalRejected, *, resent: bool) -> None:
         """Reject the rows a 422 points at and resend the rest once; else bisect to find them."""
@@ -166,35 +183,3 @@ def _whole_body_issue(exc: VitalRejected) -> str | None:
         where = ".".join(map(str, loc[1:] if loc[0] == "body" else loc))
         return redact_text(f"rejected by Vital: {where}: {issue.msg}")[:300]
     return None
-
-
-def same_result(chunk: Chunk, result: PostResult) -> tuple[Outcome, str] | None:
-    """The outcome every row shares, for the usual answers: a 202, or a 200 importing all."""
-    if result.body is None:
-        return Outcome.ENQUEUED, ENQUEUED_DETAIL
-    if result.body.user_ids_failed:
-        return None
-    imported = set(map(str.lower, result.body.user_ids_imported))
-    if imported.issuperset(map(USER_ID_OF, chunk.rows)):
-        return Outcome.IMPORTED, IMPORTED_DETAIL
-    return None
-
-
-def map_result(chunk: Chunk, result: PostResult) -> list[RowOutcome]:
-    """Rows of a 200 by Vital's imported/failed lists; every row of a 202 is enqueued."""
-    same = same_result(chunk, result)
-    if same is not None:
-        return chunk.outcomes(*same)
-    assert result.body is not None  # noqa: S101 - same_result answers every 202
-    imported = set(map(str.lower, result.body.user_ids_imported))
-    failed = set(map(str.lower, result.body.user_ids_failed))
-    outcomes = []
-    for row in chunk.rows:
-        if row.user_id in imported:
-            outcome, detail = Outcome.IMPORTED, IMPORTED_DETAIL
-        elif row.user_id in failed:
-            outcome, detail = Outcome.FAILED, FAILED_DETAIL
-        else:
-            outcome, detail = Outcome.ERRORED, UNREPORTED_DETAIL
-        outcomes.append(RowOutcome(row.line, row.user_id, chunk.provider, outcome, detail))
-    return outcomes

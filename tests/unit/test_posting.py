@@ -158,6 +158,7 @@ def test_200_maps_imported_failed_and_unreported() -> None:
         )
 
     report, fake, _ = post(respond, chunk)
+    assert report.shared is None  # rows decided one by one
     assert outcomes_by_line(report) == {
         2: (user(0), Outcome.IMPORTED, IMPORTED_DETAIL),
         3: (user(1), Outcome.FAILED, FAILED_DETAIL),
@@ -177,6 +178,15 @@ def test_200_maps_imported_failed_and_unreported() -> None:
         "http_status": 200,
         "attempts": 1,
         "note": None,
+    }
+
+
+def test_a_whole_chunk_imported_is_one_shared_outcome_not_a_tuple_per_row() -> None:
+    chunk = make_chunk(3)
+    report, _, _ = post(all_imported, chunk)
+    assert (report.shared, report.decided) == ((Outcome.IMPORTED, IMPORTED_DETAIL), [])
+    assert outcomes_by_line(report) == {
+        line: (user(i), Outcome.IMPORTED, IMPORTED_DETAIL) for i, line in enumerate((2, 3, 4))
     }
 
 
