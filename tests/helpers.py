@@ -7,7 +7,7 @@ import gzip
 import io
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import zstandard
@@ -77,3 +77,16 @@ def compress(data: bytes, compression: str) -> bytes:
 
 def parse_outcomes(data: bytes) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+
+
+def all_strings(value: Any) -> Iterator[str]:
+    """Every string in a JSON-like value, keys included (what a leak search must look for)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from all_strings(k)
+            yield from all_strings(v)
+    elif isinstance(value, list):
+        for item in value:
+            yield from all_strings(item)

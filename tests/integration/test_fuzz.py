@@ -21,7 +21,6 @@ import subprocess
 import sys
 import zlib
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from hypothesis import strategies as st
 
 from bulk_import.models import ROW_FIELDS
 from local.events import s3_event
-from tests.helpers import compress, encode_rows, make_row
+from tests.helpers import all_strings, compress, encode_rows, make_row
 from tests.integration.conftest import Stack
 from tests.integration.test_hygiene import Secrets, stray_token
 
@@ -175,7 +174,7 @@ def wrong_types(draw: st.DrawFn) -> Case:
         row.update(draw(st.dictionaries(fields, json_values, max_size=3)))
     if fmt == "jsonl" and draw(st.booleans()):
         rows.insert(0, draw(json_values))  # a line that is no object at all
-    tokens += [t for t in _all_strings(rows) if t.startswith("tok-XT-")]
+    tokens += [t for t in all_strings(rows) if t.startswith("tok-XT-")]
     return Case("wrong-types", suffix(fmt, comp), compress(encode_any(rows, fmt), comp), tokens)
 
 
@@ -186,18 +185,6 @@ def encode_any(values: list[Any], fmt: str) -> bytes:
     if fmt == "json":
         return json.dumps(values).encode()
     return b"".join(json.dumps(v).encode() + b"\n" for v in values)
-
-
-def _all_strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from _all_strings(k)
-            yield from _all_strings(v)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _all_strings(item)
 
 
 # --- the checks -------------------------------------------------------------------------------

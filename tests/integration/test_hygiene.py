@@ -54,6 +54,7 @@ from local.events import s3_event
 from tests.helpers import (
     RECIPE_COLUMNS,
     access_token,
+    all_strings,
     compress,
     encode_rows,
     make_row,
@@ -142,7 +143,7 @@ class Secrets:
     def add_rows(self, rows: Iterable[Any]) -> None:
         for row in rows:
             if isinstance(row, dict):
-                self.add(*_strings(row))
+                self.add(*all_strings(row))
 
     def __len__(self) -> int:
         return len(self._by_tail)
@@ -160,18 +161,6 @@ class Secrets:
                 for m in re.finditer(re.escape(key), text, re.IGNORECASE)
             ]
         return found
-
-
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from _strings(k)
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
 
 
 def _around(text: str, start: int, end: int) -> str:
