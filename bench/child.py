@@ -82,7 +82,7 @@ def main() -> None:
         profiler.start()
     gc_clock = _GcClock()
     gc.callbacks.append(gc_clock)
-    cpu0, wall0 = _cpu(), time.perf_counter()
+    cpu0, wall0, started_at = _cpu(), time.perf_counter(), time.time()
     info = module.run(spec)
     wall = time.perf_counter() - wall0
     cpu = _cpu() - cpu0
@@ -104,6 +104,7 @@ def main() -> None:
         "contender": spec["contender"],
         "import_s": import_s,
         "wall_s": wall,
+        "started_at": started_at,  # epoch: lines the run up with the stand-in's timestamps
         "cpu_s": cpu,
         "gc_s": gc_clock.seconds,
         "gc_collections": gc_clock.collections,

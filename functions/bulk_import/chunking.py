@@ -13,6 +13,7 @@ from typing import NamedTuple
 from pydantic_core import to_json
 
 from bulk_import.models import (
+    PROVIDERS,
     ChunkRecord,
     ConnectionRow,
     Outcome,
@@ -49,6 +50,7 @@ USER_ID_OF = itemgetter(1)
 _PAYLOAD_OF = itemgetter(2)
 # A NamedTuple's own constructor is Python code; tuple.__new__ builds the same tuple in C.
 _new_tuple = tuple.__new__
+_NONE: tuple[Chunk, ...] = ()  # what Chunker.add closes for most rows
 
 
 @cache
@@ -128,13 +130,19 @@ class Chunk:
 
 
 class Chunker:
-    """Buffers rows per provider; ``add`` returns a chunk when one is full."""
+    """Buffers rows per provider; ``add`` returns the chunks a row closed.
+
+    ``add`` runs once per row: its usual path (the row fits the open chunk, which stays open) is
+    one dict lookup, two comparisons and an append, and returns a shared empty tuple.
+    """
 
     def __init__(self, max_rows: int, max_bytes: int) -> None:
         self._max_rows = max_rows
         self._max_bytes = max_bytes
         self._open: dict[str, Chunk] = {}
         self._room: dict[str, int] = {}  # provider -> bytes of a body left for connections
+        # A payload this size or smaller fits alone in a body for any known provider.
+        self.fits_any = max_bytes - max(map(body_overhead, PROVIDERS))
 
     def _room_for(self, provider: str) -> int:
         room = self._room.get(provider)
@@ -145,23 +153,29 @@ class Chunker:
     def fits_alone(self, provider: str, payload: bytes) -> bool:
         return len(payload) <= self._room_for(provider)
 
-    def add(self, provider: str, row: PendingRow) -> list[Chunk]:
-        """Add a row; returns the chunks it closed (none, or one, or two when max_rows is 1)."""
-        closed: list[Chunk] = []
+    def add(self, provider: str, row: PendingRow) -> tuple[Chunk, ...]:
+        """Add a row; returns the chunks it closed (none, or one, or two when max_rows is 1).
+
+        A row that does not fit alone (see ``fits_alone``) still goes in, as a chunk of one.
+        """
         size = len(row.payload)
         current = self._open.get(provider)
-        # With the row, the body holds every payload plus one comma per row already there.
-        if current is not None and (
-            current.payload_bytes + len(current.rows) + size > self._room_for(provider)
-        ):
-            closed.append(self._open.pop(provider))
-            current = None
-        if current is None:
-            current = self._open[provider] = Chunk(provider)
-        current.rows.append(row)
-        current.payload_bytes += size
-        if len(current.rows) >= self._max_rows:
-            closed.append(self._open.pop(provider))
+        closed: tuple[Chunk, ...] = _NONE
+        if current is not None:
+            rows = current.rows
+            # With the row, the body holds every payload plus one comma per row already there.
+            if current.payload_bytes + len(rows) + size <= self._room[provider]:
+                rows.append(row)
+                current.payload_bytes += size
+                if len(rows) < self._max_rows:
+                    return _NONE
+                del self._open[provider]
+                return (current,)
+            closed = (self._open.pop(provider),)
+        self._room_for(provider)  # known from here on, for the usual path above
+        self._open[provider] = Chunk(provider, [row], size)
+        if self._max_rows == 1:
+            return (*closed, self._open.pop(provider))
         return closed
 
     def pending_rows(self) -> int:

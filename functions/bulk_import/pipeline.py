@@ -427,7 +427,8 @@ class _Run:
             return
         self.seen[identity] = line
         payload = serialise(row)
-        if not self.chunker.fits_alone(provider, payload):
+        chunker = self.chunker
+        if len(payload) > chunker.fits_any and not chunker.fits_alone(provider, payload):
             self._reject(
                 line,
                 None,
@@ -436,7 +437,7 @@ class _Run:
                 f"(MAX_BODY_BYTES={self.settings.max_body_bytes})",
             )
             return
-        for chunk in self.chunker.add(provider, _pending(PendingRow, (line, user_id, payload))):
+        for chunk in chunker.add(provider, _pending(PendingRow, (line, user_id, payload))):
             self._dispatch(chunk)
 
     # --- posting ------------------------------------------------------------------------------

@@ -165,6 +165,31 @@ def test_rows_without_any_provider_are_rejected_with_a_hint(stack: Stack) -> Non
     assert stack.vital.bulk_import_requests() == []
 
 
+@pytest.mark.parametrize("spelling", ["canonical", "lenient"])
+def test_a_row_too_large_for_any_request_is_rejected_and_the_rest_goes_on(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    # Given MAX_BODY_BYTES at its minimum and one row whose token alone is over it, in the
+    # canonical spelling (the JSONL fast path) or a lenient one (the full model)
+    monkeypatch.setenv("MAX_BODY_BYTES", "10000")
+    rows = [make_row(n, provider="oura") for n in range(1, 5)]
+    rows[1]["access_token"] = "x" * 10_001
+    if spelling == "lenient":
+        rows[1]["provider"] = "Oura"
+    stack.vital.add_known_users(*(user_id(n) for n in range(1, 5)))
+    stack.put("incoming/big.jsonl", encode_rows(rows, "jsonl"))
+
+    stack.import_keys("incoming/big.jsonl")
+
+    # Then that row alone is rejected, naming the setting, and the others are imported
+    by_line = {int(o["line"]): o for o in stack.outcomes("results/big.jsonl/")}
+    assert by_line[2]["outcome"] == "rejected"
+    assert "MAX_BODY_BYTES=10000" in by_line[2]["detail"]
+    assert [by_line[n]["outcome"] for n in (1, 3, 4)] == ["imported"] * 3
+    posted = stack.vital.posted_connections()
+    assert sorted(posted) == sorted(("oura", user_id(n)) for n in (1, 3, 4))
+
+
 def test_outcomes_csv_header_and_manifest_shape(stack: Stack) -> None:
     stack.vital.add_known_users(user_id(1))
     stack.put("incoming/one.csv", encode_rows([make_row(1)], "csv"))

@@ -199,14 +199,14 @@ def test_chunker_invariants(rows: list[tuple[str, int]], max_rows: int, extra_by
 def test_chunker_closes_on_rows_then_on_bytes() -> None:
     p = _payload(1, 10)
     chunker = Chunker(max_rows=2, max_bytes=10_000)
-    assert chunker.add("oura", PendingRow(1, "u1", p)) == []
+    assert not chunker.add("oura", PendingRow(1, "u1", p))
     [full] = chunker.add("oura", PendingRow(2, "u2", p))
     assert [r.line for r in full.rows] == [1, 2]
     # Bytes: room for exactly two payloads and one comma.
     exact = body_overhead("oura") + 2 * len(p) + 1
     chunker = Chunker(max_rows=100, max_bytes=exact)
-    assert chunker.add("oura", PendingRow(1, "u1", p)) == []
-    assert chunker.add("oura", PendingRow(2, "u2", p)) == []
+    assert not chunker.add("oura", PendingRow(1, "u1", p))
+    assert not chunker.add("oura", PendingRow(2, "u2", p))
     [closed] = chunker.add("oura", PendingRow(3, "u3", p))
     assert [r.line for r in closed.rows] == [1, 2]
     assert closed.size_bytes() == exact
@@ -214,6 +214,14 @@ def test_chunker_closes_on_rows_then_on_bytes() -> None:
     assert [r.line for r in rest.rows] == [3]
     assert chunker.fits_alone("oura", p)
     assert not chunker.fits_alone("oura", b"x" * exact)
+
+
+def test_fits_any_is_the_largest_payload_every_known_provider_takes_alone() -> None:
+    # The pipeline asks fits_alone only for payloads over fits_any: that must skip no refusal.
+    chunker = Chunker(max_rows=10, max_bytes=10_000)
+    edge = b"x" * chunker.fits_any
+    assert all(chunker.fits_alone(provider, edge) for provider in KNOWN_PROVIDERS)
+    assert not all(chunker.fits_alone(provider, edge + b"x") for provider in KNOWN_PROVIDERS)
 
 
 def test_chunk_body_exact_bytes() -> None:
