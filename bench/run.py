@@ -378,6 +378,11 @@ def print_report(
         )
         for item in cold["extra_modules_top"][:8]:
             print(f"    {item['self_ms']:>7.1f} ms  {item['module']}")
+        print(
+            f"  the baseline plus one pydantic model of one field: "
+            f"{cold['baseline_one_model_s'] * 1000:.0f} ms ({cold['one_model_ratio']:.2f} x the "
+            f"baseline); the handler is {cold['ratio_vs_one_model']:.2f} x that"
+        )
         bare = cold["source_only"]
         print(
             f"  without any .pyc (compiled from source each start): handler "
