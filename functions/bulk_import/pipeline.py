@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -81,6 +82,8 @@ BULK_OP_SKEW = timedelta(seconds=5)
 DEADLINE_CHECK_EVERY_RECORDS = 64
 # Checkpoints are spaced at least about this far apart when chunks go out quickly.
 CHECKPOINT_SECONDS = 2.0
+# Chunks handed to the posting threads at once, per thread: one being sent, one waiting.
+QUEUED_PER_THREAD = 2
 IN_DOUBT_DETAIL = (
     "in doubt: the function stopped while this chunk was being sent, so it is not sent again; "
     "check GET /v2/user/providers/{user_id} and re-upload the row from retry.jsonl if needed"
@@ -169,7 +172,9 @@ class _Run:
         self.next_seq = 0
         self.line = 0
         self.error: FileError | None = None
-        self.stop_reason: FileError | None = None
+        # Set with stop_reason: chunks still queued for the posting threads are not sent.
+        self.halt = threading.Event()
+        self._stop_reason: FileError | None = None
         self.client: VitalClient | None = None
         self.client_future: Future[VitalClient] | None = None
         self.executor: ThreadPoolExecutor | None = None
@@ -184,6 +189,17 @@ class _Run:
         self.lease_step = settings.checkpoint_every_chunks or 2 * settings.max_concurrency
         self.last_lease_at = time.monotonic()
         self.last_lease_seq = 0
+
+    @property
+    def stop_reason(self) -> FileError | None:
+        """Why no more chunks are sent (None: they are)."""
+        return self._stop_reason
+
+    @stop_reason.setter
+    def stop_reason(self, reason: FileError | None) -> None:
+        self._stop_reason = reason
+        if reason is not None:
+            self.halt.set()
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -466,8 +482,12 @@ class _Run:
             self._settle(seq)
             return
         # The first chunk goes alone: a rejected key or disabled Link Migration then costs one
-        # request, not MAX_CONCURRENCY of them.
-        while len(self.in_flight) >= (self.settings.max_concurrency if self.probed else 1):
+        # request, not MAX_CONCURRENCY of them. After it, up to MAX_CONCURRENCY chunks wait in
+        # the posting threads' queue behind the ones being sent: a thread that is answered
+        # starts the next request at once, while this thread goes on reading.
+        self._collect(block=False)
+        limit = QUEUED_PER_THREAD * self.settings.max_concurrency if self.probed else 1
+        while len(self.in_flight) >= limit:
             self._collect()
         if self.posted_here and self.deps.remaining_seconds() < self.settings.safety_margin_seconds:
             # Not numbered yet: a later invocation rebuilds this very chunk and sends it.
@@ -487,7 +507,9 @@ class _Run:
                 self.next_seq = seq  # not sent: a retry rebuilds this chunk and sends it
                 raise
         assert self.executor is not None  # noqa: S101 - created with the client
-        future = self.executor.submit(post_chunk, client, chunk, self.settings.wait_for_completion)
+        future = self.executor.submit(
+            post_chunk, client, chunk, self.settings.wait_for_completion, self.halt
+        )
         self.in_flight[future] = (seq, chunk)
         self.posted_here += 1
 
@@ -536,10 +558,14 @@ class _Run:
             self.client = self.client_future.result()
         return self.client
 
-    def _collect(self) -> None:
+    def _collect(self, *, block: bool = True) -> None:
+        """Absorb answered chunks in the order they were sent: at least one (waiting for it if
+        need be) or, with ``block`` False, those already answered."""
         if not self.in_flight:
             return
-        done, _ = wait(self.in_flight, return_when=FIRST_COMPLETED)
+        if block:
+            wait(self.in_flight, return_when=FIRST_COMPLETED)
+        done = [future for future in self.in_flight if future.done()]
         for future in done:
             seq, chunk = self.in_flight.pop(future)
             try:
@@ -563,6 +589,9 @@ class _Run:
             self._collect()
 
     def _absorb(self, report: ChunkReport) -> None:
+        if report.halted:  # queued when the run stopped: handled as if it had not been sent
+            self._write_chunk(report.chunk, Outcome.ERRORED, f"not sent: {self.stop_reason}")
+            return
         self.chunk_records.extend(report.records)
         if report.shared is not None:
             self._write_chunk(report.chunk, *report.shared)

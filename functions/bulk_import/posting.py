@@ -5,6 +5,7 @@ Runs on worker threads; it only touches the chunk it was given and the thread-sa
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -45,6 +46,7 @@ class ChunkReport:
     decided: list[RowOutcome] = field(default_factory=list)
     shared: tuple[Outcome, str] | None = None
     fatal: VitalAuthError | None = None
+    halted: bool = False  # not sent: the run stopped while the chunk waited for a thread
 
     @property
     def outcomes(self) -> list[RowOutcome]:
@@ -61,7 +63,15 @@ class ChunkReport:
             self.decided.extend(rows.outcomes(outcome, detail))
 
 
-def post_chunk(client: VitalClient, chunk: Chunk, wait_for_completion: bool) -> ChunkReport:
+def post_chunk(
+    client: VitalClient,
+    chunk: Chunk,
+    wait_for_completion: bool,
+    halt: threading.Event | None = None,
+) -> ChunkReport:
+    """Post a chunk, unless ``halt`` was set while it waited in the queue (then ``halted``)."""
+    if halt is not None and halt.is_set():
+        return ChunkReport(chunk, halted=True)
     poster = _Poster(client, wait_for_completion, ChunkReport(chunk))
     poster.post(chunk, resent=False)
     return poster.report
