@@ -7,6 +7,7 @@ every row Vital accepted is reported as such, and no token appears in anything w
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 import time
@@ -273,6 +274,35 @@ def test_circuit_breaker_stops_hammering_a_vital_that_is_down(
     assert by_line[31]["detail"] == "not sent: Vital kept failing (circuit breaker open)"
     assert by_line[60]["detail"] == by_line[31]["detail"]
     assert [c["attempts"] for c in manifest["chunks"]] == [4, 4, 4, 0, 0, 0]
+
+
+def test_a_chunk_still_queued_when_the_file_fails_is_not_sent(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One posting thread: one chunk is sent while the next waits in its queue. The gzip stream
+    # is cut before its trailer; the reader finds that out past line ~3,700 (its first MiB).
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
+    monkeypatch.setenv("CHUNK_SIZE", "1000")
+    rows = [make_row(n) for n in range(6000)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put("incoming/cut.jsonl.gz", gzip.compress(encode_rows(rows, "jsonl"))[:-8])
+    stack.vital.latency_seconds = 0.3  # each chunk in flight for 0.3 s; reading takes ms
+
+    manifest, outcomes = run(stack, "incoming/cut.jsonl.gz")
+
+    assert manifest["status"] == "failed"
+    assert manifest["error"]["type"] == "MalformedFile"
+    # Chunks 1 and 2 were sent. Chunk 3 (lines 2001-3000) waited behind chunk 2 when the file
+    # failed: it comes back unsent, as do the rows read after it.
+    requests = stack.vital.bulk_import_requests()
+    assert [r.user_ids[0] for r in requests] == [user_id(0), user_id(1000)]
+    read = manifest["counts"]["rows"]
+    assert read > 3000
+    by_line = check_invariants(stack, manifest, outcomes, read)
+    assert {by_line[n]["outcome"] for n in range(1, 2001)} == {"imported"}
+    unsent = {by_line[n]["detail"] for n in range(2001, read + 1)}
+    assert len(unsent) == 1
+    assert unsent.pop().startswith("not sent: gzip data is corrupt or truncated")
 
 
 def test_retries_stop_before_the_invocation_runs_out(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -188,6 +189,21 @@ def test_a_whole_chunk_imported_is_one_shared_outcome_not_a_tuple_per_row() -> N
     assert outcomes_by_line(report) == {
         line: (user(i), Outcome.IMPORTED, IMPORTED_DETAIL) for i, line in enumerate((2, 3, 4))
     }
+
+
+def test_a_chunk_halted_while_queued_is_not_sent() -> None:
+    fake = FakeVital(all_imported)
+    client = VitalClient(settings(), API_KEY, lambda: 900.0, httpx.MockTransport(fake))
+    halt = threading.Event()
+    with client:
+        sent = post_chunk(client, make_chunk(2), True, halt)
+        halt.set()
+        held = post_chunk(client, make_chunk(2), True, halt)
+    assert not sent.halted
+    assert sent.shared == (Outcome.IMPORTED, IMPORTED_DETAIL)
+    assert held.halted
+    assert (held.records, held.decided, held.shared) == ([], [], None)
+    assert len(fake.bodies) == 1
 
 
 def test_200_with_empty_body_leaves_every_row_unreported() -> None:
