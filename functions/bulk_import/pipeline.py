@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import operator
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -46,7 +45,7 @@ from bulk_import.models import (
     WellFormedRow,
 )
 from bulk_import.observability import logger, tracer
-from bulk_import.posting import ChunkReport, post_chunk
+from bulk_import.posting import ChunkReport, Hold, post_chunk
 from bulk_import.redaction import redact_text
 from bulk_import.results import (
     MANIFEST_NAME,
@@ -172,9 +171,9 @@ class _Run:
         self.next_seq = 0
         self.line = 0
         self.error: FileError | None = None
-        # Set with stop_reason: chunks still queued for the posting threads are not sent.
-        self.halt = threading.Event()
-        self._stop_reason: FileError | None = None
+        self.stop_reason: FileError | None = None
+        # The first chunk a posting thread held back for lack of time (the rest go after it).
+        self.deferred: int | None = None
         self.client: VitalClient | None = None
         self.client_future: Future[VitalClient] | None = None
         self.executor: ThreadPoolExecutor | None = None
@@ -189,17 +188,6 @@ class _Run:
         self.lease_step = settings.checkpoint_every_chunks or 2 * settings.max_concurrency
         self.last_lease_at = time.monotonic()
         self.last_lease_seq = 0
-
-    @property
-    def stop_reason(self) -> FileError | None:
-        """Why no more chunks are sent (None: they are)."""
-        return self._stop_reason
-
-    @stop_reason.setter
-    def stop_reason(self, reason: FileError | None) -> None:
-        self._stop_reason = reason
-        if reason is not None:
-            self.halt.set()
 
     # --- main flow ----------------------------------------------------------------------------
 
@@ -318,18 +306,22 @@ class _Run:
                 self._dispatch(chunk)
         if deadline:
             self._drain()
-            self._save_checkpoint(next_segment=self.ref.segment + 1)
-            nxt = self._next_ref(self.ref.segment + 1)
-            logger.info(
-                "time is running out; handing the rest to a fresh invocation",
-                extra={"lines_done": self.line, "next_segment": nxt.segment},
-            )
-            stats = self.client.stats if self.client else None
-            return FileResult(
-                self.ref, self.prefix + MANIFEST_NAME, call_stats=stats, continuation=nxt
-            )
+            return self._hand_on()
         self._finish_posting()
+        if self.deferred is not None:  # the posting threads ran out of time for some chunks
+            return self._hand_on()
         return self._finalise()
+
+    def _hand_on(self) -> FileResult:
+        """Checkpoint and name the next segment: a fresh invocation goes on from here."""
+        self._save_checkpoint(next_segment=self.ref.segment + 1)
+        nxt = self._next_ref(self.ref.segment + 1)
+        logger.info(
+            "time is running out; handing the rest to a fresh invocation",
+            extra={"lines_done": self.line, "next_segment": nxt.segment},
+        )
+        stats = self.client.stats if self.client else None
+        return FileResult(self.ref, self.prefix + MANIFEST_NAME, call_stats=stats, continuation=nxt)
 
     def _read_and_post(self) -> None:
         fmt, compression = formats.detect(self.source.key)
@@ -489,7 +481,10 @@ class _Run:
         limit = QUEUED_PER_THREAD * self.settings.max_concurrency if self.probed else 1
         while len(self.in_flight) >= limit:
             self._collect()
-        if self.posted_here and self.deps.remaining_seconds() < self.settings.safety_margin_seconds:
+        if self.posted_here and (
+            self.deferred is not None
+            or self.deps.remaining_seconds() < self.settings.safety_margin_seconds
+        ):
             # Not numbered yet: a later invocation rebuilds this very chunk and sends it.
             self.next_seq = seq
             raise _DeadlineReached
@@ -507,8 +502,10 @@ class _Run:
                 self.next_seq = seq  # not sent: a retry rebuilds this chunk and sends it
                 raise
         assert self.executor is not None  # noqa: S101 - created with the client
+        # Every invocation sends at least its first chunk, so each one moves the file on.
+        gate = self._gate if self.posted_here else None
         future = self.executor.submit(
-            post_chunk, client, chunk, self.settings.wait_for_completion, self.halt
+            post_chunk, client, chunk, self.settings.wait_for_completion, gate
         )
         self.in_flight[future] = (seq, chunk)
         self.posted_here += 1
@@ -558,6 +555,15 @@ class _Run:
             self.client = self.client_future.result()
         return self.client
 
+    def _gate(self) -> Hold | None:
+        """Asked on a posting thread as a chunk's request is about to start (it may have waited
+        in the queue): the same checks as ``_dispatch`` made when it handed the chunk over."""
+        if self.stop_reason is not None:
+            return Hold.STOPPED
+        if self.deps.remaining_seconds() < self.settings.safety_margin_seconds:
+            return Hold.DEFERRED
+        return None
+
     def _collect(self, *, block: bool = True) -> None:
         """Absorb answered chunks in the order they were sent: at least one (waiting for it if
         need be) or, with ``block`` False, those already answered."""
@@ -581,6 +587,10 @@ class _Run:
                 detail = "in doubt: the function failed while sending this chunk; see retry.jsonl"
                 self._write_chunk(chunk, Outcome.ERRORED, detail)
             else:
+                if report.held is Hold.DEFERRED:
+                    # Neither sent nor settled: the checkpoint's lease starts at the first one.
+                    self.deferred = seq if self.deferred is None else min(self.deferred, seq)
+                    continue
                 self._absorb(report)
             self._settle(seq)
 
@@ -589,7 +599,7 @@ class _Run:
             self._collect()
 
     def _absorb(self, report: ChunkReport) -> None:
-        if report.halted:  # queued when the run stopped: handled as if it had not been sent
+        if report.held is Hold.STOPPED:  # handed over before the run stopped, never sent
             self._write_chunk(report.chunk, Outcome.ERRORED, f"not sent: {self.stop_reason}")
             return
         self.chunk_records.extend(report.records)
@@ -702,8 +712,11 @@ class _Run:
             key = self.store.retry_part_key(len(self.retry_parts) + 1)
             self.retries.upload(s3, bucket, key, "application/x-ndjson")
             self.retry_parts.append(key)
-        # Without an explicit lease the caller has drained: nothing past next_seq was sent.
-        self.lease = lease if lease is not None else self.next_seq
+        # Without an explicit lease the caller has drained: nothing from next_seq on was sent,
+        # nor any chunk from the first one the posting threads held back for lack of time.
+        if lease is None:
+            lease = self.next_seq if self.deferred is None else min(self.next_seq, self.deferred)
+        self.lease = lease
         checkpoint = Checkpoint(
             source=self.source,
             fingerprint=fingerprint(self.settings),

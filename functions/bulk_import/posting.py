@@ -5,9 +5,10 @@ Runs on worker threads; it only touches the chunk it was given and the thread-sa
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 from bulk_import.chunking import USER_ID_OF, Chunk, RowOutcome
 from bulk_import.models import ChunkRecord, Outcome
@@ -32,6 +33,13 @@ ENQUEUED_DETAIL = "accepted by Vital; the import finishes in the background (see
 UNREPORTED_DETAIL = "Vital's response did not mention this user"
 
 
+class Hold(Enum):
+    """Why a chunk handed to the posting threads was not sent after all."""
+
+    STOPPED = "stopped"  # the run stopped: a fatal answer, the failure threshold, a file error
+    DEFERRED = "deferred"  # too little time left: a later invocation sends it
+
+
 @dataclass(slots=True)
 class ChunkReport:
     """What happened to one chunk: one record per request made, one outcome per row.
@@ -46,7 +54,7 @@ class ChunkReport:
     decided: list[RowOutcome] = field(default_factory=list)
     shared: tuple[Outcome, str] | None = None
     fatal: VitalAuthError | None = None
-    halted: bool = False  # not sent: the run stopped while the chunk waited for a thread
+    held: Hold | None = None  # not sent (nothing else is set then)
 
     @property
     def outcomes(self) -> list[RowOutcome]:
@@ -67,11 +75,15 @@ def post_chunk(
     client: VitalClient,
     chunk: Chunk,
     wait_for_completion: bool,
-    halt: threading.Event | None = None,
+    gate: Callable[[], Hold | None] | None = None,
 ) -> ChunkReport:
-    """Post a chunk, unless ``halt`` was set while it waited in the queue (then ``halted``)."""
-    if halt is not None and halt.is_set():
-        return ChunkReport(chunk, halted=True)
+    """Post a chunk, unless ``gate`` (asked as the request is about to start) holds it back.
+
+    A chunk may wait in the posting threads' queue; the run can stop, or run short of time,
+    meanwhile.
+    """
+    if gate is not None and (held := gate()) is not None:
+        return ChunkReport(chunk, held=held)
     poster = _Poster(client, wait_for_completion, ChunkReport(chunk))
     poster.post(chunk, resent=False)
     return poster.report

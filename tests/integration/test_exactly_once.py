@@ -258,6 +258,33 @@ def test_tiny_time_budget_continues_across_invocations(
     assert len(stack.vital.posted_connections()) == 400
 
 
+def test_a_chunk_that_waited_too_long_for_a_thread_goes_to_the_next_invocation(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, continuation_queue: str
+) -> None:
+    # One posting thread, 1 s a request, 3.8 s of Lambda time of which 2 s is margin: the probe
+    # chunk is answered at ~1.2 s, chunk 2 is sent and chunk 3 waits in the queue behind it.
+    # Chunk 2 is answered at ~2.2 s, past the margin: sending chunk 3 then would be refused
+    # for lack of time, so it is held back and the next invocation sends it.
+    rows = [make_row(n) for n in range(40)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put("incoming/late.jsonl", encode_rows(rows, "jsonl"))
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
+    monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "2")
+    stack.vital.latency_seconds = 1.0
+
+    first = stack.invoke(s3_event(stack.bucket, ["incoming/late.jsonl"]), timeout_seconds=3.8)
+    sent_first = len(stack.vital.bulk_import_requests())
+    continuations = drain_queue(stack, continuation_queue, timeout_seconds=3.8)
+
+    assert first["files"][0]["status"] == "continued"
+    assert sent_first == 2
+    assert continuations >= 1
+    manifest = assert_complete(stack, "results/late.jsonl/", 40)
+    assert manifest["counts"]["imported"] == 40
+    assert len(stack.vital.bulk_import_requests()) == 4  # each chunk once
+
+
 def test_duplicate_continuation_message_is_ignored(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, continuation_queue: str
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from bulk_import.posting import (
     IMPORTED_DETAIL,
     UNREPORTED_DETAIL,
     ChunkReport,
+    Hold,
     post_chunk,
 )
 from bulk_import.vital import (
@@ -191,18 +191,17 @@ def test_a_whole_chunk_imported_is_one_shared_outcome_not_a_tuple_per_row() -> N
     }
 
 
-def test_a_chunk_halted_while_queued_is_not_sent() -> None:
+@pytest.mark.parametrize("hold", list(Hold))
+def test_a_chunk_its_gate_holds_back_is_not_sent(hold: Hold) -> None:
     fake = FakeVital(all_imported)
     client = VitalClient(settings(), API_KEY, lambda: 900.0, httpx.MockTransport(fake))
-    halt = threading.Event()
     with client:
-        sent = post_chunk(client, make_chunk(2), True, halt)
-        halt.set()
-        held = post_chunk(client, make_chunk(2), True, halt)
-    assert not sent.halted
+        sent = post_chunk(client, make_chunk(2), True, lambda: None)
+        held = post_chunk(client, make_chunk(2), True, lambda: hold)
+    assert sent.held is None
     assert sent.shared == (Outcome.IMPORTED, IMPORTED_DETAIL)
-    assert held.halted
-    assert (held.records, held.decided, held.shared) == ([], [], None)
+    assert held.held is hold
+    assert (held.records, held.decided, held.shared, held.fatal) == ([], [], None, None)
     assert len(fake.bodies) == 1
 
 
