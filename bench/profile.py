@@ -18,7 +18,7 @@ import sys
 from bench.data import generate
 from bench.profiling import render
 from bench.run import BUCKET, CHUNK_SIZE, RESULTS, child_env, run_child
-from bench.stack import BenchStack, deployed_allocator_env
+from bench.stack import BenchStack
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,10 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             "size": len(file.data),
             "profile": str(prefix),
         }
-        env = child_env(stack)
-        if args.contender == "ours":
-            env.update(deployed_allocator_env())
-        result, error = run_child(spec, env, args.timeout)
+        result, error = run_child(spec, child_env(stack), args.timeout)
         if result is None:
             print(f"{args.contender} failed: {error}")
             return 1

@@ -30,7 +30,7 @@ from typing import Any
 
 from bench import coldstart
 from bench.data import ConnectionFile, generate
-from bench.stack import BUCKET, BenchStack, deployed_allocator_env
+from bench.stack import BUCKET, BenchStack
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -170,8 +170,6 @@ def measure_once(
         "size": len(work.file.data),
     }
     stack.prepare(work.latency, work.file.user_ids)
-    if contender == "ours":
-        env = {**env, **deployed_allocator_env()}
     cpu0 = _parent_cpu() + stack.moto.cpu_seconds()
     result, error = run_child(spec, env, timeout)
     stack_cpu = _parent_cpu() + stack.moto.cpu_seconds() - cpu0

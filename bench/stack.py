@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = ROOT / "template.yaml"
 BUCKET = "vital-import-bench"
 SECRET_NAME = "vital/bulk-import/bench-api-key"  # noqa: S105 - a secret's name, not its value
 INCOMING = "incoming/bench/"
@@ -219,20 +218,3 @@ class BenchStack:
         if problems:
             raise AssertionError("contender did not import the file: " + "; ".join(problems))
         return {"requests": len(requests), "connections": len(posted)}
-
-
-def deployed_allocator_env(template: Path = TEMPLATE) -> dict[str, str]:
-    """The glibc allocator settings template.yaml gives the function (``MALLOC_*``).
-
-    glibc reads them as a process starts, so they shape ours' memory as deployed. The floor and
-    the peer stand for what a user writes and runs without our template: they do not get them.
-    """
-    from cfnlint.decode import cfn_yaml  # noqa: PLC0415 - only the bench reads the template
-
-    resources = cfn_yaml.load(str(template))["Resources"]
-    for resource in resources.values():
-        if resource["Type"] == "AWS::Serverless::Function":
-            variables = resource["Properties"]["Environment"]["Variables"]
-            return {str(k): str(v) for k, v in variables.items() if str(k).startswith("MALLOC_")}
-    msg = f"{template} has no AWS::Serverless::Function"
-    raise RuntimeError(msg)

@@ -440,8 +440,7 @@ def test_environment_names_are_settings_fields(source: dict[str, Any]) -> None:
     aliases, required = _settings_aliases()
     names = set(_environment(source))
 
-    # Powertools reads its own; glibc reads MALLOC_* as the process starts.
-    unknown = {n for n in names - aliases if not n.startswith(("POWERTOOLS_", "MALLOC_"))}
+    unknown = {n for n in names - aliases if not n.startswith("POWERTOOLS_")}
     assert unknown == set()
     assert required <= names
     assert {
@@ -449,16 +448,6 @@ def test_environment_names_are_settings_fields(source: dict[str, Any]) -> None:
         "POWERTOOLS_METRICS_NAMESPACE",
         "POWERTOOLS_LOG_LEVEL",
     } <= names
-
-
-def test_the_allocator_setting_is_deployed_and_benchmarked_as_deployed(
-    source: dict[str, Any],
-) -> None:
-    from bench.stack import deployed_allocator_env  # noqa: PLC0415 - the bench's own reader
-
-    deployed = {k: v for k, v in _environment(source).items() if k.startswith("MALLOC_")}
-    assert deployed == {"MALLOC_MMAP_THRESHOLD_": "131072"}
-    assert deployed_allocator_env() == deployed
 
 
 def _resolve(value: Any, template: dict[str, Any], overrides: dict[str, str]) -> str:
