@@ -96,8 +96,14 @@ class Chunk:
 
     def body(self, wait_for_completion: bool) -> bytes:
         suffix = _SUFFIX_TRUE if wait_for_completion else _SUFFIX_FALSE
-        connections = b",".join(map(_PAYLOAD_OF, self.rows))  # in C: no Python code per row
-        return b"".join((_prefix(self.provider), connections, suffix))
+        # One join, in C, into the body itself: joining the connections first and then the
+        # three parts made a second copy of the whole body (~0.3 MB at 500 rows) per request.
+        parts = list(map(_PAYLOAD_OF, self.rows))
+        if not parts:
+            return _prefix(self.provider) + suffix
+        parts[0] = _prefix(self.provider) + parts[0]
+        parts[-1] += suffix
+        return b",".join(parts)
 
     def size_bytes(self) -> int:
         return body_overhead(self.provider) + self.payload_bytes + max(0, len(self.rows) - 1)

@@ -234,6 +234,13 @@ def test_chunk_body_exact_bytes() -> None:
         b'{"provider":"oura","connections":[{"a":1},{"b":2}],"wait_for_completion":false}'
     )
     assert chunk.payload_bytes == 14
+    one = chunk.subset(chunk.rows[:1])
+    assert one.body(True) == (
+        b'{"provider":"oura","connections":[{"a":1}],"wait_for_completion":true}'
+    )
+    assert Chunk("oura").body(False) == (
+        b'{"provider":"oura","connections":[],"wait_for_completion":false}'
+    )
 
 
 def test_chunk_body_never_exceeds_max_bytes_without_wait_for_completion() -> None:
