@@ -40,7 +40,6 @@ PROVIDERS: frozenset[str] = frozenset(
         "runkeeper",
     }
 )
-PROVIDER_INDEX: dict[str, int] = {name: i for i, name in enumerate(sorted(PROVIDERS))}
 RECIPE_FIELDS: tuple[str, ...] = (
     "user_id",
     "access_token",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import operator
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -31,7 +32,6 @@ from bulk_import.chunking import CHUNKING_VERSION, Chunk, Chunker, PendingRow, R
 from bulk_import.config import Settings
 from bulk_import.errors import FileError, ImportAborted, InternalError
 from bulk_import.models import (
-    PROVIDER_INDEX,
     PROVIDERS,
     BulkOp,
     Checkpoint,
@@ -165,8 +165,10 @@ class _Run:
         self.replay_below = 0
         self.replay_lease = 0
         # This invocation.
-        # (provider, user_id) → first line, keyed by one int (~100 bytes a row, half a tuple's).
-        self.seen: dict[int, int] = {}
+        # provider → user id (as one 128-bit int) → first line: ~130 bytes a row. One dict per
+        # provider, not one keyed by both: several smaller tables take less room than one
+        # that doubled past the row count (~3 MB less at 100k rows).
+        self.seen: defaultdict[str, dict[int, int]] = defaultdict(dict)
         self.context = context_for(None)
         self.next_seq = 0
         self.line = 0
@@ -426,14 +428,15 @@ class _Run:
     def _accept(
         self, line: int, provider: str, user_id: str, row: ConnectionRow | WellFormedRow
     ) -> None:
-        identity = (PROVIDER_INDEX[provider] << 128) | int(user_id.replace("-", ""), 16)
-        first = self.seen.get(identity)
+        seen = self.seen[provider]
+        identity = int(user_id.replace("-", ""), 16)
+        first = seen.get(identity)
         if first is not None:
             if line > self.lines_done:
                 detail = f"duplicate of line {first} (same provider and user_id); not sent"
                 self._write([RowOutcome(line, user_id, provider, Outcome.DUPLICATE, detail)])
             return
-        self.seen[identity] = line
+        seen[identity] = line
         payload = serialise(row)
         chunker = self.chunker
         if len(payload) > chunker.fits_any and not chunker.fits_alone(provider, payload):

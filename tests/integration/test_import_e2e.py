@@ -165,6 +165,36 @@ def test_rows_without_any_provider_are_rejected_with_a_hint(stack: Stack) -> Non
     assert stack.vital.bulk_import_requests() == []
 
 
+def test_a_duplicate_is_the_same_user_under_the_same_provider_however_spelled(
+    stack: Stack,
+) -> None:
+    rows = [
+        make_row(1, provider="oura"),
+        make_row(1, provider="fitbit"),  # the same user under another provider: not a duplicate
+        {**make_row(1, provider="oura"), "user_id": user_id(1).upper()},  # spelled otherwise
+        make_row(2, provider="oura"),
+        make_row(2, provider="oura"),
+    ]
+    stack.vital.add_known_users(user_id(1), user_id(2))
+    stack.put("incoming/dups.jsonl", encode_rows(rows, "jsonl"))
+
+    stack.import_keys("incoming/dups.jsonl")
+
+    by_line = {int(o["line"]): o for o in stack.outcomes("results/dups.jsonl/")}
+    assert [by_line[n]["outcome"] for n in range(1, 6)] == [
+        "imported",
+        "imported",
+        "duplicate",
+        "imported",
+        "duplicate",
+    ]
+    assert by_line[3]["detail"].startswith("duplicate of line 1 ")
+    assert by_line[5]["detail"].startswith("duplicate of line 4 ")
+    assert sorted(stack.vital.posted_connections()) == sorted(
+        [("oura", user_id(1)), ("fitbit", user_id(1)), ("oura", user_id(2))]
+    )
+
+
 @pytest.mark.parametrize("spelling", ["canonical", "lenient"])
 def test_a_row_too_large_for_any_request_is_rejected_and_the_rest_goes_on(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, spelling: str
