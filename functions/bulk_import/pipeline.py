@@ -165,7 +165,7 @@ class _Run:
         self.replay_below = 0
         self.replay_lease = 0
         # This invocation.
-        # provider → user id (as one 128-bit int) → first line: ~130 bytes a row. One dict per
+        # provider → user id (as one 128-bit int) → first line: ~110 bytes a row. One dict per
         # provider, not one keyed by both: several smaller tables take less room than one
         # that doubled past the row count (~3 MB less at 100k rows).
         self.seen: defaultdict[str, dict[int, int]] = defaultdict(dict)
