@@ -179,6 +179,7 @@ def measure_once(
         result.update(stack.verify(work.file.user_ids))
     except AssertionError as exc:
         return {"error": str(exc)}
+    result.update(stack.post_times(result["started_at"]))
     result["stack_cpu_s"] = stack_cpu
     return result
 

@@ -218,3 +218,11 @@ class BenchStack:
         if problems:
             raise AssertionError("contender did not import the file: " + "; ".join(problems))
         return {"requests": len(requests), "connections": len(posted)}
+
+    def post_times(self, started_at: float) -> dict[str, float]:
+        """Seconds from ``started_at`` (the contender's epoch clock as its run began) to the
+        first and the last request's arrival: its start-up before, its finishing after."""
+        stamps = [r.timestamp for r in self.state.bulk_import_requests()]
+        if not stamps:
+            return {}
+        return {"first_post_s": min(stamps) - started_at, "last_post_s": max(stamps) - started_at}
