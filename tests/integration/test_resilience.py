@@ -286,7 +286,7 @@ def test_a_chunk_still_queued_when_the_file_fails_is_not_sent(
     rows = [make_row(n) for n in range(6000)]
     stack.vital.add_known_users(*(r["user_id"] for r in rows))
     stack.put("incoming/cut.jsonl.gz", gzip.compress(encode_rows(rows, "jsonl"))[:-8])
-    stack.vital.latency_seconds = 0.3  # each chunk in flight for 0.3 s; reading takes ms
+    stack.vital.latency_seconds = 0.5  # each chunk in flight for 0.5 s; reading takes ms
 
     manifest, outcomes = run(stack, "incoming/cut.jsonl.gz")
 
