@@ -484,10 +484,8 @@ class _Run:
         limit = QUEUED_PER_THREAD * self.settings.max_concurrency if self.probed else 1
         while len(self.in_flight) >= limit:
             self._collect()
-        if self.posted_here and (
-            self.deferred is not None
-            or self.deps.remaining_seconds() < self.settings.safety_margin_seconds
-        ):
+        # A chunk the posting threads deferred was held back by this same check (``_gate``).
+        if self.posted_here and self.deps.remaining_seconds() < self.settings.safety_margin_seconds:
             # Not numbered yet: a later invocation rebuilds this very chunk and sends it.
             self.next_seq = seq
             raise _DeadlineReached
