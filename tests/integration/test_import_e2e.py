@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 
 import boto3
+import httpx
 import pytest
 
+from bulk_import import handler
+from bulk_import.pipeline import POSTING_SWITCH_INTERVAL_S, Dependencies
 from local.events import s3_event
 from tests.helpers import (
     access_token,
@@ -363,3 +367,37 @@ def test_finished_import_is_announced_on_sns_without_tokens(
     assert summary["bucket"] == stack.bucket
     for n in range(3):
         assert access_token(n) not in message["Body"]
+
+
+class _SwitchIntervalSeen(httpx.HTTPTransport):
+    """The real transport to the stand-in; notes the interpreter's switch interval per request."""
+
+    def __init__(self, seen: list[float]) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(sys.getswitchinterval())
+        return super().handle_request(request)
+
+
+def test_posting_threads_get_the_gil_quickly_while_a_file_is_imported(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[float] = []
+    monkeypatch.setattr(
+        handler,
+        "Dependencies",
+        lambda **kwargs: Dependencies(**kwargs, transport=_SwitchIntervalSeen(seen)),
+    )
+    stack.vital.add_known_users(*(user_id(i) for i in range(1, 31)))
+    stack.put("incoming/many.jsonl", encode_rows([make_row(i) for i in range(1, 31)], "jsonl"))
+    before = sys.getswitchinterval()
+
+    stack.import_keys("incoming/many.jsonl")
+
+    assert stack.manifest("results/many.jsonl/")["counts"]["imported"] == 30
+    assert len(seen) == 3  # CHUNK_SIZE=10
+    assert set(seen) == {POSTING_SWITCH_INTERVAL_S}
+    assert before != POSTING_SWITCH_INTERVAL_S
+    assert sys.getswitchinterval() == before
