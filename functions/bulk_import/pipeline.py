@@ -204,7 +204,8 @@ class _Run:
         self.retries = RetrySpool()
         self.last_progress = time.monotonic()
         self.chunks_done = 0
-        self.probed = False
+        # The invocation's first request: the chunks after it wait for its answer (``_gate``).
+        self.probe: Future[ChunkReport] | None = None
         self.posted_here = 0
         self.lease_step = settings.checkpoint_every_chunks or 2 * settings.max_concurrency
         self.last_lease_at = time.monotonic()
@@ -495,13 +496,11 @@ class _Run:
             self._write_chunk(chunk, Outcome.ERRORED, f"not sent: {exc}")
             self._settle(seq)
             return
-        # The first chunk goes alone: a rejected key or disabled Link Migration then costs one
-        # request, not MAX_CONCURRENCY of them. After it, up to MAX_CONCURRENCY chunks wait in
-        # the posting threads' queue behind the ones being sent: a thread that is answered
-        # starts the next request at once, while this thread goes on reading.
+        # Up to MAX_CONCURRENCY chunks wait in the posting threads' queue behind the ones being
+        # sent: a thread that is answered starts the next request at once, while this thread
+        # goes on reading (also while the invocation's first chunk is out: see ``_gate``).
         self._collect(block=False)
-        limit = QUEUED_PER_THREAD * self.settings.max_concurrency if self.probed else 1
-        while len(self.in_flight) >= limit:
+        while len(self.in_flight) >= QUEUED_PER_THREAD * self.settings.max_concurrency:
             self._collect()
         # A chunk the posting threads deferred was held back by this same check (``_gate``).
         if self.posted_here and self.deps.remaining_seconds() < self.settings.safety_margin_seconds:
@@ -523,10 +522,11 @@ class _Run:
                 raise
         assert self.executor is not None  # noqa: S101 - created with the client
         # Every invocation sends at least its first chunk, so each one moves the file on.
-        gate = self._gate if self.posted_here else None
+        gate = self._gate if self.probe is not None else None
         future = self.executor.submit(
             post_chunk, client, chunk, self.settings.wait_for_completion, gate
         )
+        self.probe = self.probe or future
         self.in_flight[future] = (seq, chunk)
         self.posted_here += 1
 
@@ -577,7 +577,16 @@ class _Run:
 
     def _gate(self) -> Hold | None:
         """Asked on a posting thread as a chunk's request is about to start (it may have waited
-        in the queue): the same checks as ``_dispatch`` made when it handed the chunk over."""
+        in the queue): the same checks as ``_dispatch`` made when it handed the chunk over.
+
+        Every chunk after the invocation's first (the probe) first waits for the probe's answer:
+        a rejected key or disabled Link Migration then costs one request, not MAX_CONCURRENCY of
+        them. The reading thread goes on meanwhile, so the threads start together once it is in.
+        The probe is never gated and went into the queue first, so it cannot wait on a gate.
+        """
+        assert self.probe is not None  # noqa: S101 - gates are only given after the probe
+        if self.probe.exception() is not None or self.probe.result().fatal is not None:
+            return Hold.STOPPED  # as the reading thread will have it once it takes the answer
         if self.stop_reason is not None:
             return Hold.STOPPED
         if self.deps.remaining_seconds() < self.settings.safety_margin_seconds:
@@ -628,7 +637,6 @@ class _Run:
         else:
             self._write(report.decided, report.chunk)
         self.chunks_done += 1
-        self.probed = self.probed or report.fatal is None
         if report.fatal is not None and self.stop_reason is None:
             self.stop_reason = ImportAborted(str(report.fatal))
             logger.error(

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import httpx
 import pytest
 
-from bulk_import import handler
+from bulk_import import formats, handler
 from bulk_import.pipeline import POSTING_SWITCH_INTERVAL_S, Dependencies
 from local.events import s3_event
 from tests.helpers import (
@@ -401,3 +404,47 @@ def test_posting_threads_get_the_gil_quickly_while_a_file_is_imported(
     assert set(seen) == {POSTING_SWITCH_INTERVAL_S}
     assert before != POSTING_SWITCH_INTERVAL_S
     assert sys.getswitchinterval() == before
+
+
+class _HoldFirstRequest(httpx.HTTPTransport):
+    """The real transport to the stand-in; the first request waits (5 s at most) for ``until``."""
+
+    def __init__(self, until: threading.Event) -> None:
+        super().__init__()
+        self.until = until
+        self.waited: bool | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.waited is None:
+            self.waited = self.until.wait(timeout=5.0)
+        return super().handle_request(request)
+
+
+def test_the_file_is_read_on_while_the_first_request_is_out(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first request is held until the whole file has been read and chunked. Reading that
+    # stopped until the first answer came back would never get there (the wait times out).
+    read_to_the_end = threading.Event()
+    blocks = formats.jsonl_blocks
+
+    def watched_blocks(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        yield from blocks(*args, **kwargs)
+        read_to_the_end.set()
+
+    transport = _HoldFirstRequest(read_to_the_end)
+    monkeypatch.setattr(formats, "jsonl_blocks", watched_blocks)
+    monkeypatch.setattr(
+        handler, "Dependencies", lambda **kwargs: Dependencies(**kwargs, transport=transport)
+    )
+    monkeypatch.setenv("MAX_CONCURRENCY", "4")  # up to 8 chunks handed over at once
+    rows = [make_row(i) for i in range(1, 61)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put("incoming/six.jsonl", encode_rows(rows, "jsonl"))
+
+    stack.import_keys("incoming/six.jsonl")
+
+    assert transport.waited is True
+    manifest = stack.manifest("results/six.jsonl/")
+    assert manifest["counts"]["imported"] == 60
+    assert len(stack.vital.bulk_import_requests()) == 6  # CHUNK_SIZE=10
