@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import threading
@@ -448,3 +449,20 @@ def test_the_file_is_read_on_while_the_first_request_is_out(
     manifest = stack.manifest("results/six.jsonl/")
     assert manifest["counts"]["imported"] == 60
     assert len(stack.vital.bulk_import_requests()) == 6  # CHUNK_SIZE=10
+
+
+def test_no_request_body_is_left_for_the_cyclic_gc(stack: Stack) -> None:
+    # httpx 0.28 ties each response to its stream in a reference cycle (encode/httpx#3733):
+    # left alone, every request body (up to MAX_BODY_BYTES) lives on until the cyclic GC runs.
+    stack.vital.add_known_users(*(user_id(i) for i in range(1, 31)))
+    stack.put("incoming/three.jsonl", encode_rows([make_row(i) for i in range(1, 31)], "jsonl"))
+    gc.collect()
+    gc.disable()
+    try:
+        stack.import_keys("incoming/three.jsonl")
+        alive = [o for o in gc.get_objects() if isinstance(o, httpx.Response | httpx.Request)]
+    finally:
+        gc.enable()
+
+    assert stack.manifest("results/three.jsonl/")["counts"]["imported"] == 30
+    assert alive == []
