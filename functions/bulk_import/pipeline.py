@@ -70,7 +70,7 @@ from bulk_import.validation import (
     validate_row,
     validate_well_formed,
 )
-from bulk_import.vital import CallStats, VitalClient, VitalError, parse_time
+from bulk_import.vital import CallStats, VitalAuthError, VitalClient, VitalError, parse_time
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -88,13 +88,14 @@ CHECKPOINT_SECONDS = 2.0
 QUEUED_PER_THREAD = 2
 # How long this thread keeps the GIL while a posting thread waits for it. A request needs the
 # GIL for moments at a time (to send, then for each read of the answer), and with CPython's
-# default of 5 ms each of those waits out this thread's parsing: a 50 ms request took ~80 ms,
-# and the run ~10 % longer. Much lower (0.2 ms) costs more in switching than it saves.
+# default of 5 ms each of those waits out this thread's parsing: at 50 ms of latency a run took
+# 5-10 % longer. Much lower (0.2 ms) costs more in switching than it saves (README, Performance).
 POSTING_SWITCH_INTERVAL_S = 0.001
 # Net new container objects between two collections of the cyclic GC's youngest generation
 # (CPython: 2000). Rows in chunks come and go in the thousands; at the default the GC ran ~25
-# young and ~3 older collections per 100k rows (~45 ms), at this threshold 2 (~6 ms). Reference
-# counting frees nearly everything here; little waits for the cyclic GC (see vital._released).
+# young and 2-3 older collections per 100k rows (35-65 ms), at this threshold 2 (5-11 ms).
+# Reference counting frees nearly everything here; little waits for the cyclic GC (see
+# vital._released).
 GC_YOUNG_THRESHOLD = 20_000
 IN_DOUBT_DETAIL = (
     "in doubt: the function stopped while this chunk was being sent, so it is not sent again; "
@@ -214,6 +215,8 @@ class _Run:
         self.chunks_done = 0
         # The invocation's first request: the chunks after it wait for its answer (``_gate``).
         self.probe: Future[ChunkReport] | None = None
+        # The first refusal (401/403) a posting thread got, before this thread takes it in.
+        self.refusal: VitalAuthError | None = None
         self.posted_here = 0
         self.lease_step = settings.checkpoint_every_chunks or 2 * settings.max_concurrency
         self.last_lease_at = time.monotonic()
@@ -534,6 +537,7 @@ class _Run:
         future = self.executor.submit(
             post_chunk, client, chunk, self.settings.wait_for_completion, gate
         )
+        future.add_done_callback(self._note_refusal)
         self.probe = self.probe or future
         self.in_flight[future] = (seq, chunk)
         self.posted_here += 1
@@ -595,7 +599,7 @@ class _Run:
         assert self.probe is not None  # noqa: S101 - gates are only given after the probe
         if self.probe.exception() is not None or self.probe.result().fatal is not None:
             return Hold.STOPPED  # as the reading thread will have it once it takes the answer
-        if self.stop_reason is not None:
+        if self.stop_reason is not None or self.refusal is not None:
             return Hold.STOPPED
         if self.deps.remaining_seconds() < self.settings.safety_margin_seconds:
             return Hold.DEFERRED
@@ -637,6 +641,8 @@ class _Run:
 
     def _absorb(self, report: ChunkReport) -> None:
         if report.held is Hold.STOPPED:  # handed over before the run stopped, never sent
+            if self.stop_reason is None and self.refusal is not None:
+                self._refused(self.refusal)  # held by a refusal this thread has yet to take
             self._write_chunk(report.chunk, Outcome.ERRORED, f"not sent: {self.stop_reason}")
             return
         self.chunk_records.extend(report.records)
@@ -646,11 +652,22 @@ class _Run:
             self._write(report.decided, report.chunk)
         self.chunks_done += 1
         if report.fatal is not None and self.stop_reason is None:
-            self.stop_reason = ImportAborted(str(report.fatal))
-            logger.error(
-                "Vital refused the request; file stopped", extra={"status": report.fatal.status}
-            )
+            self._refused(report.fatal)
         self._check_threshold()
+
+    def _refused(self, fatal: VitalAuthError) -> None:
+        self.stop_reason = ImportAborted(str(fatal))
+        logger.error("Vital refused the request; file stopped", extra={"status": fatal.status})
+
+    def _note_refusal(self, future: Future[ChunkReport]) -> None:
+        """Run on the posting thread that got the answer: a refused key or Link Migration holds
+        back every chunk that has not started yet, without waiting for this thread's turn to
+        take the answer (each of them would be sent and refused in turn)."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        fatal = future.result().fatal
+        if fatal is not None and self.refusal is None:
+            self.refusal = fatal
 
     def _settle(self, seq: int) -> None:
         self.settled.add(seq)

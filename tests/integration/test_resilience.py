@@ -305,6 +305,29 @@ def test_a_chunk_still_queued_when_the_file_fails_is_not_sent(
     assert unsent.pop().startswith("not sent: gzip data is corrupt or truncated")
 
 
+def test_a_key_revoked_mid_run_holds_back_the_chunks_behind_its_refusal(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One posting thread: chunk 2 is refused (401) while chunk 3 waits in its queue. The thread
+    # goes straight on to chunk 3, before the reading thread has taken the refusal in: it must
+    # not send it (only to be refused again), whatever the reading thread is doing.
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
+    put_rows(stack, "incoming/revoked.jsonl", 30)
+    stack.vital.latency_seconds = 0.1  # chunk 3 is queued well before chunk 2 is answered
+    stack.vital.status_script = [0, 401]
+
+    manifest, outcomes = run(stack, "incoming/revoked.jsonl")
+
+    assert [r.status for r in stack.vital.bulk_import_requests()] == [200, 401]
+    assert manifest["status"] == "failed"
+    assert manifest["error"]["type"] == "ImportAborted"
+    assert "API key" in manifest["error"]["message"]
+    by_line = check_invariants(stack, manifest, outcomes, 30)
+    assert {by_line[n]["outcome"] for n in range(1, 11)} == {"imported"}
+    assert {by_line[n]["outcome"] for n in range(11, 31)} == {"errored"}
+    assert by_line[21]["detail"].startswith("not sent: Vital rejected the API key (401)")
+
+
 def test_retries_stop_before_the_invocation_runs_out(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
