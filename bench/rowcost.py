@@ -1,0 +1,113 @@
+"""`python -m bench.rowcost`: instructions per row of each step of the hot path, under callgrind.
+
+    .venv/bin/python -m bench.rowcost                 # 20k rows (valgrind must be installed)
+    .venv/bin/python -m bench.rowcost --rows 5000
+
+Wall time on a shared machine swings by ±20 %; instruction counts do not. Each step runs in a
+fresh interpreter under ``valgrind --tool=callgrind`` on the benchmark's rows (in memory: no
+stack, no threads), and the count of a run that only builds the rows is taken off. Every step
+includes the ones above it, as the pipeline does them for a well-formed JSONL row: parse and
+validate, serialise the recipe, the dedupe key, then the chunker and the request bodies. The
+floor's per-row work is ``from_json`` plus its share of a per-chunk ``to_json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = ("setup", "from_json", "validate", "serialise", "dedupe", "chunk")
+TIMEOUT_S = 900
+
+
+def _run_step(step: str, rows: int) -> None:
+    """The step itself, in this (callgrind's) interpreter."""
+    sys.path.insert(0, str(ROOT / "functions"))
+    from pydantic_core import from_json  # noqa: PLC0415 - inside the measured interpreter
+
+    from bench.data import generate  # noqa: PLC0415
+    from bulk_import.chunking import Chunker, PendingRow, serialise  # noqa: PLC0415
+    from bulk_import.validation import validate_well_formed  # noqa: PLC0415
+
+    lines = [line for line in generate(rows).data.split(b"\n") if line]
+    if step == "from_json":
+        for raw in lines:
+            from_json(raw)
+    elif step != "setup":
+        chunker = Chunker(500, 4_000_000)
+        seen: dict[int, int] = {}
+        for n, raw in enumerate(lines):
+            fast = validate_well_formed(raw)
+            if step == "validate" or fast is None:
+                continue
+            provider, row = fast
+            payload = serialise(row)
+            if step == "serialise":
+                continue
+            user_id = row["user_id"]
+            seen.setdefault(int(user_id.replace("-", ""), 16), n)
+            if step == "dedupe":
+                continue
+            for chunk in chunker.add(provider, PendingRow(n, user_id, payload)):
+                chunk.body(True)
+
+
+def _instructions(step: str, rows: int, valgrind: str) -> int:
+    with tempfile.TemporaryDirectory(prefix="bench-rowcost-") as tmp:
+        done = subprocess.run(  # noqa: S603 - our interpreter and valgrind, fixed arguments
+            [
+                valgrind,
+                "--tool=callgrind",
+                f"--callgrind-out-file={tmp}/out",
+                sys.executable,
+                "-m",
+                "bench.rowcost",
+                "--step",
+                step,
+                "--rows",
+                str(rows),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=True,
+        )
+    found = re.search(r"Collected\s*:\s*(\d+)", done.stderr)
+    if found is None:
+        raise RuntimeError("callgrind printed no instruction count:\n" + done.stderr[-2000:])
+    return int(found.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.rowcost", description=__doc__)
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.step:
+        _run_step(args.step, args.rows)
+        return 0
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
+        return 1
+    counts = {step: _instructions(step, args.rows, valgrind) for step in STEPS}
+    base = counts["setup"]
+    print(f"instructions per row, {args.rows:,} well-formed JSONL rows (callgrind):")
+    previous = None
+    for step in STEPS[1:]:
+        per_row = (counts[step] - base) / args.rows
+        added = "" if previous is None else f"  (+{per_row - previous:,.0f})"
+        print(f"  {step:<10} {per_row:>9,.0f}{added}")
+        previous = per_row if step != "from_json" else None
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
