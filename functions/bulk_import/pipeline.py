@@ -209,8 +209,11 @@ class _Run:
         self.executor: ThreadPoolExecutor | None = None
         self.in_flight: dict[Future[ChunkReport], tuple[int, Chunk]] = {}
         self.chunker = Chunker(settings.chunk_size, settings.max_body_bytes)
-        self.outcomes = OutcomeSpool()
+        # Everything this invocation writes, its checkpoints' parts included (see assemble).
+        self.outcomes = OutcomeSpool(outcomes_header())
         self.retries = RetrySpool()
+        self.earlier_outcome_parts = 0  # parts stored by earlier invocations (a resume's)
+        self.earlier_retry_parts = 0
         self.last_progress = time.monotonic()
         self.chunks_done = 0
         # The invocation's first request: the chunks after it wait for its answer (``_gate``).
@@ -299,6 +302,8 @@ class _Run:
         self.chunk_records = list(cp.chunks)
         self.outcome_parts = list(cp.outcome_parts)
         self.retry_parts = list(cp.retry_parts)
+        self.earlier_outcome_parts = len(cp.outcome_parts)
+        self.earlier_retry_parts = len(cp.retry_parts)
         self.lease = self.replay_lease = cp.lease
         self.settled_below = self.replay_below = cp.settled_below
         self.settled = set(cp.settled_extra)
@@ -793,13 +798,13 @@ class _Run:
         bulk_ops = self._reconcile_bulk_ops()
         s3, bucket = self.deps.s3, self.source.bucket
         outcomes_key = self.prefix + OUTCOMES_NAME
+        # This invocation's own parts are in its spools too: only earlier invocations' are read.
         assemble(
             s3,
             bucket,
             outcomes_key,
-            header=outcomes_header(),
-            part_keys=self.outcome_parts,
-            tail=self.outcomes,
+            earlier_parts=self.outcome_parts[: self.earlier_outcome_parts],
+            spool=self.outcomes,
             content_type="text/csv",
         )
         retry_key = None
@@ -809,9 +814,8 @@ class _Run:
                 s3,
                 bucket,
                 retry_key,
-                header=b"",
-                part_keys=self.retry_parts,
-                tail=self.retries,
+                earlier_parts=self.retry_parts[: self.earlier_retry_parts],
+                spool=self.retries,
                 content_type="application/x-ndjson",
             )
         manifest = self._manifest(bulk_ops, outcomes_key, retry_key)

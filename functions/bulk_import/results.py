@@ -1,8 +1,9 @@
 """Writers for ``outcomes.csv``, ``retry.jsonl`` and ``manifest.json``.
 
-Outcome lines spool to temporary files as rows finish; a checkpoint uploads the spool as a part
-object, and the last invocation streams the parts into the final object, which boto3's managed
-transfer uploads (multipart when large). Memory never holds the outcome list.
+Outcome lines spool to temporary files as rows finish; a checkpoint uploads the lines written
+since the last one as a part object. The invocation that finishes a file uploads its spool as
+the final object, after the parts of earlier invocations if there were any (boto3's managed
+transfer: multipart when large). Memory never holds the outcome list.
 """
 
 from __future__ import annotations
@@ -66,38 +67,53 @@ def outcomes_header() -> bytes:
 
 
 class Spool:
-    """Lines appended to an anonymous temp file; ``upload`` sends them and starts over."""
+    """Lines appended to an anonymous temp file, behind an optional header.
 
-    def __init__(self) -> None:
+    ``upload`` stores the lines written since the last upload as a part object (a checkpoint's),
+    and the spool keeps them: a run that finishes in the invocation that wrote them sends the
+    whole spool as the final object (``assemble``) instead of reading its parts back from S3.
+    """
+
+    def __init__(self, header: bytes = b"") -> None:
         # Closed in close(), not by a with-block: the spool lives as long as the run.
         self._file: IO[bytes] = tempfile.TemporaryFile(buffering=_SPOOL_BUFFER)  # noqa: SIM115
-        self.lines = 0
+        self._file.write(header)
+        self.header = header
+        self._uploaded = len(header)  # bytes up to here are in part objects (or the header)
+        self.lines = 0  # lines since the last upload
 
     def write_bytes(self, data: bytes, lines: int) -> None:
         self._file.write(data)
         self.lines += lines
 
     def upload(self, s3: S3Client, bucket: str, key: str, content_type: str) -> None:
+        """The lines written since the last upload, as one object."""
+        self._send(s3, bucket, key, content_type, self._uploaded)
+        self._uploaded = self._file.tell()
+        self.lines = 0
+
+    def upload_whole(self, s3: S3Client, bucket: str, key: str, content_type: str) -> None:
+        """Header and every line, as one object."""
+        self._send(s3, bucket, key, content_type, 0)
+
+    def _send(self, s3: S3Client, bucket: str, key: str, content_type: str, start: int) -> None:
         self._file.flush()
-        # s3transfer closes the file object it reads: hand it a duplicate descriptor.
+        # s3transfer closes the file object it reads, and sends from its position on: hand it
+        # a duplicate descriptor at ``start``.
         with os.fdopen(os.dup(self._file.fileno()), "rb") as view:
-            view.seek(0)
+            view.seek(start)
             s3.upload_fileobj(
                 view, bucket, key, ExtraArgs={"ContentType": content_type}, Config=_TRANSFER
             )
-        self.reset()
+        self._file.seek(0, io.SEEK_END)
 
     def copy_to(self, target: IO[bytes]) -> None:
+        """Every line (not the header) into ``target``."""
         self._file.flush()
-        self._file.seek(0)
+        self._file.seek(len(self.header))
         while block := self._file.read(_COPY_CHUNK):
             target.write(block)
         self._file.seek(0, io.SEEK_END)
-
-    def reset(self) -> None:
-        self._file.seek(0)
-        self._file.truncate()
-        self.lines = 0
 
     def close(self) -> None:
         self._file.close()
@@ -183,19 +199,22 @@ def assemble(
     bucket: str,
     key: str,
     *,
-    header: bytes,
-    part_keys: list[str],
-    tail: Spool,
+    earlier_parts: list[str],
+    spool: Spool,
     content_type: str,
 ) -> None:
-    """Concatenate header, stored parts and the unsaved tail into one object at ``key``."""
+    """The final object at ``key``: the spool's header, the parts earlier invocations stored,
+    then every line of this one's spool. With no earlier parts the spool is sent as it is."""
+    if not earlier_parts:
+        spool.upload_whole(s3, bucket, key, content_type)
+        return
     with tempfile.TemporaryFile() as combined:
-        combined.write(header)
-        for part in part_keys:
+        combined.write(spool.header)
+        for part in earlier_parts:
             body = s3.get_object(Bucket=bucket, Key=part)["Body"]
             for block in body.iter_chunks(_COPY_CHUNK):
                 combined.write(block)
-        tail.copy_to(combined)
+        spool.copy_to(combined)
         combined.flush()
         combined.seek(0)
         s3.upload_fileobj(

@@ -87,6 +87,48 @@ def drain_queue(stack: Stack, queue_url: str, timeout_seconds: float, limit: int
     pytest.fail("continuations did not converge")
 
 
+def test_an_import_finished_in_one_invocation_reads_none_of_its_parts_back(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkpoint before every chunk stores the outcomes so far as a part; the invocation that
+    # finishes the file sends its spool as outcomes.csv instead of fetching those parts again
+    # (on S3, one round trip a part: seconds at the end of a long run).
+    from bulk_import import aws  # noqa: PLC0415 - the client the handler will use
+
+    monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
+    upload(stack, "incoming/parts.jsonl", 60)
+    s3 = aws.s3_client()
+    stored: list[str] = []
+    read: list[str] = []
+
+    def on_put(params: dict[str, Any], **_: Any) -> None:
+        stored.append(params["Key"])
+
+    def on_get(params: dict[str, Any], **_: Any) -> None:
+        read.append(params["Key"])
+
+    s3.meta.events.register("provide-client-params.s3.PutObject", on_put)
+    s3.meta.events.register("provide-client-params.s3.GetObject", on_get)
+    try:
+        stack.import_keys("incoming/parts.jsonl")
+    finally:
+        s3.meta.events.unregister("provide-client-params.s3.PutObject", on_put)
+        s3.meta.events.unregister("provide-client-params.s3.GetObject", on_get)
+
+    assert len([k for k in stored if "/_state/outcomes-" in k]) >= 3
+    assert [k for k in read if "/_state/" in k and "checkpoint" not in k] == []
+    manifest = assert_complete(stack, "results/parts.jsonl/", 62)
+    assert manifest["counts"]["imported"] == 60
+    text = stack.get("results/parts.jsonl/outcomes.csv").decode()
+    assert text.count("line,user_id,provider,outcome,detail") == 1
+    assert (
+        stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="results/parts.jsonl/_state/")[
+            "KeyCount"
+        ]
+        == 0
+    )
+
+
 def test_redelivered_event_posts_nothing_with_idempotency_table(
     stack: Stack, idempotency_table: str
 ) -> None:

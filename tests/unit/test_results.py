@@ -73,16 +73,22 @@ def test_results_prefix(key: str, incoming: str, results: str, expected: str) ->
 
 
 def outcomes_csv(*batches: list[RowOutcome]) -> bytes:
-    """outcomes.csv as the pipeline builds it: header + stored parts + the unsaved tail."""
+    """outcomes.csv as the pipeline builds it over several invocations: every batch but the last
+    stored as a part by an invocation of its own (its checkpoint), the last in the finishing
+    invocation's spool."""
     s3 = FakeS3()
-    spool = OutcomeSpool()
+    parts = []
+    for i, batch in enumerate(batches[:-1]):
+        earlier = OutcomeSpool(outcomes_header())
+        try:
+            earlier.write(batch)
+            earlier.upload(s3, "bucket", f"_state/part-{i}", "text/csv")  # type: ignore[arg-type]
+            assert earlier.lines == 0  # an upload takes the lines written since the last one
+        finally:
+            earlier.close()
+        parts.append(f"_state/part-{i}")
+    spool = OutcomeSpool(outcomes_header())
     try:
-        parts = []
-        for i, batch in enumerate(batches[:-1]):
-            spool.write(batch)
-            spool.upload(s3, "bucket", f"_state/part-{i}", "text/csv")  # type: ignore[arg-type]
-            assert spool.lines == 0  # upload starts the spool over
-            parts.append(f"_state/part-{i}")
         if batches:
             spool.write(batches[-1])
             assert spool.lines == len(batches[-1])
@@ -90,9 +96,8 @@ def outcomes_csv(*batches: list[RowOutcome]) -> bytes:
             s3,  # type: ignore[arg-type]
             "bucket",
             "results/x.csv/outcomes.csv",
-            header=outcomes_header(),
-            part_keys=parts,
-            tail=spool,
+            earlier_parts=parts,
+            spool=spool,
             content_type="text/csv",
         )
     finally:
@@ -101,6 +106,49 @@ def outcomes_csv(*batches: list[RowOutcome]) -> bytes:
         "ContentType": "text/csv"
     }
     return s3.objects["bucket", "results/x.csv/outcomes.csv"]
+
+
+def test_an_invocation_that_finishes_sends_its_spool_without_reading_its_parts_back() -> None:
+    batches = [
+        [RowOutcome(n, f"u{n}", "oura", Outcome.IMPORTED, "") for n in range(start, start + 3)]
+        for start in (1, 4, 7)
+    ]
+    s3 = FakeS3()
+    spool = OutcomeSpool(outcomes_header())
+    try:
+        for i, batch in enumerate(batches):
+            spool.write(batch)
+            if i < 2:  # two checkpoints, each storing the lines since the one before
+                spool.upload(s3, "bucket", f"_state/part-{i}", "text/csv")  # type: ignore[arg-type]
+        del s3.objects["bucket", "_state/part-0"], s3.objects["bucket", "_state/part-1"]
+        assemble(
+            s3,  # type: ignore[arg-type]
+            "bucket",
+            "results/x.csv/outcomes.csv",
+            earlier_parts=[],
+            spool=spool,
+            content_type="text/csv",
+        )
+    finally:
+        spool.close()
+    written = s3.objects["bucket", "results/x.csv/outcomes.csv"].decode()
+    assert written.splitlines() == [
+        "line,user_id,provider,outcome,detail",
+        *(f"{n},u{n},oura,imported," for n in range(1, 10)),
+    ]
+
+
+def test_each_part_holds_the_lines_since_the_last_one() -> None:
+    s3 = FakeS3()
+    spool = OutcomeSpool(outcomes_header())
+    try:
+        for n, key in ((1, "_state/part-0"), (2, "_state/part-1")):
+            spool.write([RowOutcome(n, f"u{n}", "oura", Outcome.IMPORTED, "")])
+            spool.upload(s3, "bucket", key, "text/csv")  # type: ignore[arg-type]
+    finally:
+        spool.close()
+    assert s3.objects["bucket", "_state/part-0"] == b"1,u1,oura,imported,\n"
+    assert s3.objects["bucket", "_state/part-1"] == b"2,u2,oura,imported,\n"
 
 
 def test_header_row_is_exact_and_alone_for_no_rows() -> None:
