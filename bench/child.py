@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import importlib
 import json
+import os
 import resource
 import sys
 import time
@@ -65,6 +66,27 @@ class _GcClock:
             self.collections += 1
 
 
+# Seconds each S3 request of the run waits before it is sent (``bench.run --s3-latency``).
+S3_LATENCY_ENV = "BENCH_S3_LATENCY_S"
+
+
+def _add_s3_latency(seconds: float) -> None:
+    """Every S3 request waits ``seconds`` first, as a round trip to S3 would: moto on loopback
+    answers small requests in about a millisecond. Registered on boto3's default session, which
+    every contender's S3 client comes from; the thread sleeps without the GIL, as it would
+    waiting on the network."""
+    import boto3  # noqa: PLC0415 - after the contender's timed import
+
+    if boto3.DEFAULT_SESSION is None:
+        boto3.setup_default_session()
+    assert boto3.DEFAULT_SESSION is not None
+
+    def wait(**_: Any) -> None:
+        time.sleep(seconds)
+
+    boto3.DEFAULT_SESSION.events.register("before-send.s3", wait)
+
+
 def main() -> None:
     spec: dict[str, Any] = json.loads(sys.argv[1])
     out = Path(sys.argv[2])
@@ -73,6 +95,8 @@ def main() -> None:
     module = importlib.import_module(f"bench.contenders.{spec['contender']}")
     import_s = time.perf_counter() - started
     rss_imported = _rss_mb()
+    if s3_latency := float(os.environ.get(S3_LATENCY_ENV) or 0):
+        _add_s3_latency(s3_latency)
 
     profiler: Any = None
     if spec.get("profile"):

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import coldstart
+from bench.child import S3_LATENCY_ENV
 from bench.data import ConnectionFile, generate
 from bench.stack import BUCKET, BenchStack
 
@@ -80,6 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--rows", default=None, help="comma-separated sizes (20000,100000)")
     parser.add_argument("--latency", default=None, help="seconds per request (0,0.05)")
+    parser.add_argument(
+        "--s3-latency",
+        type=float,
+        default=0.0,
+        help="seconds added to every S3 request of a run (moto answers in ~1 ms; S3 in tens)",
+    )
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--repeat", type=int, default=None, help="runs per cell; best wall kept")
     parser.add_argument("--coldstart-repeats", type=int, default=5)
@@ -406,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     print(
         f"bench: rows {args.rows}, latency {[_ms(x) for x in args.latency]}, "
-        f"contenders {args.contenders}, best of {args.repeat}",
+        f"contenders {args.contenders}, best of {args.repeat}"
+        + (f", S3 round trips +{_ms(args.s3_latency)}" if args.s3_latency else ""),
         flush=True,
     )
     files = {rows: generate(rows) for rows in sorted(set(args.rows))}
@@ -419,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     env: dict[str, str] = {}
     with BenchStack() as stack:
         env = child_env(stack)
+        if args.s3_latency:
+            env[S3_LATENCY_ENV] = str(args.s3_latency)
         objects = {
             rows: stack.upload(f"connections-{rows}.jsonl", f.data) for rows, f in files.items()
         }
@@ -470,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {
             "rows": args.rows,
             "latency_s": args.latency,
+            "s3_latency_s": args.s3_latency,
             "repeat": args.repeat,
             "chunk_size": CHUNK_SIZE,
             "max_concurrency": CONCURRENCY,
