@@ -647,7 +647,7 @@ class _Run:
     def _absorb(self, report: ChunkReport) -> None:
         if report.held is Hold.STOPPED:  # handed over before the run stopped, never sent
             if self.stop_reason is None and self.refusal is not None:
-                self._refused(self.refusal)  # held by a refusal this thread has yet to take
+                self._refused(self.refusal)  # held back by a refusal not taken in yet
             self._write_chunk(report.chunk, Outcome.ERRORED, f"not sent: {self.stop_reason}")
             return
         self.chunk_records.extend(report.records)
@@ -666,8 +666,8 @@ class _Run:
 
     def _note_refusal(self, future: Future[ChunkReport]) -> None:
         """Run on the posting thread that got the answer: a refused key or Link Migration holds
-        back every chunk that has not started yet, without waiting for this thread's turn to
-        take the answer (each of them would be sent and refused in turn)."""
+        back every chunk that has not started yet (``_gate``), without waiting for the reading
+        thread to take the answer in; each of them would be sent and refused in turn."""
         if future.cancelled() or future.exception() is not None:
             return
         fatal = future.result().fatal
