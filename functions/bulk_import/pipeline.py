@@ -24,7 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
@@ -206,6 +206,8 @@ class _Run:
         self.deferred: int | None = None
         self.client: VitalClient | None = None
         self.client_future: Future[VitalClient] | None = None
+        self.opening: Future[_Opened] | None = None
+        self.opening_version: str | None = None
         self.executor: ThreadPoolExecutor | None = None
         self.in_flight: dict[Future[ChunkReport], tuple[int, Chunk]] = {}
         self.chunker = Chunker(settings.chunk_size, settings.max_body_bytes)
@@ -230,6 +232,7 @@ class _Run:
     def execute(self) -> FileResult:
         try:
             self._start_client()  # nearly every run needs it; its set-up overlaps S3's answers
+            self._start_opening()  # so does the object: opened while the checkpoint is read
             skipped = self._prepare()
             if skipped is not None:
                 return skipped
@@ -237,6 +240,8 @@ class _Run:
         finally:
             self.outcomes.close()
             self.retries.close()
+            if self.opening is not None:  # opened for nothing (a skip, an error): closed
+                self.opening.add_done_callback(_close_opened)
             if self.executor is not None:  # already drained, unless something went wrong
                 self.executor.shutdown(wait=False)
             if self.client_future is not None:  # now, or once built if still on its way
@@ -361,11 +366,40 @@ class _Run:
         stats = self.client.stats if self.client else None
         return FileResult(self.ref, self.prefix + MANIFEST_NAME, call_stats=stats, continuation=nxt)
 
+    def _start_opening(self) -> None:
+        """HEAD and GET the object on a posting thread while this one reads the checkpoint.
+
+        Nearly every run reads the object: its two round trips to S3 no longer wait for the
+        checkpoint's and the manifest's. A failure is raised where the stream is taken, as it
+        would have been; a run that turns out not to need the object closes it unread.
+        """
+        assert self.executor is not None  # noqa: S101 - created with the client
+        ref = self.source
+        self.opening = self.executor.submit(self._open, ref.bucket, ref.key, ref.version_id)
+        self.opening_version = ref.version_id
+
+    def _open(self, bucket: str, key: str, version_id: str | None) -> _Opened:
+        _, compression = formats.detect(key)
+        described = sources.describe(self.deps.s3, bucket, key, version_id)
+        stream = sources.open_stream(
+            self.deps.s3, described, compression, self.settings.max_decompressed_bytes
+        )
+        return _Opened(described, stream)
+
+    def _opened(self) -> _Opened:
+        """The object as opened in advance; opened again if a checkpoint named another version."""
+        opening, self.opening = self.opening, None
+        ref = self.source
+        if opening is not None:
+            opened = opening.result()
+            if self.opening_version == ref.version_id:
+                return opened
+            opened.stream.close()
+        return self._open(ref.bucket, ref.key, ref.version_id)
+
     def _read_and_post(self) -> None:
         fmt, compression = formats.detect(self.source.key)
-        described = sources.describe(
-            self.deps.s3, self.source.bucket, self.source.key, self.source.version_id
-        )
+        described, stream = self._opened()
         if self.checkpoint is None:
             self.source = described.ref.model_copy(update={"sequencer": self.ref.sequencer})
         default_provider = sources.provider_from_key(
@@ -380,9 +414,6 @@ class _Run:
                 "size": self.source.size,
                 "segment": self.ref.segment,
             },
-        )
-        stream = sources.open_stream(
-            self.deps.s3, described, compression, self.settings.max_decompressed_bytes
         )
         with stream:
             if fmt is formats.Format.JSONL:
@@ -863,6 +894,16 @@ class _Run:
             segments=self.ref.segment + 1,
             error=errors.to_info(self.error),
         )
+
+
+class _Opened(NamedTuple):
+    source: sources.SourceObject
+    stream: IO[bytes]
+
+
+def _close_opened(future: Future[_Opened]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().stream.close()
 
 
 def _close_client(future: Future[VitalClient]) -> None:

@@ -14,7 +14,7 @@ import boto3
 import httpx
 import pytest
 
-from bulk_import import formats, handler
+from bulk_import import aws, formats, handler
 from bulk_import.pipeline import GC_YOUNG_THRESHOLD, POSTING_SWITCH_INTERVAL_S, Dependencies
 from local.events import s3_event
 from tests.helpers import (
@@ -468,3 +468,31 @@ def test_no_request_body_is_left_for_the_cyclic_gc(stack: Stack) -> None:
 
     assert stack.manifest("results/three.jsonl/")["counts"]["imported"] == 30
     assert alive == []
+
+
+def test_the_object_is_opened_while_the_checkpoint_is_read(stack: Stack) -> None:
+    # The checkpoint's GET is held until the object's HEAD has been asked for (5 s at most):
+    # opening the object only after the checkpoint (and the manifest) came back never gets there.
+    s3 = aws.s3_client()  # the client the handler will use
+    headed = threading.Event()
+    waited: list[bool] = []
+
+    def on_head(**_: Any) -> None:
+        headed.set()
+
+    def on_get(params: dict[str, Any], **_: Any) -> None:
+        if params["Key"].endswith("checkpoint.json"):
+            waited.append(headed.wait(timeout=5.0))
+
+    s3.meta.events.register("provide-client-params.s3.HeadObject", on_head)
+    s3.meta.events.register("provide-client-params.s3.GetObject", on_get)
+    try:
+        stack.vital.add_known_users(user_id(1))
+        stack.put("incoming/one.jsonl", encode_rows([make_row(1)], "jsonl"))
+        stack.import_keys("incoming/one.jsonl")
+    finally:
+        s3.meta.events.unregister("provide-client-params.s3.HeadObject", on_head)
+        s3.meta.events.unregister("provide-client-params.s3.GetObject", on_get)
+
+    assert waited == [True]
+    assert stack.manifest("results/one.jsonl/")["counts"]["imported"] == 1
