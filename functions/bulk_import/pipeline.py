@@ -206,8 +206,7 @@ class _Run:
         self.deferred: int | None = None
         self.client: VitalClient | None = None
         self.client_future: Future[VitalClient] | None = None
-        self.opening: Future[_Opened] | None = None
-        self.opening_version: str | None = None
+        self.opening: Future[_Opened] | None = None  # the object, opened as the run starts
         self.executor: ThreadPoolExecutor | None = None
         self.in_flight: dict[Future[ChunkReport], tuple[int, Chunk]] = {}
         self.chunker = Chunker(settings.chunk_size, settings.max_body_bytes)
@@ -374,9 +373,8 @@ class _Run:
         would have been; a run that turns out not to need the object closes it unread.
         """
         assert self.executor is not None  # noqa: S101 - created with the client
-        ref = self.source
+        ref = self.ref
         self.opening = self.executor.submit(self._open, ref.bucket, ref.key, ref.version_id)
-        self.opening_version = ref.version_id
 
     def _open(self, bucket: str, key: str, version_id: str | None) -> _Opened:
         _, compression = formats.detect(key)
@@ -389,13 +387,13 @@ class _Run:
     def _opened(self) -> _Opened:
         """The object as opened in advance; opened again if a checkpoint named another version."""
         opening, self.opening = self.opening, None
-        ref = self.source
+        source = self.source
         if opening is not None:
             opened = opening.result()
-            if self.opening_version == ref.version_id:
+            if source.version_id == self.ref.version_id:
                 return opened
             opened.stream.close()
-        return self._open(ref.bucket, ref.key, ref.version_id)
+        return self._open(source.bucket, source.key, source.version_id)
 
     def _read_and_post(self) -> None:
         fmt, compression = formats.detect(self.source.key)

@@ -46,8 +46,8 @@ def _plain(detail: str) -> bool:
 
 _COPY_CHUNK = 1024 * 1024
 # A spool's write buffer. Each write to the file is a system call that lets go of the GIL, and
-# getting it back from busy posting threads can take a switch interval (5 ms): a chunk's
-# outcomes (~40 KB) went to the file one write each, ~0.1 s per 100k rows of waiting.
+# getting it back from busy posting threads can take a switch interval (CPython's 5 ms, 1 ms
+# during a run): a chunk's outcomes (~40 KB) were one write each, ~0.1 s per 100k rows at 5 ms.
 _SPOOL_BUFFER = 1024 * 1024
 
 
