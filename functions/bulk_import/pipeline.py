@@ -210,11 +210,13 @@ class _Run:
         self.executor: ThreadPoolExecutor | None = None
         self.in_flight: dict[Future[ChunkReport], tuple[int, Chunk]] = {}
         self.chunker = Chunker(settings.chunk_size, settings.max_body_bytes)
-        # Everything this invocation writes, its checkpoints' parts included (see assemble).
+        # What this invocation writes, its checkpoints' parts included up to a size (see Spool).
         self.outcomes = OutcomeSpool(outcomes_header())
         self.retries = RetrySpool()
-        self.earlier_outcome_parts = 0  # parts stored by earlier invocations (a resume's)
-        self.earlier_retry_parts = 0
+        # Parts the final objects read back: earlier invocations' (a resume's), and this one's
+        # once its spool has let them go (``Spool.upload``).
+        self.outcome_parts_to_read = 0
+        self.retry_parts_to_read = 0
         self.last_progress = time.monotonic()
         self.chunks_done = 0
         # The invocation's first request: the chunks after it wait for its answer (``_gate``).
@@ -306,8 +308,8 @@ class _Run:
         self.chunk_records = list(cp.chunks)
         self.outcome_parts = list(cp.outcome_parts)
         self.retry_parts = list(cp.retry_parts)
-        self.earlier_outcome_parts = len(cp.outcome_parts)
-        self.earlier_retry_parts = len(cp.retry_parts)
+        self.outcome_parts_to_read = len(cp.outcome_parts)
+        self.retry_parts_to_read = len(cp.retry_parts)
         self.lease = self.replay_lease = cp.lease
         self.settled_below = self.replay_below = cp.settled_below
         self.settled = set(cp.settled_extra)
@@ -793,12 +795,16 @@ class _Run:
         s3, bucket = self.deps.s3, self.source.bucket
         if self.outcomes.lines:
             key = self.store.outcome_part_key(len(self.outcome_parts) + 1)
-            self.outcomes.upload(s3, bucket, key, "text/csv")
+            kept = self.outcomes.upload(s3, bucket, key, "text/csv")
             self.outcome_parts.append(key)
+            if not kept:
+                self.outcome_parts_to_read = len(self.outcome_parts)
         if self.retries.lines:
             key = self.store.retry_part_key(len(self.retry_parts) + 1)
-            self.retries.upload(s3, bucket, key, "application/x-ndjson")
+            kept = self.retries.upload(s3, bucket, key, "application/x-ndjson")
             self.retry_parts.append(key)
+            if not kept:
+                self.retry_parts_to_read = len(self.retry_parts)
         # Without an explicit lease the caller has drained: nothing from next_seq on was sent,
         # nor any chunk from the first one the posting threads held back for lack of time.
         if lease is None:
@@ -827,12 +833,12 @@ class _Run:
         bulk_ops = self._reconcile_bulk_ops()
         s3, bucket = self.deps.s3, self.source.bucket
         outcomes_key = self.prefix + OUTCOMES_NAME
-        # This invocation's own parts are in its spools too: only earlier invocations' are read.
+        # The parts after those to read are in the spools too.
         assemble(
             s3,
             bucket,
             outcomes_key,
-            earlier_parts=self.outcome_parts[: self.earlier_outcome_parts],
+            parts=self.outcome_parts[: self.outcome_parts_to_read],
             spool=self.outcomes,
             content_type="text/csv",
         )
@@ -843,7 +849,7 @@ class _Run:
                 s3,
                 bucket,
                 retry_key,
-                earlier_parts=self.retry_parts[: self.earlier_retry_parts],
+                parts=self.retry_parts[: self.retry_parts_to_read],
                 spool=self.retries,
                 content_type="application/x-ndjson",
             )

@@ -2,8 +2,9 @@
 
 Outcome lines spool to temporary files as rows finish; a checkpoint uploads the lines written
 since the last one as a part object. The invocation that finishes a file uploads its spool as
-the final object, after the parts of earlier invocations if there were any (boto3's managed
-transfer: multipart when large). Memory never holds the outcome list.
+the final object, streamed after the parts it does not hold (earlier invocations', and its own
+once the spool has let them go) if there are any (boto3's managed transfer: multipart when
+large). Neither memory nor /tmp holds the whole outcome list.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import operator
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Buffer, Iterator, Sequence
 from typing import IO, TYPE_CHECKING
 
 from boto3.s3.transfer import TransferConfig
@@ -33,6 +34,15 @@ RETRY_NAME = "retry.jsonl"
 STATE_DIR = "_state/"
 _PART = 16 * 1024 * 1024
 _TRANSFER = TransferConfig(multipart_threshold=_PART, multipart_chunksize=_PART)
+# A stream (parts read back, then the spool) cannot be re-read, so s3transfer holds each part
+# in memory until it is sent: at most this many at once (its default, 10, is 160 MiB).
+_STREAMED_TRANSFER = TransferConfig(multipart_threshold=_PART, multipart_chunksize=_PART)
+_STREAMED_TRANSFER.max_in_memory_upload_chunks = 3
+# What a spool keeps of the lines it has uploaded, so that the finishing invocation need not
+# read its own parts back. Lambda's /tmp is 512 MB unless the template raises it, and an
+# invocation can write ~70 bytes of outcomes a row for millions of rows: past this, a spool
+# lets its uploaded lines go and the end of the run reads those parts back instead.
+SPOOL_KEEP_BYTES = 128 * 1024 * 1024
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # Values that need neither CSV quoting nor formula neutralising (UUIDs, provider names, "").
 _PLAIN = re.compile(r"[0-9A-Za-z_][0-9A-Za-z_.:/ -]*|")
@@ -86,11 +96,20 @@ class Spool:
         self._file.write(data)
         self.lines += lines
 
-    def upload(self, s3: S3Client, bucket: str, key: str, content_type: str) -> None:
-        """The lines written since the last upload, as one object."""
+    def upload(self, s3: S3Client, bucket: str, key: str, content_type: str) -> bool:
+        """The lines written since the last upload, as one object.
+
+        False when the spool has let go of every line uploaded so far (it had kept more than
+        ``SPOOL_KEEP_BYTES``): the final object must then read back the parts stored until now.
+        """
         self._send(s3, bucket, key, content_type, self._uploaded)
-        self._uploaded = self._file.tell()
         self.lines = 0
+        kept = self._file.tell() - len(self.header) <= SPOOL_KEEP_BYTES
+        if not kept:
+            self._file.truncate(len(self.header))
+            self._file.seek(0, io.SEEK_END)
+        self._uploaded = self._file.tell()
+        return kept
 
     def upload_whole(self, s3: S3Client, bucket: str, key: str, content_type: str) -> None:
         """Header and every line, as one object."""
@@ -107,13 +126,15 @@ class Spool:
             )
         self._file.seek(0, io.SEEK_END)
 
-    def copy_to(self, target: IO[bytes]) -> None:
-        """Every line (not the header) into ``target``."""
+    def blocks(self) -> Iterator[bytes]:
+        """Every line it holds (not the header), a block at a time."""
         self._file.flush()
         self._file.seek(len(self.header))
-        while block := self._file.read(_COPY_CHUNK):
-            target.write(block)
-        self._file.seek(0, io.SEEK_END)
+        try:
+            while block := self._file.read(_COPY_CHUNK):
+                yield block
+        finally:
+            self._file.seek(0, io.SEEK_END)
 
     def close(self) -> None:
         self._file.close()
@@ -199,27 +220,59 @@ def assemble(
     bucket: str,
     key: str,
     *,
-    earlier_parts: list[str],
+    parts: list[str],
     spool: Spool,
     content_type: str,
 ) -> None:
-    """The final object at ``key``: the spool's header, the parts earlier invocations stored,
-    then every line of this one's spool. With no earlier parts the spool is sent as it is."""
-    if not earlier_parts:
+    """The final object at ``key``: the spool's header, the parts it does not hold, then every
+    line it holds. With no such parts the spool is sent as it is.
+
+    The parts are read back as the object is sent, not gathered on disk first: /tmp would
+    otherwise hold the file's outcomes once more at its end.
+    """
+    if not parts:
         spool.upload_whole(s3, bucket, key, content_type)
         return
-    with tempfile.TemporaryFile() as combined:
-        combined.write(spool.header)
-        for part in earlier_parts:
-            body = s3.get_object(Bucket=bucket, Key=part)["Body"]
-            for block in body.iter_chunks(_COPY_CHUNK):
-                combined.write(block)
-        spool.copy_to(combined)
-        combined.flush()
-        combined.seek(0)
-        s3.upload_fileobj(
-            combined, bucket, key, ExtraArgs={"ContentType": content_type}, Config=_TRANSFER
-        )
+    stream = io.BufferedReader(_BlockReader(_blocks(s3, bucket, parts, spool)), _COPY_CHUNK)
+    s3.upload_fileobj(
+        stream, bucket, key, ExtraArgs={"ContentType": content_type}, Config=_STREAMED_TRANSFER
+    )
+
+
+def _blocks(s3: S3Client, bucket: str, parts: list[str], spool: Spool) -> Iterator[bytes]:
+    yield spool.header
+    for part in parts:
+        body = s3.get_object(Bucket=bucket, Key=part)["Body"]
+        try:
+            yield from body.iter_chunks(_COPY_CHUNK)
+        finally:
+            body.close()
+    yield from spool.blocks()
+
+
+class _BlockReader(io.RawIOBase):
+    """A readable stream of blocks. Wrapped in a BufferedReader, ``read(n)`` gives n bytes
+    until the end, which s3transfer needs: a short read mid-stream would make a part smaller
+    than S3's minimum."""
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self._blocks = blocks
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Buffer) -> int:
+        while not self._pending:
+            block = next(self._blocks, None)
+            if block is None:
+                return 0
+            self._pending = memoryview(block)
+        with memoryview(buffer) as target:
+            n = min(len(target), len(self._pending))
+            target[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
 
 
 def write_manifest(s3: S3Client, bucket: str, key: str, manifest: Manifest) -> None:

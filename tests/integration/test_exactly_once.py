@@ -129,6 +129,47 @@ def test_an_import_finished_in_one_invocation_reads_none_of_its_parts_back(
     )
 
 
+def test_a_spool_that_let_its_lines_go_has_its_parts_read_back_in_order(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past SPOOL_KEEP_BYTES a spool lets go of what it has uploaded, so /tmp holds at most about
+    # that much: the end of the run then reads those parts back, in order, ahead of the spool.
+    from bulk_import import aws, results  # noqa: PLC0415 - the client the handler will use
+
+    monkeypatch.setattr(results, "SPOOL_KEEP_BYTES", 700)  # two or three parts' worth of lines
+    monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
+    monkeypatch.setenv("CHUNK_SIZE", "5")
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")  # parts of the same size from run to run
+    upload(stack, "incoming/let-go.jsonl", 60)
+    s3 = aws.s3_client()
+    stored: list[str] = []
+    read: list[str] = []
+
+    def on_put(params: dict[str, Any], **_: Any) -> None:
+        stored.append(params["Key"])
+
+    def on_get(params: dict[str, Any], **_: Any) -> None:
+        read.append(params["Key"])
+
+    s3.meta.events.register("provide-client-params.s3.PutObject", on_put)
+    s3.meta.events.register("provide-client-params.s3.GetObject", on_get)
+    try:
+        stack.import_keys("incoming/let-go.jsonl")
+    finally:
+        s3.meta.events.unregister("provide-client-params.s3.PutObject", on_put)
+        s3.meta.events.unregister("provide-client-params.s3.GetObject", on_get)
+
+    parts = [k for k in stored if "/_state/outcomes-" in k]
+    read_back = [k for k in read if "/_state/outcomes-" in k]
+    assert len(parts) >= 5
+    assert read_back == parts[: len(read_back)]  # a prefix of the parts, in their order
+    assert 0 < len(read_back) < len(parts)  # the last parts were still in the spool
+    manifest = assert_complete(stack, "results/let-go.jsonl/", 62)
+    assert manifest["counts"]["imported"] == 60
+    outcomes = stack.get("results/let-go.jsonl/outcomes.csv").decode()
+    assert outcomes.count("line,user_id,provider,outcome,detail") == 1
+
+
 def test_redelivered_event_posts_nothing_with_idempotency_table(
     stack: Stack, idempotency_table: str
 ) -> None:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bulk_import import results
 from bulk_import.chunking import PendingRow, RowOutcome, serialise
 from bulk_import.formats import Format, read_records
 from bulk_import.models import ConnectionRow, Counts, Manifest, Outcome, SourceRef
@@ -35,6 +36,9 @@ class FakeBody:
     def iter_chunks(self, chunk_size: int) -> Iterator[bytes]:
         for i in range(0, len(self._data), chunk_size):
             yield self._data[i : i + chunk_size]
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class FakeS3:
@@ -96,7 +100,7 @@ def outcomes_csv(*batches: list[RowOutcome]) -> bytes:
             s3,  # type: ignore[arg-type]
             "bucket",
             "results/x.csv/outcomes.csv",
-            earlier_parts=parts,
+            parts=parts,
             spool=spool,
             content_type="text/csv",
         )
@@ -125,7 +129,7 @@ def test_an_invocation_that_finishes_sends_its_spool_without_reading_its_parts_b
             s3,  # type: ignore[arg-type]
             "bucket",
             "results/x.csv/outcomes.csv",
-            earlier_parts=[],
+            parts=[],
             spool=spool,
             content_type="text/csv",
         )
@@ -286,8 +290,7 @@ def test_fast_outcome_lines_parse_like_the_csv_module(rows: list[tuple]) -> None
     outcomes = [RowOutcome(*row) for row in rows]
     spool = OutcomeSpool()
     spool.write(outcomes)
-    written = io.BytesIO()
-    spool.copy_to(written)
+    written = io.BytesIO(b"".join(spool.blocks()))
     spool.close()
     expected = io.StringIO()
     writer = csv.writer(expected, lineterminator="\n")
@@ -317,9 +320,52 @@ def test_a_shared_outcome_writes_the_bytes_of_one_outcome_per_row(
     each, same = OutcomeSpool(), OutcomeSpool()
     each.write([RowOutcome(r.line, r.user_id, provider, outcome, detail) for r in pending])
     same.write_same(pending, provider, outcome, detail)
-    expected, written = io.BytesIO(), io.BytesIO()
-    each.copy_to(expected)
-    same.copy_to(written)
-    assert (same.lines, written.getvalue()) == (each.lines, expected.getvalue())
+    expected, written = b"".join(each.blocks()), b"".join(same.blocks())
+    assert (same.lines, written) == (each.lines, expected)
     each.close()
     same.close()
+
+
+def test_a_spool_past_its_keep_size_lets_its_uploaded_lines_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # /tmp is 512 MB by default: a spool keeps the lines it has uploaded (so the finishing
+    # invocation need not read its parts back) only up to a size, then the parts are read back.
+    monkeypatch.setattr(results, "SPOOL_KEEP_BYTES", 60)
+    line = lambda n: RowOutcome(n, f"u{n}", "oura", Outcome.IMPORTED, "")  # noqa: E731
+    s3 = FakeS3()
+    spool = OutcomeSpool(outcomes_header())
+    kept = []
+    try:
+        for n in range(1, 6):  # each line is 20 bytes: kept until more than 60 are held
+            spool.write([line(n)])
+            kept.append(spool.upload(s3, "bucket", f"_state/part-{n}", "text/csv"))  # type: ignore[arg-type]
+        held = b"".join(spool.blocks())
+        spool.write([line(6)])
+        assert kept == [True, True, True, False, True]
+        assert held == b"5,u5,oura,imported,\n"  # parts 1-4 went; the spool holds part 5 on
+        to_read = [f"_state/part-{n}" for n in range(1, 5)]  # up to the last upload let go
+        assemble(s3, "bucket", "outcomes.csv", parts=to_read, spool=spool, content_type="text/csv")  # type: ignore[arg-type]
+    finally:
+        spool.close()
+    written = s3.objects["bucket", "outcomes.csv"].decode()
+    assert written.splitlines() == [
+        "line,user_id,provider,outcome,detail",
+        *(f"{n},u{n},oura,imported," for n in range(1, 7)),
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.binary(max_size=40), max_size=30),
+    st.integers(min_value=1, max_value=64),
+)
+def test_a_stream_of_blocks_reads_whole_amounts_until_its_end(
+    blocks: list[bytes], amount: int
+) -> None:
+    """s3transfer cuts a stream into parts with read(n): a short read mid-stream would make a
+    part smaller than S3 allows (5 MiB but the last)."""
+    stream = io.BufferedReader(results._BlockReader(iter(blocks)), 16)
+    pieces = list(iter(lambda: stream.read(amount), b""))
+    assert b"".join(pieces) == b"".join(blocks)
+    assert all(len(p) == amount for p in pieces[:-1])
