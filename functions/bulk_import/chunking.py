@@ -20,10 +20,6 @@ from bulk_import.models import (
     WellFormedRow,
 )
 
-# Bump when chunk boundaries change for the same input and settings: checkpoints taken by an
-# older version then refuse to resume instead of replaying different chunks.
-CHUNKING_VERSION = 1
-
 
 class PendingRow(NamedTuple):
     """A validated row waiting to be sent: its line, user id and serialised ConnectionRecipe.

@@ -14,7 +14,6 @@ replays the file, skips what is settled, reports unsettled chunks under the leas
 from __future__ import annotations
 
 import gc
-import hashlib
 import operator
 import sys
 import time
@@ -29,9 +28,9 @@ from typing import IO, TYPE_CHECKING, NamedTuple
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
-from bulk_import import errors, formats, sources
+from bulk_import import errors, formats, replay, sources
 from bulk_import.checkpoint import CheckpointStore
-from bulk_import.chunking import CHUNKING_VERSION, Chunk, Chunker, PendingRow, RowOutcome, serialise
+from bulk_import.chunking import Chunk, Chunker, PendingRow, RowOutcome, serialise
 from bulk_import.config import Settings
 from bulk_import.errors import FileError, ImportAborted, InternalError
 from bulk_import.models import (
@@ -160,12 +159,6 @@ def tuned_interpreter() -> Iterator[None]:
         sys.setswitchinterval(interval)
 
 
-def fingerprint(settings: Settings) -> str:
-    """Everything that decides chunk boundaries: a resume with other values cannot replay."""
-    basis = f"v{CHUNKING_VERSION};rows={settings.chunk_size};bytes={settings.max_body_bytes}"
-    return hashlib.sha256(basis.encode()).hexdigest()[:16]
-
-
 class _Run:
     def __init__(self, ref: ObjectRef, settings: Settings, deps: Dependencies) -> None:
         self.ref = ref
@@ -274,11 +267,9 @@ class _Run:
             return self._skip("a later invocation already took over this import")
         if self.ref.segment > checkpoint.next_segment:
             return self._skip("continuation from an unknown segment")
-        if checkpoint.fingerprint != fingerprint(self.settings):
-            self.error = errors.ConfigurationError(
-                "CHUNK_SIZE or MAX_BODY_BYTES changed while this file was being imported; "
-                "the rest cannot be resumed safely: upload retry.jsonl or the remaining rows again"
-            )
+        changed = replay.changes(checkpoint.fingerprint, replay.fingerprint(self.settings))
+        if changed:
+            self.error = errors.ConfigurationError(replay.describe(changed))
         self._restore(checkpoint)
         return None
 
@@ -812,7 +803,7 @@ class _Run:
         self.lease = lease
         checkpoint = Checkpoint(
             source=self.source,
-            fingerprint=fingerprint(self.settings),
+            fingerprint=replay.fingerprint(self.settings),
             started_at=self.started_at,
             next_segment=next_segment,
             lease=self.lease,

@@ -341,6 +341,37 @@ def test_tiny_time_budget_continues_across_invocations(
     assert len(stack.vital.posted_connections()) == 400
 
 
+def test_a_setting_changed_between_invocations_fails_the_file_instead_of_replaying(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, continuation_queue: str
+) -> None:
+    # Given an import handed on, with some rows over MAX_ROW_BYTES (so rejected, not chunked)
+    rows = [make_row(n, **({"access_token": "x" * 1500} if n % 7 == 3 else {})) for n in range(400)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put("incoming/redeploy.jsonl", encode_rows(rows, "jsonl"))
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "2")
+    monkeypatch.setenv("MAX_ROW_BYTES", "1024")
+    monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "2.6")
+    stack.vital.latency_seconds = 0.05
+    first = stack.invoke(s3_event(stack.bucket, ["incoming/redeploy.jsonl"]), timeout_seconds=3.0)
+    assert first["files"][0]["status"] == "continued"
+
+    # When a deploy raises MAX_ROW_BYTES before the next invocation (the same rows would now be
+    # accepted, and the checkpoint's chunk numbers would point at other rows)
+    monkeypatch.setenv("MAX_ROW_BYTES", "1000000")
+    monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "0")
+    drain_queue(stack, continuation_queue, timeout_seconds=900)
+
+    # Then the file fails, naming the setting, and no row is sent twice or counted twice
+    manifest = stack.manifest("results/redeploy.jsonl/")
+    assert manifest["status"] == "failed"
+    assert manifest["error"]["message"].startswith("MAX_ROW_BYTES changed")
+    posted = stack.vital.posted_connections()
+    assert len(posted) == len(set(posted))
+    lines = [int(o["line"]) for o in stack.outcomes("results/redeploy.jsonl/")]
+    assert len(lines) == len(set(lines)) == manifest["counts"]["rows"]
+
+
 def test_a_chunk_that_waited_too_long_for_a_thread_goes_to_the_next_invocation(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, continuation_queue: str
 ) -> None:

@@ -1,0 +1,64 @@
+"""What a resumed import must find unchanged to replay the chunks its checkpoint counted.
+
+A resume re-reads the file and relies on getting the same chunks in the same order: which rows
+are accepted and how they are cut depends on these settings and on the code itself (validation,
+dedupe, chunking, and pydantic-core underneath). If any differs, the chunk numbers in the
+checkpoint point at other rows, and replaying would send some rows twice and skip others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import pydantic_core
+
+from bulk_import.config import Settings
+
+CODE = "code"
+
+
+def fingerprint(settings: Settings) -> str:
+    """The replay basis as readable JSON: a mismatch can then say what changed."""
+    basis = {
+        "CHUNK_SIZE": settings.chunk_size,
+        "MAX_BODY_BYTES": settings.max_body_bytes,
+        "MAX_ROW_BYTES": settings.max_row_bytes,
+        "INCOMING_PREFIX": settings.incoming_prefix,  # the default provider comes from the key
+        CODE: code_version(),
+    }
+    return json.dumps(basis, sort_keys=True, separators=(",", ":"))
+
+
+def changes(stored: str, current: str) -> list[str]:
+    """The names whose values differ; every name when ``stored`` is from an older format."""
+    mine: dict[str, object] = json.loads(current)
+    try:
+        theirs = json.loads(stored)
+    except ValueError:
+        theirs = None
+    if not isinstance(theirs, dict):
+        return sorted(mine)
+    return sorted(
+        name for name in mine.keys() | theirs.keys() if mine.get(name) != theirs.get(name)
+    )
+
+
+def describe(changed: list[str]) -> str:
+    names = [("the function's code" if name == CODE else name) for name in changed]
+    return (
+        f"{' and '.join(names) if len(names) < 3 else ', '.join(names)} changed while this file "
+        "was being imported, so the rest cannot be resumed without sending rows twice: "
+        "upload retry.jsonl or the remaining rows again"
+    )
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """A digest of this package's sources and of pydantic-core's version (a deploy changes it)."""
+    digest = hashlib.sha256(pydantic_core.__version__.encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
