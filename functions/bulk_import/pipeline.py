@@ -251,13 +251,19 @@ class _Run:
             logger.warning("a new upload replaces an unfinished import of this key")
             self.store.delete(checkpoint.outcome_parts + checkpoint.retry_parts)
             checkpoint = None
+        manifest = self.store.existing_manifest()
+        finished = manifest is not None and self._same_object(manifest.source)
         if checkpoint is None:
             if self.ref.segment > 0:
                 return self._skip("this import already finished")
-            manifest = self.store.existing_manifest()
-            if manifest is not None and self._same_object(manifest.source):
+            if finished:
                 return self._skip("this object version was already imported")
             return None
+        if finished:
+            # The manifest is written before the state is deleted: the cleanup failed or the
+            # function stopped in between. Replaying would overwrite the manifest.
+            self.store.delete(checkpoint.outcome_parts + checkpoint.retry_parts)
+            return self._skip("this object version was already imported (its state is cleared)")
         if self.ref.segment < checkpoint.next_segment:
             if self.ref.segment == checkpoint.next_segment - 1:
                 # Our earlier attempt saved the hand-off but may have died before sending it.

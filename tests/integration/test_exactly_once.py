@@ -15,6 +15,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from local.events import s3_event
 from tests.helpers import encode_rows, make_row, user_id
@@ -168,6 +169,44 @@ def test_a_spool_that_let_its_lines_go_has_its_parts_read_back_in_order(
     assert manifest["counts"]["imported"] == 60
     outcomes = stack.get("results/let-go.jsonl/outcomes.csv").decode()
     assert outcomes.count("line,user_id,provider,outcome,detail") == 1
+
+
+def test_a_retry_after_the_manifest_was_written_keeps_it_and_clears_the_state(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an import whose manifest is written but whose state could not be deleted after it
+    from bulk_import import checkpoint  # noqa: PLC0415 - the class the pipeline uses
+
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "3")
+    upload(stack, "incoming/cleanup.jsonl", 100)
+    event = s3_event(stack.bucket, ["incoming/cleanup.jsonl"])
+    delete = checkpoint.CheckpointStore.delete
+    calls: list[int] = []
+
+    def throttled_once(store: checkpoint.CheckpointStore, parts: list[str]) -> None:
+        calls.append(len(parts))
+        if len(calls) == 1:
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "-"}}, "DeleteObjects")
+        delete(store, parts)
+
+    monkeypatch.setattr(checkpoint.CheckpointStore, "delete", throttled_once)
+    with pytest.raises(ClientError):
+        stack.invoke(event)
+    first = assert_complete(stack, "results/cleanup.jsonl/", 102)
+    posted = len(stack.vital.posted_connections())
+
+    # When Lambda retries the event (no idempotency table here)
+    result = stack.invoke(event)
+
+    # Then nothing is sent again, the manifest stands, and the state is gone
+    assert result["files"][0]["status"] == "skipped"
+    assert len(stack.vital.posted_connections()) == posted
+    assert stack.manifest("results/cleanup.jsonl/") == first
+    assert first["counts"]["imported"] == 100
+    for prefix in ("results/cleanup.jsonl/_state/", "retry/cleanup.jsonl/_state/"):
+        listed = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=prefix)
+        assert listed["KeyCount"] == 0
 
 
 def test_redelivered_event_posts_nothing_with_idempotency_table(
