@@ -500,10 +500,10 @@ class _Run:
                 detail = f"duplicate of line {first} (same provider and user_id); not sent"
                 self._write([RowOutcome(line, user_id, provider, Outcome.DUPLICATE, detail)])
             return
-        seen[identity] = line
         payload = serialise(row)
         chunker = self.chunker
         if len(payload) > chunker.fits_any and not chunker.fits_alone(provider, payload):
+            # Not seen: a corrected copy of the row further down is not its duplicate.
             self._reject(
                 line,
                 None,
@@ -512,6 +512,7 @@ class _Run:
                 f"(MAX_BODY_BYTES={self.settings.max_body_bytes})",
             )
             return
+        seen[identity] = line
         for chunk in chunker.add(provider, _pending(PendingRow, (line, user_id, payload))):
             self._dispatch(chunk)
 

@@ -214,18 +214,20 @@ def test_a_row_too_large_for_any_request_is_rejected_and_the_rest_goes_on(
     rows[1]["access_token"] = "x" * 10_001
     if spelling == "lenient":
         rows[1]["provider"] = "Oura"
+    rows.append(make_row(2, provider="oura"))  # the same connection, corrected, further down
     stack.vital.add_known_users(*(user_id(n) for n in range(1, 5)))
     stack.put("incoming/big.jsonl", encode_rows(rows, "jsonl"))
 
     stack.import_keys("incoming/big.jsonl")
 
-    # Then that row alone is rejected, naming the setting, and the others are imported
+    # Then that row alone is rejected, naming the setting, and the others are imported: the
+    # rejected row does not make its corrected copy a duplicate
     by_line = {int(o["line"]): o for o in stack.outcomes("results/big.jsonl/")}
     assert by_line[2]["outcome"] == "rejected"
     assert "MAX_BODY_BYTES=10000" in by_line[2]["detail"]
-    assert [by_line[n]["outcome"] for n in (1, 3, 4)] == ["imported"] * 3
+    assert [by_line[n]["outcome"] for n in (1, 3, 4, 5)] == ["imported"] * 4
     posted = stack.vital.posted_connections()
-    assert sorted(posted) == sorted(("oura", user_id(n)) for n in (1, 3, 4))
+    assert sorted(posted) == sorted(("oura", user_id(n)) for n in (1, 2, 3, 4))
 
 
 def test_outcomes_csv_header_and_manifest_shape(stack: Stack) -> None:
