@@ -343,11 +343,12 @@ class _TextWindow:
                 raise MalformedFile(
                     f"element {index} holds a number with too many digits"
                 ) from None
-            # A number cut at the window's edge ('1.' of '1.5') may continue in the next read.
-            if not self._eof and _NUMBER_TAIL.fullmatch(self._buf, end) and self._fill():
-                continue
+            # A number cut at the window's edge ('1.' of '1.5') may continue in the next read,
+            # but not past the limit: a bare number of gigabytes must not be buffered whole.
             if end - self._pos > limit:
                 raise MalformedFile(f"element {index} is larger than {limit} bytes")
+            if not self._eof and _NUMBER_TAIL.fullmatch(self._buf, end) and self._fill():
+                continue
             self._pos = end
             return value
 

@@ -508,6 +508,28 @@ def test_json_element_over_the_limit_is_refused_wherever_it_lies() -> None:
     assert message == "element 2 is larger than 1024 bytes"
 
 
+def test_json_bare_number_over_the_limit_is_refused_before_the_rest_is_read() -> None:
+    # A number cut at a window's edge may go on in the next read: not past the limit (a gzip of
+    # '[1.' and gigabytes of zeros would otherwise be buffered whole, re-parsed at each read).
+    data = b'[{"a":1}, 1.' + b"0" * (1024 * 1024) + b"]"
+    served: list[int] = []
+
+    class Counted(io.BytesIO):
+        def readinto(self, buffer: Any) -> int:
+            n = super().readinto(buffer)
+            served.append(n)
+            return n
+
+    got: list[Row] = []
+    with (
+        mock.patch.object(formats, "_READ_SIZE", 4096),
+        pytest.raises(MalformedFile, match=r"^element 2 is larger than 10000 bytes$"),
+    ):
+        _collect(read_records(io.BufferedReader(Counted(data)), Format.JSON, 10_000), got)
+    assert got == [(1, {"a": 1}, None)]
+    assert sum(served) < 64 * 1024
+
+
 def test_json_array_stream_is_not_closed() -> None:
     s = stream(b'[{"a":1}]')
     assert len(list(read_records(s, Format.JSON, BIG))) == 1
