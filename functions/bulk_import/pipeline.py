@@ -83,6 +83,9 @@ BULK_OP_SKEW = timedelta(seconds=5)
 DEADLINE_CHECK_EVERY_RECORDS = 64
 # Checkpoints are spaced at least about this far apart when chunks go out quickly.
 CHECKPOINT_SECONDS = 2.0
+# Outcome and retry lines written since the last checkpoint that make the reading thread take
+# one: with results.SPOOL_KEEP_BYTES, /tmp holds at most ~200 MB (Lambda's default is 512 MB).
+UNSAVED_SPOOL_BYTES = 32 * 1024 * 1024
 # Chunks handed to the posting threads at once, per thread: one being sent, one waiting.
 QUEUED_PER_THREAD = 2
 # How long this thread keeps the GIL while a posting thread waits for it. A request needs the
@@ -432,6 +435,11 @@ class _Run:
             raise _DeadlineReached
         if time.monotonic() - self.last_progress > PROGRESS_EVERY_SECONDS:
             self._log_progress()
+        if self.outcomes.unsaved_bytes + self.retries.unsaved_bytes > UNSAVED_SPOOL_BYTES:
+            # Rows that are not sent (rejected, or after a stop) bring no checkpoints of their
+            # own: without one, their outcomes would pile up in /tmp, and a retry would not know
+            # of the stop.
+            self._save_checkpoint(next_segment=self.ref.segment)
 
     def _take_jsonl(self, stream: IO[bytes], default_provider: str | None) -> None:
         """The hot loop: JSONL in blocks, well-formed rows straight to ``_accept``.

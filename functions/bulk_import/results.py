@@ -42,7 +42,7 @@ _STREAMED_TRANSFER.max_in_memory_upload_chunks = 3
 # read its own parts back. Lambda's /tmp is 512 MB unless the template raises it, and an
 # invocation can write ~70 bytes of outcomes a row for millions of rows: past this, a spool
 # lets its uploaded lines go and the end of the run reads those parts back instead.
-SPOOL_KEEP_BYTES = 128 * 1024 * 1024
+SPOOL_KEEP_BYTES = 64 * 1024 * 1024
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # Values that need neither CSV quoting nor formula neutralising (UUIDs, provider names, "").
 _PLAIN = re.compile(r"[0-9A-Za-z_][0-9A-Za-z_.:/ -]*|")
@@ -110,6 +110,11 @@ class Spool:
             self._file.seek(0, io.SEEK_END)
         self._uploaded = self._file.tell()
         return kept
+
+    @property
+    def unsaved_bytes(self) -> int:
+        """Bytes written since the last upload."""
+        return self._file.tell() - self._uploaded
 
     def upload_whole(self, s3: S3Client, bucket: str, key: str, content_type: str) -> None:
         """Header and every line, as one object."""

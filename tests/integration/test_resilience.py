@@ -420,6 +420,52 @@ def test_link_migration_disabled_fails_the_file_fast(
     check_invariants(stack, manifest, outcomes, 40)
 
 
+@pytest.mark.usefixtures("no_waits")
+def test_a_refused_file_keeps_tmp_bounded_and_checkpoints_its_stop(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rows after a refusal are not sent, so they bring no checkpoints of their own, yet each
+    # gets an outcome and a retry line (~0.9 KB at realistic sizes): a long refused file must
+    # not fill /tmp (a crash there would retry the refused key), nor hide the stop from a retry.
+    from bulk_import import checkpoint, pipeline, results  # noqa: PLC0415 - scaled to the test
+
+    monkeypatch.setattr(pipeline, "UNSAVED_SPOOL_BYTES", 20_000)
+    monkeypatch.setattr(results, "SPOOL_KEEP_BYTES", 40_000)
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    put_rows(stack, "incoming/refused-long.jsonl", 3000)
+    stack.vital.link_migration_enabled = False
+    largest = 0
+    write_bytes = results.Spool.write_bytes
+
+    def measured(spool: results.Spool, data: bytes, lines: int) -> None:
+        nonlocal largest
+        write_bytes(spool, data, lines)
+        largest = max(largest, spool._file.tell())  # the spool's size on disk
+
+    saved: list[dict[str, Any]] = []
+    save = checkpoint.CheckpointStore.save
+
+    def recorded(store: checkpoint.CheckpointStore, cp: Any) -> None:
+        saved.append(cp.model_dump(mode="json"))
+        save(store, cp)
+
+    monkeypatch.setattr(results.Spool, "write_bytes", measured)
+    monkeypatch.setattr(checkpoint.CheckpointStore, "save", recorded)
+    manifest, outcomes = run(stack, "incoming/refused-long.jsonl")
+
+    assert len(stack.vital.bulk_import_requests()) <= 2
+    assert manifest["status"] == "failed"
+    check_invariants(stack, manifest, outcomes, 3000)
+    retry_lines = stack.get("retry/refused-long.jsonl/retry.jsonl").splitlines()
+    assert len(retry_lines) == 3000
+    # ~2.2 MB of outcome and retry lines went through spools that never held more than their
+    # keep size, the lines since the last checkpoint and one block's rows
+    assert largest < 40_000 + 20_000 + 150_000
+    stopped = [cp for cp in saved if cp["stop_reason"] is not None]
+    assert len(stopped) >= 5
+    assert "Link Migration" in stopped[0]["stop_reason"]["message"]
+
+
 # --- 422 --------------------------------------------------------------------------------------
 
 
