@@ -51,6 +51,8 @@ MAX_RETRY_AFTER_SECONDS = 60.0
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 20.0
 CONNECT_TIMEOUT_SECONDS = 5.0
+# Of the retry budget, what a call answered at its first attempt gives back (see _refund).
+REFUND_PER_ANSWER = 0.2
 # No attempt starts with less time than this before the deadline.
 MIN_ATTEMPT_SECONDS = 1.0
 BULK_OP_MAX_ATTEMPTS = 3
@@ -265,13 +267,14 @@ class VitalClient:
             ),
             transport=transport,
         )
-        # Retries for the whole file, so one sick API cannot burn the invocation chunk by chunk.
+        # Retries for the whole file, so one sick API cannot burn the invocation chunk by chunk;
+        # answered calls refill it (``_refund``).
         self.retry_budget = max(10, settings.max_attempts * 2 * settings.max_concurrency)
-        self._budget_left = self.retry_budget
+        self._budget_left = float(self.retry_budget)
         self._budget_lock = threading.Lock()
 
     @property
-    def retries_left(self) -> int:
+    def retries_left(self) -> float:
         with self._budget_lock:
             return self._budget_left
 
@@ -395,10 +398,24 @@ class VitalClient:
 
     def _with_retries[T](self, call: _Call, attempt_once: Callable[[], T]) -> T:
         try:
-            return self._attempt(call, attempt_once)
+            result = self._attempt(call, attempt_once)
         except (_Retryable, httpx.TransportError) as exc:
             first_failure: Exception = exc
-        return self._retry(call, attempt_once, first_failure)
+        else:
+            self._refund(0)
+            return result
+        result = self._retry(call, attempt_once, first_failure)
+        self._refund(call.attempts - 1)
+        return result
+
+    def _refund(self, retries: int) -> None:
+        """An answered call gives back the retries it took, or a fifth of one if it took none
+        (the AWS SDKs' retry quota): a file throttled now and then keeps its budget all the way
+        through, while one meeting an outage spends it."""
+        with self._budget_lock:
+            self._budget_left = min(
+                float(self.retry_budget), self._budget_left + (retries or REFUND_PER_ANSWER)
+            )
 
     def _retry[T](self, call: _Call, attempt_once: Callable[[], T], failed: Exception) -> T:
         """After a first attempt failed: stamina decides from that failure on, as from the start.

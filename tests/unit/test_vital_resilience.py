@@ -193,6 +193,39 @@ def test_retry_budget_is_shared_by_the_calls_of_a_file() -> None:
     assert vital.stats.retries_refused == 1
 
 
+def test_answered_calls_refill_the_budget_so_occasional_throttling_never_spends_it() -> None:
+    # A long file throttled now and then: every fifth request is answered 429, then retried.
+    answers = 0
+
+    def every_fifth_throttled(request: httpx.Request) -> httpx.Response:
+        nonlocal answers
+        answers += 1
+        return httpx.Response(429) if answers % 5 == 0 else imported(request)
+
+    with client(Script(every_fifth_throttled), MAX_ATTEMPTS=3) as vital:
+        for _ in range(300):  # ~75 retries, far more than the budget of 10
+            vital.post_bulk_import(BODY)
+        assert vital.stats.retries >= 70
+        assert vital.stats.retries_refused == 0
+        assert vital.retries_left == vital.retry_budget
+
+
+def test_an_outage_still_spends_the_refilled_budget() -> None:
+    script = Script(*[imported] * 50, httpx.Response(503))
+    with client(script, MAX_ATTEMPTS=20, breaker=CircuitBreaker(threshold=99)) as vital:
+        for _ in range(50):
+            vital.post_bulk_import(BODY)
+        assert vital.retries_left == vital.retry_budget  # answered calls refill no further
+        messages = []
+        for _ in range(3):
+            with pytest.raises(VitalUnavailable) as failed:
+                vital.post_bulk_import(BODY)
+            messages.append(str(failed.value))
+    # 19 retries each for the first two calls, the last 2 for the third
+    assert messages[2].endswith("(the file's retry budget of 40 is spent)")
+    assert vital.stats.retries == 40
+
+
 def test_exhausted_attempts_spend_no_budget_on_the_retry_never_made() -> None:
     with client(Script(httpx.Response(503)), MAX_ATTEMPTS=3) as vital:
         with pytest.raises(VitalUnavailable, match=r"^gave up after 3 attempt\(s\): HTTP 503$"):
