@@ -69,7 +69,14 @@ from bulk_import.validation import (
     validate_row,
     validate_well_formed,
 )
-from bulk_import.vital import CallStats, VitalAuthError, VitalClient, VitalError, parse_time
+from bulk_import.vital import (
+    CallStats,
+    VitalAuthError,
+    VitalClient,
+    VitalClientError,
+    VitalError,
+    parse_time,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -218,7 +225,7 @@ class _Run:
         # The invocation's first request: the chunks after it wait for its answer (``_gate``).
         self.probe: Future[ChunkReport] | None = None
         # The first refusal (401/403) a posting thread got, before this thread takes it in.
-        self.refusal: VitalAuthError | None = None
+        self.refusal: VitalAuthError | VitalClientError | None = None
         self.posted_here = 0
         self.lease_step = settings.checkpoint_every_chunks or 2 * settings.max_concurrency
         self.last_lease_at = time.monotonic()
@@ -577,7 +584,7 @@ class _Run:
         # Every invocation sends at least its first chunk, so each one moves the file on.
         gate = self._gate if self.probe is not None else None
         future = self.executor.submit(
-            post_chunk, client, chunk, self.settings.wait_for_completion, gate
+            post_chunk, client, chunk, self.settings.wait_for_completion, gate, probe=gate is None
         )
         future.add_done_callback(self._note_refusal)
         self.probe = self.probe or future
@@ -697,8 +704,15 @@ class _Run:
             self._refused(report.fatal)
         self._check_threshold()
 
-    def _refused(self, fatal: VitalAuthError) -> None:
-        self.stop_reason = ImportAborted(str(fatal))
+    def _refused(self, fatal: VitalAuthError | VitalClientError) -> None:
+        if isinstance(fatal, VitalAuthError):
+            self.stop_reason = ImportAborted(str(fatal))
+        else:
+            self.stop_reason = ImportAborted(
+                f"Vital refused the first request ({fatal}), so the file stopped rather than "
+                "send every chunk to be refused alike; check VITAL_API_BASE_URL and "
+                "VITAL_TEAM_ID, and that Link Migration is enabled for this team"
+            )
         logger.error("Vital refused the request; file stopped", extra={"status": fatal.status})
 
     def _note_refusal(self, future: Future[ChunkReport]) -> None:

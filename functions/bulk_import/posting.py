@@ -17,6 +17,7 @@ from bulk_import.vital import (
     PostResult,
     VitalAuthError,
     VitalClient,
+    VitalClientError,
     VitalError,
     VitalRejected,
     connection_index,
@@ -53,7 +54,8 @@ class ChunkReport:
     records: list[ChunkRecord] = field(default_factory=list)
     decided: list[RowOutcome] = field(default_factory=list)
     shared: tuple[Outcome, str] | None = None
-    fatal: VitalAuthError | None = None
+    # An answer that stops the file: 401/403, or any other 4xx to the invocation's first request.
+    fatal: VitalAuthError | VitalClientError | None = None
     held: Hold | None = None  # not sent (nothing else is set then)
 
     @property
@@ -76,15 +78,19 @@ def post_chunk(
     chunk: Chunk,
     wait_for_completion: bool,
     gate: Callable[[], Hold | None] | None = None,
+    *,
+    probe: bool = False,
 ) -> ChunkReport:
     """Post a chunk, unless ``gate`` (asked as the request is about to start) holds it back.
 
     A chunk may wait in the posting threads' queue; the run can stop, or run short of time,
-    meanwhile.
+    meanwhile. The ``probe`` (an invocation's first chunk) stops the file on any 4xx that is not
+    about the rows (a wrong base URL, a team without Link Migration): every chunk would be
+    refused alike. Later, such an answer fails its chunk only.
     """
     if gate is not None and (held := gate()) is not None:
         return ChunkReport(chunk, held=held)
-    poster = _Poster(client, wait_for_completion, ChunkReport(chunk))
+    poster = _Poster(client, wait_for_completion, ChunkReport(chunk), probe=probe)
     poster.post(chunk, resent=False)
     return poster.report
 
@@ -95,6 +101,7 @@ class _Poster:
     wait: bool
     report: ChunkReport
     requests: int = 0
+    probe: bool = False
 
     def post(self, chunk: Chunk, *, resent: bool) -> None:
         if self.report.fatal is not None:  # e.g. the key was revoked in the middle of a bisection
@@ -111,6 +118,11 @@ class _Poster:
             self._record(chunk, started, exc.status, exc.attempts, str(exc))
             self.report.add(chunk, Outcome.ERRORED, str(exc))
             self.report.fatal = exc
+        except VitalClientError as exc:
+            self._record(chunk, started, exc.status, exc.attempts, str(exc))
+            self.report.add(chunk, Outcome.ERRORED, str(exc))
+            if self.probe:
+                self.report.fatal = exc
         except VitalError as exc:
             self._record(chunk, started, exc.status, exc.attempts, str(exc))
             self.report.add(chunk, Outcome.ERRORED, str(exc))

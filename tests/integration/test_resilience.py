@@ -421,6 +421,47 @@ def test_link_migration_disabled_fails_the_file_fast(
 
 
 @pytest.mark.usefixtures("no_waits")
+def test_another_4xx_to_the_first_request_fails_the_file_fast(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wrong base URL path or a team not set up answers 404/400 to every call: one request,
+    # then the file stops saying what to check, instead of erroring chunk after chunk.
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    put_rows(stack, "incoming/not-found.jsonl", 200)
+    stack.vital.status_script = [404] * 50
+
+    manifest, outcomes = run(stack, "incoming/not-found.jsonl")
+
+    assert [r.status for r in stack.vital.bulk_import_requests()] == [404]
+    assert manifest["status"] == "failed"
+    assert manifest["error"]["type"] == "ImportAborted"
+    message = manifest["error"]["message"]
+    assert message.startswith("Vital refused the first request (HTTP 404")
+    assert "VITAL_API_BASE_URL" in message
+    by_line = check_invariants(stack, manifest, outcomes, 200)
+    assert by_line[200]["detail"].startswith("not sent: Vital refused the first request")
+
+
+@pytest.mark.usefixtures("no_waits")
+def test_another_4xx_later_in_the_file_fails_its_chunk_only(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
+    put_rows(stack, "incoming/one-404.jsonl", 50)
+    stack.vital.status_script = [0, 400]
+
+    manifest, outcomes = run(stack, "incoming/one-404.jsonl")
+
+    assert manifest["status"] == "partial"
+    assert manifest["error"] is None
+    by_line = check_invariants(stack, manifest, outcomes, 50)
+    assert {by_line[n]["outcome"] for n in range(11, 21)} == {"errored"}
+    assert by_line[11]["detail"].startswith("HTTP 400")
+    assert manifest["counts"]["imported"] == 40
+
+
+@pytest.mark.usefixtures("no_waits")
 def test_a_refused_file_keeps_tmp_bounded_and_checkpoints_its_stop(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -491,3 +491,20 @@ NOW = datetime(2025, 1, 1, tzinfo=UTC).timestamp()
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, now=NOW) == expected
     assert MAX_RETRY_AFTER_SECONDS == 60.0
+
+
+@pytest.mark.parametrize("status", [400, 404, 405, 410, 413])
+@pytest.mark.parametrize("probe", [True, False])
+def test_another_4xx_stops_the_file_only_when_it_answers_the_probe(
+    status: int, probe: bool
+) -> None:
+    fake = FakeVital(lambda _r, _b: httpx.Response(status, json={"detail": "no"}))
+    client = VitalClient(settings(), API_KEY, lambda: 900.0, httpx.MockTransport(fake))
+    with client:
+        report = post_chunk(client, make_chunk(2), True, probe=probe)
+    assert len(fake.bodies) == 1  # never retried
+    assert {o.outcome for o in report.outcomes} == {Outcome.ERRORED}
+    assert (report.fatal is not None) is probe
+    if probe:
+        assert report.fatal is not None
+        assert report.fatal.status == status
