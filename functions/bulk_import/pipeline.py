@@ -708,10 +708,15 @@ class _Run:
         if isinstance(fatal, VitalAuthError):
             self.stop_reason = ImportAborted(str(fatal))
         else:
+            check = (
+                "lower MAX_BODY_BYTES or CHUNK_SIZE"
+                if fatal.status == 413
+                else "check VITAL_API_BASE_URL and VITAL_TEAM_ID, and that Link Migration is "
+                "enabled for this team"
+            )
             self.stop_reason = ImportAborted(
                 f"Vital refused the first request ({fatal}), so the file stopped rather than "
-                "send every chunk to be refused alike; check VITAL_API_BASE_URL and "
-                "VITAL_TEAM_ID, and that Link Migration is enabled for this team"
+                f"send every chunk to be refused alike; {check}"
             )
         logger.error("Vital refused the request; file stopped", extra={"status": fatal.status})
 
