@@ -87,6 +87,7 @@ THRESHOLD_WARMUP_ROWS = 100
 BULK_OP_POLL_SECONDS = 2.0
 BULK_OP_MAX_WAIT_SECONDS = 60.0
 BULK_OP_SKEW = timedelta(seconds=5)
+BULK_OP_FAILED = frozenset({"failure", "aborted"})
 DEADLINE_CHECK_EVERY_RECORDS = 64
 # Checkpoints are spaced at least about this far apart when chunks go out quickly.
 CHECKPOINT_SECONDS = 2.0
@@ -899,19 +900,21 @@ class _Run:
             },
         )
 
-    def _status(self) -> FileStatus:
+    def _status(self, bulk_ops: list[BulkOp]) -> FileStatus:
         if self.error is not None:
             return "failed"
         t = self.tally
         bad = t[Outcome.REJECTED] + t[Outcome.FAILED] + t[Outcome.ERRORED]
-        return "partial" if bad else "succeeded"
+        # Enqueued rows count as fine, unless a bulk op they went into is known to have failed.
+        unfinished = any(op.status in BULK_OP_FAILED for op in bulk_ops)
+        return "partial" if bad or unfinished else "succeeded"
 
     def _manifest(
         self, bulk_ops: list[BulkOp], outcomes_key: str, retry_key: str | None
     ) -> Manifest:
         return Manifest(
             source=self.source,
-            status=self._status(),
+            status=self._status(bulk_ops),
             started_at=self.started_at,
             finished_at=_now(),
             counts=self.tally.counts(),

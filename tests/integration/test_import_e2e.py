@@ -276,6 +276,21 @@ def test_enqueued_rows_and_bulk_ops_reconciliation(
     assert {op["provider"] for op in manifest["bulk_ops"]} == {"fitbit"}
 
 
+def test_enqueued_rows_whose_bulk_op_failed_make_the_file_partial(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WAIT_FOR_COMPLETION", "false")
+    stack.vital.op_final_status = "failure"
+    stack.put("incoming/op-failed.jsonl", encode_rows([make_row(1, provider="oura")], "jsonl"))
+
+    stack.import_keys("incoming/op-failed.jsonl")
+
+    manifest = stack.manifest("results/op-failed.jsonl/")
+    assert manifest["counts"]["enqueued"] == 1
+    assert [op["status"] for op in manifest["bulk_ops"]] == ["failure"]
+    assert manifest["status"] == "partial"
+
+
 @pytest.mark.parametrize(
     ("key", "body", "error_type", "phrase"),
     [
