@@ -1,8 +1,15 @@
 """Checkpoint and part objects in S3, next to the file's results (or retry rows).
 
-Layout for ``incoming/<path>``: ``results/<path>/_state/checkpoint.json`` and
-``results/<path>/_state/outcomes-00001.csv`` …; ``retry/<path>/_state/retry-00001.jsonl`` …
-(retry parts hold tokens, so they live under the retry prefix with its encryption and expiry).
+Layout for ``incoming/<path>``: ``results/<path>/_state/checkpoint.json``,
+``results/<path>/_state/outcomes-<upload>-00001.csv`` … and
+``retry/<path>/_state/retry-<upload>-00001.jsonl`` … (retry parts hold tokens, so they live under
+the retry prefix with its encryption and expiry). ``<upload>`` tells uploads of the key apart,
+so two imports of it never write each other's parts.
+
+The checkpoint is written with S3's conditional writes: created only if absent, then replaced
+only if it is still the one this run last read or wrote. An import whose checkpoint another one
+replaced (a newer upload of the key, or the same event delivered twice at once) learns so at its
+next write, before it sends anything past its lease, and stops (``Superseded``).
 """
 
 from __future__ import annotations
@@ -19,25 +26,68 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 
+# What S3 answers a conditional write that lost: the object changed (412), is gone (404), or
+# another conditional write to it is in progress (409).
+_LOST = frozenset({"PreconditionFailed", "NoSuchKey", "ConditionalRequestConflict"})
+
+
+class Superseded(Exception):
+    """Another import of this key replaced the checkpoint since this run last wrote it."""
+
+
 class CheckpointStore:
-    def __init__(self, s3: S3Client, bucket: str, results_prefix: str, retry_prefix: str) -> None:
+    def __init__(
+        self, s3: S3Client, bucket: str, results_prefix: str, retry_prefix: str, upload: str
+    ) -> None:
         self._s3 = s3
         self._bucket = bucket
         self._results = results_prefix
         self._retry = retry_prefix
+        self._upload = upload
         self.key = results_prefix + STATE_DIR + "checkpoint.json"
+        self._etag: str | None = None  # of the checkpoint this run last read or wrote
 
     def load(self) -> Checkpoint | None:
         body = self._get(self.key)
         return None if body is None else Checkpoint.model_validate_json(body)
 
     def save(self, checkpoint: Checkpoint) -> None:
-        self._s3.put_object(
-            Bucket=self._bucket,
-            Key=self.key,
-            Body=checkpoint.model_dump_json().encode(),
-            ContentType="application/json",
-        )
+        body = checkpoint.model_dump_json().encode()
+        try:
+            if self._etag is None:  # created only if absent
+                response = self._s3.put_object(
+                    Bucket=self._bucket,
+                    Key=self.key,
+                    Body=body,
+                    ContentType="application/json",
+                    IfNoneMatch="*",
+                )
+            else:  # replaced only if still the one this run last read or wrote
+                response = self._s3.put_object(
+                    Bucket=self._bucket,
+                    Key=self.key,
+                    Body=body,
+                    ContentType="application/json",
+                    IfMatch=self._etag,
+                )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _LOST:
+                raise Superseded(
+                    "another import of this key took over (a newer upload replaced the file)"
+                ) from None
+            raise
+        self._etag = response["ETag"]
+
+    def still_mine(self) -> bool:
+        """Whether the checkpoint is still the one this run last wrote (checked just before the
+        run's results are written)."""
+        try:
+            head = self._s3.head_object(Bucket=self._bucket, Key=self.key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                return self._etag is None
+            raise
+        return head["ETag"] == self._etag
 
     def existing_manifest(self) -> Manifest | None:
         body = self._get(self._results + MANIFEST_NAME)
@@ -49,24 +99,29 @@ class CheckpointStore:
             return None
 
     def outcome_part_key(self, n: int) -> str:
-        return f"{self._results}{STATE_DIR}outcomes-{n:05d}.csv"
+        return f"{self._results}{STATE_DIR}outcomes-{self._upload}-{n:05d}.csv"
 
     def retry_part_key(self, n: int) -> str:
-        return f"{self._retry}{STATE_DIR}retry-{n:05d}.jsonl"
+        return f"{self._retry}{STATE_DIR}retry-{self._upload}-{n:05d}.jsonl"
 
-    def delete(self, parts: list[str]) -> None:
+    def delete(self, parts: list[str], *, checkpoint: bool = True) -> None:
         """Remove an import's part objects, then its checkpoint (the commit record) last."""
         keys = list(parts)
         for start in range(0, len(keys), 1000):
             batch: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[start : start + 1000]]
             self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True})
-        self._s3.delete_object(Bucket=self._bucket, Key=self.key)
+        if checkpoint:
+            self._s3.delete_object(Bucket=self._bucket, Key=self.key)
+            self._etag = None
 
     def _get(self, key: str) -> bytes | None:
         try:
-            body: bytes = self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
+            response = self._s3.get_object(Bucket=self._bucket, Key=key)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
                 return None
             raise
+        if key == self.key:
+            self._etag = response["ETag"]
+        body: bytes = response["Body"].read()
         return body

@@ -14,8 +14,10 @@ replays the file, skips what is settled, reports unsettled chunks under the leas
 from __future__ import annotations
 
 import gc
+import hashlib
 import operator
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -29,7 +31,7 @@ import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bulk_import import errors, formats, replay, sources
-from bulk_import.checkpoint import CheckpointStore
+from bulk_import.checkpoint import CheckpointStore, Superseded
 from bulk_import.chunking import Chunk, Chunker, PendingRow, RowOutcome, serialise
 from bulk_import.config import Settings
 from bulk_import.errors import FileError, ImportAborted, InternalError
@@ -157,17 +159,35 @@ def import_object(ref: ObjectRef, settings: Settings, deps: Dependencies) -> Fil
         return _Run(ref, settings, deps).execute()
 
 
-@contextmanager
-def tuned_interpreter() -> Iterator[None]:
-    """The thread switch interval and young GC threshold for a run; the previous ones after."""
-    interval, thresholds = sys.getswitchinterval(), gc.get_threshold()
-    sys.setswitchinterval(POSTING_SWITCH_INTERVAL_S)
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        sys.setswitchinterval(interval)
+class _Tuning:
+    """The thread switch interval and young GC threshold for runs; the previous ones after the
+    last. Lambda runs one invocation at a time, but the settings are process-wide: runs that
+    overlap (in tests, or a caller's threads) must not restore them under each other."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs = 0
+        self._saved: tuple[float, tuple[int, int, int]] = (0.0, (0, 0, 0))
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._runs == 0:
+                self._saved = (sys.getswitchinterval(), gc.get_threshold())
+                sys.setswitchinterval(POSTING_SWITCH_INTERVAL_S)
+                gc.set_threshold(GC_YOUNG_THRESHOLD, *self._saved[1][1:])
+            self._runs += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs -= 1
+                if self._runs == 0:
+                    gc.set_threshold(*self._saved[1])
+                    sys.setswitchinterval(self._saved[0])
+
+
+tuned_interpreter = _Tuning()
 
 
 class _Run:
@@ -180,7 +200,9 @@ class _Run:
         )
         self.prefix = results_prefix(ref.key, settings.incoming_prefix, settings.results_prefix)
         self.retry_prefix = results_prefix(ref.key, settings.incoming_prefix, settings.retry_prefix)
-        self.store = CheckpointStore(deps.s3, ref.bucket, self.prefix, self.retry_prefix)
+        self.store = CheckpointStore(
+            deps.s3, ref.bucket, self.prefix, self.retry_prefix, _upload_tag(ref)
+        )
         self.checkpoint: Checkpoint | None = None
         self.started_at = _now()
         self.started_monotonic = time.monotonic()
@@ -242,6 +264,8 @@ class _Run:
             if skipped is not None:
                 return skipped
             return self._run()
+        except Superseded as exc:
+            return self._superseded(exc)
         finally:
             self.outcomes.close()
             self.retries.close()
@@ -257,7 +281,7 @@ class _Run:
         checkpoint = self.store.load()
         manifest_key = self.prefix + MANIFEST_NAME
         if checkpoint is not None and not self._same_object(checkpoint.source):
-            if self.ref.segment > 0:
+            if self.ref.segment > 0 or self._older_than(checkpoint.source):
                 return self._skip("a newer upload of this key replaced the file being imported")
             logger.warning("a new upload replaces an unfinished import of this key")
             self.store.delete(checkpoint.outcome_parts + checkpoint.retry_parts)
@@ -269,6 +293,8 @@ class _Run:
                 return self._skip("this import already finished")
             if finished:
                 return self._skip("this object version was already imported")
+            if manifest is not None and self._older_than(manifest.source):
+                return self._skip("a newer upload of this key was already imported")
             return None
         if finished:
             # The manifest is written before the state is deleted: the cleanup failed or the
@@ -289,6 +315,22 @@ class _Run:
             self.error = errors.ConfigurationError(replay.describe(changed))
         self._restore(checkpoint)
         return None
+
+    def _older_than(self, other: SourceRef) -> bool:
+        """Whether S3 sent this upload's event before ``other``'s (its sequencer is lower);
+        False when either has none, as for a manual invocation."""
+        mine, theirs = self.ref.sequencer, other.sequencer
+        if not mine or not theirs:
+            return False
+        width = max(len(mine), len(theirs))
+        return mine.upper().rjust(width, "0") < theirs.upper().rjust(width, "0")
+
+    def _superseded(self, exc: Superseded) -> FileResult:
+        """Another import took this key over: send nothing more and write no results (they are
+        the other import's to write). Chunks already out finish; those waiting are held back."""
+        self.stop_reason = self.stop_reason or ImportAborted(str(exc))
+        self._drain()
+        return self._skip(str(exc))
 
     def _same_object(self, other: SourceRef) -> bool:
         """Same upload: by version id, else by S3's per-upload sequencer, else by ETag."""
@@ -343,6 +385,8 @@ class _Run:
                 self._dispatch(chunk)
         except _DeadlineReached:
             deadline = True
+        except Superseded:
+            raise  # not this run's to finish (``execute``)
         except (BotoCoreError, ClientError) as exc:
             self._drain()
             self._save_checkpoint(next_segment=self.ref.segment)
@@ -857,6 +901,8 @@ class _Run:
 
     def _finalise(self) -> FileResult:
         bulk_ops = self._reconcile_bulk_ops()
+        if self.checkpoint is not None and not self.store.still_mine():
+            raise Superseded("another import of this key took over while this one finished")
         s3, bucket = self.deps.s3, self.source.bucket
         outcomes_key = self.prefix + OUTCOMES_NAME
         # The parts after those to read are in the spools too.
@@ -883,7 +929,10 @@ class _Run:
         manifest_key = self.prefix + MANIFEST_NAME
         write_manifest(s3, bucket, manifest_key, manifest)
         if self.checkpoint is not None:
-            self.store.delete(self.outcome_parts + self.retry_parts)
+            # Only its own checkpoint: a newer upload may have taken the key over meanwhile.
+            self.store.delete(
+                self.outcome_parts + self.retry_parts, checkpoint=self.store.still_mine()
+            )
         stats = self.client.stats if self.client else None
         return FileResult(self.ref, manifest_key, manifest=manifest, call_stats=stats)
 
@@ -931,6 +980,12 @@ class _Run:
 class _Opened(NamedTuple):
     source: sources.SourceObject
     stream: IO[bytes]
+
+
+def _upload_tag(ref: ObjectRef) -> str:
+    """A short name for one upload of the key, for its part objects."""
+    upload = ref.version_id or ref.sequencer or ref.etag or ""
+    return hashlib.sha256(upload.encode()).hexdigest()[:8]
 
 
 def _close_opened(future: Future[_Opened]) -> None:

@@ -184,11 +184,11 @@ def test_a_retry_after_the_manifest_was_written_keeps_it_and_clears_the_state(
     delete = checkpoint.CheckpointStore.delete
     calls: list[int] = []
 
-    def throttled_once(store: checkpoint.CheckpointStore, parts: list[str]) -> None:
+    def throttled_once(store: checkpoint.CheckpointStore, parts: list[str], **kw: Any) -> None:
         calls.append(len(parts))
         if len(calls) == 1:
             raise ClientError({"Error": {"Code": "SlowDown", "Message": "-"}}, "DeleteObjects")
-        delete(store, parts)
+        delete(store, parts, **kw)
 
     monkeypatch.setattr(checkpoint.CheckpointStore, "delete", throttled_once)
     with pytest.raises(ClientError):
@@ -287,6 +287,106 @@ def test_concurrent_duplicate_events_post_each_connection_once(
     assert_complete(stack, "results/race.jsonl/", 62)
     retried = stack.invoke(event)
     assert retried["files"][0]["status"] == "partial"
+    assert len(stack.vital.posted_connections()) == 60
+
+
+def test_a_new_upload_during_an_import_takes_the_key_over(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given version A of a key importing slowly, a checkpoint before every chunk
+    stack.s3.put_bucket_versioning(
+        Bucket=stack.bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
+    monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
+    old = [make_row(n) for n in range(100)]
+    new = [make_row(n) for n in range(1000, 1060)]
+    stack.vital.add_known_users(*(r["user_id"] for r in old + new))
+    stack.vital.latency_seconds = 0.1
+    key = "incoming/replaced.jsonl"
+    va = stack.put(key, encode_rows(old, "jsonl"))
+    assert va is not None
+    results: dict[str, Any] = {}
+
+    def import_a() -> None:
+        results["A"] = stack.invoke(s3_event(stack.bucket, [key], version_ids={key: va}))
+
+    first = threading.Thread(target=import_a)
+    first.start()
+    deadline = time.monotonic() + 10
+    while len(stack.vital.bulk_import_requests()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    # When version B is uploaded and imported while A is still going
+    vb = stack.put(key, encode_rows(new, "jsonl"))
+    assert vb is not None
+    results["B"] = stack.invoke(s3_event(stack.bucket, [key], version_ids={key: vb}))
+    first.join(timeout=60)
+
+    # Then A stops at its next checkpoint, sending nothing more and writing no results, and
+    # the key's results are B's, whole
+    assert results["A"]["files"][0]["status"] == "skipped"
+    manifest = stack.manifest("results/replaced.jsonl/")
+    assert manifest["source"]["version_id"] == vb
+    assert manifest["counts"]["imported"] == 60
+    outcomes = stack.outcomes("results/replaced.jsonl/")
+    assert sorted(int(o["line"]) for o in outcomes) == list(range(1, 61))
+    posted = stack.vital.posted_connections()
+    assert len(posted) == len(set(posted))
+    new_ids = {r["user_id"] for r in new}
+    assert sum(1 for _, user in posted if user in new_ids) == 60
+    assert len(posted) - 60 < 100  # A stopped before the end of its file
+    state = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="results/replaced.jsonl/_state/")
+    assert "checkpoint.json" not in {o["Key"].rsplit("/", 1)[-1] for o in state.get("Contents", [])}
+
+
+def test_a_late_event_for_an_older_upload_is_skipped_once_a_newer_one_was_imported(
+    stack: Stack,
+) -> None:
+    # Lambda retries an event hours later, when the key has a newer upload imported already:
+    # S3's sequencer orders the two, and the older must not overwrite the newer's results.
+    stack.s3.put_bucket_versioning(
+        Bucket=stack.bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
+    key = "incoming/late.jsonl"
+    rows = [make_row(n) for n in range(20)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    va = stack.put(key, encode_rows(rows[:10], "jsonl"))
+    late = s3_event(stack.bucket, [key], version_ids={key: va} if va else None)
+    vb = stack.put(key, encode_rows(rows, "jsonl"))
+    stack.invoke(s3_event(stack.bucket, [key], version_ids={key: vb} if vb else None))
+    requests = len(stack.vital.bulk_import_requests())
+
+    result = stack.invoke(late)
+
+    assert result["files"][0]["status"] == "skipped"
+    assert len(stack.vital.bulk_import_requests()) == requests
+    manifest = stack.manifest("results/late.jsonl/")
+    assert (manifest["source"]["version_id"], manifest["counts"]["imported"]) == (vb, 20)
+
+
+def test_concurrent_duplicate_events_without_a_table_post_each_connection_once(
+    stack: Stack,
+) -> None:
+    # Without IDEMPOTENCY_TABLE both runs start; the checkpoint is created only if absent, so
+    # one of them learns of the other at its first lease, before it sends anything.
+    stack.vital.latency_seconds = 0.05
+    upload(stack, "incoming/race-no-table.jsonl", 60)
+    event = s3_event(stack.bucket, ["incoming/race-no-table.jsonl"])
+    statuses: list[str] = []
+
+    def run() -> None:
+        statuses.append(stack.invoke(event)["files"][0]["status"])
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sorted(statuses) == ["partial", "skipped"]
+    assert_complete(stack, "results/race-no-table.jsonl/", 62)
     assert len(stack.vital.posted_connections()) == 60
 
 
