@@ -171,6 +171,7 @@ def test_a_spool_that_let_its_lines_go_has_its_parts_read_back_in_order(
     assert outcomes.count("line,user_id,provider,outcome,detail") == 1
 
 
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the failed cleanup
 def test_a_retry_after_the_manifest_was_written_keeps_it_and_clears_the_state(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
