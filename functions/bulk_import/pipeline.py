@@ -329,6 +329,9 @@ class _Run:
         """Another import took this key over: send nothing more and write no results (they are
         the other import's to write). Chunks already out finish; those waiting are held back."""
         self.stop_reason = self.stop_reason or ImportAborted(str(exc))
+        logger.warning(
+            "another import took this key over; this one stops", extra={"line": self.line}
+        )
         self._drain()
         return self._skip(str(exc))
 
