@@ -250,7 +250,8 @@ def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
             f"characters ({_CSV_RECORD_FACTOR} x MAX_ROW_BYTES); check the file's quoting"
         ) from None
     finally:
-        text.detach()
+        if not stream.closed:  # a reader dropped after its stream closed (a deadline) has none
+            text.detach()
 
 
 def _read_json_array(stream: IO[bytes], limit: int) -> Iterator[Record]:
@@ -284,7 +285,8 @@ def _read_json_array(stream: IO[bytes], limit: int) -> Iterator[Record]:
     except UnicodeDecodeError:
         raise MalformedFile("not valid UTF-8; save the file as UTF-8") from None
     finally:
-        text.detach()
+        if not stream.closed:  # a reader dropped after its stream closed (a deadline) has none
+            text.detach()
 
 
 class _TextWindow:

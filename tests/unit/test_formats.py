@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
+import sys
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -534,3 +536,30 @@ def test_json_array_stream_is_not_closed() -> None:
     s = stream(b'[{"a":1}]')
     assert len(list(read_records(s, Format.JSON, BIG))) == 1
     assert not s.closed
+
+
+@pytest.mark.parametrize(
+    ("fmt", "data"),
+    [
+        (Format.JSON, b"[" + b",".join(b'{"a":%d}' % i for i in range(200)) + b"]"),
+        (
+            Format.CSV,
+            b"user_id,access_token,refresh_token,provider_id,expires_at\n"
+            + b"".join(b"u%d,a,r,p,1\n" % i for i in range(200)),
+        ),
+    ],
+)
+def test_a_reader_dropped_after_its_stream_closed_raises_nothing_later(
+    fmt: Format, data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A deadline leaves the reader mid-file; the stream closes first, the reader is collected
+    # later: its clean-up must not print "Exception ignored" into the function's logs.
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    source = stream(data)
+    with source:
+        records = read_records(source, fmt, BIG)
+        next(records)
+    del records
+    gc.collect()
+    assert unraisable == []
