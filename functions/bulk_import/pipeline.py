@@ -457,6 +457,12 @@ class _Run:
         described, stream = self._opened()
         if self.checkpoint is None:
             self.source = described.ref.model_copy(update={"sequencer": self.ref.sequencer})
+        elif self.source.etag and described.ref.etag != self.source.etag:
+            # An unversioned key uploaded again since the checkpoint: replaying other content
+            # against it would send other rows under its chunk numbers. The new upload's own
+            # event imports it.
+            stream.close()
+            raise Superseded("the object was replaced since this import started")
         default_provider = sources.provider_from_key(
             self.source.key, self.settings.incoming_prefix
         ) or described.metadata.get("provider")

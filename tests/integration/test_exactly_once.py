@@ -512,6 +512,32 @@ def test_a_setting_changed_between_invocations_fails_the_file_instead_of_replayi
     assert len(lines) == len(set(lines)) == manifest["counts"]["rows"]
 
 
+def test_a_continuation_stops_if_an_unversioned_key_was_uploaded_again_meanwhile(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, continuation_queue: str
+) -> None:
+    # Given an import handed on in a bucket without versioning
+    upload(stack, "incoming/overwritten.jsonl", 400)
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "2")
+    monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "2.6")
+    stack.vital.latency_seconds = 0.05
+    first = stack.invoke(s3_event(stack.bucket, ["incoming/overwritten.jsonl"]), 3.0)
+    assert first["files"][0]["status"] == "continued"
+    sent = len(stack.vital.bulk_import_requests())
+
+    # When the key is uploaded again before the continuation runs (its own event comes later)
+    stack.put("incoming/overwritten.jsonl", encode_rows([make_row(n) for n in range(5)], "jsonl"))
+    monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "0")
+    drain_queue(stack, continuation_queue, timeout_seconds=900)
+
+    # Then the continuation sends nothing and writes no results mixing the two uploads
+    assert len(stack.vital.bulk_import_requests()) == sent
+    listed = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="results/overwritten.jsonl/")
+    assert "results/overwritten.jsonl/manifest.json" not in {
+        o["Key"] for o in listed.get("Contents", [])
+    }
+
+
 def test_a_chunk_that_waited_too_long_for_a_thread_goes_to_the_next_invocation(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, continuation_queue: str
 ) -> None:
