@@ -888,7 +888,9 @@ class _Run:
         # nor any chunk from the first one the posting threads held back for lack of time.
         if lease is None:
             lease = self.next_seq if self.deferred is None else min(self.next_seq, self.deferred)
-        self.lease = lease
+        # Never below the lease this run resumed from: the chunks under it that the replay has
+        # not reached yet may have been sent by the run before, and must stay in doubt.
+        self.lease = max(lease, self.replay_lease)
         checkpoint = Checkpoint(
             source=self.source,
             fingerprint=replay.fingerprint(self.settings),

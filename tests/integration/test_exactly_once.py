@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -440,6 +441,57 @@ def test_killed_process_resumes_without_resending(stack: Stack, stack_env: dict[
     # And the checkpoint state is cleaned up
     leftovers = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="results/crash.jsonl/_state/")
     assert "Contents" not in leftovers
+
+
+def test_a_resume_never_stores_a_lease_below_the_one_it_resumed_from(
+    stack: Stack, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks under the lease of a killed run may have been sent. A checkpoint the resume takes
+    # while it still replays them (here: one at every block, as a large spool would take) must
+    # keep them under its lease, or a second crash would have them sent again.
+    from bulk_import import checkpoint, formats, pipeline  # noqa: PLC0415 - patched for the resume
+
+    stack.vital.latency_seconds = 0.15
+    rows = upload(stack, "incoming/crash-twice.jsonl", 200)
+    event = s3_event(stack.bucket, ["incoming/crash-twice.jsonl"])
+    env = {**os.environ, "CHUNK_SIZE": "10", "MAX_CONCURRENCY": "2", "CHECKPOINT_EVERY_CHUNKS": "4"}
+    child = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+        [sys.executable, "-m", "tests.integration.run_handler", json.dumps(event), "900"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(stack.vital.bulk_import_requests()) < 6 and time.monotonic() < deadline:
+            assert child.poll() is None, "the run finished before it could be killed"
+            time.sleep(0.01)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    killed = json.loads(stack.get("results/crash-twice.jsonl/_state/checkpoint.json"))
+
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "4")
+    monkeypatch.setattr(pipeline, "UNSAVED_SPOOL_BYTES", 1)
+    # Blocks of a few rows: the reading thread checks its spool (and here checkpoints) between
+    blocks = formats.jsonl_blocks
+    monkeypatch.setattr(formats, "jsonl_blocks", functools.partial(blocks, block_size=2048))
+    leases: list[int] = []
+    save = checkpoint.CheckpointStore.save
+
+    def recorded(store: checkpoint.CheckpointStore, cp: Any) -> None:
+        leases.append(cp.lease)
+        save(store, cp)
+
+    monkeypatch.setattr(checkpoint.CheckpointStore, "save", recorded)
+    stack.vital.latency_seconds = 0
+    stack.invoke(event)
+
+    assert leases, "the resume took no checkpoint"
+    assert min(leases) >= killed["lease"]
+    assert_complete(stack, "results/crash-twice.jsonl/", len(rows))
 
 
 def test_tiny_time_budget_continues_across_invocations(
