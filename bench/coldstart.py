@@ -4,7 +4,8 @@ Each measurement is a fresh interpreter (``python -c``) timing only the import s
 of N, interleaved so drift hits both alike, with bytecode cached (the caller's environment sets
 PYTHONPYCACHEPREFIX). ``-X importtime`` then lists the modules the handler pulls in beyond the
 baseline, heaviest first: the candidates to defer. For context, the baseline is also timed with
-one pydantic model defined (what any use of pydantic costs), and the handler and baseline are
+``from pydantic import BaseModel`` and with one pydantic model defined (what any use of pydantic
+costs), and the handler and baseline are
 timed with no bytecode at all (an empty cache, nothing written): what a deployment package
 without .pyc files costs on a read-only /var/task, where nothing can be cached between cold
 starts.
@@ -24,6 +25,8 @@ BASELINE = "import boto3, httpx, pydantic\nfrom aws_lambda_powertools import Log
 # For context: the baseline plus the smallest use of pydantic, one model of one field.
 # ``import pydantic`` is lazy and loads none of the schema machinery that any model needs.
 BASELINE_ONE_MODEL = BASELINE + "\nclass One(pydantic.BaseModel):\n    a: int"
+# And the baseline plus the import of BaseModel alone, no model defined: what naming it costs.
+BASELINE_BASEMODEL = BASELINE + "\nfrom pydantic import BaseModel"
 TIMEOUT_S = 60
 
 
@@ -66,10 +69,12 @@ def measure(env: dict[str, str], repeats: int = 5) -> dict[str, Any]:
     handler: list[float] = []
     baseline: list[float] = []
     one_model: list[float] = []
+    basemodel: list[float] = []
     for _ in range(repeats):
         handler.append(_timed(HANDLER, env))
         baseline.append(_timed(BASELINE, env))
         one_model.append(_timed(BASELINE_ONE_MODEL, env))
+        basemodel.append(_timed(BASELINE_BASEMODEL, env))
     extra_top: list[dict[str, Any]] = []
     extra_total_ms = 0.0
     try:
@@ -94,6 +99,8 @@ def measure(env: dict[str, str], repeats: int = 5) -> dict[str, Any]:
         "handler_s": min(handler),
         "baseline_s": min(baseline),
         "ratio": min(handler) / min(baseline),
+        "baseline_basemodel_s": min(basemodel),
+        "basemodel_ratio": min(basemodel) / min(baseline),
         "baseline_one_model_s": min(one_model),
         "one_model_ratio": min(one_model) / min(baseline),
         "ratio_vs_one_model": min(handler) / min(one_model),

@@ -387,6 +387,11 @@ def print_report(
         for item in cold["extra_modules_top"][:8]:
             print(f"    {item['self_ms']:>7.1f} ms  {item['module']}")
         print(
+            f"  the baseline plus `from pydantic import BaseModel` (no model): "
+            f"{cold['baseline_basemodel_s'] * 1000:.0f} ms ({cold['basemodel_ratio']:.2f} x the "
+            "baseline)"
+        )
+        print(
             f"  the baseline plus one pydantic model of one field: "
             f"{cold['baseline_one_model_s'] * 1000:.0f} ms ({cold['one_model_ratio']:.2f} x the "
             f"baseline); the handler is {cold['ratio_vs_one_model']:.2f} x that"
