@@ -89,11 +89,15 @@ class Spool:
         self._file: IO[bytes] = tempfile.TemporaryFile(buffering=_SPOOL_BUFFER)  # noqa: SIM115
         self._file.write(header)
         self.header = header
+        # Counted here, not asked of the file: ``tell()`` is a system call each time, and a
+        # system call lets go of the GIL, which busy posting threads keep for up to 1 ms.
+        self._size = len(header)
         self._uploaded = len(header)  # bytes up to here are in part objects (or the header)
         self.lines = 0  # lines since the last upload
 
     def write_bytes(self, data: bytes, lines: int) -> None:
         self._file.write(data)
+        self._size += len(data)
         self.lines += lines
 
     def upload(self, s3: S3Client, bucket: str, key: str, content_type: str) -> bool:
@@ -104,17 +108,18 @@ class Spool:
         """
         self._send(s3, bucket, key, content_type, self._uploaded)
         self.lines = 0
-        kept = self._file.tell() - len(self.header) <= SPOOL_KEEP_BYTES
+        kept = self._size - len(self.header) <= SPOOL_KEEP_BYTES
         if not kept:
             self._file.truncate(len(self.header))
             self._file.seek(0, io.SEEK_END)
-        self._uploaded = self._file.tell()
+            self._size = len(self.header)
+        self._uploaded = self._size
         return kept
 
     @property
     def unsaved_bytes(self) -> int:
         """Bytes written since the last upload."""
-        return self._file.tell() - self._uploaded
+        return self._size - self._uploaded
 
     def upload_whole(self, s3: S3Client, bucket: str, key: str, content_type: str) -> None:
         """Header and every line, as one object."""
