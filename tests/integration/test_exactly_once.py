@@ -73,6 +73,26 @@ def assert_complete(stack: Stack, prefix: str, rows: int) -> dict[str, Any]:
     return manifest
 
 
+def kill_mid_run(stack: Stack, event: dict[str, Any], **env: str) -> None:
+    """Run the handler in a process of its own and kill it after six requests (10-row chunks,
+    two posting threads, plus ``env``): a crash with chunks in flight, for real."""
+    child = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+        [sys.executable, "-m", "tests.integration.run_handler", json.dumps(event), "900"],
+        cwd=ROOT,
+        env={**os.environ, "CHUNK_SIZE": "10", "MAX_CONCURRENCY": "2", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(stack.vital.bulk_import_requests()) < 6 and time.monotonic() < deadline:
+            assert child.poll() is None, "the run finished before it could be killed"
+            time.sleep(0.01)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+
+
 def drain_queue(stack: Stack, queue_url: str, timeout_seconds: float, limit: int = 50) -> int:
     """Invoke the handler with every continuation message until none is left."""
     sqs = boto3.client("sqs")
@@ -397,22 +417,7 @@ def test_killed_process_resumes_without_resending(stack: Stack, stack_env: dict[
     stack.vital.latency_seconds = 0.15
     rows = upload(stack, "incoming/crash.jsonl", 200)
     event = s3_event(stack.bucket, ["incoming/crash.jsonl"])
-    env = {**os.environ, "CHUNK_SIZE": "10", "MAX_CONCURRENCY": "2", "CHECKPOINT_EVERY_CHUNKS": "2"}
-    child = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
-        [sys.executable, "-m", "tests.integration.run_handler", json.dumps(event), "900"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while len(stack.vital.bulk_import_requests()) < 6 and time.monotonic() < deadline:
-            assert child.poll() is None, "the run finished before it could be killed"
-            time.sleep(0.01)
-    finally:
-        child.kill()
-        child.wait(timeout=30)
+    kill_mid_run(stack, event, CHECKPOINT_EVERY_CHUNKS="2")
     sent_before_crash = set(stack.vital.posted_connections())
     assert sent_before_crash, "nothing was sent before the kill"
     listing = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="results/crash.jsonl/manifest")
@@ -454,22 +459,7 @@ def test_a_resume_never_stores_a_lease_below_the_one_it_resumed_from(
     stack.vital.latency_seconds = 0.15
     rows = upload(stack, "incoming/crash-twice.jsonl", 200)
     event = s3_event(stack.bucket, ["incoming/crash-twice.jsonl"])
-    env = {**os.environ, "CHUNK_SIZE": "10", "MAX_CONCURRENCY": "2", "CHECKPOINT_EVERY_CHUNKS": "4"}
-    child = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
-        [sys.executable, "-m", "tests.integration.run_handler", json.dumps(event), "900"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while len(stack.vital.bulk_import_requests()) < 6 and time.monotonic() < deadline:
-            assert child.poll() is None, "the run finished before it could be killed"
-            time.sleep(0.01)
-    finally:
-        child.kill()
-        child.wait(timeout=30)
+    kill_mid_run(stack, event, CHECKPOINT_EVERY_CHUNKS="4")
     killed = json.loads(stack.get("results/crash-twice.jsonl/_state/checkpoint.json"))
 
     monkeypatch.setenv("CHUNK_SIZE", "10")
