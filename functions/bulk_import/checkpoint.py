@@ -1,10 +1,11 @@
 """Checkpoint and part objects in S3, next to the file's results (or retry rows).
 
 Layout for ``incoming/<path>``: ``results/<path>/_state/checkpoint.json``,
-``results/<path>/_state/outcomes-<upload>-00001.csv`` … and
-``retry/<path>/_state/retry-<upload>-00001.jsonl`` … (retry parts hold tokens, so they live under
-the retry prefix with its encryption and expiry). ``<upload>`` tells uploads of the key apart,
-so two imports of it never write each other's parts.
+``results/<path>/_state/outcomes-<run>-00001.csv`` … and
+``retry/<path>/_state/retry-<run>-00001.jsonl`` … (retry parts hold tokens, so they live under
+the retry prefix with its encryption and expiry). ``<run>`` is drawn by each invocation: two
+running at once (a new upload, a duplicate event) never write each other's parts, and the
+checkpoint lists every part by its key.
 
 The checkpoint is written with S3's conditional writes: created only if absent, then replaced
 only if it is still the one this run last read or wrote. An import whose checkpoint another one
@@ -37,13 +38,13 @@ class Superseded(Exception):
 
 class CheckpointStore:
     def __init__(
-        self, s3: S3Client, bucket: str, results_prefix: str, retry_prefix: str, upload: str
+        self, s3: S3Client, bucket: str, results_prefix: str, retry_prefix: str, run: str
     ) -> None:
         self._s3 = s3
         self._bucket = bucket
         self._results = results_prefix
         self._retry = retry_prefix
-        self._upload = upload
+        self._run = run
         self.key = results_prefix + STATE_DIR + "checkpoint.json"
         self._etag: str | None = None  # of the checkpoint this run last read or wrote
 
@@ -99,10 +100,10 @@ class CheckpointStore:
             return None
 
     def outcome_part_key(self, n: int) -> str:
-        return f"{self._results}{STATE_DIR}outcomes-{self._upload}-{n:05d}.csv"
+        return f"{self._results}{STATE_DIR}outcomes-{self._run}-{n:05d}.csv"
 
     def retry_part_key(self, n: int) -> str:
-        return f"{self._retry}{STATE_DIR}retry-{self._upload}-{n:05d}.jsonl"
+        return f"{self._retry}{STATE_DIR}retry-{self._run}-{n:05d}.jsonl"
 
     def delete(self, parts: list[str], *, checkpoint: bool = True) -> None:
         """Remove an import's part objects, then its checkpoint (the commit record) last."""

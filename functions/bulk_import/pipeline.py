@@ -14,8 +14,8 @@ replays the file, skips what is settled, reports unsettled chunks under the leas
 from __future__ import annotations
 
 import gc
-import hashlib
 import operator
+import secrets
 import sys
 import threading
 import time
@@ -201,7 +201,7 @@ class _Run:
         self.prefix = results_prefix(ref.key, settings.incoming_prefix, settings.results_prefix)
         self.retry_prefix = results_prefix(ref.key, settings.incoming_prefix, settings.retry_prefix)
         self.store = CheckpointStore(
-            deps.s3, ref.bucket, self.prefix, self.retry_prefix, _upload_tag(ref)
+            deps.s3, ref.bucket, self.prefix, self.retry_prefix, secrets.token_hex(4)
         )
         self.checkpoint: Checkpoint | None = None
         self.started_at = _now()
@@ -333,6 +333,12 @@ class _Run:
             "another import took this key over; this one stops", extra={"line": self.line}
         )
         self._drain()
+        # Parts stored for a checkpoint that then lost are no one's (retry parts hold tokens);
+        # those of the checkpoints it wrote are the other import's to keep or delete.
+        cp = self.checkpoint
+        listed = set(cp.outcome_parts + cp.retry_parts) if cp is not None else set()
+        orphans = [k for k in self.outcome_parts + self.retry_parts if k not in listed]
+        self.store.delete(orphans, checkpoint=False)
         return self._skip(str(exc))
 
     def _same_object(self, other: SourceRef) -> bool:
@@ -991,12 +997,6 @@ class _Run:
 class _Opened(NamedTuple):
     source: sources.SourceObject
     stream: IO[bytes]
-
-
-def _upload_tag(ref: ObjectRef) -> str:
-    """A short name for one upload of the key, for its part objects."""
-    upload = ref.version_id or ref.sequencer or ref.etag or ""
-    return hashlib.sha256(upload.encode()).hexdigest()[:8]
 
 
 def _close_opened(future: Future[_Opened]) -> None:

@@ -393,23 +393,44 @@ def test_concurrent_duplicate_events_without_a_table_post_each_connection_once(
 ) -> None:
     # Without IDEMPOTENCY_TABLE both runs start; the checkpoint is created only if absent, so
     # one of them learns of the other at its first lease, before it sends anything.
+    from bulk_import import aws  # noqa: PLC0415 - the client the handler will use
+
     stack.vital.latency_seconds = 0.05
-    upload(stack, "incoming/race-no-table.jsonl", 60)
+    rows = upload(stack, "incoming/race-no-table.jsonl", 60)
+    # Rejected rows first: each run has outcome lines to store before its first checkpoint
+    broken = [make_row(20_000 + n, user_id="broken") for n in range(3)]
+    stack.put("incoming/race-no-table.jsonl", encode_rows(broken + rows, "jsonl"))
     event = s3_event(stack.bucket, ["incoming/race-no-table.jsonl"])
     statuses: list[str] = []
+    parts: list[str] = []
+
+    def on_put(params: dict[str, Any], **_: Any) -> None:
+        if "/_state/" in params["Key"] and "checkpoint" not in params["Key"]:
+            parts.append(params["Key"])
 
     def run() -> None:
         statuses.append(stack.invoke(event)["files"][0]["status"])
 
+    s3 = aws.s3_client()
+    s3.meta.events.register("provide-client-params.s3.PutObject", on_put)
     threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        s3.meta.events.unregister("provide-client-params.s3.PutObject", on_put)
 
     assert sorted(statuses) == ["partial", "skipped"]
-    assert_complete(stack, "results/race-no-table.jsonl/", 62)
+    assert_complete(stack, "results/race-no-table.jsonl/", 65)
     assert len(stack.vital.posted_connections()) == 60
+    # Both stored a part before the checkpoint told them apart: never under the same name, and
+    # the loser's went with it
+    assert len(parts) >= 2
+    assert len(parts) == len(set(parts))
+    for prefix in ("results/race-no-table.jsonl/_state/", "retry/race-no-table.jsonl/_state/"):
+        assert stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=prefix)["KeyCount"] == 0
 
 
 def test_killed_process_resumes_without_resending(stack: Stack, stack_env: dict[str, str]) -> None:
