@@ -15,6 +15,7 @@ next write, before it sends anything past its lease, and stops (``Superseded``).
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 # What S3 answers a conditional write that lost: the object changed (412), is gone (404), or
 # another conditional write to it is in progress (409).
 _LOST = frozenset({"PreconditionFailed", "NoSuchKey", "ConditionalRequestConflict"})
+
+
+_PART_NAME = re.compile(r"(?:outcomes-[0-9a-f]{8}-\d{5}\.csv|retry-[0-9a-f]{8}-\d{5}\.jsonl)")
 
 
 class Superseded(Exception):
@@ -105,15 +109,35 @@ class CheckpointStore:
     def retry_part_key(self, n: int) -> str:
         return f"{self._retry}{STATE_DIR}retry-{self._run}-{n:05d}.jsonl"
 
-    def delete(self, parts: list[str], *, checkpoint: bool = True) -> None:
-        """Remove an import's part objects, then its checkpoint (the commit record) last."""
+    def delete(self, parts: list[str], *, checkpoint: bool = True, sweep: bool = False) -> None:
+        """Remove an import's part objects, then its checkpoint (the commit record) last.
+
+        ``sweep`` also removes any other part object of the key: those of an invocation that
+        died between storing a part and the checkpoint naming it (retry parts hold tokens).
+        Only for an import that has just seen the checkpoint is still its own.
+        """
         keys = list(parts)
+        if sweep:
+            named = set(keys)
+            keys += [k for k in self._stored_parts() if k not in named]
         for start in range(0, len(keys), 1000):
             batch: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[start : start + 1000]]
             self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True})
         if checkpoint:
             self._s3.delete_object(Bucket=self._bucket, Key=self.key)
             self._etag = None
+
+    def _stored_parts(self) -> list[str]:
+        """Every part object of this key, whichever invocation stored it."""
+        found = []
+        paginator = self._s3.get_paginator("list_objects_v2")
+        for prefix in (self._results + STATE_DIR, self._retry + STATE_DIR):
+            for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    # Only names parts take: another key's results may share the prefix.
+                    if _PART_NAME.fullmatch(obj["Key"].removeprefix(prefix)):
+                        found.append(obj["Key"])
+        return found
 
     def _get(self, key: str) -> bytes | None:
         try:

@@ -299,7 +299,7 @@ class _Run:
         if finished:
             # The manifest is written before the state is deleted: the cleanup failed or the
             # function stopped in between. Replaying would overwrite the manifest.
-            self.store.delete(checkpoint.outcome_parts + checkpoint.retry_parts)
+            self.store.delete(checkpoint.outcome_parts + checkpoint.retry_parts, sweep=True)
             return self._skip("this object version was already imported (its state is cleared)")
         if self.ref.segment < checkpoint.next_segment:
             if self.ref.segment == checkpoint.next_segment - 1:
@@ -947,9 +947,8 @@ class _Run:
         write_manifest(s3, bucket, manifest_key, manifest)
         if self.checkpoint is not None:
             # Only its own checkpoint: a newer upload may have taken the key over meanwhile.
-            self.store.delete(
-                self.outcome_parts + self.retry_parts, checkpoint=self.store.still_mine()
-            )
+            mine = self.store.still_mine()
+            self.store.delete(self.outcome_parts + self.retry_parts, checkpoint=mine, sweep=mine)
         stats = self.client.stats if self.client else None
         return FileResult(self.ref, manifest_key, manifest=manifest, call_stats=stats)
 

@@ -469,6 +469,49 @@ def test_killed_process_resumes_without_resending(stack: Stack, stack_env: dict[
     assert "Contents" not in leftovers
 
 
+class _Died(BaseException):
+    """The invocation dies here (as on a kill): nothing in the function catches it."""
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the run that died
+def test_parts_of_a_run_that_died_before_its_checkpoint_are_swept_at_the_end(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a run that stores its outcome and retry parts, then dies before the checkpoint that
+    # would have named them: no checkpoint ever names those parts (and retry parts hold tokens)
+    from bulk_import import checkpoint  # noqa: PLC0415 - patched for the first run
+
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
+    monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
+    # Every fourth row rejected (outcome lines), and some users unknown to Vital (retry lines)
+    rows = [make_row(n, user_id="broken") if n % 4 == 0 else make_row(n) for n in range(60)]
+    stack.vital.add_known_users(*(r["user_id"] for n, r in enumerate(rows) if n % 5 != 1))
+    stack.put("incoming/died.jsonl", encode_rows(rows, "jsonl"))
+    event = s3_event(stack.bucket, ["incoming/died.jsonl"])
+    save = checkpoint.CheckpointStore.save
+    saves: list[int] = []
+
+    def dies_at_the_third(store: checkpoint.CheckpointStore, cp: Any) -> None:
+        saves.append(1)
+        if len(saves) == 3:
+            raise _Died
+        save(store, cp)
+
+    monkeypatch.setattr(checkpoint.CheckpointStore, "save", dies_at_the_third)
+    with pytest.raises(_Died):
+        stack.invoke(event)
+    monkeypatch.setattr(checkpoint.CheckpointStore, "save", save)
+
+    # When Lambda's retry resumes and finishes the file
+    stack.invoke(event)
+
+    # Then every row has its outcome and nothing of the state is left, the dead run's parts too
+    assert_complete(stack, "results/died.jsonl/", 60)
+    for prefix in ("results/died.jsonl/_state/", "retry/died.jsonl/_state/"):
+        assert stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=prefix)["KeyCount"] == 0
+
+
 def test_a_resume_never_stores_a_lease_below_the_one_it_resumed_from(
     stack: Stack, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
