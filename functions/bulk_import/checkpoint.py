@@ -109,33 +109,49 @@ class CheckpointStore:
     def retry_part_key(self, n: int) -> str:
         return f"{self._retry}{STATE_DIR}retry-{self._run}-{n:05d}.jsonl"
 
-    def delete(self, parts: list[str], *, checkpoint: bool = True, sweep: bool = False) -> None:
-        """Remove an import's part objects, then its checkpoint (the commit record) last.
+    def delete(self, parts: list[str]) -> None:
+        """Remove an import's part objects, then its checkpoint (the commit record) last,
+        whoever wrote it: for a newer upload replacing an unfinished import of the key."""
+        self.delete_parts(parts)
+        self._s3.delete_object(Bucket=self._bucket, Key=self.key)
+        self._etag = None
 
-        ``sweep`` also removes any other part object of the key: those of an invocation that
-        died between storing a part and the checkpoint naming it (retry parts hold tokens).
-        Only for an import that has just seen the checkpoint is still its own.
-        """
-        keys = list(parts)
-        if sweep:
-            named = set(keys)
-            keys += [k for k in self._stored_parts() if k not in named]
+    def delete_parts(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):
             batch: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[start : start + 1000]]
             self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True})
-        if checkpoint:
-            self._s3.delete_object(Bucket=self._bucket, Key=self.key)
-            self._etag = None
+
+    def finish(self, parts: list[str]) -> None:
+        """Remove this import's state once its results are written, while the checkpoint is
+        still its own: its parts, those a run of it left when it died between storing a part and
+        the checkpoint naming it (retry parts hold tokens), then the checkpoint itself.
+
+        The parts are listed before ownership is checked: a newer upload's import replaces the
+        checkpoint before it stores any part, so none of its parts can be among those listed.
+        The checkpoint goes only if unchanged (a conditional delete).
+        """
+        stored = self._stored_parts()
+        if not self.still_mine():
+            return  # another import took the key over; the state is its own now
+        named = set(parts)
+        self.delete_parts([*parts, *(k for k in stored if k not in named)])
+        try:
+            self._s3.delete_object(Bucket=self._bucket, Key=self.key, IfMatch=self._etag or "*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in _LOST:
+                raise
+        self._etag = None
 
     def _stored_parts(self) -> list[str]:
-        """Every part object of this key, whichever invocation stored it."""
+        """Every part object of this key, whichever run of its imports stored it."""
         found = []
         paginator = self._s3.get_paginator("list_objects_v2")
         for prefix in (self._results + STATE_DIR, self._retry + STATE_DIR):
             for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
                     # Only names parts take: another key's results may share the prefix.
-                    if _PART_NAME.fullmatch(obj["Key"].removeprefix(prefix)):
+                    name = obj["Key"].removeprefix(prefix)
+                    if _PART_NAME.fullmatch(name):
                         found.append(obj["Key"])
         return found
 

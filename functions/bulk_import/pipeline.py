@@ -299,7 +299,7 @@ class _Run:
         if finished:
             # The manifest is written before the state is deleted: the cleanup failed or the
             # function stopped in between. Replaying would overwrite the manifest.
-            self.store.delete(checkpoint.outcome_parts + checkpoint.retry_parts, sweep=True)
+            self.store.finish(checkpoint.outcome_parts + checkpoint.retry_parts)
             return self._skip("this object version was already imported (its state is cleared)")
         if self.ref.segment < checkpoint.next_segment:
             if self.ref.segment == checkpoint.next_segment - 1:
@@ -338,7 +338,7 @@ class _Run:
         cp = self.checkpoint
         listed = set(cp.outcome_parts + cp.retry_parts) if cp is not None else set()
         orphans = [k for k in self.outcome_parts + self.retry_parts if k not in listed]
-        self.store.delete(orphans, checkpoint=False)
+        self.store.delete_parts(orphans)
         return self._skip(str(exc))
 
     def _same_object(self, other: SourceRef) -> bool:
@@ -946,9 +946,8 @@ class _Run:
         manifest_key = self.prefix + MANIFEST_NAME
         write_manifest(s3, bucket, manifest_key, manifest)
         if self.checkpoint is not None:
-            # Only its own checkpoint: a newer upload may have taken the key over meanwhile.
-            mine = self.store.still_mine()
-            self.store.delete(self.outcome_parts + self.retry_parts, checkpoint=mine, sweep=mine)
+            # Only while the checkpoint is its own: a newer upload may have taken the key over.
+            self.store.finish(self.outcome_parts + self.retry_parts)
         stats = self.client.stats if self.client else None
         return FileResult(self.ref, manifest_key, manifest=manifest, call_stats=stats)
 

@@ -203,16 +203,16 @@ def test_a_retry_after_the_manifest_was_written_keeps_it_and_clears_the_state(
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "3")
     upload(stack, "incoming/cleanup.jsonl", 100)
     event = s3_event(stack.bucket, ["incoming/cleanup.jsonl"])
-    delete = checkpoint.CheckpointStore.delete
+    finish = checkpoint.CheckpointStore.finish
     calls: list[int] = []
 
-    def throttled_once(store: checkpoint.CheckpointStore, parts: list[str], **kw: Any) -> None:
+    def throttled_once(store: checkpoint.CheckpointStore, parts: list[str]) -> None:
         calls.append(len(parts))
         if len(calls) == 1:
             raise ClientError({"Error": {"Code": "SlowDown", "Message": "-"}}, "DeleteObjects")
-        delete(store, parts, **kw)
+        finish(store, parts)
 
-    monkeypatch.setattr(checkpoint.CheckpointStore, "delete", throttled_once)
+    monkeypatch.setattr(checkpoint.CheckpointStore, "finish", throttled_once)
     with pytest.raises(ClientError):
         stack.invoke(event)
     first = assert_complete(stack, "results/cleanup.jsonl/", 102)
