@@ -84,8 +84,8 @@ class CheckpointStore:
         self._etag = response["ETag"]
 
     def still_mine(self) -> bool:
-        """Whether the checkpoint is still the one this run last wrote (checked just before the
-        run's results are written)."""
+        """Whether the checkpoint is still the one this run last read or wrote: no other import
+        of the key has taken it over."""
         try:
             head = self._s3.head_object(Bucket=self._bucket, Key=self.key)
         except ClientError as exc:
