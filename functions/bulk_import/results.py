@@ -34,10 +34,9 @@ RETRY_NAME = "retry.jsonl"
 STATE_DIR = "_state/"
 _PART = 16 * 1024 * 1024
 _TRANSFER = TransferConfig(multipart_threshold=_PART, multipart_chunksize=_PART)
-# A stream (parts read back, then the spool) cannot be re-read, so s3transfer holds each part
-# in memory until it is sent: at most this many at once (its default, 10, is 160 MiB).
-_STREAMED_TRANSFER = TransferConfig(multipart_threshold=_PART, multipart_chunksize=_PART)
-_STREAMED_TRANSFER.max_in_memory_upload_chunks = 3
+# s3transfer reads each part of a file object (a spool, or the stream of parts read back) into
+# memory until it is sent: at most this many at once (its default, 10, is 160 MiB).
+_TRANSFER.max_in_memory_upload_chunks = 3
 # What a spool keeps of the lines it has uploaded, so that the finishing invocation need not
 # read its own parts back. Lambda's /tmp is 512 MB unless the template raises it, and an
 # invocation can write ~70 bytes of outcomes a row for millions of rows: past this, a spool
@@ -245,7 +244,7 @@ def assemble(
         return
     stream = io.BufferedReader(_BlockReader(_blocks(s3, bucket, parts, spool)), _COPY_CHUNK)
     s3.upload_fileobj(
-        stream, bucket, key, ExtraArgs={"ContentType": content_type}, Config=_STREAMED_TRANSFER
+        stream, bucket, key, ExtraArgs={"ContentType": content_type}, Config=_TRANSFER
     )
 
 

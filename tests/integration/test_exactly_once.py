@@ -11,6 +11,8 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,30 @@ def assert_complete(stack: Stack, prefix: str, rows: int) -> dict[str, Any]:
     return manifest
 
 
+@contextmanager
+def s3_keys(*operations: str) -> Iterator[dict[str, list[str]]]:
+    """The keys the handler's S3 client names in each of ``operations`` while the block runs."""
+    from bulk_import import aws  # noqa: PLC0415 - the client the handler will use
+
+    s3 = aws.s3_client()
+    keys: dict[str, list[str]] = {operation: [] for operation in operations}
+    hooks = {
+        f"provide-client-params.s3.{operation}": functools.partial(_record_key, keys[operation])
+        for operation in operations
+    }
+    for event, hook in hooks.items():
+        s3.meta.events.register(event, hook)
+    try:
+        yield keys
+    finally:
+        for event, hook in hooks.items():
+            s3.meta.events.unregister(event, hook)
+
+
+def _record_key(into: list[str], params: dict[str, Any], **_: Any) -> None:
+    into.append(params["Key"])
+
+
 def kill_mid_run(stack: Stack, event: dict[str, Any], **env: str) -> None:
     """Run the handler in a process of its own and kill it after six requests (10-row chunks,
     two posting threads, plus ``env``): a crash with chunks in flight, for real."""
@@ -115,30 +141,13 @@ def test_an_import_finished_in_one_invocation_reads_none_of_its_parts_back(
     # A checkpoint before every chunk stores the outcomes so far as a part; the invocation that
     # finishes the file sends its spool as outcomes.csv instead of fetching those parts again
     # (on S3, one round trip a part: seconds at the end of a long run).
-    from bulk_import import aws  # noqa: PLC0415 - the client the handler will use
-
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
     upload(stack, "incoming/parts.jsonl", 60)
-    s3 = aws.s3_client()
-    stored: list[str] = []
-    read: list[str] = []
-
-    def on_put(params: dict[str, Any], **_: Any) -> None:
-        stored.append(params["Key"])
-
-    def on_get(params: dict[str, Any], **_: Any) -> None:
-        read.append(params["Key"])
-
-    s3.meta.events.register("provide-client-params.s3.PutObject", on_put)
-    s3.meta.events.register("provide-client-params.s3.GetObject", on_get)
-    try:
+    with s3_keys("PutObject", "GetObject") as keys:
         stack.import_keys("incoming/parts.jsonl")
-    finally:
-        s3.meta.events.unregister("provide-client-params.s3.PutObject", on_put)
-        s3.meta.events.unregister("provide-client-params.s3.GetObject", on_get)
 
-    assert len([k for k in stored if "/_state/outcomes-" in k]) >= 3
-    assert [k for k in read if "/_state/" in k and "checkpoint" not in k] == []
+    assert len([k for k in keys["PutObject"] if "/_state/outcomes-" in k]) >= 3
+    assert [k for k in keys["GetObject"] if "/_state/" in k and "checkpoint" not in k] == []
     manifest = assert_complete(stack, "results/parts.jsonl/", 62)
     assert manifest["counts"]["imported"] == 60
     text = stack.get("results/parts.jsonl/outcomes.csv").decode()
@@ -156,33 +165,18 @@ def test_a_spool_that_let_its_lines_go_has_its_parts_read_back_in_order(
 ) -> None:
     # Past SPOOL_KEEP_BYTES a spool lets go of what it has uploaded, so /tmp holds at most about
     # that much: the end of the run then reads those parts back, in order, ahead of the spool.
-    from bulk_import import aws, results  # noqa: PLC0415 - the client the handler will use
+    from bulk_import import results  # noqa: PLC0415 - its limit scaled to the test
 
     monkeypatch.setattr(results, "SPOOL_KEEP_BYTES", 700)  # two or three parts' worth of lines
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
     monkeypatch.setenv("CHUNK_SIZE", "5")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")  # parts of the same size from run to run
     upload(stack, "incoming/let-go.jsonl", 60)
-    s3 = aws.s3_client()
-    stored: list[str] = []
-    read: list[str] = []
-
-    def on_put(params: dict[str, Any], **_: Any) -> None:
-        stored.append(params["Key"])
-
-    def on_get(params: dict[str, Any], **_: Any) -> None:
-        read.append(params["Key"])
-
-    s3.meta.events.register("provide-client-params.s3.PutObject", on_put)
-    s3.meta.events.register("provide-client-params.s3.GetObject", on_get)
-    try:
+    with s3_keys("PutObject", "GetObject") as keys:
         stack.import_keys("incoming/let-go.jsonl")
-    finally:
-        s3.meta.events.unregister("provide-client-params.s3.PutObject", on_put)
-        s3.meta.events.unregister("provide-client-params.s3.GetObject", on_get)
 
-    parts = [k for k in stored if "/_state/outcomes-" in k]
-    read_back = [k for k in read if "/_state/outcomes-" in k]
+    parts = [k for k in keys["PutObject"] if "/_state/outcomes-" in k]
+    read_back = [k for k in keys["GetObject"] if "/_state/outcomes-" in k]
     assert len(parts) >= 5
     assert read_back == parts[: len(read_back)]  # a prefix of the parts, in their order
     assert 0 < len(read_back) < len(parts)  # the last parts were still in the spool
@@ -393,8 +387,6 @@ def test_concurrent_duplicate_events_without_a_table_post_each_connection_once(
 ) -> None:
     # Without IDEMPOTENCY_TABLE both runs start; the checkpoint is created only if absent, so
     # one of them learns of the other at its first lease, before it sends anything.
-    from bulk_import import aws  # noqa: PLC0415 - the client the handler will use
-
     stack.vital.latency_seconds = 0.05
     rows = upload(stack, "incoming/race-no-table.jsonl", 60)
     # Rejected rows first: each run has outcome lines to store before its first checkpoint
@@ -402,25 +394,17 @@ def test_concurrent_duplicate_events_without_a_table_post_each_connection_once(
     stack.put("incoming/race-no-table.jsonl", encode_rows(broken + rows, "jsonl"))
     event = s3_event(stack.bucket, ["incoming/race-no-table.jsonl"])
     statuses: list[str] = []
-    parts: list[str] = []
-
-    def on_put(params: dict[str, Any], **_: Any) -> None:
-        if "/_state/" in params["Key"] and "checkpoint" not in params["Key"]:
-            parts.append(params["Key"])
 
     def run() -> None:
         statuses.append(stack.invoke(event)["files"][0]["status"])
 
-    s3 = aws.s3_client()
-    s3.meta.events.register("provide-client-params.s3.PutObject", on_put)
     threads = [threading.Thread(target=run) for _ in range(2)]
-    try:
+    with s3_keys("PutObject") as keys:
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(timeout=60)
-    finally:
-        s3.meta.events.unregister("provide-client-params.s3.PutObject", on_put)
+    parts = [k for k in keys["PutObject"] if "/_state/" in k and "checkpoint" not in k]
 
     assert sorted(statuses) == ["partial", "skipped"]
     assert_complete(stack, "results/race-no-table.jsonl/", 65)
