@@ -226,6 +226,10 @@ class _Run:
         self.context = context_for(None)
         self.next_seq = 0
         self.line = 0
+        # Rows taken from the file (blank lines are none), and whether it was read to its end:
+        # then every one of them must have its outcome by the end (``_check_every_row_counted``).
+        self.rows_read = 0
+        self.read_to_end = False
         self.error: FileError | None = None
         self.stop_reason: FileError | None = None
         # The first chunk a posting thread held back for lack of time (the rest go after it).
@@ -401,12 +405,8 @@ class _Run:
             self._save_checkpoint(next_segment=self.ref.segment)
             raise TransientError(f"S3 failed while reading ({type(exc).__name__})") from exc
         except Exception as exc:  # noqa: BLE001 - a bug must not send the file into retries
-            logger.exception("unexpected error", extra={"error": type(exc).__name__})
-            self.error = InternalError(
-                f"internal error ({type(exc).__name__}); see the function's logs"
-            )
+            self._internal_error("unexpected error", exc)
             # Rows already chunked still get an outcome (errored, in retry.jsonl).
-            self.stop_reason = self.stop_reason or self.error
             for chunk in self.chunker.flush():
                 self._dispatch(chunk)
         if deadline:
@@ -490,10 +490,12 @@ class _Run:
                 for n, record in enumerate(records):
                     if n % DEADLINE_CHECK_EVERY_RECORDS == 0:
                         self._between_rows()
+                    self.rows_read += 1
                     self._take(record, default_provider)
                     self.line = record.line
         for chunk in self.chunker.flush():
             self._dispatch(chunk)
+        self.read_to_end = True
 
     def _between_rows(self) -> None:
         # Only after progress past the checkpoint, so every invocation moves on.
@@ -521,6 +523,7 @@ class _Run:
         default = default_provider if default_provider in PROVIDERS else None
         for first, lines in formats.jsonl_blocks(stream, limit):
             self._between_rows()
+            self.rows_read += len(lines) - lines.count(b"")
             for line, raw in enumerate(lines, first):
                 if raw:
                     fast = validate(raw)
@@ -727,13 +730,7 @@ class _Run:
             try:
                 report = future.result()
             except Exception as exc:  # noqa: BLE001 - a bug in a worker must not lose the file
-                logger.exception(
-                    "unexpected error posting a chunk", extra={"error": type(exc).__name__}
-                )
-                self.error = self.error or InternalError(
-                    f"internal error ({type(exc).__name__}); see the function's logs"
-                )
-                self.stop_reason = self.stop_reason or self.error
+                self._internal_error("unexpected error posting a chunk", exc)
                 detail = "in doubt: the function failed while sending this chunk; see retry.jsonl"
                 self._write_chunk(chunk, Outcome.ERRORED, detail)
             else:
@@ -741,8 +738,26 @@ class _Run:
                     # Neither sent nor settled: the checkpoint's lease starts at the first one.
                     self.deferred = seq if self.deferred is None else min(self.deferred, seq)
                     continue
-                self._absorb(report)
+                recorded = self.outcomes.written
+                try:
+                    self._absorb(report)
+                except Exception as exc:  # noqa: BLE001 - nor a bug in recording its answer
+                    self._internal_error("unexpected error recording a chunk's answer", exc)
+                    if self.outcomes.written == recorded:  # else ``_check_every_row_counted``
+                        detail = (
+                            "in doubt: the function failed while recording Vital's answer to "
+                            "this chunk; see retry.jsonl"
+                        )
+                        self._write_chunk(chunk, Outcome.ERRORED, detail)
             self._settle(seq)
+
+    def _internal_error(self, message: str, exc: Exception) -> None:
+        """A bug, not the file's fault: the file stops and ends failed, every row accounted for."""
+        logger.exception(message, extra={"error": type(exc).__name__})
+        self.error = self.error or InternalError(
+            f"internal error ({type(exc).__name__}); see the function's logs"
+        )
+        self.stop_reason = self.stop_reason or self.error
 
     def _drain(self) -> None:
         while self.in_flight:
@@ -917,6 +932,7 @@ class _Run:
         self.checkpoint = checkpoint
 
     def _finalise(self) -> FileResult:
+        self._check_every_row_counted()
         bulk_ops = self._reconcile_bulk_ops()
         if self.checkpoint is not None and not self.store.still_mine():
             raise Superseded("another import of this key took over while this one finished")
@@ -950,6 +966,25 @@ class _Run:
             self.store.finish(self.outcome_parts + self.retry_parts)
         stats = self.client.stats if self.client else None
         return FileResult(self.ref, manifest_key, manifest=manifest, call_stats=stats)
+
+    def _check_every_row_counted(self) -> None:
+        """The last guard of "every row ends in exactly one outcome": a file read to its end
+        whose outcomes do not match its rows fails loudly, instead of reporting fewer rows.
+
+        Only a bug gets here (the paths that stop early write an outcome for every row read);
+        the outcomes the run did record are kept, and the gap is named in the error.
+        """
+        recorded = self.tally.counts().rows
+        if not self.read_to_end or recorded == self.rows_read:
+            return
+        logger.error(
+            "rows and outcomes do not match",
+            extra={"rows_read": self.rows_read, "outcomes": recorded},
+        )
+        self.error = self.error or InternalError(
+            f"internal error: {self.rows_read} rows read, {recorded} outcomes recorded; "
+            "see the function's logs"
+        )
 
     def _log_progress(self) -> None:
         self.last_progress = time.monotonic()

@@ -93,11 +93,13 @@ class Spool:
         self._size = len(header)
         self._uploaded = len(header)  # bytes up to here are in part objects (or the header)
         self.lines = 0  # lines since the last upload
+        self.written = 0  # lines in all
 
     def write_bytes(self, data: bytes, lines: int) -> None:
         self._file.write(data)
         self._size += len(data)
         self.lines += lines
+        self.written += lines
 
     def upload(self, s3: S3Client, bucket: str, key: str, content_type: str) -> bool:
         """The lines written since the last upload, as one object.

@@ -305,6 +305,119 @@ def test_a_chunk_still_queued_when_the_file_fails_is_not_sent(
     assert unsent.pop().startswith("not sent: gzip data is corrupt or truncated")
 
 
+# --- bugs in the function's own bookkeeping ---------------------------------------------------
+
+
+def _failing_once(
+    monkeypatch: pytest.MonkeyPatch, name: str, first_line: int, *, swallow: bool = False
+) -> None:
+    """``_Run.<name>(report)`` fails (or, with ``swallow``, silently does nothing) for the chunk
+    starting at ``first_line``: a stand-in for a bug in recording Vital's answer."""
+    from bulk_import import pipeline  # noqa: PLC0415 - patched below
+
+    original = getattr(pipeline._Run, name)
+
+    def patched(run: Any, *args: Any) -> Any:
+        report = args[0] if args else None
+        chunk = getattr(report, "chunk", None)
+        if chunk is not None and chunk.first_line == first_line:
+            if swallow:
+                return None
+            raise RuntimeError("a bug while recording an answer")
+        return original(run, *args)
+
+    monkeypatch.setattr(pipeline._Run, name, patched)
+
+
+def _one_outcome_per_line(
+    manifest: dict[str, Any], outcomes: list[dict[str, str]], rows: int
+) -> None:
+    counts = manifest["counts"]
+    assert counts["rows"] == rows == len(outcomes)
+    assert counts["rows"] == sum(v for k, v in counts.items() if k != "rows")
+    assert sorted(int(o["line"]) for o in outcomes) == list(range(1, rows + 1))
+    tally = Counter(o["outcome"] for o in outcomes)
+    assert tally["imported"] == counts["imported"]
+    assert tally["errored"] == counts["errored"]
+
+
+def test_a_bug_recording_a_chunks_answer_leaves_its_rows_in_doubt_not_lost(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the chunk was taken off the in-flight table before its answer was recorded, and
+    # the error ended the file with its 100 rows missing from the manifest and outcomes.
+    monkeypatch.setenv("CHUNK_SIZE", "100")
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
+    put_rows(stack, "incoming/absorb-bug.jsonl", 500)
+    _failing_once(monkeypatch, "_absorb", first_line=201)
+
+    manifest, outcomes = run(stack, "incoming/absorb-bug.jsonl")
+
+    assert manifest["status"] == "failed"
+    assert manifest["error"]["type"] == "InternalError"
+    _one_outcome_per_line(manifest, outcomes, 500)
+    by_line = {int(o["line"]): o for o in outcomes}
+    assert {by_line[n]["outcome"] for n in range(1, 201)} == {"imported"}
+    # Sent, and Vital may have taken it: in doubt, in retry.jsonl; never reported imported.
+    assert {by_line[n]["detail"] for n in range(201, 301)} == {
+        "in doubt: the function failed while recording Vital's answer to this chunk; "
+        "see retry.jsonl"
+    }
+    # The file stops there: what was not on its way to Vital yet is not sent.
+    assert manifest["counts"]["errored"] >= 200
+    retry = stack.get(manifest["retry_key"]).decode().splitlines()
+    assert len(retry) == manifest["counts"]["errored"]
+    assert any("unexpected error recording a chunk's answer" in line for line in stack.log_lines)
+
+
+def test_a_bug_after_a_chunks_outcomes_were_written_does_not_write_them_twice(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHUNK_SIZE", "100")
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
+    put_rows(stack, "incoming/threshold-bug.jsonl", 500)
+    from bulk_import import pipeline  # noqa: PLC0415 - patched below
+
+    check = pipeline._Run._check_threshold
+    calls = []
+
+    def failing_third(run: Any) -> None:
+        calls.append(1)
+        if len(calls) == 3:  # after the third chunk's outcomes were written
+            raise RuntimeError("a bug after recording an answer")
+        check(run)
+
+    monkeypatch.setattr(pipeline._Run, "_check_threshold", failing_third)
+
+    manifest, outcomes = run(stack, "incoming/threshold-bug.jsonl")
+
+    assert manifest["status"] == "failed"
+    assert manifest["error"]["type"] == "InternalError"
+    _one_outcome_per_line(manifest, outcomes, 500)
+    by_line = {int(o["line"]): o for o in outcomes}
+    assert {by_line[n]["outcome"] for n in range(1, 301)} == {"imported"}
+
+
+def test_a_bug_that_drops_outcomes_fails_the_file_naming_the_gap(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The last guard: whatever loses rows, a file read to its end that is short of outcomes
+    # says so (before: a "succeeded" manifest counting 400 rows of 500).
+    monkeypatch.setenv("CHUNK_SIZE", "100")
+    put_rows(stack, "incoming/dropped.jsonl", 500)
+    _failing_once(monkeypatch, "_absorb", first_line=101, swallow=True)
+
+    manifest, outcomes = run(stack, "incoming/dropped.jsonl")
+
+    assert manifest["status"] == "failed"
+    assert manifest["error"] == {
+        "type": "InternalError",
+        "message": "internal error: 500 rows read, 400 outcomes recorded; see the function's logs",
+    }
+    assert manifest["counts"]["rows"] == len(outcomes) == 400
+    assert any("rows and outcomes do not match" in line for line in stack.log_lines)
+
+
 def test_a_key_revoked_mid_run_holds_back_the_chunks_behind_its_refusal(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
