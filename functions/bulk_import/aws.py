@@ -99,12 +99,17 @@ def sqs_client() -> SQSClient:
 
 def hand_off(message: ContinuationMessage, queue_url: str | None) -> None:
     """Queue the rest of a long file for a fresh invocation (the message holds no tokens)."""
+    body = message.model_dump_json()
     if not queue_url:
+        # The same event again would find the hand-off saved and try it again: the way on is
+        # the continuation itself, in the shape of the queue's event.
+        event = json.dumps({"Records": [{"eventSource": "aws:sqs", "body": body}]})
         raise ConfigurationError(
-            "the file needs another invocation but CONTINUATION_QUEUE_URL is not set; "
-            "invoke the function again with the same event to resume from the checkpoint"
+            "the file needs another invocation but CONTINUATION_QUEUE_URL is not set; set it "
+            "(template.yaml creates the queue), or invoke the function with this event to "
+            f"continue from the checkpoint: {event}"
         )
-    sqs_client().send_message(QueueUrl=queue_url, MessageBody=message.model_dump_json())
+    sqs_client().send_message(QueueUrl=queue_url, MessageBody=body)
 
 
 @lru_cache(maxsize=1)

@@ -57,7 +57,7 @@ class CheckpointStore:
         return None if body is None else Checkpoint.model_validate_json(body)
 
     def save(self, checkpoint: Checkpoint) -> None:
-        body = checkpoint.model_dump_json().encode()
+        body = checkpoint.model_copy(update={"run": self._run}).model_dump_json().encode()
         try:
             if self._etag is None:  # created only if absent
                 response = self._s3.put_object(
@@ -76,12 +76,44 @@ class CheckpointStore:
                     IfMatch=self._etag,
                 )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _LOST:
+            if exc.response.get("Error", {}).get("Code") not in _LOST:
+                raise
+            if not self._stored_by_this_run():
                 raise Superseded(
                     "another import of this key took over (a newer upload replaced the file)"
                 ) from None
-            raise
+            return  # stored: the answer was lost, and botocore's retry of the write lost
         self._etag = response["ETag"]
+
+    def _stored_by_this_run(self) -> bool:
+        """Whether the checkpoint S3 holds is this run's latest write (reading its ETag).
+
+        A write whose answer is lost (a timeout, a dropped connection) is retried by botocore;
+        if the first attempt was stored, the retry's condition fails on this run's own
+        checkpoint. Only this run writes its token, and a conditional write that lost means
+        S3 holds something other than the checkpoint this run last knew of: if that is this
+        run's, it is the write just made.
+        """
+        stored = self._stored()
+        if stored is None or stored[0].run != self._run:
+            return False
+        self._etag = stored[1]
+        return True
+
+    def named_parts(self) -> set[str]:
+        """The parts the stored checkpoint names, whoever wrote it (for a run that lost it)."""
+        stored = self._stored()
+        return set() if stored is None else {*stored[0].outcome_parts, *stored[0].retry_parts}
+
+    def _stored(self) -> tuple[Checkpoint, str] | None:
+        """The checkpoint S3 holds and its ETag, leaving this run's ETag as it was."""
+        try:
+            response = self._s3.get_object(Bucket=self._bucket, Key=self.key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                return None
+            raise
+        return Checkpoint.model_validate_json(response["Body"].read()), response["ETag"]
 
     def still_mine(self) -> bool:
         """Whether the checkpoint is still the one this run last read or wrote: no other import

@@ -335,6 +335,8 @@ class Checkpoint(BaseModel):
     """
 
     schema_version: int = 1
+    # The invocation that wrote it (drawn by each): tells its own write from another import's.
+    run: str = ""
     source: SourceRef
     fingerprint: str
     started_at: str

@@ -239,6 +239,8 @@ class _Run:
         self.opening: Future[_Opened] | None = None  # the object, opened as the run starts
         self.executor: ThreadPoolExecutor | None = None
         self.in_flight: dict[Future[ChunkReport], tuple[int, Chunk]] = {}
+        # Cut, but its lease could not be saved: sent by no one yet (``_report_unsent``).
+        self.unsent: Chunk | None = None
         self.chunker = Chunker(settings.chunk_size, settings.max_body_bytes)
         # What this invocation writes, its checkpoints' parts included up to a size (see Spool).
         self.outcomes = OutcomeSpool(outcomes_header())
@@ -338,9 +340,12 @@ class _Run:
         )
         self._drain()
         # Parts stored for a checkpoint that then lost are no one's (retry parts hold tokens);
-        # those of the checkpoints it wrote are the other import's to keep or delete.
+        # those of the checkpoints it wrote are the other import's to keep or delete, as are
+        # any the checkpoint now stored names (the other import may have resumed from this
+        # run's last write, whose answer this run never saw).
         cp = self.checkpoint
         listed = set(cp.outcome_parts + cp.retry_parts) if cp is not None else set()
+        listed |= self.store.named_parts()
         orphans = [k for k in self.outcome_parts + self.retry_parts if k not in listed]
         self.store.delete_parts(orphans)
         return self._skip(str(exc))
@@ -394,8 +399,7 @@ class _Run:
             self.error = exc
             # Rows already chunked are not sent after a file error: reported, and in retry.jsonl.
             self.stop_reason = self.stop_reason or exc
-            for chunk in self.chunker.flush():
-                self._dispatch(chunk)
+            self._report_unsent()
         except _DeadlineReached:
             deadline = True
         except Superseded:
@@ -407,8 +411,7 @@ class _Run:
         except Exception as exc:  # noqa: BLE001 - a bug must not send the file into retries
             self._internal_error("unexpected error", exc)
             # Rows already chunked still get an outcome (errored, in retry.jsonl).
-            for chunk in self.chunker.flush():
-                self._dispatch(chunk)
+            self._report_unsent()
         if deadline:
             self._drain()
             return self._hand_on()
@@ -416,6 +419,13 @@ class _Run:
         if self.deferred is not None:  # the posting threads ran out of time for some chunks
             return self._hand_on()
         return self._finalise()
+
+    def _report_unsent(self) -> None:
+        """Once the run has stopped: the chunk it was about to send, then those still being
+        filled, each row with its outcome ("not sent")."""
+        unsent, self.unsent = self.unsent, None
+        for chunk in [*([unsent] if unsent is not None else []), *self.chunker.flush()]:
+            self._dispatch(chunk)
 
     def _hand_on(self) -> FileResult:
         """Checkpoint and name the next segment: a fresh invocation goes on from here."""
@@ -642,6 +652,7 @@ class _Run:
                 )
             except Exception:
                 self.next_seq = seq  # not sent: a retry rebuilds this chunk and sends it
+                self.unsent = chunk  # or, if the run ends here, ``_run`` reports it
                 raise
         assert self.executor is not None  # noqa: S101 - created with the client
         # Every invocation sends at least its first chunk, so each one moves the file on.
@@ -890,18 +901,23 @@ class _Run:
             for outcome in retry:
                 self.retries.write(outcome.provider, payloads[outcome.line])
 
-    def _save_checkpoint(self, *, next_segment: int, lease: int | None = None) -> None:
-        """Store the spooled outcomes as parts, then the checkpoint that makes them count."""
+    def _save_checkpoint(
+        self, *, next_segment: int, lease: int | None = None, final: bool = False
+    ) -> None:
+        """Store the spooled outcomes as parts, then the checkpoint that makes them count.
+
+        ``final``: the run is about to send its results, from the spools it keeps whole.
+        """
         s3, bucket = self.deps.s3, self.source.bucket
         if self.outcomes.lines:
             key = self.store.outcome_part_key(len(self.outcome_parts) + 1)
-            kept = self.outcomes.upload(s3, bucket, key, "text/csv")
+            kept = self.outcomes.upload(s3, bucket, key, "text/csv", keep=final)
             self.outcome_parts.append(key)
             if not kept:
                 self.outcome_parts_to_read = len(self.outcome_parts)
         if self.retries.lines:
             key = self.store.retry_part_key(len(self.retry_parts) + 1)
-            kept = self.retries.upload(s3, bucket, key, "application/x-ndjson")
+            kept = self.retries.upload(s3, bucket, key, "application/x-ndjson", keep=final)
             self.retry_parts.append(key)
             if not kept:
                 self.retry_parts_to_read = len(self.retry_parts)
@@ -928,11 +944,28 @@ class _Run:
             retry_parts=self.retry_parts,
             stop_reason=errors.to_info(self.stop_reason),
         )
+        created = self.checkpoint is None
         self.store.save(checkpoint)
         self.checkpoint = checkpoint
+        if created:
+            self._check_not_imported_meanwhile()
+
+    def _check_not_imported_meanwhile(self) -> None:
+        """Without an idempotency table, two deliveries of one event can both find no state; if
+        one finishes (and deletes its checkpoint) before the other creates one, only the
+        manifest tells. Checked once this run's checkpoint exists, before it sends anything."""
+        manifest = self.store.existing_manifest()
+        if manifest is not None and self._same_object(manifest.source):
+            self.store.finish(self.outcome_parts + self.retry_parts)
+            raise Superseded("another delivery of this event imported the object meanwhile")
 
     def _finalise(self) -> FileResult:
         self._check_every_row_counted()
+        if self.checkpoint is not None and self.posted_here:
+            # Every answer of this run, stored before anything else can fail (the results'
+            # writes, waiting on bulk ops): a retry then replays them instead of reporting the
+            # chunks answered since the last lease in doubt.
+            self._save_checkpoint(next_segment=self.ref.segment, final=True)
         bulk_ops = self._reconcile_bulk_ops()
         if self.checkpoint is not None and not self.store.still_mine():
             raise Superseded("another import of this key took over while this one finished")

@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -225,6 +225,40 @@ def test_a_retry_after_the_manifest_was_written_keeps_it_and_clears_the_state(
         assert listed["KeyCount"] == 0
 
 
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the failed run
+def test_a_retry_after_the_results_failed_to_be_written_keeps_the_answers(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the last checkpoint was the last lease, so the retry reported every chunk
+    # answered since then in doubt (190 of 200 imported rows "errored", in retry.jsonl).
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "2")
+    rows = upload(stack, "incoming/final-write.jsonl", 200)
+    from bulk_import import pipeline  # noqa: PLC0415 - patched below
+
+    assemble = pipeline.assemble
+    calls = []
+
+    def failing_once(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ClientError({"Error": {"Code": "InternalError", "Message": "-"}}, "PutObject")
+        assemble(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "assemble", failing_once)
+    event = s3_event(stack.bucket, ["incoming/final-write.jsonl"])
+    with pytest.raises(ClientError):
+        stack.invoke(event)  # the invocation fails; Lambda retries it
+    assert len(stack.vital.posted_connections()) == 200
+
+    stack.invoke(event)
+
+    manifest = assert_complete(stack, "results/final-write.jsonl/", len(rows))
+    assert manifest["counts"]["imported"] == 200
+    assert manifest["counts"]["errored"] == 0
+    assert len(stack.vital.posted_connections()) == 200
+
+
 def test_redelivered_event_posts_nothing_with_idempotency_table(
     stack: Stack, idempotency_table: str
 ) -> None:
@@ -357,6 +391,95 @@ def test_a_new_upload_during_an_import_takes_the_key_over(
     assert "checkpoint.json" not in {o["Key"].rsplit("/", 1)[-1] for o in state.get("Contents", [])}
 
 
+@contextmanager
+def lost_answer_to_checkpoint_write(
+    nth: int, meanwhile: Callable[[], None] | None = None
+) -> Iterator[dict[str, int]]:
+    """The ``nth`` checkpoint write reaches S3 and is stored, but its answer is lost: botocore
+    retries it, as it does after a read timeout or a dropped connection. ``meanwhile`` runs
+    between the stored write and the retry."""
+    from bulk_import import aws  # noqa: PLC0415 - the client the handler will use
+
+    seen = {"writes": 0, "lost": 0}
+
+    def hook(request_dict: dict[str, Any], response: Any, attempts: int, **_: Any) -> Any:
+        if not request_dict["url"].endswith("_state/checkpoint.json") or attempts != 1:
+            return None
+        if response is None or response[0].status_code != 200:
+            return None
+        seen["writes"] += 1
+        if seen["writes"] != nth:
+            return None
+        seen["lost"] += 1
+        if meanwhile is not None:
+            meanwhile()
+        return 0  # retry at once
+
+    s3 = aws.s3_client()
+    s3.meta.events.register_first("needs-retry.s3.PutObject", hook)
+    try:
+        yield seen
+    finally:
+        s3.meta.events.unregister("needs-retry.s3.PutObject", hook)
+
+
+@pytest.mark.parametrize("nth", [1, 3])
+def test_a_checkpoint_write_whose_answer_was_lost_is_not_a_takeover(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, nth: int
+) -> None:
+    # Before: the retry's condition failed on the run's own stored checkpoint (412), the run
+    # took that for another import, stopped ("skipped", no manifest, no Lambda retry) and
+    # deleted the parts that checkpoint named.
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
+    monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
+    rows = upload(stack, "incoming/lost-answer.jsonl", 60)
+
+    with lost_answer_to_checkpoint_write(nth) as seen:
+        result = stack.import_keys("incoming/lost-answer.jsonl")
+
+    assert seen["lost"] == 1
+    assert result["files"][0]["status"] == "partial"  # the rejected row
+    manifest = assert_complete(stack, "results/lost-answer.jsonl/", len(rows))
+    assert manifest["counts"]["imported"] == 60
+    assert len(stack.vital.posted_connections()) == 60
+    state = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="results/lost-answer.jsonl/_")
+    assert state.get("KeyCount") == 0
+
+
+def test_a_run_that_lost_its_checkpoint_keeps_the_parts_the_new_one_names(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a write whose answer is lost, and before the retry another import of the key
+    # takes the checkpoint over from that very write (as a second delivery resuming it would)
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
+    monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
+    upload(stack, "incoming/taken.jsonl", 60)
+    from bulk_import.checkpoint import CheckpointStore  # noqa: PLC0415 - the other import
+
+    def take_over() -> None:
+        other = CheckpointStore(
+            stack.s3, stack.bucket, "results/taken.jsonl/", "retry/taken.jsonl/", "0ther000"
+        )
+        stored = other.load()
+        assert stored is not None
+        other.save(stored)
+
+    # When the run's retry finds the other import's checkpoint
+    with lost_answer_to_checkpoint_write(3, meanwhile=take_over):
+        result = stack.import_keys("incoming/taken.jsonl")
+
+    # Then it stops, and every part the stored checkpoint names is still there for its owner
+    assert result["files"][0]["status"] == "skipped"
+    stored = json.loads(stack.get("results/taken.jsonl/_state/checkpoint.json"))
+    assert stored["run"] == "0ther000"
+    named = stored["outcome_parts"] + stored["retry_parts"]
+    assert named
+    listed = {o["Key"] for o in stack.s3.list_objects_v2(Bucket=stack.bucket).get("Contents", [])}
+    assert set(named) <= listed
+
+
 def test_a_late_event_for_an_older_upload_is_skipped_once_a_newer_one_was_imported(
     stack: Stack,
 ) -> None:
@@ -415,6 +538,43 @@ def test_concurrent_duplicate_events_without_a_table_post_each_connection_once(
     assert len(parts) == len(set(parts))
     for prefix in ("results/race-no-table.jsonl/_state/", "retry/race-no-table.jsonl/_state/"):
         assert stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=prefix)["KeyCount"] == 0
+
+
+def test_a_duplicate_event_that_finds_no_state_until_the_first_finished_posts_nothing(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two deliveries of one event and no idempotency table: B finds no checkpoint and no
+    # manifest, then waits on S3 while A imports the whole file and clears its checkpoint
+    rows = upload(stack, "incoming/twice.jsonl", 30)
+    event = s3_event(stack.bucket, ["incoming/twice.jsonl"])
+    from bulk_import.checkpoint import CheckpointStore  # noqa: PLC0415 - patched below
+
+    existing_manifest = CheckpointStore.existing_manifest
+    b_looked, a_finished = threading.Event(), threading.Event()
+
+    def slow_for_b(store: CheckpointStore) -> Any:
+        found = existing_manifest(store)
+        if threading.current_thread().name == "B" and not b_looked.is_set():
+            b_looked.set()
+            assert a_finished.wait(timeout=30)
+        return found
+
+    monkeypatch.setattr(CheckpointStore, "existing_manifest", slow_for_b)
+    results: dict[str, Any] = {}
+    b = threading.Thread(target=lambda: results.update(B=stack.invoke(event)), name="B")
+    b.start()
+    assert b_looked.wait(timeout=30)
+    results["A"] = stack.invoke(event)
+    a_finished.set()
+    b.join(timeout=60)
+
+    # Then B, whose checkpoint creation now succeeds, sees A's manifest before sending anything
+    assert results["A"]["files"][0]["status"] == "partial"  # the rejected row
+    assert results["B"]["files"][0]["status"] == "skipped"
+    assert_complete(stack, "results/twice.jsonl/", len(rows))
+    assert len(stack.vital.posted_connections()) == 30
+    state = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="results/twice.jsonl/_state/")
+    assert state.get("KeyCount") == 0
 
 
 def test_killed_process_resumes_without_resending(stack: Stack, stack_env: dict[str, str]) -> None:
@@ -569,6 +729,34 @@ def test_tiny_time_budget_continues_across_invocations(
     )
     assert split == single
     assert len(stack.vital.posted_connections()) == 400
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the failed hand-off
+def test_without_a_continuation_queue_the_error_gives_the_event_that_continues(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, it said to invoke the function again with the same event, which found the
+    # hand-off saved and failed the same way on every retry.
+    from bulk_import.errors import ConfigurationError  # noqa: PLC0415 - what the handler raises
+
+    rows = upload(stack, "incoming/no-queue.jsonl", 200)
+    monkeypatch.delenv("CONTINUATION_QUEUE_URL", raising=False)
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
+    monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "2.8")
+    stack.vital.latency_seconds = 0.05
+    with pytest.raises(ConfigurationError, match="CONTINUATION_QUEUE_URL is not set") as failed:
+        stack.import_keys("incoming/no-queue.jsonl", timeout_seconds=3.0)
+    message = str(failed.value)
+    continuation = json.loads(message[message.index("{") :])
+
+    monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "0")
+    result = stack.invoke(continuation)
+
+    assert result["files"][0]["status"] == "partial"  # the rejected row
+    manifest = assert_complete(stack, "results/no-queue.jsonl/", len(rows))
+    assert manifest["segments"] == 2
+    assert len(stack.vital.posted_connections()) == 200
 
 
 def test_a_setting_changed_between_invocations_fails_the_file_instead_of_replaying(

@@ -7,6 +7,7 @@ every row Vital accepted is reported as such, and no token appears in anything w
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import threading
@@ -396,6 +397,46 @@ def test_a_bug_after_a_chunks_outcomes_were_written_does_not_write_them_twice(
     _one_outcome_per_line(manifest, outcomes, 500)
     by_line = {int(o["line"]): o for o in outcomes}
     assert {by_line[n]["outcome"] for n in range(1, 301)} == {"imported"}
+
+
+def test_an_error_saving_the_lease_reports_the_chunk_it_was_for(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the chunk was already cut when its lease could not be saved, and the run's
+    # clean-up flushed only the chunks still being filled: its ten rows had no outcome.
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
+    monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
+    put_rows(stack, "incoming/full-tmp.jsonl", 60)
+    from bulk_import import results  # noqa: PLC0415 - patched below
+
+    upload = results.OutcomeSpool.upload
+    calls = []
+
+    def full_once(spool: Any, *args: Any, **kwargs: Any) -> bool:
+        calls.append(1)
+        if len(calls) == 2:  # the lease before the third chunk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return upload(spool, *args, **kwargs)
+
+    monkeypatch.setattr(results.OutcomeSpool, "upload", full_once)
+
+    stack.import_keys("incoming/full-tmp.jsonl")
+
+    manifest = stack.manifest("results/full-tmp.jsonl/")
+    outcomes = stack.outcomes("results/full-tmp.jsonl/")
+    assert manifest["status"] == "failed"
+    assert manifest["error"]["type"] == "InternalError"
+    by_line = {int(o["line"]): o for o in outcomes}
+    assert len(by_line) == len(outcomes) == manifest["counts"]["rows"]
+    assert sorted(by_line) == list(range(1, len(by_line) + 1))  # read up to there, no gap
+    sent = len(stack.vital.posted_connections())
+    assert sent in (20, 30)  # the lease for the chunk after: the third or fourth
+    assert {by_line[n]["outcome"] for n in range(1, sent + 1)} == {"imported"}
+    assert {by_line[n]["detail"] for n in range(sent + 1, len(by_line) + 1)} == {
+        "not sent: internal error (OSError); see the function's logs"
+    }
+    assert len(by_line) >= sent + 10
 
 
 def test_a_bug_that_drops_outcomes_fails_the_file_naming_the_gap(
