@@ -26,7 +26,7 @@ _PATTERNS = (
     # "access_token": "value", 'refresh_token': 'a b', access_token="x": quoted values whole
     re.compile(
         rf"""(?P<k>["']?\b{_SENSITIVE_NAMES}["']?\s*(?::|=)\s*)"""
-        r"""(?P<q>["'])(?P<v>(?:\\.|(?!(?P=q)).)*)(?P=q)""",
+        r"""(?P<q>["'])(?P<v>(?:\\.|(?!(?P=q))[^\\\n])*+)(?P=q)""",
         re.IGNORECASE,
     ),
     # "access_token": value, access_token=value (query strings) and header lines: to a separator
@@ -42,7 +42,7 @@ _PATTERNS = (
 # ``module.Type: message`` (also inside exception groups' "  | " frames), except for exceptions
 # of this package. In a JSON log line, newlines are the two characters backslash and 'n'.
 _OWN = r"(?!bulk_import\.)"
-_EXC_NAME = r"(?:[ ]*\|[ ]?)*" + _OWN + r"(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*: "
+_EXC_NAME = r"(?:[ ]*+\|[ ]?+)*+" + _OWN + r"(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*: "
 _EXCEPTION_PATTERNS = (
     # inside a JSON string: up to the next escaped newline or the closing quote
     (re.compile(r"(?P<k>\\n" + _EXC_NAME + r")(?:[^\"\\]|\\[^n])+"), rf"\g<k>{MASK}"),

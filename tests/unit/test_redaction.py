@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from bulk_import.redaction import MASK, redact_text
@@ -117,3 +121,46 @@ def test_is_idempotent() -> None:
 )
 def test_masks_quoted_values_with_separators(text: str) -> None:
     assert "tok_SECRET" not in redact_text(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A backslash could be matched two ways inside a quoted value: 2.6x the time per
+        # backslash (172 s for a handler run whose S3 key held 16 of them).
+        json.dumps({"key": "incoming/token='" + "\\" * 5000 + "x.jsonl"}),
+        "access_token='" + "\\" * 5000,
+        # The spaces between exception-group pipes could be split two ways: 2x per " | ".
+        json.dumps({"key": "incoming/export\\n" + " | " * 5000}),
+        "x\n" + " | " * 5000 + "\n",
+    ],
+    ids=["json-backslashes", "plain-backslashes", "json-pipes", "plain-pipes"],
+)
+def test_adversarial_text_is_masked_in_linear_time(text: str) -> None:
+    # S3 keys are in every log line: a crafted key must not make logging hang. Before the
+    # fix, any of these took longer than the universe has existed; linear, they take ~1 ms.
+    # In a child process, so that a regression fails after seconds instead of hanging.
+    child = (
+        "import sys, time\n"
+        "from bulk_import.redaction import redact_text\n"
+        "text = sys.stdin.read()\n"
+        "started = time.perf_counter()\n"
+        "redact_text(text)\n"
+        "print(time.perf_counter() - started)\n"
+    )
+    done = subprocess.run(  # noqa: S603 - our interpreter, fixed code
+        [sys.executable, "-c", child],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert float(done.stdout) < 2.0
+
+
+def test_exception_group_frames_and_escaped_quotes_are_still_masked() -> None:
+    assert redact_text('{"m": "x\\n  | ValueError: tok"}') == (
+        '{"m": "x\\n  | ValueError: ' + MASK + '"}'
+    )
+    assert redact_text("access_token='ab\\'c' rest") == f"access_token='{MASK}' rest"
