@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import IO, Any
 
 from bulk_import.errors import MalformedFile, UnsupportedFile
-from bulk_import.models import RECIPE_FIELDS
+from bulk_import.models import RECIPE_FIELDS, ROW_FIELDS
 
 _BOM = b"\xef\xbb\xbf"
 _CUT_WINDOW = 16
@@ -212,46 +212,107 @@ def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
     csv.field_size_limit(limit)
     lines = _BoundedLines(text, limit)
-    reader = csv.reader(lines, strict=False)
+    # Strict: a quote that is never closed, or closed in the middle of a field, is an error of
+    # its record instead of text that swallows the rows after it into one field.
+    reader = csv.reader(lines, strict=True)
+    start = 1
     try:
         header = next(reader, None)
         lines.record_chars = 0
         if header is None:
             return
-        names = [normalise_header(h) for h in header]
-        missing = [f for f in RECIPE_FIELDS if f not in names and f != "oauth_scopes"]
-        if missing:
-            raise MalformedFile(
-                "CSV header (line 1) is missing column(s) "
-                + ", ".join(missing)
-                + "; expected "
-                + ", ".join((*RECIPE_FIELDS, "provider"))
-            )
-        width = len(names)
-        previous_end = reader.line_num
-        for values in reader:
+        names = _csv_names(header)
+        while True:
+            start = reader.line_num + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                if reader.line_num > start:
+                    raise MalformedFile(_runaway(start, reader.line_num, str(exc))) from None
+                lines.record_chars = 0
+                reason = too_long(limit) if "field limit" in str(exc) else f"not valid CSV: {exc}"
+                yield Record(start, None, reason)
+                continue
             lines.record_chars = 0
-            start, previous_end = previous_end + 1, reader.line_num
-            if not values or (len(values) == 1 and not values[0].strip()):
-                continue
-            if len(values) != width:
-                yield Record(start, None, f"has {len(values)} fields, the header has {width}")
-                continue
-            yield Record(start, {k: v for k, v in zip(names, values, strict=True) if v != ""})
+            if values and (len(values) > 1 or values[0].strip()):  # else a blank line
+                yield _csv_record(names, values, start, reader.line_num)
     except UnicodeDecodeError:
         raise MalformedFile(
             f"not valid UTF-8 after line {reader.line_num}; save the file as UTF-8"
         ) from None
-    except csv.Error as exc:
-        raise MalformedFile(f"CSV cannot be parsed at line {reader.line_num}: {exc}") from None
     except _RecordTooLong:
         raise MalformedFile(
-            f"CSV record at line {reader.line_num + 1} is longer than {lines.record_limit} "
-            f"characters ({_CSV_RECORD_FACTOR} x MAX_ROW_BYTES); check the file's quoting"
+            _runaway(
+                start,
+                reader.line_num + 1,
+                f"longer than {lines.record_limit} characters ({_CSV_RECORD_FACTOR} x "
+                "MAX_ROW_BYTES)",
+            )
         ) from None
     finally:
         if not stream.closed:  # a reader dropped after its stream closed (a deadline) has none
             text.detach()
+
+
+_LINE_BREAK = re.compile(r"[\r\n]")
+
+
+def _csv_record(names: list[str], values: list[str], start: int, end: int) -> Record:
+    """The row of a record on lines ``start`` to ``end``; a broken one spanning lines stops
+    the file (``_runaway``)."""
+    if len(values) != len(names):
+        if end > start:
+            raise MalformedFile(_runaway(start, end, f"{len(values)} fields, not {len(names)}"))
+        return Record(start, None, f"has {len(values)} fields, the header has {len(names)}")
+    data = {k: v for k, v in zip(names, values, strict=True) if v != ""}
+    if end > start:
+        for field in ROW_FIELDS:
+            if _LINE_BREAK.search(data.get(field, "")):
+                # No field of a connection holds a line break: a quote opened in one of them
+                # may have been closed lines later, where a field happened to end.
+                return Record(
+                    start,
+                    None,
+                    f"{field}: holds a line break (this record runs over lines {start}-{end}: "
+                    "check its quoting)",
+                )
+    return Record(start, data)
+
+
+def _csv_names(header: list[str]) -> list[str]:
+    """The header's column names, checked: every recipe column present, none twice."""
+    names = [normalise_header(h) for h in header]
+    missing = [f for f in RECIPE_FIELDS if f not in names and f != "oauth_scopes"]
+    if missing:
+        raise MalformedFile(
+            "CSV header (line 1) is missing column(s) "
+            + ", ".join(missing)
+            + "; expected "
+            + ", ".join((*RECIPE_FIELDS, "provider"))
+        )
+    for name in ROW_FIELDS:
+        columns = [str(n) for n, other in enumerate(names, 1) if other == name]
+        if len(columns) > 1:
+            # Each row would take whichever copy is not empty: never a guess with tokens.
+            raise MalformedFile(
+                f"CSV header (line 1) names column {name} more than once (columns "
+                + ", ".join(columns)
+                + ")"
+            )
+    return names
+
+
+def _runaway(start: int, end: int, problem: str) -> str:
+    """A record that ran over several lines and is broken: its quoting went wrong at its start,
+    and the rows it took in have no outcome, so the file stops there."""
+    if end <= start:
+        return f"CSV record at line {start} is {problem}; check the file's quoting"
+    return (
+        f"CSV record starting at line {start} runs to line {end} ({problem}): a quote opened "
+        f"on line {start} is not closed where its field ends; fix the quoting on line {start}"
+    )
 
 
 def _read_json_array(stream: IO[bytes], limit: int) -> Iterator[Record]:

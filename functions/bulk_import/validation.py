@@ -93,7 +93,7 @@ def display_provider(data: dict[str, Any] | None, default: str | None) -> str:
     """
     value = data.get("provider") if data else None
     if _blank(value):
-        return default or ""
+        value = default  # the key's or the object's metadata: as unchecked as a row's
     name = value.strip().lower() if isinstance(value, str) else ""
     return name if name in PROVIDERS else ""
 

@@ -162,6 +162,46 @@ def test_metadata_provider_spelled_loosely(
         assert {p for p, _ in stack.vital.posted_connections()} == {expected}
 
 
+def test_rejected_rows_show_the_metadata_provider_only_as_a_known_name(stack: Stack) -> None:
+    rows = [make_row(n, provider=None) for n in range(3)]
+    rows[1]["user_id"] = "not-a-uuid"
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put("incoming/meta.jsonl", encode_rows(rows, "jsonl"), {"provider": "Oura"})
+    stack.put("incoming/junk.jsonl", encode_rows(rows, "jsonl"), {"provider": "No Such=1"})
+
+    stack.import_keys("incoming/meta.jsonl", "incoming/junk.jsonl")
+
+    meta = stack.manifest("results/meta.jsonl/")
+    assert list(meta["providers"]) == ["oura"]  # before: "Oura" too, for the rejected row
+    assert {o["provider"] for o in stack.outcomes("results/meta.jsonl/")} == {"oura"}
+    junk = stack.manifest("results/junk.jsonl/")
+    assert junk["providers"] == {}
+    assert {o["provider"] for o in stack.outcomes("results/junk.jsonl/")} == {""}
+    assert "No Such" not in stack.everything_written()
+
+
+def test_a_csv_quote_that_is_never_closed_stops_the_file_at_its_line(stack: Stack) -> None:
+    # Before, the rows after it became one row's oauth_scopes: their tokens went to Vital as
+    # another user's scopes, and the file "succeeded" with one row.
+    rows = [make_row(n) for n in range(4)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    text = encode_rows(rows, "csv").decode()
+    lines = text.splitlines(keepends=True)
+    lines[2] = lines[2].rstrip("\r\n") + ',"daily heartrate\r\n'  # one column too many, open
+    stack.put("incoming/open-quote.csv", "".join(lines).encode())
+
+    stack.import_keys("incoming/open-quote.csv")
+
+    manifest = stack.manifest("results/open-quote.csv/")
+    assert manifest["status"] == "failed"
+    assert manifest["error"]["type"] == "MalformedFile"
+    assert manifest["error"]["message"].startswith("CSV record starting at line 3 runs to line 5")
+    sent = json.dumps([r.body for r in stack.vital.bulk_import_requests()])
+    for row in rows[2:]:
+        assert row["access_token"] not in sent
+    assert manifest["counts"]["rows"] == 1  # line 2; the rest is after the broken quote
+
+
 def test_rows_without_any_provider_are_rejected_with_a_hint(stack: Stack) -> None:
     stack.put("incoming/anon.jsonl", encode_rows([make_row(1, provider=None)], "jsonl"))
 

@@ -239,20 +239,85 @@ def test_csv_bom_is_not_part_of_the_first_header() -> None:
 
 
 def test_csv_quoted_fields_with_newlines_report_the_first_physical_line() -> None:
+    # Line breaks in a column the import ignores (notes): a record spans lines, legitimately.
+    header = HEADER.replace(b"\r\n", b",notes\r\n")
     data = (
-        HEADER
-        + b'u1,"a\r\nb\r\nc",r1,p1,1,,oura\r\n'  # lines 2-4
+        header
+        + b'u1,a1,r1,p1,1,,oura,"a\r\nb\r\nc"\r\n'  # lines 2-4
         + b"\r\n"  # line 5, blank
-        + b'u2,"x, ""y""",r2,"p\n2",2,,oura\r\n'  # lines 6-7
-        + b"u3,a3,r3,p3,3,,oura\r\n"  # line 8
+        + b'u2,"x, ""y""",r2,p2,2,,oura,"p\n2"\r\n'  # lines 6-7
+        + b"u3,a3,r3,p3,3,,oura,\r\n"  # line 8
     )
     rows = read(data, Format.CSV)
     assert [(line, d and d["user_id"]) for line, d, _ in rows] == [(2, "u1"), (6, "u2"), (8, "u3")]
     assert rows[0][1] is not None
-    assert rows[0][1]["access_token"] == "a\r\nb\r\nc"
+    assert rows[0][1]["notes"] == "a\r\nb\r\nc"
     assert rows[1][1] is not None
     assert rows[1][1]["access_token"] == 'x, "y"'
-    assert rows[1][1]["provider_id"] == "p\n2"
+
+
+@pytest.mark.parametrize(
+    ("lines", "problem", "end"),
+    [
+        # The quote is never closed: before, the rows after it became one row's scopes (their
+        # tokens sent to Vital as someone's oauth_scopes) and the file "succeeded" with 1 row.
+        (
+            b'u1,a1,r1,p1,1,"daily heartrate,oura\nu2,a2,r2,p2,2,,oura\nu3,a3,r3,p3,3,,oura\n',
+            "unexpected end of data",
+            4,
+        ),
+        # Closed lines later, mid-field: before, one row rejected and the rows inside it gone.
+        (
+            b'u1,a1,r1,"p1,1,,oura\nu2,a2,r2,p2,2,,oura\nu3,a3,r3,p3,3,"x",oura\n',
+            "',' expected after '\"'",
+            4,
+        ),
+        # Closed lines later where a field ends: a row with the wrong number of fields...
+        (b'u1,a1,r1,"p1,1,,oura\nu2,a2",r2,p2,2,,oura\n', "9 fields, not 7", 3),
+    ],
+    ids=["never-closed", "closed-mid-field", "wrong-width"],
+)
+def test_csv_a_quote_that_runs_over_rows_stops_the_file_at_its_line(
+    lines: bytes, problem: str, end: int
+) -> None:
+    data = HEADER + b"u0,a0,r0,p0,0,,oura\n" + lines.replace(b"u1,", b"u1,", 1)
+    got, message = read_until_malformed(data, Format.CSV)
+    assert [(line, d and d["user_id"]) for line, d, _ in got] == [(2, "u0")]
+    assert message == (
+        f"CSV record starting at line 3 runs to line {end + 1} ({problem}): a quote opened on "
+        "line 3 is not closed where its field ends; fix the quoting on line 3"
+    )
+
+
+def test_csv_a_line_break_in_a_connections_field_rejects_the_record_naming_its_lines() -> None:
+    # The right number of fields, but a quote in provider_id closed on the next line: the
+    # row is rejected (no id, token or provider holds a line break) and names what it took in.
+    data = HEADER + b'u1,a1,r1,"p1\nu2",1,,oura\nu3,a3,r3,p3,3,,oura\n'
+    assert [(line, d and d["user_id"], err) for line, d, err in read(data, Format.CSV)] == [
+        (
+            2,
+            None,
+            "provider_id: holds a line break (this record runs over lines 2-3: check its quoting)",
+        ),
+        (4, "u3", None),
+    ]
+
+
+def test_csv_a_stray_quote_within_one_line_rejects_that_row_and_reading_goes_on() -> None:
+    data = HEADER + b'u1,a1,r1,p1,1,,oura\nu2,"a"2,r2,p2,2,,oura\nu3,a3,r3,p3,3,,oura\n'
+    assert [(line, d and d["user_id"], err) for line, d, err in read(data, Format.CSV)] == [
+        (2, "u1", None),
+        (3, None, "not valid CSV: ',' expected after '\"'"),
+        (4, "u3", None),
+    ]
+
+
+def test_csv_a_column_named_twice_is_a_malformed_file() -> None:
+    # Before, each row took whichever copy was not empty: one row the old token, one the new.
+    header = b"user_id,Access_Token,refresh_token,provider_id,expires_at,provider,access_token \n"
+    got, message = read_until_malformed(header + b"u1,A,r,p,1,oura,B\n", Format.CSV)
+    assert got == []
+    assert message == "CSV header (line 1) names column access_token more than once (columns 2, 7)"
 
 
 def test_csv_wrong_field_count_is_an_error_record_and_reading_goes_on() -> None:
@@ -334,12 +399,24 @@ def test_csv_invalid_utf8_is_a_malformed_file() -> None:
         read(data, Format.CSV)
 
 
-def test_csv_field_over_the_limit_is_a_malformed_file_without_content() -> None:
-    data = HEADER + b"u1," + SECRET.encode() * 200 + b",r,p,1,,oura\r\n"
-    with pytest.raises(MalformedFile) as info:
-        read(data, Format.CSV, limit=1024)
-    assert str(info.value).startswith("CSV cannot be parsed at line 2: field larger than")
-    assert SECRET not in str(info.value)
+def test_csv_field_over_the_limit_rejects_its_row_without_content() -> None:
+    # As an over-long JSONL line does (before, it failed the whole file).
+    data = HEADER + b"u1," + SECRET.encode() * 200 + b",r,p,1,,oura\r\nu2,a,r,p,1,,oura\r\n"
+    rows = read(data, Format.CSV, limit=1024)
+    assert [(line, d and d["user_id"], err) for line, d, err in rows] == [
+        (2, None, "line is longer than 1024 bytes"),
+        (3, "u2", None),
+    ]
+
+
+def test_csv_a_record_over_the_record_limit_stops_the_file_naming_where_it_started() -> None:
+    # Fields under the limit, each over many lines: the record as a whole is bounded too.
+    field = b'"' + b"x\n" * 400 + b'"'
+    data = HEADER + b"u0,a,r,p,1,,oura\r\n" + b",".join([field] * 7) + b"\n"
+    got, message = read_until_malformed(data, Format.CSV, limit=1024)
+    assert [line for line, _, _ in got] == [2]
+    assert message.startswith("CSV record starting at line 3 runs to line ")
+    assert "(longer than 4096 characters (4 x MAX_ROW_BYTES))" in message
 
 
 def test_csv_does_not_close_the_underlying_stream() -> None:

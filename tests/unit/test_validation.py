@@ -249,6 +249,10 @@ def test_display_helpers() -> None:
     assert display_provider({"provider": ""}, "garmin") == "garmin"
     assert display_provider({"provider": "x" * 41}, None) == ""
     assert display_provider(None, None) == ""
+    # The file's default comes from the object's metadata, as unchecked as a row's value: before,
+    # "Oura" became a second provider in the manifest and a metric dimension of its own.
+    assert display_provider(None, " Oura ") == "oura"
+    assert display_provider({"provider": None}, "Not A Provider=1") == ""
 
 
 @pytest.mark.parametrize("value", [-1, "-5", 2**63, "9" * 5000])
