@@ -9,7 +9,9 @@ the rest of the file goes on; a file that cannot be parsed past some point raise
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -21,6 +23,8 @@ from bulk_import.errors import MalformedFile, UnsupportedFile
 from bulk_import.models import RECIPE_FIELDS, ROW_FIELDS
 
 _BOM = b"\xef\xbb\xbf"
+# UTF-16 (either order) and UTF-32 big-endian; UTF-32 little-endian starts as UTF-16 LE.
+_WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 _CUT_WINDOW = 16
 _NUMBER_TAIL = re.compile(r"[0-9.eE+-]*")
 _READ_SIZE = 256 * 1024
@@ -98,7 +102,8 @@ def _json_type(value: Any) -> str:
 
 def _decode_error(exc: json.JSONDecodeError) -> str:
     # JSONDecodeError's own str() carries no input text, only a position.
-    return f"invalid JSON: {exc.msg} at column {exc.colno}"
+    # Some of json's messages end in "at" ("Unterminated string starting at").
+    return f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"
 
 
 def too_long(limit: int) -> str:
@@ -118,7 +123,12 @@ def jsonl_blocks(
     number = 1
     carry = b""
     skipping = False  # inside a line already reported as too long: drop up to its newline
-    while data := stream.read(block_size):
+    head = stream.read(block_size)
+    if head.startswith(_WIDE_BOMS):
+        # Windows PowerShell 5's default: json would guess UTF-16 for the lines it can.
+        raise MalformedFile("the file is UTF-16 or UTF-32, not UTF-8; save it as UTF-8")
+    for block in itertools.chain((head,), iter(functools.partial(stream.read, block_size), b"")):
+        data = block
         if skipping:
             cut = data.find(b"\n")
             if cut < 0:
@@ -161,7 +171,8 @@ def _read_jsonl(stream: IO[bytes], limit: int) -> Iterator[Record]:
 def parse_json_line(line: int, raw: bytes) -> Record:
     """One JSONL line as an object, or the reason it is not one (never quoting the line)."""
     try:
-        value = json.loads(raw)
+        # Decoded here, strictly: given bytes, json guesses UTF-16 and UTF-32 too.
+        value = json.loads(raw.decode("utf-8"))
     except json.JSONDecodeError as exc:
         return Record(line, None, _decode_error(exc))
     except UnicodeDecodeError as exc:
@@ -239,9 +250,8 @@ def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
             if values and (len(values) > 1 or values[0].strip()):  # else a blank line
                 yield _csv_record(names, values, start, reader.line_num)
     except UnicodeDecodeError:
-        raise MalformedFile(
-            f"not valid UTF-8 after line {reader.line_num}; save the file as UTF-8"
-        ) from None
+        where = f" after line {reader.line_num}" if reader.line_num else ""
+        raise MalformedFile(f"not valid UTF-8{where}; save the file as UTF-8") from None
     except _RecordTooLong:
         raise MalformedFile(
             _runaway(

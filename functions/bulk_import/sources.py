@@ -70,6 +70,12 @@ def open_stream(
 ) -> IO[bytes]:
     """A buffered reader of the decompressed content, pinned to the object version (or ETag)."""
     ref = source.ref
+    if ref.size == 0 and compression is not Compression.NONE:
+        # Decompressors read nothing as no data; a compressed file holds a header at least.
+        raise MalformedFile(
+            f"the object is empty, not {compression.value} data: it was cut off or never "
+            "written; upload it again"
+        )
     # Without a version, pin the ETag so a concurrent overwrite cannot change the bytes mid-read.
     pin: dict[str, Any] = {} if ref.version_id or not ref.etag else {"IfMatch": f'"{ref.etag}"'}
     raw: IO[bytes] = S3Object(

@@ -348,6 +348,10 @@ def test_enqueued_rows_whose_bulk_op_failed_make_the_file_partial(
         ("incoming/obj.json", b'{"user_id": "x"}', "MalformedFile", "JSON array"),
         ("incoming/nocols.csv", b"name,email\nx,y\n", "MalformedFile", "missing column"),
         ("incoming/hidden-gzip.jsonl", b"\x1f\x8b\x08\x00\x00\x00", "MalformedFile", ".gz"),
+        # Before, "succeeded" with no rows: an upload cut off before its first byte.
+        ("incoming/empty.jsonl.gz", b"", "MalformedFile", "empty, not gzip data"),
+        ("incoming/empty.csv.zst", b"", "MalformedFile", "empty, not zstd data"),
+        ("incoming/utf16.jsonl", '{"a": 1}\n'.encode("utf-16"), "MalformedFile", "UTF-16"),
     ],
 )
 def test_unprocessable_files_end_failed_and_handler_returns(

@@ -181,6 +181,34 @@ def test_jsonl_invalid_utf8_line_is_rejected_with_its_byte_position() -> None:
     ]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-32-be"])
+def test_jsonl_in_utf16_or_utf32_with_a_byte_order_mark_is_a_malformed_file(
+    encoding: str,
+) -> None:
+    # Windows PowerShell 5's default. Before, json guessed UTF-16 for line 1 and sent it, the
+    # other lines were rejected, and the trailing NUL byte made a row of its own.
+    text = '{"a":1}\n{"b":2}\n'
+    data = ("\ufeff" + text).encode(encoding) if encoding.endswith("-be") else text.encode(encoding)
+    got, message = read_until_malformed(data, Format.JSONL)
+    assert got == []
+    assert message == "the file is UTF-16 or UTF-32, not UTF-8; save it as UTF-8"
+
+
+def test_jsonl_a_utf16_line_without_a_byte_order_mark_is_rejected() -> None:
+    # Before, json guessed UTF-16 from the NUL bytes and took the row.
+    data = b'{"a":1}\n' + '{"b":2}'.encode("utf-16-le") + b"\n"
+    assert read(data, Format.JSONL) == [
+        (1, {"a": 1}, None),
+        (2, None, "invalid JSON: Expecting property name enclosed in double quotes at column 2"),
+    ]
+
+
+def test_jsonl_reason_for_an_unterminated_string_reads_well() -> None:
+    assert read(b'{"access_token": "tok\n', Format.JSONL) == [
+        (1, None, "invalid JSON: Unterminated string starting at column 18")
+    ]
+
+
 def test_jsonl_deeply_nested_line_is_rejected() -> None:
     data = b"[" * 100_000 + b"\n" + b'{"b":2}\n'
     assert read(data, Format.JSONL) == [(1, None, "JSON nested too deeply"), (2, {"b": 2}, None)]
@@ -394,7 +422,7 @@ def test_csv_blank_lines_are_skipped_with_physical_line_numbers() -> None:
 
 def test_csv_invalid_utf8_is_a_malformed_file() -> None:
     data = HEADER + b"u1,a\xff,r,p,1,,oura\r\n"
-    pattern = r"^not valid UTF-8 after line \d+; save the file as UTF-8$"
+    pattern = r"^not valid UTF-8( after line \d+)?; save the file as UTF-8$"
     with pytest.raises(MalformedFile, match=pattern):
         read(data, Format.CSV)
 
