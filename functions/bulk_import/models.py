@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from enum import StrEnum
@@ -69,11 +70,22 @@ class Outcome(StrEnum):
 
 
 def _scopes(value: Any) -> Any:
-    """CSV cells and some exports carry scopes as one space- or comma-separated string."""
+    """CSV cells and some exports carry scopes as one string: space- or comma-separated, or
+    a list as a database exports one (a JSON array, a Postgres array literal)."""
     if value is None:
         return None
     if isinstance(value, str):
-        parts = [p for p in _SCOPE_SPLIT.split(value.strip()) if p]
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            try:
+                return json.loads(text) or None  # then checked as a list of strings
+            except ValueError:
+                raise ValueError(
+                    "looks like a JSON array of scopes, but is not valid JSON"
+                ) from None
+        if text.startswith("{") and text.endswith("}"):
+            text = text[1:-1].replace('"', "")  # {daily,heartrate} or {"daily","heartrate"}
+        parts = [p for p in _SCOPE_SPLIT.split(text) if p]
         return parts or None
     return value
 

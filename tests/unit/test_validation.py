@@ -87,6 +87,13 @@ def test_valid_csv_like_row() -> None:
         ([], []),
         (["x"], ["x"]),
         (..., None),
+        # A list exported from a database column into a CSV cell. Before, sent as the scopes
+        # '["daily"' and '"heartrate"]'.
+        ('["daily", "heartrate"]', ["daily", "heartrate"]),
+        ("[]", None),
+        ("{daily,heartrate}", ["daily", "heartrate"]),
+        ('{"daily","heartrate"}', ["daily", "heartrate"]),
+        ("{}", None),
     ],
 )
 def test_oauth_scopes(scopes: Any, expected: list[str] | None) -> None:
@@ -196,6 +203,11 @@ def test_unknown_provider_lists_the_known_ones() -> None:
         ({"user_id": "not-a-uuid"}, "user_id: must be a Vital user id (a UUID)"),
         ({"user_id": ""}, "user_id: String should have at least 1 character"),
         ({"oauth_scopes": 5}, "oauth_scopes: Input should be a valid list"),
+        (
+            {"oauth_scopes": '["daily", heartrate]'},
+            "oauth_scopes: looks like a JSON array of scopes, but is not valid JSON",
+        ),
+        ({"oauth_scopes": '["daily", 5]'}, "oauth_scopes.1: Input should be a valid string"),
         ({"oauth_scopes": ["a", ""]}, "oauth_scopes.1: String should have at least 1 character"),
         ({"provider_id": True}, "provider_id: Input should be a valid string"),
         ({"provider": 7}, "provider: Input should be a valid string"),
