@@ -34,6 +34,24 @@ _LOST = frozenset({"PreconditionFailed", "NoSuchKey", "ConditionalRequestConflic
 
 
 _PART_NAME = re.compile(r"(?:outcomes-[0-9a-f]{8}-\d{5}\.csv|retry-[0-9a-f]{8}-\d{5}\.jsonl)")
+# S3's limit on a key, in bytes of UTF-8.
+S3_KEY_BYTES = 1024
+
+
+def outcome_part_key(results_prefix: str, run: str, n: int) -> str:
+    return f"{results_prefix}{STATE_DIR}outcomes-{run}-{n:05d}.csv"
+
+
+def retry_part_key(retry_prefix: str, run: str, n: int) -> str:
+    return f"{retry_prefix}{STATE_DIR}retry-{run}-{n:05d}.jsonl"
+
+
+def longest_key(results_prefix: str, retry_prefix: str) -> int:
+    """Bytes of the longest key an import under these prefixes writes: its part objects'
+    (the results' own names are shorter)."""
+    run = "0" * 8
+    keys = (outcome_part_key(results_prefix, run, 1), retry_part_key(retry_prefix, run, 1))
+    return max(len(key.encode()) for key in keys)
 
 
 class Superseded(Exception):
@@ -136,10 +154,10 @@ class CheckpointStore:
             return None
 
     def outcome_part_key(self, n: int) -> str:
-        return f"{self._results}{STATE_DIR}outcomes-{self._run}-{n:05d}.csv"
+        return outcome_part_key(self._results, self._run, n)
 
     def retry_part_key(self, n: int) -> str:
-        return f"{self._retry}{STATE_DIR}retry-{self._run}-{n:05d}.jsonl"
+        return retry_part_key(self._retry, self._run, n)
 
     def delete(self, parts: list[str]) -> None:
         """Remove an import's part objects, then its checkpoint (the commit record) last,

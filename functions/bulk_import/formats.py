@@ -124,6 +124,8 @@ def jsonl_blocks(
     carry = b""
     skipping = False  # inside a line already reported as too long: drop up to its newline
     head = stream.read(block_size)
+    while len(head) < len(max(_WIDE_BOMS, key=len)) and (more := stream.read(block_size)):
+        head += more  # enough to tell a byte order mark, whatever the block size
     if head.startswith(_WIDE_BOMS):
         # Windows PowerShell 5's default: json would guess UTF-16 for the lines it can.
         raise MalformedFile("the file is UTF-16 or UTF-32, not UTF-8; save it as UTF-8")

@@ -18,7 +18,7 @@ from bulk_import.config import Settings, get_settings
 from bulk_import.idempotency import AlreadyInProgress, once_per_ref
 from bulk_import.models import ContinuationMessage, ObjectRef
 from bulk_import.observability import logger, metrics, record_file_metrics, tracer
-from bulk_import.pipeline import Dependencies, FileResult, import_object
+from bulk_import.pipeline import Dependencies, FileResult, import_object, results_fit
 
 
 class ImportStillRunning(Exception):
@@ -123,6 +123,16 @@ def _refs(event: dict[str, Any], settings: Settings) -> list[tuple[ObjectRef, bo
         key = unquote_plus(obj.get("key", ""))
         if not key.startswith(settings.incoming_prefix) or key.endswith("/"):
             logger.warning("ignoring object outside the incoming prefix", extra={"key": key})
+            metrics.add_metric(name="FilesIgnored", unit=MetricUnit.Count, value=1)
+            continue
+        if not results_fit(key, settings):
+            # No manifest can say so: its own key would be too long. Not retried either.
+            logger.error(
+                "ignoring an object whose key is too long for its results (S3 keys hold 1024 "
+                "bytes, and the results' keys are longer than the object's); shorten the key "
+                "and upload again",
+                extra={"key": key},
+            )
             metrics.add_metric(name="FilesIgnored", unit=MetricUnit.Count, value=1)
             continue
         ref = ObjectRef(

@@ -31,7 +31,7 @@ import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bulk_import import errors, formats, replay, sources
-from bulk_import.checkpoint import CheckpointStore, Superseded
+from bulk_import.checkpoint import S3_KEY_BYTES, CheckpointStore, Superseded, longest_key
 from bulk_import.chunking import Chunk, Chunker, PendingRow, RowOutcome, serialise
 from bulk_import.config import Settings
 from bulk_import.errors import FileError, ImportAborted, InternalError
@@ -152,6 +152,14 @@ class _DeadlineReached(Exception):
 # capture_response=False: a result must never be copied into a trace. Worker threads are not
 # traced (X-Ray's context is per thread); their HTTP calls show under this subsegment's time.
 @tracer.capture_method(capture_response=False)
+def results_fit(key: str, settings: Settings) -> bool:
+    """Whether S3 can hold the keys an import of ``key`` writes: a key near S3's limit of 1024
+    bytes has results and part keys longer than that, which every write would fail on."""
+    results = results_prefix(key, settings.incoming_prefix, settings.results_prefix)
+    retry = results_prefix(key, settings.incoming_prefix, settings.retry_prefix)
+    return longest_key(results, retry) <= S3_KEY_BYTES
+
+
 def import_object(ref: ObjectRef, settings: Settings, deps: Dependencies) -> FileResult:
     tracer.put_annotation(key="segment", value=str(ref.segment))
     tracer.put_metadata(key="object", value={"bucket": ref.bucket, "key": ref.key})

@@ -127,6 +127,33 @@ def test_key_with_spaces_and_unicode(stack: Stack) -> None:
     assert {p for p, _ in stack.vital.posted_connections()} == {"oura"}
 
 
+def test_a_key_too_long_for_its_results_is_ignored_with_an_error_not_retried(
+    stack: Stack,
+) -> None:
+    # S3 keys hold 1024 bytes; the longest key an import writes is the object's plus 34
+    # ("results/" for "incoming/", "/_state/outcomes-<run>-00001.csv"). Before, every write
+    # failed with KeyTooLongError (on S3: moto does not enforce it) and Lambda retried.
+    def key_of(size: int) -> str:
+        stem = "incoming/oura/" + "日" * ((size - len("incoming/oura/.csv")) // 3)
+        key = stem + "x" * (size - len((stem + ".csv").encode())) + ".csv"
+        assert len(key.encode()) == size
+        return key
+
+    fits, too_long = key_of(990), key_of(991)
+    rows = [make_row(n, provider=None) for n in range(2)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put(fits, encode_rows(rows, "csv"))
+    stack.put(too_long, encode_rows(rows, "csv"))
+
+    result = stack.invoke(s3_event(stack.bucket, [fits, too_long]))
+
+    assert [f["status"] for f in result["files"]] == ["succeeded"]
+    written = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="results/")["Contents"]
+    assert max(len(o["Key"].encode()) for o in written) <= 1024
+    assert not any(o["Key"].startswith("results/" + too_long[len("incoming/") :]) for o in written)
+    assert any("too long for its results" in line for line in stack.log_lines)
+
+
 def test_provider_from_object_metadata(stack: Stack) -> None:
     rows = [make_row(n, provider=None) for n in range(4)]
     rows.append(make_row(9, provider="polar"))  # a row's own provider wins

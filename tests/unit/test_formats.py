@@ -194,6 +194,12 @@ def test_jsonl_in_utf16_or_utf32_with_a_byte_order_mark_is_a_malformed_file(
     assert message == "the file is UTF-16 or UTF-32, not UTF-8; save it as UTF-8"
 
 
+def test_jsonl_byte_order_mark_is_seen_whatever_the_block_size() -> None:
+    data = '{"a":1}\n'.encode("utf-32")
+    with pytest.raises(MalformedFile, match="UTF-16 or UTF-32"):
+        list(formats.jsonl_blocks(stream(data), 100, block_size=1))
+
+
 def test_jsonl_a_utf16_line_without_a_byte_order_mark_is_rejected() -> None:
     # Before, json guessed UTF-16 from the NUL bytes and took the row.
     data = b'{"a":1}\n' + '{"b":2}'.encode("utf-16-le") + b"\n"
