@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from bulk_import.errors import ConfigurationError
+from bulk_import.errors import ConfigurationError, RetryLater
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.parameters import SecretsProvider
@@ -37,7 +38,13 @@ def vital_api_key(secret_name: str, max_age_seconds: int) -> str:
     try:
         value = _secrets().get(secret_name, max_age=max_age_seconds)
     except parameters.exceptions.GetParameterError as exc:
-        cause = type(exc.__cause__).__name__ if exc.__cause__ else "error"
+        original = exc.__cause__ or exc.__context__  # Powertools raises it inside its except
+        cause = _error_code(original) or (type(original).__name__ if original else "error")
+        if _transient(original):
+            raise RetryLater(
+                f"Secrets Manager did not answer ({cause}) when the Vital API key was read; "
+                "the invocation fails so that Lambda retries it"
+            ) from None
         raise ConfigurationError(
             f"could not read the Vital API key from Secrets Manager secret '{secret_name}' "
             f"({cause}); check VITAL_API_KEY_SECRET and the function's permissions"
@@ -49,6 +56,35 @@ def vital_api_key(secret_name: str, max_age_seconds: int) -> str:
             'text, or as JSON {"api_key": "..."}'
         )
     return key
+
+
+# Answers that say "not now" rather than "not so": boto3 has already retried them.
+_TRANSIENT_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "InternalServiceError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "RequestTimeout",
+    }
+)
+
+
+def _error_code(error: BaseException | None) -> str | None:
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Code", "")) or None
+    return None
+
+
+def _transient(error: BaseException | None) -> bool:
+    """A dropped connection or timeout, a throttle, a 5xx: no fault of the configuration."""
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return _error_code(error) in _TRANSIENT_CODES or status >= 500
+    return isinstance(error, BotoCoreError) and not isinstance(error, NoCredentialsError)
 
 
 @lru_cache(maxsize=1)

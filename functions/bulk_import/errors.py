@@ -51,6 +51,11 @@ class InternalError(FileError):
     """An unexpected exception; details are in the function's logs, not in the manifest."""
 
 
+class RetryLater(Exception):
+    """Not the file's fault and likely to pass (a service the function needs did not answer):
+    the invocation fails, after a checkpoint, so that Lambda retries it."""
+
+
 def to_info(error: FileError | None) -> ErrorInfo | None:
     """The manifest's and the checkpoint's ``error``, masked like a log line."""
     from bulk_import.models import ErrorInfo  # noqa: PLC0415 - models imports nothing from here

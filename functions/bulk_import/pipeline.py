@@ -34,7 +34,7 @@ from bulk_import import errors, formats, replay, sources
 from bulk_import.checkpoint import S3_KEY_BYTES, CheckpointStore, Superseded, longest_key
 from bulk_import.chunking import Chunk, Chunker, PendingRow, RowOutcome, serialise
 from bulk_import.config import Settings
-from bulk_import.errors import FileError, ImportAborted, InternalError
+from bulk_import.errors import FileError, ImportAborted, InternalError, RetryLater
 from bulk_import.models import (
     PROVIDERS,
     BulkOp,
@@ -412,9 +412,11 @@ class _Run:
             deadline = True
         except Superseded:
             raise  # not this run's to finish (``execute``)
-        except (BotoCoreError, ClientError) as exc:
+        except (BotoCoreError, ClientError, RetryLater) as exc:
             self._drain()
             self._save_checkpoint(next_segment=self.ref.segment)
+            if isinstance(exc, RetryLater):
+                raise TransientError(str(exc)) from exc
             raise TransientError(f"S3 failed while reading ({type(exc).__name__})") from exc
         except Exception as exc:  # noqa: BLE001 - a bug must not send the file into retries
             self._internal_error("unexpected error", exc)
@@ -637,6 +639,9 @@ class _Run:
             self._write_chunk(chunk, Outcome.ERRORED, f"not sent: {exc}")
             self._settle(seq)
             return
+        except RetryLater:
+            self.next_seq = seq  # not sent: Lambda's retry rebuilds this chunk and sends it
+            raise
         # Up to MAX_CONCURRENCY chunks wait in the posting threads' queue behind the ones being
         # sent: a thread that is answered starts the next request at once, while this thread
         # goes on reading (also while the invocation's first chunk is out: see ``_gate``).

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import stamina
+from botocore.exceptions import ClientError
 
 from local.vital_standin import DEFAULT_API_KEY
 from tests.helpers import access_token, encode_rows, make_row, refresh_token, user_id
@@ -551,6 +552,53 @@ def test_missing_api_key_secret_fails_the_file_saying_what_to_fix(
     assert manifest["counts"]["errored"] == 12
     by_line = check_invariants(stack, manifest, outcomes, 12)
     assert by_line[12]["detail"].startswith("not sent: could not read the Vital API key")
+
+
+class _UnansweredSecrets:
+    """Secrets Manager throttling or failing after boto3's retries, as Powertools reports it
+    (moto answers every call, so this is the one thing put in its place)."""
+
+    def __init__(self, code: str, status: int) -> None:
+        self.error = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+
+    def get(self, name: str, **_: Any) -> str:
+        from aws_lambda_powertools.utilities.parameters.exceptions import (  # noqa: PLC0415
+            GetParameterError,
+        )
+
+        try:
+            raise ClientError(self.error, "GetSecretValue")  # type: ignore[arg-type]
+        except ClientError as exc:
+            raise GetParameterError(str(exc))  # noqa: B904 - as Powertools does
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the failed invocation
+@pytest.mark.parametrize(
+    ("code", "status"), [("ThrottlingException", 400), ("InternalServiceError", 500)]
+)
+def test_secrets_manager_not_answering_fails_the_invocation_for_a_retry_not_the_file(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, code: str, status: int
+) -> None:
+    # Before, a throttled or failing Secrets Manager failed the file for good ("check
+    # VITAL_API_KEY_SECRET and the function's permissions"): every row errored, upload again.
+    from bulk_import import aws  # noqa: PLC0415 - its provider replaced below
+    from bulk_import.pipeline import TransientError  # noqa: PLC0415
+
+    monkeypatch.setenv("CHUNK_SIZE", "5")
+    put_rows(stack, "incoming/secret-outage.jsonl", 12)
+    aws.clear_caches()
+    secrets = aws._secrets
+    monkeypatch.setattr(aws, "_secrets", lambda: _UnansweredSecrets(code, status))
+    with pytest.raises(TransientError, match=f"Secrets Manager did not answer \\({code}\\)"):
+        stack.import_keys("incoming/secret-outage.jsonl")
+    assert stack.vital.bulk_import_requests() == []
+
+    monkeypatch.setattr(aws, "_secrets", secrets)  # back when Lambda retries
+    manifest, outcomes = run(stack, "incoming/secret-outage.jsonl")
+
+    assert manifest["status"] == "succeeded"
+    check_invariants(stack, manifest, outcomes, 12)
+    assert len(stack.vital.posted_connections()) == 12
 
 
 @pytest.mark.usefixtures("no_waits")
