@@ -69,13 +69,16 @@ class CheckpointStore:
         self._run = run
         self.key = results_prefix + STATE_DIR + "checkpoint.json"
         self._etag: str | None = None  # of the checkpoint this run last read or wrote
+        self._writes = 0  # checkpoints this run has written: each write is "<run>:<n>"
 
     def load(self) -> Checkpoint | None:
         body = self._get(self.key)
         return None if body is None else Checkpoint.model_validate_json(body)
 
     def save(self, checkpoint: Checkpoint) -> None:
-        body = checkpoint.model_copy(update={"run": self._run}).model_dump_json().encode()
+        self._writes += 1
+        write = f"{self._run}:{self._writes}"
+        body = checkpoint.model_copy(update={"write": write}).model_dump_json().encode()
         try:
             if self._etag is None:  # created only if absent
                 response = self._s3.put_object(
@@ -96,27 +99,21 @@ class CheckpointStore:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in _LOST:
                 raise
-            if not self._stored_by_this_run():
-                raise Superseded(
-                    "another import of this key took over (a newer upload replaced the file)"
-                ) from None
-            return  # stored: the answer was lost, and botocore's retry of the write lost
+            stored = self._stored()
+            if stored is not None and stored[0].write == write:
+                # A write whose answer was lost (a timeout, a dropped connection) is retried by
+                # botocore; the first attempt was stored, so the retry's condition failed on it.
+                self._etag = stored[1]
+                return
+            if stored is not None and stored[0].write.startswith(f"{self._run}:"):
+                # Still this run's previous write: the new one may yet land (an attempt still
+                # in flight at S3). Not a takeover; the invocation fails and Lambda's retry
+                # resumes from whichever is stored (nothing was sent past either's lease).
+                raise
+            raise Superseded(
+                "another import of this key took over (a newer upload replaced the file)"
+            ) from None
         self._etag = response["ETag"]
-
-    def _stored_by_this_run(self) -> bool:
-        """Whether the checkpoint S3 holds is this run's latest write (reading its ETag).
-
-        A write whose answer is lost (a timeout, a dropped connection) is retried by botocore;
-        if the first attempt was stored, the retry's condition fails on this run's own
-        checkpoint. Only this run writes its token, and a conditional write that lost means
-        S3 holds something other than the checkpoint this run last knew of: if that is this
-        run's, it is the write just made.
-        """
-        stored = self._stored()
-        if stored is None or stored[0].run != self._run:
-            return False
-        self._etag = stored[1]
-        return True
 
     def named_parts(self) -> set[str]:
         """The parts the stored checkpoint names, whoever wrote it (for a run that lost it)."""

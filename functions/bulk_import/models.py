@@ -347,8 +347,9 @@ class Checkpoint(BaseModel):
     """
 
     schema_version: int = 1
-    # The invocation that wrote it (drawn by each): tells its own write from another import's.
-    run: str = ""
+    # Which write this is, "<run>:<n>" (the invocation's token, drawn by each, and its n-th
+    # write): a run tells its own write from another import's when S3's answer was lost.
+    write: str = ""
     source: SourceRef
     fingerprint: str
     started_at: str

@@ -447,6 +447,57 @@ def test_a_checkpoint_write_whose_answer_was_lost_is_not_a_takeover(
     assert state.get("KeyCount") == 0
 
 
+class _Raw:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.body
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the failed invocation
+def test_a_checkpoint_write_that_lost_to_this_runs_own_previous_one_fails_the_invocation(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # S3 answers 412 while it still holds this run's previous checkpoint (as when the write's
+    # first attempt is still in flight and botocore's retry lost to it): not a takeover, and not
+    # known to be stored. The invocation fails; Lambda's retry resumes and finishes the file.
+    from botocore.awsrequest import AWSResponse  # noqa: PLC0415
+
+    from bulk_import import aws  # noqa: PLC0415 - the client the handler will use
+    from bulk_import.pipeline import TransientError  # noqa: PLC0415
+
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
+    monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
+    rows = upload(stack, "incoming/in-flight.jsonl", 60)
+    writes = []
+    failed = b"<Error><Code>PreconditionFailed</Code><Message>-</Message></Error>"
+
+    def refuse_third(request: Any, **_: Any) -> Any:
+        if request.method != "PUT" or not request.url.endswith("_state/checkpoint.json"):
+            return None
+        writes.append(1)
+        if len(writes) != 3:
+            return None
+        return AWSResponse(request.url, 412, {}, _Raw(failed))
+
+    event = s3_event(stack.bucket, ["incoming/in-flight.jsonl"])
+    s3 = aws.s3_client()
+    s3.meta.events.register_first("before-send.s3.PutObject", refuse_third)
+    try:
+        with pytest.raises(TransientError):
+            stack.invoke(event)
+    finally:
+        s3.meta.events.unregister("before-send.s3.PutObject", refuse_third)
+
+    result = stack.invoke(event)  # Lambda's retry: the same event
+
+    assert result["files"][0]["status"] == "partial"  # the rejected row
+    assert_complete(stack, "results/in-flight.jsonl/", len(rows))
+    assert len(stack.vital.posted_connections()) == 60
+
+
 def test_a_run_that_lost_its_checkpoint_keeps_the_parts_the_new_one_names(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -473,7 +524,7 @@ def test_a_run_that_lost_its_checkpoint_keeps_the_parts_the_new_one_names(
     # Then it stops, and every part the stored checkpoint names is still there for its owner
     assert result["files"][0]["status"] == "skipped"
     stored = json.loads(stack.get("results/taken.jsonl/_state/checkpoint.json"))
-    assert stored["run"] == "0ther000"
+    assert stored["write"] == "0ther000:1"
     named = stored["outcome_parts"] + stored["retry_parts"]
     assert named
     listed = {o["Key"] for o in stack.s3.list_objects_v2(Bucket=stack.bucket).get("Contents", [])}

@@ -20,6 +20,7 @@ import pytest
 import stamina
 from botocore.exceptions import ClientError
 
+from local.events import s3_event
 from local.vital_standin import DEFAULT_API_KEY
 from tests.helpers import access_token, encode_rows, make_row, refresh_token, user_id
 from tests.integration.conftest import Stack
@@ -589,12 +590,16 @@ def test_secrets_manager_not_answering_fails_the_invocation_for_a_retry_not_the_
     aws.clear_caches()
     secrets = aws._secrets
     monkeypatch.setattr(aws, "_secrets", lambda: _UnansweredSecrets(code, status))
+    event = s3_event(stack.bucket, ["incoming/secret-outage.jsonl"])
     with pytest.raises(TransientError, match=f"Secrets Manager did not answer \\({code}\\)"):
-        stack.import_keys("incoming/secret-outage.jsonl")
+        stack.invoke(event)
     assert stack.vital.bulk_import_requests() == []
 
-    monkeypatch.setattr(aws, "_secrets", secrets)  # back when Lambda retries
-    manifest, outcomes = run(stack, "incoming/secret-outage.jsonl")
+    monkeypatch.setattr(aws, "_secrets", secrets)  # back when Lambda retries the same event
+    stack.invoke(event)
+    manifest = stack.manifest("results/secret-outage.jsonl/")
+    outcomes = stack.outcomes("results/secret-outage.jsonl/")
+    assert not any("replaces an unfinished import" in line for line in stack.log_lines)
 
     assert manifest["status"] == "succeeded"
     check_invariants(stack, manifest, outcomes, 12)
