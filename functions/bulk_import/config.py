@@ -1,6 +1,7 @@
 """Every setting the function reads, in one validated model.
 
-Nothing else in the package reads ``os.environ``: a typo in a deployed variable fails the
+Nothing else in the package reads ``os.environ`` (but for Powertools' own names, in
+``observability``): a typo in a deployed variable fails the
 invocation with a pydantic error that names the variable, instead of surfacing deep in a run.
 """
 

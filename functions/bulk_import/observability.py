@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -24,8 +25,10 @@ if TYPE_CHECKING:
     from bulk_import.models import Manifest
     from bulk_import.vital import CallStats
 
-SERVICE = "bulk-import"
-NAMESPACE = "VitalBulkImport"
+# Powertools' own settings, which it reads from the environment too; the defaults are the
+# template's, whose alarms watch the metrics under them.
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "bulk-import"
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "VitalBulkImport"
 
 
 class RedactingFormatter(LambdaPowertoolsFormatter):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -97,3 +99,39 @@ def test_a_retry_is_logged_as_a_structured_line() -> None:
     assert result.attempts == 2
     [retry] = [json.loads(line) for line in capture.lines if "retry scheduled" in line]
     assert (retry["retry"], retry["cause"]) == (1, "_Retryable")
+
+
+def test_powertools_service_and_namespace_come_from_the_environment() -> None:
+    # Before, both were fixed in the code: a template that set others changed nothing.
+    child = (
+        "from bulk_import import observability as o\n"
+        "o.metrics.add_metric(name='RowsRead', unit='Count', value=1)\n"
+        "print(o.logger.service)\n"
+        "o.metrics.flush_metrics()\n"
+    )
+    env = {
+        **os.environ,
+        "POWERTOOLS_SERVICE_NAME": "importer-eu",
+        "POWERTOOLS_METRICS_NAMESPACE": "MigrationEU",
+    }
+    done = subprocess.run(  # noqa: S603 - our interpreter, fixed code
+        [sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True
+    )
+    service, emf = done.stdout.splitlines()[:2]
+    assert service == "importer-eu"
+    document = json.loads(emf)
+    assert document["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "MigrationEU"
+    assert document["service"] == "importer-eu"
+
+
+def test_every_metric_the_function_emits_is_in_the_readme() -> None:
+    root = Path(__file__).resolve().parents[2]
+    package = root / "functions" / "bulk_import"
+    source = "".join((package / name).read_text() for name in ("observability.py", "handler.py"))
+    emitted = set(re.findall(r'name="([A-Z]\w+)"', source))
+    emitted |= set(re.findall(r'\("((?:Rows|Chunks|Files)\w+)"', source))
+    emitted |= {"FilesFailed", "FilesProcessed"}  # chosen by status in one call
+    readme = (root / "README.md").read_text()
+    section = readme.split("## Metrics and alarms", 1)[1].split("\n## ", 1)[0]
+    assert len(emitted) > 15
+    assert {name for name in emitted if f"`{name}`" not in section} == set()

@@ -70,6 +70,8 @@ FUNCTION_METRICS = {
     "Retries",
     "Throttles",
     "ServerErrors",
+    "FilesProcessed",
+    "FilesFailed",
 }
 
 
@@ -360,7 +362,14 @@ def test_function_runtime_handler_and_limits(source: dict[str, Any]) -> None:
     assert function["Architectures"] == ["arm64"]
     assert function["Tracing"] == "Active"
     assert function["Timeout"] == 900
-    assert function["ReservedConcurrentExecutions"] == {"Ref": "ReservedConcurrency"}
+    # 0 reserves none: an account with a concurrency limit of 10 cannot reserve any.
+    assert function["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["ReservesConcurrency", {"Ref": "ReservedConcurrency"}, {"Ref": "AWS::NoValue"}]
+    }
+    assert source["Conditions"]["ReservesConcurrency"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "ReservedConcurrency"}, 0]}]
+    }
+    assert function["LoggingConfig"]["ApplicationLogLevel"] == "INFO"
     assert function["RecursiveLoop"] == "Terminate"
     assert function["LoggingConfig"]["LogGroup"] == {"Ref": "ImportLogGroup"}
 
@@ -641,6 +650,15 @@ def test_operational_alarms_exist(source: dict[str, Any]) -> None:
         ("AWS/Lambda", "Throttles"),
         ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
     } <= watched
+    # A failed file returns normally (no Lambda error): its own metric raises the alarm.
+    files_failed = alarms["FilesFailedAlarm"]["Properties"]
+    environment = _environment(source)
+    assert files_failed["MetricName"] == "FilesFailed"
+    assert files_failed["Namespace"] == environment["POWERTOOLS_METRICS_NAMESPACE"]
+    assert files_failed["Dimensions"] == [
+        {"Name": "service", "Value": environment["POWERTOOLS_SERVICE_NAME"]}
+    ]
+    assert "FilesFailed" in FUNCTION_METRICS
     dlq_alarm = alarms["ImportDLQAlarm"]["Properties"]
     assert dlq_alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["ImportDLQ", "QueueName"]}
 
