@@ -230,7 +230,14 @@ def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
     reader = csv.reader(lines, strict=True)
     start = 1
     try:
-        header = next(reader, None)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            if reader.line_num > 1:
+                raise MalformedFile(_runaway(1, reader.line_num, str(exc))) from None
+            raise MalformedFile(
+                f"CSV header (line 1) cannot be read ({exc}); check its quoting"
+            ) from None
         lines.record_chars = 0
         if header is None:
             return
@@ -282,8 +289,9 @@ def _csv_record(names: list[str], values: list[str], start: int, end: int) -> Re
     if end > start:
         for field in ROW_FIELDS:
             if _LINE_BREAK.search(data.get(field, "")):
-                # No field of a connection holds a line break: a quote opened in one of them
-                # may have been closed lines later, where a field happened to end.
+                # No field of a connection holds a line break. The record is valid CSV, as a
+                # writer would quote a bad value; it may also be a quote that closed lines later
+                # where a field happened to end, taking those rows in: the reason names them.
                 return Record(
                     start,
                     None,

@@ -79,7 +79,7 @@ def _scopes(value: Any) -> Any:
         if text.startswith("[") and text.endswith("]"):
             try:
                 return json.loads(text) or None  # then checked as a list of strings
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested deep
                 raise ValueError(
                     "looks like a JSON array of scopes, but is not valid JSON"
                 ) from None

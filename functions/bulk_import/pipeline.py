@@ -19,8 +19,8 @@ import secrets
 import sys
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -149,9 +149,6 @@ class _DeadlineReached(Exception):
     pass
 
 
-# capture_response=False: a result must never be copied into a trace. Worker threads are not
-# traced (X-Ray's context is per thread); their HTTP calls show under this subsegment's time.
-@tracer.capture_method(capture_response=False)
 def results_fit(key: str, settings: Settings) -> bool:
     """Whether S3 can hold the keys an import of ``key`` writes: a key near S3's limit of 1024
     bytes has results and part keys longer than that, which every write would fail on."""
@@ -160,6 +157,9 @@ def results_fit(key: str, settings: Settings) -> bool:
     return longest_key(results, retry) <= S3_KEY_BYTES
 
 
+# capture_response=False: a result must never be copied into a trace. Worker threads are not
+# traced (X-Ray's context is per thread); their HTTP calls show under this subsegment's time.
+@tracer.capture_method(capture_response=False)
 def import_object(ref: ObjectRef, settings: Settings, deps: Dependencies) -> FileResult:
     tracer.put_annotation(key="segment", value=str(ref.segment))
     tracer.put_metadata(key="object", value={"bucket": ref.bucket, "key": ref.key})
@@ -247,8 +247,10 @@ class _Run:
         self.opening: Future[_Opened] | None = None  # the object, opened as the run starts
         self.executor: ThreadPoolExecutor | None = None
         self.in_flight: dict[Future[ChunkReport], tuple[int, Chunk]] = {}
-        # Cut, but its lease could not be saved: sent by no one yet (``_report_unsent``).
-        self.unsent: Chunk | None = None
+        # Cut and not handed to ``_dispatch`` yet, or handed and not sent because it failed
+        # (its lease could not be saved): ``_send``, and ``_report_unsent`` if the run stops.
+        self.unsent: deque[Chunk] = deque()
+        self.submitted: Chunk | None = None  # the last chunk handed to a posting thread
         self.chunker = Chunker(settings.chunk_size, settings.max_body_bytes)
         # What this invocation writes, its checkpoints' parts included up to a size (see Spool).
         self.outcomes = OutcomeSpool(outcomes_header())
@@ -430,12 +432,24 @@ class _Run:
             return self._hand_on()
         return self._finalise()
 
+    def _send(self, chunks: Iterable[Chunk]) -> None:
+        """Dispatch chunks in order. If one fails before a posting thread has it (its lease
+        could not be saved, say), it and those after it stay in ``unsent``: a retry rebuilds
+        them, or ``_report_unsent`` gives their rows an outcome."""
+        self.unsent.extend(chunks)
+        while self.unsent:
+            chunk = self.unsent.popleft()
+            try:
+                self._dispatch(chunk)
+            except BaseException:
+                if self.submitted is not chunk:
+                    self.unsent.appendleft(chunk)
+                raise
+
     def _report_unsent(self) -> None:
-        """Once the run has stopped: the chunk it was about to send, then those still being
+        """Once the run has stopped: the chunks it was about to send, then those still being
         filled, each row with its outcome ("not sent")."""
-        unsent, self.unsent = self.unsent, None
-        for chunk in [*([unsent] if unsent is not None else []), *self.chunker.flush()]:
-            self._dispatch(chunk)
+        self._send(self.chunker.flush())
 
     def _hand_on(self) -> FileResult:
         """Checkpoint and name the next segment: a fresh invocation goes on from here."""
@@ -513,8 +527,7 @@ class _Run:
                     self.rows_read += 1
                     self._take(record, default_provider)
                     self.line = record.line
-        for chunk in self.chunker.flush():
-            self._dispatch(chunk)
+        self._send(self.chunker.flush())
         self.read_to_end = True
 
     def _between_rows(self) -> None:
@@ -611,8 +624,9 @@ class _Run:
             )
             return
         seen[identity] = line
-        for chunk in chunker.add(provider, _pending(PendingRow, (line, user_id, payload))):
-            self._dispatch(chunk)
+        closed = chunker.add(provider, _pending(PendingRow, (line, user_id, payload)))
+        if closed:
+            self._send(closed)
 
     # --- posting ------------------------------------------------------------------------------
 
@@ -665,7 +679,6 @@ class _Run:
                 )
             except Exception:
                 self.next_seq = seq  # not sent: a retry rebuilds this chunk and sends it
-                self.unsent = chunk  # or, if the run ends here, ``_run`` reports it
                 raise
         assert self.executor is not None  # noqa: S101 - created with the client
         # Every invocation sends at least its first chunk, so each one moves the file on.
@@ -673,6 +686,7 @@ class _Run:
         future = self.executor.submit(
             post_chunk, client, chunk, self.settings.wait_for_completion, gate, probe=gate is None
         )
+        self.submitted = chunk
         future.add_done_callback(self._note_refusal)
         self.probe = self.probe or future
         self.in_flight[future] = (seq, chunk)
@@ -974,10 +988,12 @@ class _Run:
 
     def _finalise(self) -> FileResult:
         self._check_every_row_counted()
-        if self.checkpoint is not None and self.posted_here:
+        if self.checkpoint is not None and self.posted_here and self.read_to_end:
             # Every answer of this run, stored before anything else can fail (the results'
             # writes, waiting on bulk ops): a retry then replays them instead of reporting the
-            # chunks answered since the last lease in doubt.
+            # chunks answered since the last lease in doubt. Not after a run that stopped
+            # reading early: it cut its last chunks short, which a retry reading further (past
+            # a one-off error) would cut whole, under the same numbers.
             self._save_checkpoint(next_segment=self.ref.segment, final=True)
         bulk_ops = self._reconcile_bulk_ops()
         if self.checkpoint is not None and not self.store.still_mine():

@@ -23,10 +23,12 @@ _PATTERNS = (
     re.compile(r"(?P<k>\bBearer\s+)(?P<v>[A-Za-z0-9._~+/=-]+)", re.IGNORECASE),
     # JSON Web Tokens: three base64url segments, the first starting with '{"' encoded.
     re.compile(r"(?P<k>)(?P<v>\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*)"),
-    # "access_token": "value", 'refresh_token': 'a b', access_token="x": quoted values whole
+    # "access_token": "value", 'refresh_token': 'a b', access_token="x": quoted values whole.
+    # Possessive over disjoint alternatives (linear time: keys are in every log line). A value
+    # that does not close on its line (it ends in a backslash, say) is masked to the line's end.
     re.compile(
         rf"""(?P<k>["']?\b{_SENSITIVE_NAMES}["']?\s*(?::|=)\s*)"""
-        r"""(?P<q>["'])(?P<v>(?:\\.|(?!(?P=q))[^\\\n])*+)(?P=q)""",
+        r"""(?P<q>["'])(?P<v>(?:\\.|(?!(?P=q))[^\\\n])*+)(?:(?P=q)|[^\n]*)""",
         re.IGNORECASE,
     ),
     # "access_token": value, access_token=value (query strings) and header lines: to a separator

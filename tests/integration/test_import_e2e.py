@@ -189,6 +189,77 @@ def test_metadata_provider_spelled_loosely(
         assert {p for p, _ in stack.vital.posted_connections()} == {expected}
 
 
+def test_a_csv_header_with_a_stray_quote_is_a_malformed_file(stack: Stack) -> None:
+    # Before (strict quoting), an internal error (review).
+    row = make_row(1)
+    body = (
+        '"user_id"x,access_token,refresh_token,provider_id,expires_at,provider\n'
+        f"{row['user_id']},{row['access_token']},{row['refresh_token']},p,1893456000,oura\n"
+    ).encode()
+    stack.put("incoming/header.csv", body)
+
+    stack.import_keys("incoming/header.csv")
+
+    error = stack.manifest("results/header.csv/")["error"]
+    assert error == {
+        "type": "MalformedFile",
+        "message": "CSV header (line 1) cannot be read (',' expected after '\"'); check its "
+        "quoting",
+    }
+
+
+def test_deeply_nested_scopes_reject_their_row_and_the_rest_goes_on(stack: Stack) -> None:
+    # Before, json's RecursionError went through pydantic and failed the file (review).
+    rows = [make_row(i) for i in range(30)]
+    rows[5]["oauth_scopes"] = "[" * 20_000 + "]" * 20_000  # a 40 KB value, within MAX_ROW_BYTES
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put("incoming/scopes.jsonl", encode_rows(rows, "jsonl"))
+
+    stack.import_keys("incoming/scopes.jsonl")
+
+    manifest = stack.manifest("results/scopes.jsonl/")
+    assert manifest["error"] is None
+    assert manifest["counts"]["rejected"] == 1
+    assert manifest["counts"]["imported"] == 29
+    (rejected,) = [o for o in stack.outcomes("results/scopes.jsonl/") if o["line"] == "6"]
+    assert (
+        rejected["detail"]
+        == "oauth_scopes: looks like a JSON array of scopes, but is not valid JSON"
+    )
+
+
+def test_a_csv_quote_closed_lines_later_at_a_field_end_names_the_lines_it_took(
+    stack: Stack,
+) -> None:
+    # The quote opened on line 3 closes on line 5 just before a comma: valid CSV, one record of
+    # the right width over lines 3-5. Its row is rejected, the reason naming those lines (the
+    # rows it took in have no outcome of their own); the rest goes on.
+    rows = [make_row(i) for i in range(5)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+
+    def line(r: dict[str, Any], token: str) -> str:
+        return f"{r['user_id']},{token},{r['refresh_token']},p,1893456000,oura\n"
+
+    body = "user_id,access_token,refresh_token,provider_id,expires_at,provider\n"
+    body += line(rows[0], rows[0]["access_token"])
+    body += f'{rows[1]["user_id"]},"{rows[1]["access_token"]},x,p,1,oura\n'  # opened
+    body += line(rows[2], rows[2]["access_token"])  # taken in
+    body += f'{rows[3]["user_id"]},{rows[3]["access_token"]}",{rows[3]["refresh_token"]},p,1,oura\n'
+    body += line(rows[4], rows[4]["access_token"])
+    stack.put("incoming/runaway.csv", body.encode())
+
+    stack.import_keys("incoming/runaway.csv")
+
+    manifest = stack.manifest("results/runaway.csv/")
+    outcomes = {o["line"]: o for o in stack.outcomes("results/runaway.csv/")}
+    assert manifest["status"] == "partial"
+    assert sorted(outcomes) == ["2", "3", "6"]
+    assert outcomes["3"]["detail"] == (
+        "access_token: holds a line break (this record runs over lines 3-5: check its quoting)"
+    )
+    assert outcomes["6"]["outcome"] == "imported"
+
+
 def test_rejected_rows_show_the_metadata_provider_only_as_a_known_name(stack: Stack) -> None:
     rows = [make_row(n, provider=None) for n in range(3)]
     rows[1]["user_id"] = "not-a-uuid"

@@ -324,8 +324,9 @@ def test_csv_a_quote_that_runs_over_rows_stops_the_file_at_its_line(
 
 
 def test_csv_a_line_break_in_a_connections_field_rejects_the_record_naming_its_lines() -> None:
-    # The right number of fields, but a quote in provider_id closed on the next line: the
-    # row is rejected (no id, token or provider holds a line break) and names what it took in.
+    # The right number of fields, but a quote in provider_id closed on the next line, where a
+    # field happened to end. Valid CSV (a writer quotes a bad value so): the row is rejected,
+    # its reason naming the lines it took in, and the rest goes on.
     data = HEADER + b'u1,a1,r1,"p1\nu2",1,,oura\nu3,a3,r3,p3,3,,oura\n'
     assert [(line, d and d["user_id"], err) for line, d, err in read(data, Format.CSV)] == [
         (

@@ -164,3 +164,17 @@ def test_exception_group_frames_and_escaped_quotes_are_still_masked() -> None:
         '{"m": "x\\n  | ValueError: ' + MASK + '"}'
     )
     assert redact_text("access_token='ab\\'c' rest") == f"access_token='{MASK}' rest"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'access_token="tok_SECRET_abc123\\"',  # ends in a backslash: never closes (review)
+        "refresh_token='tok_SECRET_abc123\\'",
+        '"access_token": "tok_SECRET_abc123 and more',  # cut off: masked to the end of the line
+    ],
+)
+def test_a_quoted_value_that_does_not_close_is_masked_to_the_end_of_its_line(text: str) -> None:
+    masked = redact_text(text + "\nnext line")
+    assert SECRET not in masked
+    assert masked.endswith("\nnext line")
