@@ -358,6 +358,8 @@ class Checkpoint(BaseModel):
     settled_below: int = 0
     settled_extra: list[int] = Field(default_factory=list)
     lines_done: int = 0
+    # Rows reported in doubt so far (errored, though Vital failed none of them).
+    in_doubt: int = 0
     counts: Counts = Field(default_factory=Counts)
     providers: dict[str, Counts] = Field(default_factory=dict)
     chunks: list[ChunkRecord] = Field(default_factory=list)

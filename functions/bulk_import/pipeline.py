@@ -199,7 +199,9 @@ tuned_interpreter = _Tuning()
 
 
 class _Run:
-    def __init__(self, ref: ObjectRef, settings: Settings, deps: Dependencies) -> None:
+    def __init__(  # noqa: PLR0915 - all of a run's state, in one place
+        self, ref: ObjectRef, settings: Settings, deps: Dependencies
+    ) -> None:
         self.ref = ref
         self.settings = settings
         self.deps = deps
@@ -223,6 +225,9 @@ class _Run:
         self.settled: set[int] = set()
         self.settled_below = 0
         self.lines_done = 0  # reject/duplicate outcomes up to here are already stored
+        # Rows reported in doubt after a crash: errored, but nothing Vital said (the failure
+        # threshold leaves them out).
+        self.in_doubt = 0
         self.replay_settled: set[int] = set()
         self.replay_below = 0
         self.replay_lease = 0
@@ -393,6 +398,7 @@ class _Run:
         self.settled = set(cp.settled_extra)
         self.replay_settled = set(cp.settled_extra)
         self.lines_done = cp.lines_done
+        self.in_doubt = cp.in_doubt
         if cp.stop_reason is not None:
             self.stop_reason = errors.from_info(cp.stop_reason)
         logger.info(
@@ -640,6 +646,7 @@ class _Run:
         if seq < self.replay_lease:
             logger.warning("chunk in doubt after an interrupted run", extra={"chunk": seq})
             self._write_chunk(chunk, Outcome.ERRORED, IN_DOUBT_DETAIL)
+            self.in_doubt += len(chunk.rows)
             self._settle(seq)
             return
         if self.stop_reason is not None:
@@ -854,7 +861,9 @@ class _Run:
         if threshold >= 100 or self.stop_reason is not None:
             return
         t = self.tally
-        bad = t[Outcome.FAILED] + t[Outcome.ERRORED]
+        # Rows in doubt after a crash are errored, but Vital failed none of them: a crash of
+        # the function must not trip a threshold on Vital's answers.
+        bad = t[Outcome.FAILED] + t[Outcome.ERRORED] - self.in_doubt
         posted = t[Outcome.IMPORTED] + t[Outcome.ENQUEUED] + bad
         if posted < THRESHOLD_WARMUP_ROWS:
             return
@@ -964,6 +973,7 @@ class _Run:
             settled_below=self.settled_below,
             settled_extra=sorted(self.settled),
             lines_done=max(self.line, self.lines_done),
+            in_doubt=self.in_doubt,
             counts=self.tally.counts(),
             providers=self.tally.providers(),
             chunks=self.chunk_records,

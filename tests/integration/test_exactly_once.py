@@ -707,6 +707,48 @@ def test_parts_of_a_run_that_died_before_its_checkpoint_are_swept_at_the_end(
         assert stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=prefix)["KeyCount"] == 0
 
 
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the run that died
+def test_rows_in_doubt_after_a_crash_do_not_trip_the_failure_threshold(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a run that dies with chunks under its lease, and a 10 % failure threshold
+    from bulk_import import checkpoint  # noqa: PLC0415 - patched for the first run
+
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
+    monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "8")
+    monkeypatch.setenv("FAILURE_THRESHOLD_PERCENT", "10")
+    rows = [make_row(n) for n in range(300)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put("incoming/doubt.jsonl", encode_rows(rows, "jsonl"))
+    event = s3_event(stack.bucket, ["incoming/doubt.jsonl"])
+    save = checkpoint.CheckpointStore.save
+    saves: list[int] = []
+
+    def dies_at_the_third(store: checkpoint.CheckpointStore, cp: Any) -> None:
+        saves.append(1)
+        if len(saves) == 3:
+            raise _Died
+        save(store, cp)
+
+    monkeypatch.setattr(checkpoint.CheckpointStore, "save", dies_at_the_third)
+    with pytest.raises(_Died):
+        stack.invoke(event)
+    monkeypatch.setattr(checkpoint.CheckpointStore, "save", save)
+
+    # When Lambda's retry resumes, reporting the chunks under the lease in doubt
+    stack.invoke(event)
+
+    # Then the rest is imported: Vital failed nothing. Before, the in-doubt rows counted as
+    # failures and the file stopped at the first answer of the resume.
+    manifest = assert_complete(stack, "results/doubt.jsonl/", 300)
+    counts = manifest["counts"]
+    assert counts["errored"] > 0.1 * (counts["imported"] + counts["errored"])  # would trip it
+    assert counts["imported"] + counts["errored"] == 300
+    assert manifest["error"] is None
+    assert manifest["status"] == "partial"
+
+
 def test_a_resume_never_stores_a_lease_below_the_one_it_resumed_from(
     stack: Stack, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
