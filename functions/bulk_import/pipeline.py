@@ -78,6 +78,7 @@ from bulk_import.vital import (
     VitalClientError,
     VitalError,
     parse_time,
+    start_seconds,
 )
 
 if TYPE_CHECKING:
@@ -272,6 +273,9 @@ class _Run:
         self.refusal: VitalAuthError | VitalClientError | None = None
         self.posted_here = 0
         self.lease_step = settings.checkpoint_every_chunks or 2 * settings.max_concurrency
+        # Time kept back: SAFETY_MARGIN_SECONDS, and never less than the client needs to start
+        # a request (below that it refuses, and the chunk would end errored, not deferred).
+        self.margin = max(settings.safety_margin_seconds, start_seconds(settings))
         self.last_lease_at = time.monotonic()
         self.last_lease_seq = 0
 
@@ -538,8 +542,7 @@ class _Run:
 
     def _between_rows(self) -> None:
         # Only after progress past the checkpoint, so every invocation moves on.
-        margin = self.settings.safety_margin_seconds
-        if self.line > self.lines_done and self.deps.remaining_seconds() < margin:
+        if self.line > self.lines_done and self.deps.remaining_seconds() < self.margin:
             raise _DeadlineReached
         if time.monotonic() - self.last_progress > PROGRESS_EVERY_SECONDS:
             self._log_progress()
@@ -670,7 +673,7 @@ class _Run:
         while len(self.in_flight) >= QUEUED_PER_THREAD * self.settings.max_concurrency:
             self._collect()
         # A chunk the posting threads deferred was held back by this same check (``_gate``).
-        if self.posted_here and self.deps.remaining_seconds() < self.settings.safety_margin_seconds:
+        if self.posted_here and self.deps.remaining_seconds() < self.margin:
             # Not numbered yet: a later invocation rebuilds this very chunk and sends it.
             self.next_seq = seq
             raise _DeadlineReached
@@ -758,7 +761,7 @@ class _Run:
             return Hold.STOPPED  # as the reading thread will have it once it takes the answer
         if self.stop_reason is not None or self.refusal is not None:
             return Hold.STOPPED
-        if self.deps.remaining_seconds() < self.settings.safety_margin_seconds:
+        if self.deps.remaining_seconds() < self.margin:
             return Hold.DEFERRED
         return None
 

@@ -55,6 +55,18 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 REFUND_PER_ANSWER = 0.2
 # No attempt starts with less time than this before the deadline.
 MIN_ATTEMPT_SECONDS = 1.0
+
+
+def _reserve_seconds(settings: Settings) -> float:
+    """Lambda time the client keeps back from its retries (half the pipeline's margin)."""
+    return max(1.0, settings.safety_margin_seconds / 2)
+
+
+def start_seconds(settings: Settings) -> float:
+    """Lambda time a request needs left for the client to start it (``post_bulk_import``)."""
+    return _reserve_seconds(settings) + MIN_ATTEMPT_SECONDS
+
+
 BULK_OP_MAX_ATTEMPTS = 3
 BREAKER_THRESHOLD = 3
 BREAKER_COOLDOWN_SECONDS = 30.0
@@ -249,7 +261,7 @@ class VitalClient:
         self.breaker = breaker or CircuitBreaker()
         # Retries stop this long before the invocation ends: the other half of the safety
         # margin is the pipeline's, to write outcomes and a checkpoint after the last answer.
-        self._reserve_seconds = max(1.0, settings.safety_margin_seconds / 2)
+        self._reserve_seconds = _reserve_seconds(settings)
         params = {"team_id": settings.vital_team_id} if settings.vital_team_id else None
         self._http = httpx.Client(
             headers={

@@ -852,6 +852,27 @@ def test_without_a_continuation_queue_the_error_gives_the_event_that_continues(
     assert len(stack.vital.posted_connections()) == 200
 
 
+def test_a_margin_below_what_a_request_needs_still_defers_chunks_to_the_next_invocation(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, continuation_queue: str
+) -> None:
+    # SAFETY_MARGIN_SECONDS=0: the client still needs 2 s left to start a request (1 s kept
+    # back, 1 s for the attempt). Before, chunks went to it with less and came back errored
+    # ("not sent: too little Lambda time left") instead of waiting for the next invocation.
+    rows = upload(stack, "incoming/no-margin.jsonl", 400)
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "2")
+    monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "0")
+    stack.vital.latency_seconds = 0.05
+    first = stack.invoke(s3_event(stack.bucket, ["incoming/no-margin.jsonl"]), timeout_seconds=2.6)
+    assert first["files"][0]["status"] == "continued"
+    drain_queue(stack, continuation_queue, timeout_seconds=2.6)
+
+    manifest = assert_complete(stack, "results/no-margin.jsonl/", len(rows))
+    assert manifest["counts"]["errored"] == 0
+    assert manifest["counts"]["imported"] == 400
+    assert manifest["segments"] >= 2
+
+
 def test_a_setting_changed_between_invocations_fails_the_file_instead_of_replaying(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, continuation_queue: str
 ) -> None:
