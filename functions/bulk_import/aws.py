@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from bulk_import.errors import ConfigurationError, RetryLater
 
@@ -84,7 +85,8 @@ def _transient(error: BaseException | None) -> bool:
     if isinstance(error, ClientError):
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return _error_code(error) in _TRANSIENT_CODES or status >= 500
-    return isinstance(error, BotoCoreError) and not isinstance(error, NoCredentialsError)
+    # Not every BotoCoreError: missing credentials or a region, an invalid parameter are set-up.
+    return isinstance(error, BotoConnectionError | HTTPClientError)
 
 
 @lru_cache(maxsize=1)

@@ -5,6 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ParamValidationError,
+    ReadTimeoutError,
+)
 from pydantic import ValidationError
 
 from bulk_import.config import PRODUCTION_BASE_URL, Settings, SettingsError, get_settings
@@ -183,3 +190,33 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for field in Settings.model_fields.values():
         assert f"`{field.alias}`" in readme, f"README does not document {field.alias}"
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (ClientError({"Error": {"Code": "ThrottlingException"}}, "GetSecretValue"), True),
+        (
+            ClientError(
+                {"Error": {"Code": "Whatever"}, "ResponseMetadata": {"HTTPStatusCode": 503}},
+                "GetSecretValue",
+            ),
+            True,
+        ),
+        (EndpointConnectionError(endpoint_url="https://secretsmanager.test"), True),
+        (ReadTimeoutError(endpoint_url="https://secretsmanager.test"), True),
+        (ClientError({"Error": {"Code": "ResourceNotFoundException"}}, "GetSecretValue"), False),
+        (ClientError({"Error": {"Code": "AccessDeniedException"}}, "GetSecretValue"), False),
+        (NoCredentialsError(), False),
+        (ParamValidationError(report="bad SecretId"), False),
+        (None, False),
+    ],
+    ids=lambda v: type(v).__name__ if not isinstance(v, bool) else str(v),
+)
+def test_secrets_manager_errors_worth_a_retry_are_told_from_set_up_errors(
+    error: BaseException | None, transient: bool
+) -> None:
+    # A retry cures a throttle or an outage, not a missing secret, a denied role or a typo.
+    from bulk_import.aws import _transient  # noqa: PLC0415
+
+    assert _transient(error) is transient
