@@ -899,7 +899,7 @@ class _Run:
         providers = {p for p, c in self.tally.providers().items() if c.enqueued}
         deadline = time.monotonic() + min(
             BULK_OP_MAX_WAIT_SECONDS,
-            max(0.0, self.deps.remaining_seconds() - self.settings.safety_margin_seconds),
+            max(0.0, self.deps.remaining_seconds() - self.margin),
         )
         ops: list[BulkOp] = []
         while True:
@@ -914,9 +914,10 @@ class _Run:
             except (VitalError, httpx.HTTPError) as exc:
                 logger.warning("could not list bulk ops", extra={"error": type(exc).__name__})
                 return ops
-            if all(op.status != "in_progress" for op in ops) or time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if all(op.status != "in_progress" for op in ops) or left <= 0:
                 return ops
-            time.sleep(BULK_OP_POLL_SECONDS)
+            time.sleep(min(BULK_OP_POLL_SECONDS, left))  # never past the deadline
 
     # --- bookkeeping --------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from bulk_import.vital import (
     VitalClient,
     VitalClientError,
     VitalError,
+    VitalNoTime,
     VitalRejected,
     connection_index,
 )
@@ -91,7 +92,12 @@ def post_chunk(
     if gate is not None and (held := gate()) is not None:
         return ChunkReport(chunk, held=held)
     poster = _Poster(client, wait_for_completion, ChunkReport(chunk), probe=probe)
-    poster.post(chunk, resent=False)
+    try:
+        poster.post(chunk, resent=False)
+    except VitalNoTime:
+        # Between the gate and the client's own check, time ran short: nothing of the chunk
+        # went out, so a later invocation sends it, as if the gate had held it back.
+        return ChunkReport(chunk, held=Hold.DEFERRED)
     return poster.report
 
 
@@ -124,6 +130,8 @@ class _Poster:
             if self.probe:
                 self.report.fatal = exc
         except VitalError as exc:
+            if isinstance(exc, VitalNoTime) and self.requests == 1:
+                raise  # the chunk's first request: nothing of it went out (``post_chunk``)
             self._record(chunk, started, exc.status, exc.attempts, str(exc))
             self.report.add(chunk, Outcome.ERRORED, str(exc))
         else:

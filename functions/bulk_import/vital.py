@@ -110,6 +110,10 @@ class VitalUnavailable(VitalError):
     """Retries, the retry budget, the deadline or the circuit breaker ran out."""
 
 
+class VitalNoTime(VitalUnavailable):
+    """Too little Lambda time left to start a request: nothing was sent."""
+
+
 class _Retryable(Exception):
     def __init__(self, status: int, retry_after: float | None) -> None:
         super().__init__(f"HTTP {status}")
@@ -304,7 +308,7 @@ class VitalClient:
     def post_bulk_import(self, body: bytes) -> PostResult:
         """POST one chunk, retrying transient failures; raises a ``VitalError`` otherwise."""
         if self._seconds_to_deadline() < MIN_ATTEMPT_SECONDS:
-            raise VitalUnavailable("not sent: too little Lambda time left for a request")
+            raise VitalNoTime("not sent: too little Lambda time left for a request")
         if not self.breaker.allow():
             self.stats.record(short_circuited=1)
             raise VitalUnavailable("not sent: Vital kept failing (circuit breaker open)")

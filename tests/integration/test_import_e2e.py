@@ -6,6 +6,7 @@ import gc
 import json
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -412,6 +413,34 @@ def test_enqueued_rows_and_bulk_ops_reconciliation(
     assert len(manifest["bulk_ops"]) == 2
     assert {op["status"] for op in manifest["bulk_ops"]} == {"success"}
     assert {op["provider"] for op in manifest["bulk_ops"]} == {"fitbit"}
+
+
+def test_waiting_on_bulk_ops_keeps_the_time_a_request_needs_even_with_no_margin(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SAFETY_MARGIN_SECONDS=0 keeps 2 s back all the same (what a request needs to start).
+    # Before, the wait on bulk ops used the raw setting, slept past it, and the results were
+    # written after the invocation's deadline (review: at 8.17 s of 8).
+    monkeypatch.setenv("WAIT_FOR_COMPLETION", "false")
+    monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "0")
+    stack.vital.op_complete_after_seconds = 100  # the bulk op stays in progress
+    stack.put("incoming/slow-op.jsonl", encode_rows([make_row(n) for n in range(5)], "jsonl"))
+    from bulk_import import pipeline  # noqa: PLC0415 - watched below
+
+    written: list[float] = []
+    write_manifest = pipeline.write_manifest
+
+    def timed(*args: Any, **kwargs: Any) -> None:
+        written.append(time.monotonic())
+        write_manifest(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "write_manifest", timed)
+    started = time.monotonic()
+    stack.import_keys("incoming/slow-op.jsonl", timeout_seconds=5.0)
+
+    assert written[0] - started <= 5.0 - 1.0  # about 2 s of the 5 still left (before: 6.2 s)
+    manifest = stack.manifest("results/slow-op.jsonl/")
+    assert [op["status"] for op in manifest["bulk_ops"]] == ["in_progress"]
 
 
 def test_enqueued_rows_whose_bulk_op_failed_make_the_file_partial(

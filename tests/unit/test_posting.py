@@ -508,3 +508,39 @@ def test_another_4xx_stops_the_file_only_when_it_answers_the_probe(
     if probe:
         assert report.fatal is not None
         assert report.fatal.status == status
+
+
+def test_a_chunk_the_client_has_no_time_to_start_is_deferred_not_errored() -> None:
+    # The gate passed, then time ran short before the client's own check (the body was being
+    # built, the thread waited for the GIL): nothing went out, so a later invocation sends it.
+    # Before, every row came back errored ("not sent: too little Lambda time left").
+    fake = FakeVital(all_imported)
+    client = VitalClient(settings(), API_KEY, lambda: 1.0, httpx.MockTransport(fake))
+    with client:
+        report = post_chunk(client, make_chunk(3), True, lambda: None)
+    assert report.held is Hold.DEFERRED
+    assert (report.records, report.decided, report.shared) == ([], [], None)
+    assert fake.bodies == []
+
+
+def test_time_running_out_during_a_bisection_errors_what_was_not_sent() -> None:
+    # Part of the chunk went out already: it cannot be deferred whole.
+    late: list[bool] = []
+
+    def remaining() -> float:
+        return 1.0 if late else 900.0
+
+    def unattributable_422_then_late(_: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        late.append(True)  # the time runs short once the first answer is in
+        return httpx.Response(422, json={"detail": "bad"})
+
+    fake = FakeVital(unattributable_422_then_late)
+    client = VitalClient(settings(), API_KEY, remaining, httpx.MockTransport(fake))
+    with client:
+        report = post_chunk(client, make_chunk(8), True)
+    assert report.held is None
+    outcomes = outcomes_by_line(report)
+    assert len(outcomes) == 8
+    details = {detail for _, outcome, detail in outcomes.values() if outcome is Outcome.ERRORED}
+    assert details == {"not sent: too little Lambda time left for a request"}
+    assert len(fake.bodies) == 1
