@@ -7,7 +7,7 @@ import gzip
 import io
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import zstandard
@@ -90,3 +90,18 @@ def all_strings(value: Any) -> Iterator[str]:
     elif isinstance(value, list):
         for item in value:
             yield from all_strings(item)
+
+
+def failing_at(original: Callable[..., Any], nth: int, error: BaseException) -> Callable[..., Any]:
+    """``original``, except that its ``nth`` call raises ``error``: a fault at a chosen moment
+    (patched over a function or a method; the instance comes through as the first argument)."""
+    calls = 0
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == nth:
+            raise error
+        return original(*args, **kwargs)
+
+    return wrapper

@@ -21,7 +21,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from local.events import s3_event
-from tests.helpers import encode_rows, make_row, user_id
+from tests.helpers import encode_rows, failing_at, make_row, user_id
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -236,16 +236,8 @@ def test_a_retry_after_the_results_failed_to_be_written_keeps_the_answers(
     rows = upload(stack, "incoming/final-write.jsonl", 200)
     from bulk_import import pipeline  # noqa: PLC0415 - patched below
 
-    assemble = pipeline.assemble
-    calls = []
-
-    def failing_once(*args: Any, **kwargs: Any) -> None:
-        calls.append(1)
-        if len(calls) == 1:
-            raise ClientError({"Error": {"Code": "InternalError", "Message": "-"}}, "PutObject")
-        assemble(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "assemble", failing_once)
+    s3_failed = ClientError({"Error": {"Code": "InternalError", "Message": "-"}}, "PutObject")
+    monkeypatch.setattr(pipeline, "assemble", failing_at(pipeline.assemble, 1, s3_failed))
     event = s3_event(stack.bucket, ["incoming/final-write.jsonl"])
     with pytest.raises(ClientError):
         stack.invoke(event)  # the invocation fails; Lambda retries it
@@ -685,15 +677,7 @@ def test_parts_of_a_run_that_died_before_its_checkpoint_are_swept_at_the_end(
     stack.put("incoming/died.jsonl", encode_rows(rows, "jsonl"))
     event = s3_event(stack.bucket, ["incoming/died.jsonl"])
     save = checkpoint.CheckpointStore.save
-    saves: list[int] = []
-
-    def dies_at_the_third(store: checkpoint.CheckpointStore, cp: Any) -> None:
-        saves.append(1)
-        if len(saves) == 3:
-            raise _Died
-        save(store, cp)
-
-    monkeypatch.setattr(checkpoint.CheckpointStore, "save", dies_at_the_third)
+    monkeypatch.setattr(checkpoint.CheckpointStore, "save", failing_at(save, 3, _Died()))
     with pytest.raises(_Died):
         stack.invoke(event)
     monkeypatch.setattr(checkpoint.CheckpointStore, "save", save)
@@ -723,15 +707,7 @@ def test_rows_in_doubt_after_a_crash_do_not_trip_the_failure_threshold(
     stack.put("incoming/doubt.jsonl", encode_rows(rows, "jsonl"))
     event = s3_event(stack.bucket, ["incoming/doubt.jsonl"])
     save = checkpoint.CheckpointStore.save
-    saves: list[int] = []
-
-    def dies_at_the_third(store: checkpoint.CheckpointStore, cp: Any) -> None:
-        saves.append(1)
-        if len(saves) == 3:
-            raise _Died
-        save(store, cp)
-
-    monkeypatch.setattr(checkpoint.CheckpointStore, "save", dies_at_the_third)
+    monkeypatch.setattr(checkpoint.CheckpointStore, "save", failing_at(save, 3, _Died()))
     with pytest.raises(_Died):
         stack.invoke(event)
     monkeypatch.setattr(checkpoint.CheckpointStore, "save", save)

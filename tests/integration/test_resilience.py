@@ -22,7 +22,14 @@ from botocore.exceptions import ClientError
 
 from local.events import s3_event
 from local.vital_standin import DEFAULT_API_KEY
-from tests.helpers import access_token, encode_rows, make_row, refresh_token, user_id
+from tests.helpers import (
+    access_token,
+    encode_rows,
+    failing_at,
+    make_row,
+    refresh_token,
+    user_id,
+)
 from tests.integration.conftest import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -381,16 +388,10 @@ def test_a_bug_after_a_chunks_outcomes_were_written_does_not_write_them_twice(
     put_rows(stack, "incoming/threshold-bug.jsonl", 500)
     from bulk_import import pipeline  # noqa: PLC0415 - patched below
 
-    check = pipeline._Run._check_threshold
-    calls = []
-
-    def failing_third(run: Any) -> None:
-        calls.append(1)
-        if len(calls) == 3:  # after the third chunk's outcomes were written
-            raise RuntimeError("a bug after recording an answer")
-        check(run)
-
-    monkeypatch.setattr(pipeline._Run, "_check_threshold", failing_third)
+    # The third call comes after the third chunk's outcomes were written.
+    bug = RuntimeError("a bug after recording an answer")
+    check = failing_at(pipeline._Run._check_threshold, 3, bug)
+    monkeypatch.setattr(pipeline._Run, "_check_threshold", check)
 
     manifest, outcomes = run(stack, "incoming/threshold-bug.jsonl")
 
@@ -412,16 +413,11 @@ def test_an_error_saving_the_lease_reports_the_chunk_it_was_for(
     put_rows(stack, "incoming/full-tmp.jsonl", 60)
     from bulk_import import results  # noqa: PLC0415 - patched below
 
-    upload = results.OutcomeSpool.upload
-    calls = []
-
-    def full_once(spool: Any, *args: Any, **kwargs: Any) -> bool:
-        calls.append(1)
-        if len(calls) == 2:  # the lease before the third chunk
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return upload(spool, *args, **kwargs)
-
-    monkeypatch.setattr(results.OutcomeSpool, "upload", full_once)
+    full = OSError(errno.ENOSPC, "No space left on device")
+    # The second upload: the lease before the third chunk.
+    monkeypatch.setattr(
+        results.OutcomeSpool, "upload", failing_at(results.OutcomeSpool.upload, 2, full)
+    )
 
     stack.import_keys("incoming/full-tmp.jsonl")
 
@@ -493,26 +489,11 @@ def test_a_retry_of_a_run_stopped_by_a_one_off_bug_gives_every_row_an_outcome(
     rows = _interleaved(stack, "incoming/stopped.jsonl", 60)
     from bulk_import import pipeline  # noqa: PLC0415 - patched below
 
-    validate = pipeline.validate_well_formed
-    calls: list[int] = []
-
-    def bug_once(raw: bytes) -> Any:
-        calls.append(1)
-        if len(calls) == 35:
-            raise RuntimeError("a one-off bug")
-        return validate(raw)
-
-    assemble = pipeline.assemble
-    failures: list[int] = []
-
-    def assemble_fails_once(*args: Any, **kwargs: Any) -> None:
-        if not failures:
-            failures.append(1)
-            raise ClientError({"Error": {"Code": "InternalError", "Message": "-"}}, "PutObject")
-        assemble(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "validate_well_formed", bug_once)
-    monkeypatch.setattr(pipeline, "assemble", assemble_fails_once)
+    bug = RuntimeError("a one-off bug")
+    s3_failed = ClientError({"Error": {"Code": "InternalError", "Message": "-"}}, "PutObject")
+    validate = failing_at(pipeline.validate_well_formed, 35, bug)
+    monkeypatch.setattr(pipeline, "validate_well_formed", validate)
+    monkeypatch.setattr(pipeline, "assemble", failing_at(pipeline.assemble, 1, s3_failed))
     event = s3_event(stack.bucket, ["incoming/stopped.jsonl"])
     with pytest.raises(ClientError):
         stack.invoke(event)
