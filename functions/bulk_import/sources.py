@@ -81,6 +81,18 @@ def open_stream(
     raw: IO[bytes] = S3Object(
         bucket=ref.bucket, key=ref.key, version_id=ref.version_id, boto3_client=s3, **pin
     )
+    return decoded(raw, compression, max_bytes, ref.size)
+
+
+def decoded(
+    raw: IO[bytes], compression: Compression, max_bytes: int, size: int | None = None
+) -> IO[bytes]:
+    """``raw`` decompressed, bounded by ``max_bytes``, with codec errors as MalformedFile.
+
+    ``raw`` must have ``tell()``: a codec error names how far into the compressed bytes it
+    came (of ``size``, when known), which tells a cut-off upload from damage part-way through.
+    """
+    compressed = raw
     codec_errors: tuple[type[BaseException], ...] = ()
     complete: Callable[[], bool] | None = None
     if compression is Compression.GZIP:
@@ -95,7 +107,9 @@ def open_stream(
             cast(IO[bytes], framing), read_across_frames=True
         )
         codec_errors = (zstandard.ZstdError,)
-    guarded = _GuardedReader(raw, compression.value, codec_errors, max_bytes, complete)
+    guarded = _GuardedReader(
+        raw, compression.value, codec_errors, max_bytes, complete, compressed.tell, size
+    )
     bounded = io.BufferedReader(guarded, _BUFFER)
     _refuse_undeclared_compression(bounded, compression)
     return bounded
@@ -121,8 +135,12 @@ class _GuardedReader(io.RawIOBase):
         codec_errors: tuple[type[BaseException], ...],
         max_bytes: int,
         complete: Callable[[], bool] | None = None,
+        compressed_offset: Callable[[], int] | None = None,
+        compressed_size: int | None = None,
     ) -> None:
         self._inner = inner
+        self._compressed_offset = compressed_offset
+        self._compressed_size = compressed_size
         self._codec = codec
         self._codec_errors = codec_errors
         self._max = max_bytes
@@ -142,14 +160,14 @@ class _GuardedReader(io.RawIOBase):
                     "MiB (compressed with --long or --ultra); compress it again at level 19"
                 ) from None
             raise MalformedFile(
-                f"{self._codec} data is corrupt or truncated after {self.total} decompressed "
-                f"bytes ({type(exc).__name__}); upload the file again"
+                f"{self._codec} data is corrupt or truncated {self._where()} "
+                f"({_reason(exc)}); upload the file again"
             ) from None
         n = len(data)
         if n == 0 and self._complete is not None and not self._complete():
             raise MalformedFile(
-                f"{self._codec} data is truncated or corrupt after {self.total} decompressed "
-                "bytes (the stream ends inside a frame); upload the file again"
+                f"{self._codec} data is truncated or corrupt {self._where()} "
+                "(the stream ends inside a frame); upload the file again"
             )
         self.total += n
         if self.total > self._max:
@@ -159,6 +177,21 @@ class _GuardedReader(io.RawIOBase):
             )
         buffer[:n] = data
         return n
+
+    def _where(self) -> str:
+        """Where decoding broke: the decompressed count alone understates it by up to a read."""
+        if self._compressed_offset is None:
+            return f"after {self.total} decompressed bytes"
+        of = "" if self._compressed_size is None else f" of {self._compressed_size:,}"
+        return (
+            f"within the first {self._compressed_offset():,}{of} compressed bytes "
+            f"(after {self.total:,} decompressed bytes)"
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    """The codec's own words ("CRC check failed", "invalid block type"): they quote no content."""
+    return str(exc).strip()[:200] or type(exc).__name__
 
 
 class ZstdFraming:
