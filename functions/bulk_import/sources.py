@@ -108,7 +108,13 @@ def decoded(
         )
         codec_errors = (zstandard.ZstdError,)
     guarded = _GuardedReader(
-        raw, compression.value, codec_errors, max_bytes, complete, compressed.tell, size
+        raw,
+        compression.value,
+        codec_errors,
+        max_bytes,
+        complete=complete,
+        compressed_offset=compressed.tell,
+        compressed_size=size,
     )
     bounded = io.BufferedReader(guarded, _BUFFER)
     _refuse_undeclared_compression(bounded, compression)
@@ -134,9 +140,10 @@ class _GuardedReader(io.RawIOBase):
         codec: str,
         codec_errors: tuple[type[BaseException], ...],
         max_bytes: int,
-        complete: Callable[[], bool] | None = None,
-        compressed_offset: Callable[[], int] | None = None,
-        compressed_size: int | None = None,
+        *,
+        complete: Callable[[], bool] | None,
+        compressed_offset: Callable[[], int],
+        compressed_size: int | None,
     ) -> None:
         self._inner = inner
         self._compressed_offset = compressed_offset
@@ -180,8 +187,6 @@ class _GuardedReader(io.RawIOBase):
 
     def _where(self) -> str:
         """Where decoding broke: the decompressed count alone understates it by up to a read."""
-        if self._compressed_offset is None:
-            return f"after {self.total} decompressed bytes"
         of = "" if self._compressed_size is None else f" of {self._compressed_size:,}"
         return (
             f"within the first {self._compressed_offset():,}{of} compressed bytes "
