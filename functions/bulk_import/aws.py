@@ -135,7 +135,12 @@ def sqs_client() -> SQSClient:
     return boto3.client("sqs", config=_CONFIG)
 
 
-def hand_off(message: ContinuationMessage, queue_url: str | None) -> None:
+# SQS's longest delay, and the longest an idempotency hold can last: it ends with the holding
+# invocation's timeout (900 s at most).
+RECHECK_DELAY_SECONDS = 900
+
+
+def hand_off(message: ContinuationMessage, queue_url: str | None, delay_seconds: int = 0) -> None:
     """Queue the rest of a long file for a fresh invocation (the message holds no tokens)."""
     body = message.model_dump_json()
     if not queue_url:
@@ -147,7 +152,7 @@ def hand_off(message: ContinuationMessage, queue_url: str | None) -> None:
             "(template.yaml creates the queue), or invoke the function with this event to "
             f"continue from the checkpoint: {event}"
         )
-    sqs_client().send_message(QueueUrl=queue_url, MessageBody=body)
+    sqs_client().send_message(QueueUrl=queue_url, MessageBody=body, DelaySeconds=delay_seconds)
 
 
 @lru_cache(maxsize=1)

@@ -6,6 +6,7 @@ duplicate guard, hands long files on, and reports.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -50,8 +51,20 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         except AlreadyInProgress:
             logger.warning("another invocation is importing this object right now")
             metrics.add_metric(name="DuplicateInProgress", unit=MetricUnit.Count, value=1)
-            if not from_queue:
-                busy.append(ref.key)  # an S3 retry may be the only copy: let Lambda retry it
+            if from_queue and ref.segment > 0:
+                continue  # a duplicate continuation: the queue keeps the copy being worked on
+            if not from_queue and settings.continuation_queue_url:
+                # The only copy of an S3 event (a duplicate, or a retry of an invocation that
+                # died): look again once the other invocation's hold has ended, rather than
+                # burn Lambda's two retries within minutes and land in the ImportDLQ.
+                aws.hand_off(
+                    ContinuationMessage(ref=ref),
+                    settings.continuation_queue_url,
+                    delay_seconds=aws.RECHECK_DELAY_SECONDS,
+                )
+                logger.info("queued a second look for when the other invocation has ended")
+                continue
+            busy.append(ref.key)  # let Lambda (or SQS) retry it
             continue
         if (
             summary.get("status") == "skipped"
@@ -104,6 +117,7 @@ def _summary(result: FileResult) -> dict[str, Any]:
 
 def _refs(event: dict[str, Any], settings: Settings) -> list[tuple[ObjectRef, bool]]:
     """(ref, came from the continuation queue) for every record worth importing."""
+    event = _failed_event(event) or event
     if not isinstance(event.get("Records"), list):
         logger.warning("not an S3 or SQS event; nothing to do", extra={"keys": sorted(event)})
         metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
@@ -111,36 +125,69 @@ def _refs(event: dict[str, Any], settings: Settings) -> list[tuple[ObjectRef, bo
     refs: list[tuple[ObjectRef, bool]] = []
     for record in event["Records"]:
         if record.get("eventSource") == "aws:sqs":
-            try:
-                refs.append((ContinuationMessage.model_validate_json(record["body"]).ref, True))
-            except (ValidationError, KeyError):
-                logger.error("ignoring a queue message that is not a continuation")
-                metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
-            continue
-        s3 = record.get("s3", {})
-        obj = s3.get("object", {})
-        # Keys arrive URL-encoded with spaces as '+'.
-        key = unquote_plus(obj.get("key", ""))
-        if not key.startswith(settings.incoming_prefix) or key.endswith("/"):
-            logger.warning("ignoring object outside the incoming prefix", extra={"key": key})
-            metrics.add_metric(name="FilesIgnored", unit=MetricUnit.Count, value=1)
-            continue
-        if not results_fit(key, settings):
-            # No manifest can say so: its own key would be too long. Not retried either.
-            logger.error(
-                "ignoring an object whose key is too long for its results (S3 keys hold 1024 "
-                "bytes, and the results' keys are longer than the object's); shorten the key "
-                "and upload again",
-                extra={"key": key},
-            )
-            metrics.add_metric(name="FilesIgnored", unit=MetricUnit.Count, value=1)
-            continue
-        ref = ObjectRef(
-            bucket=s3.get("bucket", {}).get("name", ""),
-            key=key,
-            version_id=obj.get("versionId") or None,
-            etag=(obj.get("eTag") or "").strip('"') or None,
-            sequencer=obj.get("sequencer") or None,
-        )
-        refs.append((ref, False))
+            refs.extend(_queued(record.get("body"), settings))
+        elif (ref := _s3_ref(record, settings)) is not None:
+            refs.append((ref, False))
     return refs
+
+
+def _failed_event(event: object) -> dict[str, Any] | None:
+    """The S3 event inside an ImportDLQ message (Lambda's on-failure record), if it is one.
+
+    Replaying the DLQ is then either invoking the function with a message's body as the event,
+    or sending the bodies to the continuation queue.
+    """
+    if not isinstance(event, dict) or not isinstance(event.get("requestContext"), dict):
+        return None
+    payload = event.get("requestPayload")
+    return payload if isinstance(payload, dict) and "Records" in payload else None
+
+
+def _queued(body: object, settings: Settings) -> list[tuple[ObjectRef, bool]]:
+    """A continuation message; or an ImportDLQ record sent to the queue, read as its S3 event."""
+    text = body if isinstance(body, str) else ""
+    try:
+        return [(ContinuationMessage.model_validate_json(text).ref, True)]
+    except ValidationError:
+        pass
+    try:
+        failed = _failed_event(json.loads(text))
+    except ValueError:
+        failed = None
+    records = failed.get("Records") if failed else None
+    if isinstance(records, list) and records:
+        # Not continuations: a replayed event is the only copy, like an S3 retry.
+        s3_refs = (_s3_ref(r, settings) for r in records if isinstance(r, dict))
+        return [(ref, False) for ref in s3_refs if ref is not None]
+    logger.error("ignoring a queue message that is neither a continuation nor an ImportDLQ record")
+    metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
+    return []
+
+
+def _s3_ref(record: dict[str, Any], settings: Settings) -> ObjectRef | None:
+    """The object an S3 notification record names, or None (logged) when it is not ours."""
+    s3 = record.get("s3", {})
+    obj = s3.get("object", {})
+    # Keys arrive URL-encoded with spaces as '+'.
+    key = unquote_plus(obj.get("key", ""))
+    if not key.startswith(settings.incoming_prefix) or key.endswith("/"):
+        logger.warning("ignoring object outside the incoming prefix", extra={"key": key})
+        metrics.add_metric(name="FilesIgnored", unit=MetricUnit.Count, value=1)
+        return None
+    if not results_fit(key, settings):
+        # No manifest can say so: its own key would be too long. Not retried either.
+        logger.error(
+            "ignoring an object whose key is too long for its results (S3 keys hold 1024 "
+            "bytes, and the results' keys are longer than the object's); shorten the key "
+            "and upload again",
+            extra={"key": key},
+        )
+        metrics.add_metric(name="FilesIgnored", unit=MetricUnit.Count, value=1)
+        return None
+    return ObjectRef(
+        bucket=s3.get("bucket", {}).get("name", ""),
+        key=key,
+        version_id=obj.get("versionId") or None,
+        etag=(obj.get("eTag") or "").strip('"') or None,
+        sequencer=obj.get("sequencer") or None,
+    )

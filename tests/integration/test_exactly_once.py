@@ -332,6 +332,45 @@ def test_concurrent_duplicate_events_post_each_connection_once(
     assert len(stack.vital.posted_connections()) == 60
 
 
+def test_a_duplicate_event_during_an_import_is_looked_at_again_once_the_hold_ends(
+    stack: Stack,
+    idempotency_table: str,
+    continuation_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a queue, the loser of a race does not raise (Lambda's two retries come within
+    # minutes, while the winner may import for 15): it queues a second look, delayed.
+    monkeypatch.setattr("bulk_import.aws.RECHECK_DELAY_SECONDS", 2)
+    stack.vital.latency_seconds = 0.05
+    upload(stack, "incoming/race.jsonl", 60)
+    event = s3_event(stack.bucket, ["incoming/race.jsonl"])
+    outcomes: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcomes.append(stack.invoke(event))
+        except Exception as exc:  # noqa: BLE001 - an exception is what must not happen
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sorted(len(o["files"]) for o in outcomes) == [0, 1], outcomes
+    sqs = boto3.client("sqs")
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=continuation_queue, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+    )["Attributes"]
+    assert attributes["ApproximateNumberOfMessagesDelayed"] == "1"
+    time.sleep(2.5)
+    # When it comes, the second look finds the stored result: nothing is posted again.
+    assert drain_queue(stack, continuation_queue, timeout_seconds=60) == 1
+    assert_complete(stack, "results/race.jsonl/", 62)
+    assert len(stack.vital.posted_connections()) == 60
+
+
 def test_a_new_upload_during_an_import_takes_the_key_over(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -512,6 +512,52 @@ def test_keys_outside_incoming_and_test_events_are_ignored(stack: Stack) -> None
     assert stack.invoke({"Service": "Amazon S3", "Event": "s3:TestEvent"}) == {"files": []}
 
 
+def _import_dlq_record(s3_event_: dict[str, Any]) -> dict[str, Any]:
+    """What Lambda's on-failure destination puts on the ImportDLQ (the AWS docs' shape)."""
+    return {
+        "version": "1.0",
+        "timestamp": "2026-11-27T08:00:00.000Z",
+        "requestContext": {
+            "requestId": "e4b46cbf-b738-xmpl-8880-a18cdf61200e",
+            "functionArn": "arn:aws:lambda:us-east-1:123456789012:function:import:$LATEST",
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": 3,
+        },
+        "requestPayload": s3_event_,
+        "responseContext": {
+            "statusCode": 200,
+            "executedVersion": "$LATEST",
+            "functionError": "Unhandled",
+        },
+        "responsePayload": {"errorMessage": "Task timed out after 900.00 seconds"},
+    }
+
+
+@pytest.mark.parametrize("how", ["invoked with the record", "moved to the continuation queue"])
+def test_an_import_dlq_record_replays_its_s3_event(stack: Stack, how: str) -> None:
+    rows = [make_row(n) for n in range(4)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put("incoming/parked.jsonl", encode_rows(rows, "jsonl"))
+    record = _import_dlq_record(s3_event(stack.bucket, ["incoming/parked.jsonl"]))
+    event = (
+        record
+        if how == "invoked with the record"
+        else {"Records": [{"eventSource": "aws:sqs", "body": json.dumps(record)}]}
+    )
+
+    (summary,) = stack.invoke(event)["files"]
+
+    assert summary["status"] == "succeeded"
+    assert stack.manifest("results/parked.jsonl/")["counts"]["imported"] == 4
+
+
+def test_a_queue_message_of_another_shape_is_ignored_with_an_error(stack: Stack) -> None:
+    event = {"Records": [{"eventSource": "aws:sqs", "body": json.dumps({"requestPayload": {}})}]}
+
+    assert stack.invoke(event) == {"files": []}
+    assert any("neither a continuation nor an ImportDLQ record" in line for line in stack.log_lines)
+
+
 def test_no_token_value_in_any_output(stack: Stack) -> None:
     # Valid rows, invalid rows whose tokens sit next to the broken field, and failures.
     rows = [make_row(n) for n in range(20)]

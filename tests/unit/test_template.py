@@ -370,7 +370,8 @@ def test_function_runtime_handler_and_limits(source: dict[str, Any]) -> None:
         "Fn::Not": [{"Fn::Equals": [{"Ref": "ReservedConcurrency"}, 0]}]
     }
     assert function["LoggingConfig"]["ApplicationLogLevel"] == "INFO"
-    assert function["RecursiveLoop"] == "Terminate"
+    # Long files chain invocations through the continuation queue; Terminate stops at 16.
+    assert function["RecursiveLoop"] == "Allow"
     assert function["LoggingConfig"]["LogGroup"] == {"Ref": "ImportLogGroup"}
 
 
@@ -425,10 +426,21 @@ def test_continuation_queue_feeds_one_message_at_a_time(source: dict[str, Any]) 
     }
 
 
+def test_a_second_look_at_a_busy_event_waits_out_the_longest_hold(
+    source: dict[str, Any],
+) -> None:
+    """An idempotency hold ends with its invocation's timeout; SQS delays 900 s at most."""
+    from bulk_import.aws import RECHECK_DELAY_SECONDS  # noqa: PLC0415
+
+    assert _function(source)["Timeout"] <= RECHECK_DELAY_SECONDS <= 900
+
+
 def test_async_failures_land_in_the_dlq(source: dict[str, Any]) -> None:
     config = _function(source)["EventInvokeConfig"]
 
     assert config["MaximumRetryAttempts"] == 2
+    # A backlog beyond the reserved concurrency waits as long as Lambda allows, not an hour.
+    assert config["MaximumEventAgeInSeconds"] == 21600
     assert config["DestinationConfig"]["OnFailure"] == {
         "Type": "SQS",
         "Destination": {"Fn::GetAtt": ["ImportDLQ", "Arn"]},
@@ -545,6 +557,26 @@ def test_bucket_policy_denies_plain_http(source: dict[str, Any]) -> None:
         {"Fn::Sub": "${ImportBucket.Arn}/*"},
     ]
     assert policy["Bucket"] == {"Ref": "ImportBucket"}
+
+
+def test_bucket_policy_refuses_the_aws_managed_key(source: dict[str, Any]) -> None:
+    """``--sse aws:kms`` without a key id puts the object under aws/s3, not the bucket's key."""
+    _, policy = _one(source, "AWS::S3::BucketPolicy")
+    statements = _items(policy["PolicyDocument"]["Statement"])
+
+    refusing = [
+        s
+        for s in statements
+        if s["Effect"] == "Deny"
+        and s["Principal"] == "*"
+        and _items(s["Action"]) == ["s3:PutObject"]
+        and s["Condition"]
+        == {
+            "StringEquals": {"s3:x-amz-server-side-encryption": "aws:kms"},
+            "Null": {"s3:x-amz-server-side-encryption-aws-kms-key-id": "true"},
+        }
+    ]
+    assert len(refusing) == 1
 
 
 def test_bucket_blocks_public_access(source: dict[str, Any]) -> None:
