@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
@@ -52,9 +51,13 @@ RECIPE_FIELDS: tuple[str, ...] = (
 ROW_FIELDS: tuple[str, ...] = (*RECIPE_FIELDS, "provider")
 
 _SCOPE_SPLIT = re.compile(r"[\s,]+")
-_CANONICAL_UUID = re.compile(
+# Only the 8-4-4-4-12 form: Python's UUID() also reads 32 bare hex digits, {braces} and
+# urn:uuid:, so a 32-hex token in the user_id column (columns swapped) would pass as a user id,
+# go to Vital as one and come back in outcomes.csv.
+CANONICAL_UUID = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
+USER_ID_FORM = "must be a Vital user id (a UUID written 8-4-4-4-12)"
 _INT_TEXT = re.compile(r"[+-]?\d+")
 _CANONICAL_LOWER_UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _PROVIDER_NAME = "^(" + "|".join(sorted(PROVIDERS)) + ")$"
@@ -152,12 +155,9 @@ class ConnectionRow(BaseModel):
     @field_validator("user_id", mode="after")
     @classmethod
     def _uuid(cls, value: str) -> str:
-        if _CANONICAL_UUID.fullmatch(value):
-            return value.lower()  # the common case, without building a UUID object
-        try:
-            return str(uuid.UUID(value))
-        except ValueError:
-            raise ValueError("must be a Vital user id (a UUID)") from None
+        if CANONICAL_UUID.fullmatch(value):
+            return value.lower()
+        raise ValueError(USER_ID_FORM)
 
 
 @with_config(ConfigDict(extra="ignore", strict=True, str_strip_whitespace=True))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from bulk_import.models import (
+    CANONICAL_UUID,
     DEFAULT_PROVIDER,
     PROVIDERS,
     ConnectionRow,
@@ -72,17 +72,15 @@ def describe_errors(exc: ValidationError) -> str:
 
 
 def display_user_id(data: dict[str, Any] | None) -> str:
-    """The user id to show for a rejected row: only a UUID, canonical as in accepted rows.
+    """The user id to show for a rejected row: only a UUID in the form accepted rows have.
 
     Anything else may be a token in the wrong column (or a formula, or unencodable text).
     """
     value = data.get("user_id") if data else None
     if not isinstance(value, str) or len(value) > 64:
         return ""
-    try:
-        return str(uuid.UUID(value.strip()))
-    except ValueError:
-        return ""
+    value = value.strip()
+    return value.lower() if CANONICAL_UUID.fullmatch(value) else ""
 
 
 def display_provider(data: dict[str, Any] | None, default: str | None) -> str:

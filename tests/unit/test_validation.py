@@ -124,17 +124,27 @@ def test_provider_id_numbers_become_strings(value: Any, expected: str) -> None:
     assert valid(json_row(provider_id=value)).provider_id == expected
 
 
+@pytest.mark.parametrize("user_id", [USER.upper(), f"  {USER}\t"])
+def test_user_id_is_canonical_lowercase_uuid(user_id: str) -> None:
+    assert valid(json_row(user_id=user_id)).user_id == USER
+
+
 @pytest.mark.parametrize(
     "user_id",
     [
-        USER.upper(),
         "{" + USER + "}",
         "urn:uuid:" + USER,
         USER.replace("-", ""),
+        "a3f1c2d4e5b60718293a4b5c6d7e8f90",  # a 32-hex token in the wrong column
     ],
 )
-def test_user_id_is_canonical_lowercase_uuid(user_id: str) -> None:
-    assert valid(json_row(user_id=user_id)).user_id == USER
+def test_user_id_in_another_uuid_spelling_is_rejected_and_not_shown(user_id: str) -> None:
+    """Python reads these as UUIDs, and so would a token of 32 hex digits in that column."""
+    data = json_row(user_id=user_id)
+    rejected = validate_row(data, None)
+    assert not isinstance(rejected, ConnectionRow)
+    assert "user_id: must be a Vital user id (a UUID written 8-4-4-4-12)" in str(rejected)
+    assert display_user_id(data) == ""
 
 
 @pytest.mark.parametrize("provider", ["OURA", "Oura", " oura\t"])
@@ -200,7 +210,7 @@ def test_unknown_provider_lists_the_known_ones() -> None:
         ({"user_id": ...}, "user_id: missing"),
         ({"access_token": ""}, "access_token: String should have at least 1 character"),
         ({"access_token": "   "}, "access_token: String should have at least 1 character"),
-        ({"user_id": "not-a-uuid"}, "user_id: must be a Vital user id (a UUID)"),
+        ({"user_id": "not-a-uuid"}, "user_id: must be a Vital user id (a UUID written 8-4-4-4-12)"),
         ({"user_id": ""}, "user_id: String should have at least 1 character"),
         ({"oauth_scopes": 5}, "oauth_scopes: Input should be a valid list"),
         (
@@ -220,7 +230,7 @@ def test_invalid_rows(overrides: dict[str, Any], reason: str) -> None:
 def test_several_invalid_fields_are_all_named() -> None:
     reason = validate_row(json_row(access_token=..., expires_at="x", user_id="u"), None)
     assert reason == (
-        "user_id: must be a Vital user id (a UUID); access_token: missing; "
+        "user_id: must be a Vital user id (a UUID written 8-4-4-4-12); access_token: missing; "
         "expires_at: Input should be a valid integer"
     )
 
