@@ -582,7 +582,11 @@ def _give_up_message(call: _Call) -> str:
 
 
 def request_secrets(body: bytes) -> set[str]:
-    """The token values of a bulk_import body (only parsed on the error path)."""
+    """Every value of a bulk_import body's connections but the user id (error path only).
+
+    Not the tokens alone: a token in the wrong column (``provider_id``, a scope) would come back
+    unmasked in a message that quotes it. The user id is in the outcome row anyway.
+    """
     try:
         payload = json.loads(body)
     except ValueError:
@@ -592,10 +596,12 @@ def request_secrets(body: bytes) -> set[str]:
     for connection in connections if isinstance(connections, list) else []:
         if not isinstance(connection, dict):
             continue
-        for name in ("access_token", "refresh_token"):
-            value = connection.get(name)
-            if isinstance(value, str) and len(value) >= _MIN_SECRET_LENGTH:
-                found.add(value)
+        for name, value in connection.items():
+            if name == "user_id":
+                continue
+            for text in value if isinstance(value, list) else [value]:
+                if isinstance(text, str) and len(text) >= _MIN_SECRET_LENGTH:
+                    found.add(text)
     return found
 
 

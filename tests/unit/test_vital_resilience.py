@@ -373,6 +373,35 @@ def test_error_messages_never_repeat_the_key_or_a_token_of_the_request() -> None
     assert "secretvalue" not in repr(rejected.value.issues)
 
 
+def test_a_token_in_another_column_is_masked_where_vital_quotes_it() -> None:
+    """Swapped columns put a token in provider_id or the scopes; Vital may quote either."""
+    stray, scope = "plainSTRAYsecretvalue", "plainSCOPEsecretvalue"
+    row = ConnectionRow.model_validate(
+        {
+            "provider": "oura",
+            "user_id": str(uuid.UUID(int=7)),
+            "access_token": token(7),
+            "refresh_token": "refresh0007secretvalue",
+            "provider_id": stray,
+            "expires_at": 1_900_000_000,
+            "oauth_scopes": ["daily", scope],
+        }
+    )
+    body = Chunk("oura").subset([PendingRow(2, row.user_id, serialise(row))]).body(True)
+    echo = f"provider user {stray} is already connected; unknown scope '{scope}'"
+    script = Script(httpx.Response(400, json={"detail": echo}))
+    with client(script) as vital, pytest.raises(VitalClientError) as caught:
+        vital.post_bulk_import(body)
+    assert stray not in str(caught.value)
+    assert scope not in str(caught.value)
+    issue = {"loc": ["body", "connections", 0, "provider_id"], "msg": echo, "type": "x"}
+    script = Script(httpx.Response(422, json={"detail": [issue]}))
+    with client(script) as vital, pytest.raises(VitalRejected) as rejected:
+        vital.post_bulk_import(body)
+    assert stray not in repr(rejected.value.issues)
+    assert scope not in repr(rejected.value.issues)
+
+
 # --- posting around 422s ----------------------------------------------------------------------
 
 
