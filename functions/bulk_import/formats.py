@@ -17,10 +17,13 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from bulk_import.errors import MalformedFile, UnsupportedFile
 from bulk_import.models import RECIPE_FIELDS, ROW_FIELDS
+
+if TYPE_CHECKING:
+    from _csv import Reader
 
 _BOM = b"\xef\xbb\xbf"
 # UTF-16 (either order) and UTF-32 big-endian; UTF-32 little-endian starts as UTF-16 LE.
@@ -190,8 +193,52 @@ def normalise_header(name: str) -> str:
     return name.strip().lower()
 
 
+class _ElementTooLarge(Exception):
+    """A JSON array element over MAX_ROW_BYTES, already passed over."""
+
+
+_OUTSIDE_STRING = re.compile(r'[\[\]{}",]')
+_IN_STRING = re.compile(r'["\\]')
+
+
+def _scan_value(buf: str, i: int, depth: int, in_string: bool) -> tuple[int, int, bool, bool]:
+    """Scan a JSON value from ``i`` on: (where it stopped, depth, inside a string, value ended)."""
+    while True:
+        if in_string:
+            i, in_string = _past_string(buf, i)
+            if in_string or depth == 0:
+                return i, depth, in_string, not in_string
+        m = _OUTSIDE_STRING.search(buf, i)
+        if m is None:
+            return len(buf), depth, False, False
+        c, i = m.group(), m.end()
+        if c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+        elif depth == 0:
+            return m.start(), 0, False, True  # the ',' or ']' after a bare number or literal
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                return i, 0, False, True
+
+
+def _past_string(buf: str, i: int) -> tuple[int, bool]:
+    """From inside a string at ``i``: (where scanning stopped, still inside the string)."""
+    while (m := _IN_STRING.search(buf, i)) is not None:
+        if m.group() == '"':
+            return m.end(), False
+        if m.end() >= len(buf):
+            return m.start(), True  # an escape at the window's edge: read on first
+        i = m.end() + 1  # past the escaped character
+    return len(buf), True
+
+
 class _RecordTooLong(Exception):
-    pass
+    def __init__(self, first_line: bool) -> None:
+        super().__init__()
+        self.first_line = first_line  # the record's first physical line alone is too long
 
 
 class _BoundedLines:
@@ -203,22 +250,36 @@ class _BoundedLines:
 
     def __init__(self, text: io.TextIOWrapper, limit: int) -> None:
         self._text = text
+        self.limit = limit
         self.record_limit = _CSV_RECORD_FACTOR * limit
         self.record_chars = 0  # characters fed since the last complete record
+        self.skipped = 0  # physical lines passed over without the reader seeing them
 
     def __iter__(self) -> _BoundedLines:
         return self
 
     def __next__(self) -> str:
         # Whole lines only (the reader ends a record at the end of each string it is given),
-        # and never more than the record's remaining budget plus one character.
-        line = self._text.readline(self.record_limit - self.record_chars + 1)
+        # and never more than the budget plus one character: MAX_ROW_BYTES for a record's
+        # first line (over it, the row is rejected), more for a record that runs over lines.
+        first = self.record_chars == 0
+        budget = self.limit if first else self.record_limit
+        line = self._text.readline(budget - self.record_chars + 1)
         if not line:
             raise StopIteration
         self.record_chars += len(line)
-        if self.record_chars > self.record_limit:
-            raise _RecordTooLong
+        if self.record_chars > budget:
+            raise _RecordTooLong(first)
         return line
+
+    def skip_rest_of_line(self) -> None:
+        """Pass over the rest of a physical line that is too long to be a row, in bounded reads."""
+        while True:
+            piece = self._text.readline(self.limit)
+            if not piece or piece.endswith(("\n", "\r")):
+                break
+        self.skipped += 1
+        self.record_chars = 0
 
 
 def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
@@ -230,42 +291,44 @@ def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
     reader = csv.reader(lines, strict=True)
     start = 1
     try:
-        try:
-            header = next(reader, None)
-        except csv.Error as exc:
-            if reader.line_num > 1:
-                raise MalformedFile(_runaway(1, reader.line_num, str(exc))) from None
-            raise MalformedFile(
-                f"CSV header (line 1) cannot be read ({exc}); check its quoting"
-            ) from None
-        lines.record_chars = 0
-        if header is None:
-            return
-        names = _csv_names(header)
-        while True:
-            start = reader.line_num + 1
+        names = _csv_header(reader, lines)
+        while names:
+            start = reader.line_num + lines.skipped + 1
             try:
                 values = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
-                if reader.line_num > start:
-                    raise MalformedFile(_runaway(start, reader.line_num, str(exc))) from None
+                end = reader.line_num + lines.skipped
+                if end > start:
+                    raise MalformedFile(_runaway(start, end, str(exc))) from None
                 lines.record_chars = 0
                 reason = too_long(limit) if "field limit" in str(exc) else f"not valid CSV: {exc}"
                 yield Record(start, None, reason)
                 continue
-            lines.record_chars = 0
+            except _RecordTooLong as long:
+                if not long.first_line:
+                    raise
+                lines.skip_rest_of_line()  # the reader starts its next record afresh
+                yield Record(start, None, too_long(limit))
+                continue
+            chars, lines.record_chars = lines.record_chars, 0
             if values and (len(values) > 1 or values[0].strip()):  # else a blank line
-                yield _csv_record(names, values, start, reader.line_num)
+                end = reader.line_num + lines.skipped
+                yield (
+                    Record(start, None, f"record on lines {start}-{end}: {too_long(limit)}")
+                    if chars > limit  # a record over several lines, each of them short enough
+                    else _csv_record(names, values, start, end)
+                )
     except UnicodeDecodeError:
-        where = f" after line {reader.line_num}" if reader.line_num else ""
+        line_num = reader.line_num + lines.skipped
+        where = f" after line {line_num}" if line_num else ""
         raise MalformedFile(f"not valid UTF-8{where}; save the file as UTF-8") from None
     except _RecordTooLong:
         raise MalformedFile(
             _runaway(
                 start,
-                reader.line_num + 1,
+                reader.line_num + lines.skipped + 1,
                 f"longer than {lines.record_limit} characters ({_CSV_RECORD_FACTOR} x "
                 "MAX_ROW_BYTES)",
             )
@@ -273,6 +336,20 @@ def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
     finally:
         if not stream.closed:  # a reader dropped after its stream closed (a deadline) has none
             text.detach()
+
+
+def _csv_header(reader: Reader, lines: _BoundedLines) -> list[str] | None:
+    """The header's column names (None: an empty file); a header that cannot be read stops it."""
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        if reader.line_num > 1:
+            raise MalformedFile(_runaway(1, reader.line_num, str(exc))) from None
+        raise MalformedFile(
+            f"CSV header (line 1) cannot be read ({exc}); check its quoting"
+        ) from None
+    lines.record_chars = 0
+    return None if header is None else _csv_names(header)
 
 
 _LINE_BREAK = re.compile(r"[\r\n]")
@@ -351,8 +428,12 @@ def _read_json_array(stream: IO[bytes], limit: int) -> Iterator[Record]:
             return
         while True:
             index += 1
-            value = reader.decode_value(decoder, limit, index)
-            yield _object_or_error(index, value)
+            try:
+                value = reader.decode_value(decoder, limit, index)
+            except _ElementTooLarge:
+                yield Record(index, None, f"element is larger than {limit} bytes")
+            else:
+                yield _object_or_error(index, value)
             separator = reader.next_significant()
             reader.advance(1)
             if separator == "]":
@@ -416,7 +497,7 @@ class _TextWindow:
                 if not self._cut_short(exc):
                     raise MalformedFile(f"invalid JSON in element {index}: {exc.msg}") from None
                 if len(self._buf) - self._pos > limit:
-                    raise MalformedFile(f"element {index} is larger than {limit} bytes") from None
+                    self._skip_too_large(index)
                 if self._fill():
                     continue
                 raise MalformedFile(f"invalid JSON in element {index}: {exc.msg}") from None
@@ -429,11 +510,28 @@ class _TextWindow:
             # A number cut at the window's edge ('1.' of '1.5') may continue in the next read,
             # but not past the limit: a bare number of gigabytes must not be buffered whole.
             if end - self._pos > limit:
-                raise MalformedFile(f"element {index} is larger than {limit} bytes")
+                self._skip_too_large(index)
             if not self._eof and _NUMBER_TAIL.fullmatch(self._buf, end) and self._fill():
                 continue
             self._pos = end
             return value
+
+    def _skip_too_large(self, index: int) -> NoReturn:
+        """Pass over an element over the limit, so it is a rejected row, not a failed file."""
+        if not self._skip_value():
+            raise MalformedFile(f"invalid JSON in element {index}: the file ends inside it")
+        raise _ElementTooLarge
+
+    def _skip_value(self) -> bool:
+        """Move past one JSON value without building it, holding one window at a time; False
+        when the input ends first. Its syntax is not checked: it is rejected either way."""
+        depth, in_string = 0, False
+        while True:
+            self._pos, depth, in_string, done = _scan_value(self._buf, self._pos, depth, in_string)
+            if done:
+                return True
+            if not self._fill():
+                return False
 
     def _cut_short(self, exc: json.JSONDecodeError) -> bool:
         """Whether the error may only mean the element continues past the buffered text."""

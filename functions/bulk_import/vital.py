@@ -99,7 +99,7 @@ class VitalRejected(VitalError):
 
 
 class VitalClientError(VitalError):
-    """Another 4xx (or a request httpx cannot send): retrying cannot fix it."""
+    """Another 4xx, a 501/505 (or a request httpx cannot send): retrying cannot fix it."""
 
 
 class VitalProtocolError(VitalError):
@@ -323,9 +323,9 @@ class VitalClient:
             ) from None
         except VitalError as exc:
             exc.attempts = call.attempts
-            if isinstance(exc, VitalClientError):
-                self.breaker.failure()
-            else:  # Vital answered: 401/403/422 or an unreadable 200 say it is up
+            if isinstance(exc, VitalClientError) and (exc.status or 500) >= 500:
+                self.breaker.failure()  # 501, 505, or nothing sent: not an answer from Vital
+            else:  # Vital answered: a 4xx or an unreadable 200 say it is up
                 self.breaker.success()
             raise
         self.breaker.success()

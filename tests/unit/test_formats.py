@@ -444,6 +444,31 @@ def test_csv_field_over_the_limit_rejects_its_row_without_content() -> None:
     ]
 
 
+@pytest.mark.parametrize("factor", [2, 5])
+def test_csv_row_over_the_limit_is_rejected_and_the_rest_goes_on(factor: int) -> None:
+    """Every field under MAX_ROW_BYTES, the row over it (2x), or over the record bound (5x)."""
+    field = b"t" * 900
+    long_row = b"u1," + b",".join([field] * factor) + b",p,1,,oura\r\n"
+    data = HEADER + long_row + b"u2,a,r,p,1,,oura\r\n\r\nu3,a,r,p,1,,oura\r\n"
+    rows = read(data, Format.CSV, limit=1024)
+    assert [(line, d and d["user_id"], err) for line, d, err in rows] == [
+        (2, None, "line is longer than 1024 bytes"),
+        (3, "u2", None),
+        (5, "u3", None),
+    ]
+
+
+def test_csv_record_over_several_short_lines_and_over_the_limit_is_rejected() -> None:
+    notes = b'"' + b"a note\n" * 100 + b'"'  # 700 characters in each extra column: valid CSV
+    data = b"user_id,access_token,refresh_token,provider_id,expires_at,notes,more\n"
+    data += b"u1,a,r,p,1," + notes + b"," + notes + b"\nu2,a,r,p,1,,\n"
+    rows = read(data, Format.CSV, limit=1024)
+    assert [(line, d and d["user_id"], err) for line, d, err in rows] == [
+        (2, None, "record on lines 2-202: line is longer than 1024 bytes"),
+        (203, "u2", None),
+    ]
+
+
 def test_csv_a_record_over_the_record_limit_stops_the_file_naming_where_it_started() -> None:
     # Fields under the limit, each over many lines: the record as a whole is bounded too.
     field = b'"' + b"x\n" * 400 + b'"'
@@ -556,14 +581,6 @@ def test_json_multibyte_characters_across_window_edges() -> None:
             assert read(data, Format.JSON) == [(i + 1, r, None) for i, r in enumerate(rows)]
 
 
-def test_json_element_crossing_windows_over_the_limit_is_malformed() -> None:
-    data = b'[{"a":1}, {"blob":"' + b"x" * 500 + b'"}]'
-    with mock.patch.object(formats, "_READ_SIZE", 16):
-        got, message = read_until_malformed(data, Format.JSON, limit=100)
-    assert got == [(1, {"a": 1}, None)]
-    assert message == "element 2 is larger than 100 bytes"
-
-
 @pytest.mark.parametrize("window", range(1, 14))
 def test_json_integers_and_literals_split_at_window_edges(window: int) -> None:
     data = b'[123456789, {"n": 98765432101}, -4200, true, null, false, {"z": -1}, 7]'
@@ -612,36 +629,67 @@ def test_json_broken_small_element_followed_by_much_data_is_reported_as_invalid(
     assert message.startswith("invalid JSON in element 2: ")
 
 
-def test_json_element_over_the_limit_is_refused_wherever_it_lies() -> None:
-    data = b'[{"a":1}, {"blob":"' + b"x" * 5000 + b'"}]'
-    with mock.patch.object(formats, "_READ_SIZE", 64):  # straddles windows: refused
-        _, message = read_until_malformed(data, Format.JSON, limit=1024)
-    assert message == "element 2 is larger than 1024 bytes"
-    # Inside the default window the same element is accepted today.
-    _, message = read_until_malformed(data, Format.JSON, limit=1024)
-    assert message == "element 2 is larger than 1024 bytes"
+TOO_LARGE = "element is larger than 1024 bytes"
 
 
-def test_json_bare_number_over_the_limit_is_refused_before_the_rest_is_read() -> None:
-    # A number cut at a window's edge may go on in the next read: not past the limit (a gzip of
-    # '[1.' and gigabytes of zeros would otherwise be buffered whole, re-parsed at each read).
-    data = b'[{"a":1}, 1.' + b"0" * (1024 * 1024) + b"]"
-    served: list[int] = []
+@pytest.mark.parametrize("window", [7, 64, 4096, 256 * 1024])
+@pytest.mark.parametrize(
+    "element",
+    [
+        b'{"blob":"' + b"x" * 5000 + b'"}',
+        # Brackets, braces, commas and escaped quotes inside strings do not end it early.
+        b'{"a":"]},[{\\"' + b"y" * 3000 + b'\\"","b":[1,{"c":"}"}],"d":"\\\\"}',
+        b'["' + b"z" * 3000 + b'", {"e": [[[]]]}]',
+        b'"' + b"s" * 3000 + b'"',
+        b"1." + b"0" * 3000,
+    ],
+    ids=["object", "tricky-strings", "array", "string", "number"],
+)
+def test_json_element_over_the_limit_is_rejected_and_the_rest_goes_on(
+    window: int, element: bytes
+) -> None:
+    data = b'[{"a":1}, ' + element + b' ,{"b":2}, {"c":3}]'
+    with mock.patch.object(formats, "_READ_SIZE", window):
+        rows = read(data, Format.JSON, limit=1024)
+    assert rows == [
+        (1, {"a": 1}, None),
+        (2, None, TOO_LARGE),
+        (3, {"b": 2}, None),
+        (4, {"c": 3}, None),
+    ]
 
-    class Counted(io.BytesIO):
-        def readinto(self, buffer: Any) -> int:
-            n = super().readinto(buffer)
-            served.append(n)
-            return n
 
-    got: list[Row] = []
-    with (
-        mock.patch.object(formats, "_READ_SIZE", 4096),
-        pytest.raises(MalformedFile, match=r"^element 2 is larger than 10000 bytes$"),
-    ):
-        _collect(read_records(io.BufferedReader(Counted(data)), Format.JSON, 10_000), got)
+def test_json_element_over_the_limit_that_never_ends_is_a_malformed_file() -> None:
+    data = b'[{"a":1}, {"blob":"' + b"x" * 5000
+    with mock.patch.object(formats, "_READ_SIZE", 64):
+        got, message = read_until_malformed(data, Format.JSON, limit=1024)
     assert got == [(1, {"a": 1}, None)]
-    assert sum(served) < 64 * 1024
+    assert message == "invalid JSON in element 2: the file ends inside it"
+
+
+def test_json_element_over_the_limit_is_passed_over_one_window_at_a_time() -> None:
+    # A gzip of '[1.' and gigabytes of zeros must not be buffered whole (nor re-parsed at
+    # each read): past the limit the element is scanned, not decoded.
+    data = b'[{"a":1}, 1.' + b"0" * (4 * 1024 * 1024) + b', {"b":2}]'
+    window = formats._TextWindow(io.TextIOWrapper(io.BytesIO(data)))
+    largest = 0
+    fill = window._fill
+
+    def measured_fill() -> bool:
+        nonlocal largest
+        filled = fill()
+        largest = max(largest, len(window._buf))
+        return filled
+
+    window._fill = measured_fill  # type: ignore[method-assign]
+    with mock.patch.object(formats, "_TextWindow", return_value=window):
+        rows = read(data, Format.JSON, limit=10_000)
+    assert rows == [
+        (1, {"a": 1}, None),
+        (2, None, "element is larger than 10000 bytes"),
+        (3, {"b": 2}, None),
+    ]
+    assert largest < 10_000 + 2 * formats._READ_SIZE
 
 
 def test_json_array_stream_is_not_closed() -> None:

@@ -298,6 +298,29 @@ def test_breaker_opens_after_consecutive_failures_and_refuses_without_a_request(
     assert len(script.requests) == 5
 
 
+def test_refusals_of_single_chunks_do_not_open_the_breaker() -> None:
+    """A 4xx about one chunk is an answer: Vital is up, and the next chunk may well pass."""
+    breaker = CircuitBreaker(threshold=2)
+    refusal = httpx.Response(400, json={"detail": "provider user is already connected"})
+    script = Script(refusal, refusal, refusal, imported)
+    with client(script, MAX_ATTEMPTS=1, breaker=breaker) as vital:
+        for _ in range(3):
+            with pytest.raises(VitalClientError, match="HTTP 400"):
+                vital.post_bulk_import(BODY)
+        assert vital.post_bulk_import(BODY).status == 200
+    assert not breaker.open
+
+
+def test_answers_that_are_not_vitals_open_the_breaker() -> None:
+    breaker = CircuitBreaker(threshold=2)
+    script = Script(httpx.Response(501), httpx.Response(505))
+    with client(script, MAX_ATTEMPTS=1, breaker=breaker) as vital:
+        for _ in range(2):
+            with pytest.raises(VitalClientError):
+                vital.post_bulk_import(BODY)
+    assert breaker.open
+
+
 def test_retries_stop_when_the_breaker_opens_meanwhile() -> None:
     breaker = CircuitBreaker(threshold=1)
 
