@@ -139,7 +139,8 @@ class _Poster:
             self._answered(chunk, result)
 
     def _answered(self, chunk: Chunk, result: PostResult) -> None:
-        """Rows of a 200 by Vital's imported/failed lists; every row of a 202 is enqueued."""
+        """Rows by Vital's imported/failed lists; a row in neither is enqueued after a 202 (all
+        of them when it has no lists) and errored after a 200 (Vital did not say)."""
         if result.body is None:
             self.report.add(chunk, Outcome.ENQUEUED, ENQUEUED_DETAIL)
             return
@@ -153,6 +154,8 @@ class _Poster:
                 outcome, detail = Outcome.IMPORTED, IMPORTED_DETAIL
             elif row.user_id in failed:
                 outcome, detail = Outcome.FAILED, FAILED_DETAIL
+            elif result.status == 202:
+                outcome, detail = Outcome.ENQUEUED, ENQUEUED_DETAIL
             else:
                 outcome, detail = Outcome.ERRORED, UNREPORTED_DETAIL
             self.report.decided.append(

@@ -124,7 +124,8 @@ class _Retryable(Exception):
 @dataclass(frozen=True, slots=True)
 class PostResult:
     status: int
-    body: BulkImportResponse | None  # None for 202 (enqueued; the body may be empty)
+    # None for a 202 without the 200 shape's lists (enqueued; the body may well be empty).
+    body: BulkImportResponse | None
     attempts: int
     duration_s: float
 
@@ -341,17 +342,18 @@ class VitalClient:
         call.last_status = status
         if status not in (200, 201, 202):
             self._raise_for_status(response, lambda: self._secrets(body))
-        if status != 202:
-            try:
-                parsed = BulkImportResponse.model_validate_json(response.content or b"{}")
-            except pydantic.ValidationError:
-                msg = (
-                    f"Vital answered {status} with a body that is not the documented "
-                    "shape; whether these rows were imported is unknown"
-                )
-                raise VitalProtocolError(msg, status) from None
-            return PostResult(status, parsed, call.attempts, time.monotonic() - started)
-        return PostResult(status, None, call.attempts, time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        if status == 202:
+            return PostResult(status, _lists_of_202(response), call.attempts, elapsed)
+        try:
+            parsed = BulkImportResponse.model_validate_json(response.content or b"{}")
+        except pydantic.ValidationError:
+            msg = (
+                f"Vital answered {status} with a body that is not the documented "
+                "shape; whether these rows were imported is unknown"
+            )
+            raise VitalProtocolError(msg, status) from None
+        return PostResult(status, parsed, call.attempts, elapsed)
 
     # --- bulk ops -----------------------------------------------------------------------------
 
@@ -557,6 +559,18 @@ class VitalClient:
     def _secrets(self, body: bytes) -> set[str]:
         """Every value an error message must not repeat: the key and the body's tokens."""
         return {self._api_key, *request_secrets(body)}
+
+
+def _lists_of_202(response: httpx.Response) -> BulkImportResponse | None:
+    """The 200 shape's lists when a 202 carries them (the schema declares no body for a 202:
+    anything else, empty or not, means every row is enqueued)."""
+    if not response.content.strip():
+        return None
+    try:
+        parsed = BulkImportResponse.model_validate_json(response.content)
+    except pydantic.ValidationError:
+        return None
+    return parsed if parsed.user_ids_imported or parsed.user_ids_failed else None
 
 
 def _released(response: httpx.Response) -> httpx.Response:

@@ -211,7 +211,10 @@ def test_200_with_empty_body_leaves_every_row_unreported() -> None:
     assert {o.detail for o in report.outcomes} == {UNREPORTED_DETAIL}
 
 
-@pytest.mark.parametrize("content", [b"", b"{}", b'{"status": "queued"}'])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{}", b'{"status": "queued"}', b"not json", b'{"user_ids_imported": [], "x": 1}'],
+)
 def test_202_enqueues_every_row(content: bytes) -> None:
     def respond(_: httpx.Request, body: dict[str, Any]) -> httpx.Response:
         assert body["wait_for_completion"] is False
@@ -223,6 +226,23 @@ def test_202_enqueues_every_row(content: bytes) -> None:
     }
     assert [r.http_status for r in report.records] == [202]
     assert len(fake.bodies) == 1
+
+
+def test_202_with_the_200_lists_uses_them_and_enqueues_the_rest() -> None:
+    """DESIGN: accept an empty 202 body as well as the 200 shape."""
+
+    def respond(_: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        ids = [c["user_id"] for c in body["connections"]]
+        return httpx.Response(
+            202, json={"user_ids_imported": [ids[0]], "user_ids_failed": [ids[1]]}
+        )
+
+    report, _, _ = post(respond, make_chunk(3), wait=False)
+    assert outcomes_by_line(report) == {
+        2: (user(0), Outcome.IMPORTED, IMPORTED_DETAIL),
+        3: (user(1), Outcome.FAILED, FAILED_DETAIL),
+        4: (user(2), Outcome.ENQUEUED, ENQUEUED_DETAIL),
+    }
 
 
 # --- 422 --------------------------------------------------------------------------------------
