@@ -83,13 +83,17 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _prefixes_apart(self) -> Settings:
-        """Outputs inside the incoming prefix would trigger the function on its own results."""
-        for name, prefix in (
+        """Outputs inside the incoming prefix would trigger the function on its own results; and
+        retry files (they hold tokens) under the results prefix would keep its longer expiry."""
+        prefixes = (
+            ("INCOMING_PREFIX", self.incoming_prefix),
             ("RESULTS_PREFIX", self.results_prefix),
             ("RETRY_PREFIX", self.retry_prefix),
-        ):
-            if prefix.startswith(self.incoming_prefix) or self.incoming_prefix.startswith(prefix):
-                raise ValueError(f"{name} ({prefix}) must not overlap INCOMING_PREFIX")
+        )
+        for i, (name, prefix) in enumerate(prefixes):
+            for other_name, other in prefixes[i + 1 :]:
+                if prefix.startswith(other) or other.startswith(prefix):
+                    raise ValueError(f"{other_name} ({other}) must not overlap {name} ({prefix})")
         return self
 
     @property

@@ -7,6 +7,10 @@ from collections.abc import Iterator
 import pytest
 import pytest_socket
 
+# Imported before any test blocks sockets: urllib3's import opens one to probe IPv6 support,
+# which a blocked socket would answer wrongly for the rest of the session (and warn).
+import urllib3  # noqa: F401
+
 from bulk_import.config import get_settings
 
 

@@ -169,6 +169,17 @@ def test_results_prefix_inside_incoming_prefix_is_refused(incoming: str, results
 
 
 @pytest.mark.parametrize(
+    ("results", "retry"), [("out/", "out/"), ("results/", "results/retry/"), ("r/x/", "r/")]
+)
+def test_retry_files_cannot_share_the_results_prefix(results: str, retry: str) -> None:
+    """Retry files hold tokens: under the results prefix they would keep its longer expiry."""
+    with pytest.raises(SettingsError, match=r"RETRY_PREFIX \(.*\) must not overlap RESULTS_PREFIX"):
+        Settings.from_env(
+            {"VITAL_API_KEY_SECRET": "k", "RESULTS_PREFIX": results, "RETRY_PREFIX": retry}
+        )
+
+
+@pytest.mark.parametrize(
     ("stored", "key"),
     [
         ("sk_plain_value", "sk_plain_value"),
