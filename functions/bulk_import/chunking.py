@@ -101,20 +101,23 @@ class Chunk:
         parts[-1] += suffix
         return b",".join(parts)
 
-    def size_bytes(self) -> int:
-        return body_overhead(self.provider) + self.payload_bytes + max(0, len(self.rows) - 1)
+    def size_bytes(self, wait_for_completion: bool = False) -> int:
+        """The body's length: by default the longer one, the bound both bodies must fit."""
+        shorter = len(_SUFFIX_FALSE) - len(_SUFFIX_TRUE) if wait_for_completion else 0
+        commas = max(0, len(self.rows) - 1)
+        return body_overhead(self.provider) + self.payload_bytes + commas - shorter
 
     def subset(self, rows: Iterable[PendingRow]) -> Chunk:
         picked = list(rows)
         return Chunk(self.provider, picked, sum(len(r.payload) for r in picked))
 
-    def record(self, **fields: object) -> ChunkRecord:
+    def record(self, wait_for_completion: bool, **fields: object) -> ChunkRecord:
         return ChunkRecord(
             provider=self.provider,
             first_line=self.first_line,
             last_line=self.last_line,
             size=len(self.rows),
-            bytes=self.size_bytes(),
+            bytes=self.size_bytes(wait_for_completion),
             **fields,
         )
 

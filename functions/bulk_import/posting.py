@@ -206,6 +206,7 @@ class _Poster:
     ) -> None:
         self.report.records.append(
             chunk.record(
+                self.wait,
                 http_status=status,
                 attempts=attempts,
                 duration_ms=int((time.monotonic() - started) * 1000),

@@ -175,7 +175,7 @@ def test_200_maps_imported_failed_and_unreported() -> None:
         "first_line": 2,
         "last_line": 5,
         "size": 4,
-        "bytes": chunk.size_bytes(),
+        "bytes": len(chunk.body(True)),  # the body sent (wait_for_completion: true)
         "http_status": 200,
         "attempts": 1,
         "note": None,

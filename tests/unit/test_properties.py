@@ -196,6 +196,7 @@ def test_chunker_invariants(rows: list[tuple[str, int]], max_rows: int, extra_by
         body = chunk.body(True)
         # The bound counts the longer (wait_for_completion false) body: both fit.
         assert size == len(chunk.body(False)) == len(body) + 1
+        assert chunk.size_bytes(wait_for_completion=True) == len(body)
         assert chunk.payload_bytes == sum(len(r.payload) for r in chunk.rows)
         parsed = json.loads(body)
         assert parsed["provider"] == chunk.provider
