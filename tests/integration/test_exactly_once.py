@@ -303,18 +303,14 @@ def test_new_upload_of_the_same_key_is_a_new_import(stack: Stack, idempotency_ta
     assert len(stack.vital.bulk_import_requests()) == 2
 
 
-def test_concurrent_duplicate_events_post_each_connection_once(
-    stack: Stack, idempotency_table: str
-) -> None:
-    stack.vital.latency_seconds = 0.05
-    upload(stack, "incoming/race.jsonl", 60)
-    event = s3_event(stack.bucket, ["incoming/race.jsonl"])
+def race(stack: Stack, event: dict[str, Any]) -> list[Any]:
+    """Two invocations of one event at once: what each returned, or the exception it raised."""
     outcomes: list[Any] = []
 
     def run() -> None:
         try:
             outcomes.append(stack.invoke(event))
-        except Exception as exc:  # noqa: BLE001 - the loser's error is what we assert on
+        except Exception as exc:  # noqa: BLE001 - a loser's error is what the tests assert on
             outcomes.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(2)]
@@ -322,6 +318,16 @@ def test_concurrent_duplicate_events_post_each_connection_once(
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+    return outcomes
+
+
+def test_concurrent_duplicate_events_post_each_connection_once(
+    stack: Stack, idempotency_table: str
+) -> None:
+    stack.vital.latency_seconds = 0.05
+    upload(stack, "incoming/race.jsonl", 60)
+    event = s3_event(stack.bucket, ["incoming/race.jsonl"])
+    outcomes = race(stack, event)
 
     kinds = sorted(type(o).__name__ for o in outcomes)
     # The loser raises so that Lambda retries it; the retry then finds the stored result.
@@ -344,19 +350,7 @@ def test_a_duplicate_event_during_an_import_is_looked_at_again_once_the_hold_end
     stack.vital.latency_seconds = 0.05
     upload(stack, "incoming/race.jsonl", 60)
     event = s3_event(stack.bucket, ["incoming/race.jsonl"])
-    outcomes: list[Any] = []
-
-    def run() -> None:
-        try:
-            outcomes.append(stack.invoke(event))
-        except Exception as exc:  # noqa: BLE001 - an exception is what must not happen
-            outcomes.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    outcomes = race(stack, event)
 
     assert sorted(len(o["files"]) for o in outcomes) == [0, 1], outcomes
     sqs = boto3.client("sqs")
