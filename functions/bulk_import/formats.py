@@ -241,6 +241,13 @@ class _RecordTooLong(Exception):
         self.first_line = first_line  # the record's first physical line alone is too long
 
 
+def _ending(line: str) -> int:
+    """How many characters of ``line`` are its line ending."""
+    if line.endswith("\r\n"):
+        return 2
+    return 1 if line.endswith(("\n", "\r")) else 0
+
+
 class _BoundedLines:
     """Feeds ``csv.reader`` one physical line at a time and stops a record that grows too long.
 
@@ -253,31 +260,41 @@ class _BoundedLines:
         self.limit = limit
         self.record_limit = _CSV_RECORD_FACTOR * limit
         self.record_chars = 0  # characters fed since the last complete record
+        self.record_content = 0  # the same without the last line's ending
         self.skipped = 0  # physical lines passed over without the reader seeing them
+        self._last = ""
+        self._cut_at_cr = False  # the line passed over ended in '\r': its '\n' may follow
 
     def __iter__(self) -> _BoundedLines:
         return self
 
     def __next__(self) -> str:
         # Whole lines only (the reader ends a record at the end of each string it is given),
-        # and never more than the budget plus one character: MAX_ROW_BYTES for a record's
-        # first line (over it, the row is rejected), more for a record that runs over lines.
+        # and never more than the record's budget plus a line ending and one character.
         first = self.record_chars == 0
-        budget = self.limit if first else self.record_limit
-        line = self._text.readline(budget - self.record_chars + 1)
+        line = self._read(self.record_limit - self.record_chars + 3)
         if not line:
             raise StopIteration
+        self._last = line
         self.record_chars += len(line)
-        if self.record_chars > budget:
+        self.record_content = self.record_chars - _ending(line)
+        if self.record_content > self.record_limit:
             raise _RecordTooLong(first)
         return line
 
-    def skip_rest_of_line(self) -> None:
-        """Pass over the rest of a physical line that is too long to be a row, in bounded reads."""
-        while True:
+    def _read(self, size: int) -> str:
+        line = self._text.readline(size)
+        if self._cut_at_cr and line == "\n":  # the rest of a '\r\n' a bounded read cut in two
+            line = self._text.readline(size)
+        self._cut_at_cr = False
+        return line
+
+    def pass_over(self) -> None:
+        """Pass over the line that was too long to be a row: the rest of it, in bounded reads."""
+        piece = self._last
+        while piece and not piece.endswith(("\n", "\r")):
             piece = self._text.readline(self.limit)
-            if not piece or piece.endswith(("\n", "\r")):
-                break
+        self._cut_at_cr = piece.endswith("\r")
         self.skipped += 1
         self.record_chars = 0
 
@@ -309,16 +326,16 @@ def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
             except _RecordTooLong as long:
                 if not long.first_line:
                     raise
-                lines.skip_rest_of_line()  # the reader starts its next record afresh
+                lines.pass_over()  # the reader starts its next record afresh
                 yield Record(start, None, too_long(limit))
                 continue
-            chars, lines.record_chars = lines.record_chars, 0
+            content, lines.record_chars = lines.record_content, 0
             if values and (len(values) > 1 or values[0].strip()):  # else a blank line
                 end = reader.line_num + lines.skipped
                 yield (
-                    Record(start, None, f"record on lines {start}-{end}: {too_long(limit)}")
-                    if chars > limit  # a record over several lines, each of them short enough
-                    else _csv_record(names, values, start, end)
+                    _csv_record(names, values, start, end)
+                    if content <= limit
+                    else _too_long_record(start, end, limit)
                 )
     except UnicodeDecodeError:
         line_num = reader.line_num + lines.skipped
@@ -336,6 +353,11 @@ def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
     finally:
         if not stream.closed:  # a reader dropped after its stream closed (a deadline) has none
             text.detach()
+
+
+def _too_long_record(start: int, end: int, limit: int) -> Record:
+    where = "" if end == start else f"record on lines {start}-{end}: "
+    return Record(start, None, where + too_long(limit))
 
 
 def _csv_header(reader: Reader, lines: _BoundedLines) -> list[str] | None:
@@ -406,6 +428,13 @@ def _runaway(start: int, end: int, problem: str) -> str:
     and the rows it took in have no outcome, so the file stops there."""
     if end <= start:
         return f"CSV record at line {start} is {problem}; check the file's quoting"
+    if "field limit" in problem:  # a quoted field over several lines, longer than MAX_ROW_BYTES
+        return (
+            f"CSV record starting at line {start} has a field that runs to line {end} and is "
+            f"longer than MAX_ROW_BYTES ({problem}): a quote opened on line {start} is not "
+            "closed where its field ends, or the field is that long; fix it on line "
+            f"{start}"
+        )
     return (
         f"CSV record starting at line {start} runs to line {end} ({problem}): a quote opened "
         f"on line {start} is not closed where its field ends; fix the quoting on line {start}"

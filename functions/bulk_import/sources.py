@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ _BUFFER = 1024 * 1024
 # level up to 20 (`zstd --ultra -21/-22` and `--long` need more).
 ZSTD_MAX_WINDOW = 32 * 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
+_QUOTED_BYTES = re.compile(r"\s*\(b(['\"]).*\1\)")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
@@ -195,8 +197,9 @@ class _GuardedReader(io.RawIOBase):
 
 
 def _reason(exc: BaseException) -> str:
-    """The codec's own words ("CRC check failed", "invalid block type"): they quote no content."""
-    return str(exc).strip()[:200] or type(exc).__name__
+    """The codec's own words ("CRC check failed", "invalid block type"), without the bytes
+    gzip quotes ("Not a gzipped file (b'sk')": the first bytes of the data)."""
+    return _QUOTED_BYTES.sub("", str(exc)).strip()[:200] or type(exc).__name__
 
 
 class ZstdFraming:

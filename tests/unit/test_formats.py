@@ -458,6 +458,52 @@ def test_csv_row_over_the_limit_is_rejected_and_the_rest_goes_on(factor: int) ->
     ]
 
 
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+@pytest.mark.parametrize("length", [*range(96, 104), *range(396, 404), 1000])
+def test_csv_long_row_near_each_bound_loses_no_row_and_no_line(length: int, ending: bytes) -> None:
+    """Around MAX_ROW_BYTES (100: rejected past it) and the record bound (400: passed over
+    unparsed), wherever a bounded read cuts the line, even between its '\r' and '\n'."""
+    prefix = b"u1,a,r,p,1,,oura,"
+    data = b"user_id,access_token,refresh_token,provider_id,expires_at,oauth_scopes,provider,x"
+    data += ending + b"u0,a,r,p,1,,oura," + ending
+    data += prefix + b"y" * (length - len(prefix)) + ending
+    data += b"u2,a,r,p,1,,oura," + ending + b"u3,a,r,p,1,,oura," + ending
+    with mock.patch.object(formats, "_CSV_RECORD_FACTOR", 4):
+        rows = read(data, Format.CSV, limit=100)
+    long_row = (3, None, "line is longer than 100 bytes") if length > 100 else (3, "u1", None)
+    assert [(line, d and d["user_id"], err) for line, d, err in rows] == [
+        (2, "u0", None),
+        long_row,
+        (4, "u2", None),
+        (5, "u3", None),
+    ]
+
+
+def test_csv_long_first_line_of_a_quoted_record_is_read_whole_and_rejected() -> None:
+    """Its quote opens a field that runs over lines: skipping the line alone would lose it."""
+    data = HEADER + b"u1," + b"a" * 99 + b',"r\nr",p,1,,oura\r\nu2,a,r,p,1,,oura\r\n'
+    rows = read(data, Format.CSV, limit=100)
+    assert [(line, d and d["user_id"], err) for line, d, err in rows] == [
+        (2, None, "record on lines 2-3: line is longer than 100 bytes"),
+        (4, "u2", None),
+    ]
+
+
+def test_csv_header_longer_than_a_row_may_be_is_read() -> None:
+    names = b"user_id,access_token,refresh_token,provider_id,expires_at,provider"
+    header = names + b"," + b",".join(b"extra_column_%d" % i for i in range(8))
+    rows = read(header + b"\nu1,a,r,p,1,oura" + b"," * 8 + b"\n", Format.CSV, limit=100)
+    assert len(header) > 100
+    assert [(line, d and d["user_id"], err) for line, d, err in rows] == [(2, "u1", None)]
+
+
+def test_csv_quoted_field_over_the_limit_across_lines_names_both_causes() -> None:
+    data = HEADER + b'u1,"' + b"a" * 60 + b"\n" + b"b" * 60 + b'",r,p,1,,oura\nu2,a,r,p,1,,oura\n'
+    _, message = read_until_malformed(data, Format.CSV, limit=100)
+    assert message.startswith("CSV record starting at line 2 has a field that runs to line 3")
+    assert "not closed where its field ends, or the field is that long" in message
+
+
 def test_csv_record_over_several_short_lines_and_over_the_limit_is_rejected() -> None:
     notes = b'"' + b"a note\n" * 100 + b'"'  # 700 characters in each extra column: valid CSV
     data = b"user_id,access_token,refresh_token,provider_id,expires_at,notes,more\n"

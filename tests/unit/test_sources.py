@@ -87,3 +87,17 @@ def test_intact_streams_decode_whole(compression: Compression) -> None:
         else zstandard.ZstdCompressor().compress(payload)
     )
     assert _read_all(raw, compression) == payload
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"sk_live_0123456789abcdef", gzip.compress(b"{}\n") + b"sk_trailing_0123456789"],
+    ids=["not-gzip", "trailing-bytes"],
+)
+def test_gzip_errors_do_not_quote_the_data(raw: bytes) -> None:
+    """gzip's own message quotes the first bytes it read ("Not a gzipped file (b'sk')")."""
+    with pytest.raises(MalformedFile) as caught:
+        _read_all(raw, Compression.GZIP)
+    assert "Not a gzipped file" in str(caught.value)
+    assert "(b'" not in str(caught.value)
+    assert "'sk'" not in str(caught.value)
