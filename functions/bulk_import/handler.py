@@ -53,10 +53,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             metrics.add_metric(name="DuplicateInProgress", unit=MetricUnit.Count, value=1)
             if from_queue and ref.segment > 0:
                 continue  # a duplicate continuation: the queue keeps the copy being worked on
-            if not from_queue and settings.continuation_queue_url:
+            if settings.continuation_queue_url:
                 # The only copy of an S3 event (a duplicate, or a retry of an invocation that
-                # died): look again once the other invocation's hold has ended, rather than
-                # burn Lambda's two retries within minutes and land in the ImportDLQ.
+                # died), or a second look that found it held again: look (again) once the hold
+                # has ended, rather than burn Lambda's two retries within minutes and land in
+                # the ImportDLQ, or fail an SQS-triggered invocation into a 90-minute wait.
                 aws.hand_off(
                     ContinuationMessage(ref=ref),
                     settings.continuation_queue_url,
@@ -117,13 +118,15 @@ def _summary(result: FileResult) -> dict[str, Any]:
 
 def _refs(event: dict[str, Any], settings: Settings) -> list[tuple[ObjectRef, bool]]:
     """(ref, came from the continuation queue) for every record worth importing."""
-    event = _failed_event(event) or event
+    event = _unwrapped(event)
     if not isinstance(event.get("Records"), list):
         logger.warning("not an S3 or SQS event; nothing to do", extra={"keys": sorted(event)})
         metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
         return []
     refs: list[tuple[ObjectRef, bool]] = []
     for record in event["Records"]:
+        if not isinstance(record, dict):
+            continue
         if record.get("eventSource") == "aws:sqs":
             refs.extend(_queued(record.get("body"), settings))
         elif (ref := _s3_ref(record, settings)) is not None:
@@ -131,34 +134,40 @@ def _refs(event: dict[str, Any], settings: Settings) -> list[tuple[ObjectRef, bo
     return refs
 
 
-def _failed_event(event: object) -> dict[str, Any] | None:
-    """The S3 event inside an ImportDLQ message (Lambda's on-failure record), if it is one.
+def _is_failure_record(event: object) -> bool:
+    """An ImportDLQ message: Lambda's on-failure record, holding the event as requestPayload."""
+    return (
+        isinstance(event, dict)
+        and isinstance(event.get("requestContext"), dict)
+        and isinstance(event.get("requestPayload"), dict)
+    )
+
+
+def _unwrapped(event: dict[str, Any]) -> dict[str, Any]:
+    """The event inside an ImportDLQ record, however often its replay failed again.
 
     Replaying the DLQ is then either invoking the function with a message's body as the event,
     or sending the bodies to the continuation queue.
     """
-    if not isinstance(event, dict) or not isinstance(event.get("requestContext"), dict):
-        return None
-    payload = event.get("requestPayload")
-    return payload if isinstance(payload, dict) and "Records" in payload else None
+    while _is_failure_record(event):
+        event = event["requestPayload"]
+    return event
 
 
 def _queued(body: object, settings: Settings) -> list[tuple[ObjectRef, bool]]:
-    """A continuation message; or an ImportDLQ record sent to the queue, read as its S3 event."""
+    """A continuation message; or an ImportDLQ record sent to the queue, read as its event."""
     text = body if isinstance(body, str) else ""
     try:
         return [(ContinuationMessage.model_validate_json(text).ref, True)]
     except ValidationError:
         pass
     try:
-        failed = _failed_event(json.loads(text))
-    except ValueError:
-        failed = None
-    records = failed.get("Records") if failed else None
-    if isinstance(records, list) and records:
-        # Not continuations: a replayed event is the only copy, like an S3 retry.
-        s3_refs = (_s3_ref(r, settings) for r in records if isinstance(r, dict))
-        return [(ref, False) for ref in s3_refs if ref is not None]
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        parsed = None
+    if _is_failure_record(parsed):
+        # What it holds is the only copy, as an S3 retry is: never dropped as a duplicate.
+        return [(ref, False) for ref, _ in _refs(parsed, settings)]
     logger.error("ignoring a queue message that is neither a continuation nor an ImportDLQ record")
     metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
     return []

@@ -72,6 +72,9 @@ BREAKER_THRESHOLD = 3
 BREAKER_COOLDOWN_SECONDS = 30.0
 _MESSAGE_LIMIT = 300
 _MIN_SECRET_LENGTH = 4
+# A token in another column (provider_id, a scope) is that long; shorter values there are not.
+_MIN_STRAY_SECRET_LENGTH = 12
+_TOKEN_FIELDS = frozenset({"access_token", "refresh_token"})
 
 
 class VitalError(Exception):
@@ -613,8 +616,11 @@ def request_secrets(body: bytes) -> set[str]:
         for name, value in connection.items():
             if name == "user_id":
                 continue
+            # Short values of the other fields ("read", "1234") are masked only as tokens are
+            # found by shape: masked as substrings, they would cut words out of Vital's text.
+            shortest = _MIN_SECRET_LENGTH if name in _TOKEN_FIELDS else _MIN_STRAY_SECRET_LENGTH
             for text in value if isinstance(value, list) else [value]:
-                if isinstance(text, str) and len(text) >= _MIN_SECRET_LENGTH:
+                if isinstance(text, str) and len(text) >= shortest:
                     found.add(text)
     return found
 

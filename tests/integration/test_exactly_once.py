@@ -20,6 +20,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from bulk_import.handler import ImportStillRunning
+from bulk_import.idempotency import AlreadyInProgress
+from bulk_import.models import ContinuationMessage, ObjectRef
 from local.events import s3_event
 from tests.helpers import encode_rows, failing_at, make_row, user_id
 from tests.integration.conftest import Stack
@@ -363,6 +366,56 @@ def test_a_duplicate_event_during_an_import_is_looked_at_again_once_the_hold_end
     assert drain_queue(stack, continuation_queue, timeout_seconds=60) == 1
     assert_complete(stack, "results/race.jsonl/", 62)
     assert len(stack.vital.posted_connections()) == 60
+
+
+def _held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ref's idempotency record held by another invocation (the race, made certain)."""
+
+    def held(_work: Any, _table: Any, _context: Any) -> Callable[[ObjectRef], dict[str, Any]]:
+        def run(ref: ObjectRef) -> dict[str, Any]:
+            raise AlreadyInProgress(ref.key)
+
+        return run
+
+    monkeypatch.setattr("bulk_import.handler.once_per_ref", held)
+
+
+def _queue_depths(queue_url: str) -> tuple[int, int]:
+    """(messages visible, messages delayed)."""
+    attributes = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"],
+    )["Attributes"]
+    return (
+        int(attributes["ApproximateNumberOfMessages"]),
+        int(attributes["ApproximateNumberOfMessagesDelayed"]),
+    )
+
+
+@pytest.mark.parametrize("segment", [0, 1])
+def test_a_held_ref_from_the_queue_is_looked_at_again_or_dropped_as_a_duplicate(
+    stack: Stack, continuation_queue: str, monkeypatch: pytest.MonkeyPatch, segment: int
+) -> None:
+    # Segment 0 from the queue is a second look (the only copy): it must not be lost, nor fail
+    # the invocation. Segment 1+ is a continuation: SQS keeps the copy being worked on.
+    _held(monkeypatch)
+    ref = ObjectRef(bucket=stack.bucket, key="incoming/held.jsonl", segment=segment)
+    body = ContinuationMessage(ref=ref).model_dump_json()
+
+    result = stack.invoke({"Records": [{"eventSource": "aws:sqs", "body": body}]})
+
+    assert result == {"files": []}
+    assert _queue_depths(continuation_queue) == (0, 1 if segment == 0 else 0)
+
+
+def test_a_held_s3_event_without_a_queue_is_raised_for_lambda_to_retry(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _held(monkeypatch)
+    monkeypatch.delenv("CONTINUATION_QUEUE_URL", raising=False)
+
+    with pytest.raises(ImportStillRunning):
+        stack.invoke(s3_event(stack.bucket, ["incoming/held.jsonl"]))
 
 
 def test_a_new_upload_during_an_import_takes_the_key_over(

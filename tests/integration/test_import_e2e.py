@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from bulk_import import aws, formats, handler
+from bulk_import.models import ContinuationMessage, ObjectRef
 from bulk_import.pipeline import GC_YOUNG_THRESHOLD, POSTING_SWITCH_INTERVAL_S, Dependencies
 from local.events import s3_event
 from tests.helpers import (
@@ -533,17 +534,46 @@ def _import_dlq_record(s3_event_: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("how", ["invoked with the record", "moved to the continuation queue"])
-def test_an_import_dlq_record_replays_its_s3_event(stack: Stack, how: str) -> None:
+def _queued(event: dict[str, Any]) -> dict[str, Any]:
+    return {"Records": [{"eventSource": "aws:sqs", "body": json.dumps(event)}]}
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "invoked with the record",
+        "moved to the continuation queue",
+        "replayed, failed again, then moved to the queue",
+        "holding a continuation event, moved to the queue",
+    ],
+)
+def test_an_import_dlq_record_replays_the_event_it_holds(stack: Stack, how: str) -> None:
     rows = [make_row(n) for n in range(4)]
     stack.vital.add_known_users(*(r["user_id"] for r in rows))
     stack.put("incoming/parked.jsonl", encode_rows(rows, "jsonl"))
-    record = _import_dlq_record(s3_event(stack.bucket, ["incoming/parked.jsonl"]))
-    event = (
-        record
-        if how == "invoked with the record"
-        else {"Records": [{"eventSource": "aws:sqs", "body": json.dumps(record)}]}
-    )
+    s3 = s3_event(stack.bucket, ["incoming/parked.jsonl"])
+    event = {
+        "invoked with the record": lambda: _import_dlq_record(s3),
+        "moved to the continuation queue": lambda: _queued(_import_dlq_record(s3)),
+        "replayed, failed again, then moved to the queue": lambda: _queued(
+            _import_dlq_record(_import_dlq_record(s3))
+        ),
+        # The event aws.hand_off's error tells an operator to invoke, if that invocation failed.
+        "holding a continuation event, moved to the queue": lambda: _queued(
+            _import_dlq_record(
+                {
+                    "Records": [
+                        {
+                            "eventSource": "aws:sqs",
+                            "body": ContinuationMessage(
+                                ref=ObjectRef(bucket=stack.bucket, key="incoming/parked.jsonl")
+                            ).model_dump_json(),
+                        }
+                    ]
+                }
+            )
+        ),
+    }[how]()
 
     (summary,) = stack.invoke(event)["files"]
 

@@ -425,6 +425,26 @@ def test_a_token_in_another_column_is_masked_where_vital_quotes_it() -> None:
     assert scope not in repr(rejected.value.issues)
 
 
+def test_short_values_of_other_fields_do_not_cut_words_out_of_vitals_text() -> None:
+    row = ConnectionRow.model_validate(
+        {
+            "provider": "oura",
+            "user_id": str(uuid.UUID(int=8)),
+            "access_token": token(8),
+            "refresh_token": "refresh0008secretvalue",
+            "provider_id": "1234",
+            "expires_at": 1_900_000_000,
+            "oauth_scopes": ["read", "daily"],
+        }
+    )
+    body = Chunk("oura").subset([PendingRow(2, row.user_id, serialise(row))]).body(True)
+    echo = "provider user is already connected; expired in 12345 s"
+    script = Script(httpx.Response(400, json={"detail": echo}))
+    with client(script) as vital, pytest.raises(VitalClientError) as caught:
+        vital.post_bulk_import(body)
+    assert str(caught.value) == f"HTTP 400: {echo}"
+
+
 # --- posting around 422s ----------------------------------------------------------------------
 
 
