@@ -32,6 +32,12 @@ find_python313() {
             if [[ -x "$candidate" ]] && is_313 "$candidate"; then echo "$candidate"; return; fi
         done
     done
+    # None on the machine: uv's managed build (downloaded from GitHub, not the package index;
+    # machines that reach only the index fail here and get the message below).
+    if "$UV" python install --quiet 3.13 >&2 2>/dev/null \
+        && candidate="$("$UV" python find --no-python-downloads 3.13 2>/dev/null)" && is_313 "$candidate"; then
+        echo "$candidate"; return
+    fi
     cat >&2 <<'MSG'
 bootstrap: no Python 3.13 found. The Lambda runtime is python3.13, and the tests run on it.
 Install one of: `uv python install 3.13`, your OS package (python3.13), or `pyenv install 3.13`,

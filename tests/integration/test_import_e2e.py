@@ -93,6 +93,50 @@ def test_mixed_file_is_imported_with_one_outcome_per_row(stack: Stack) -> None:
     assert manifest["source"]["bucket"] == stack.bucket
     assert manifest["source"]["etag"]
     assert manifest["source"]["size"] > 0
+    # And the metrics the alarms read carry the manifest's numbers, per file and per provider
+    per_file, per_provider = _row_metrics(stack)
+    assert per_file == {
+        "RowsRead": 33,
+        "RowsRejected": 2,
+        "RowsDuplicate": 1,
+        "RowsImported": 29,
+        "RowsFailed": 1,
+        "RowsEnqueued": 0,
+        "RowsErrored": 0,
+        "FilesProcessed": 1,  # partial is processed; FilesFailed is for failed files only
+    }
+    assert per_provider == {
+        ("oura", "RowsImported"): 10,
+        ("oura", "RowsFailed"): 0,
+        ("fitbit", "RowsImported"): 9,
+        ("fitbit", "RowsFailed"): 1,  # user 7
+        ("garmin", "RowsImported"): 10,
+        ("garmin", "RowsFailed"): 0,
+    }
+
+
+def _row_metrics(stack: Stack) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
+    """The EMF row and file metrics printed: (per file, per (provider, name))."""
+    per_file: dict[str, float] = {}
+    per_provider: dict[tuple[str, str], float] = {}
+    names = {"RowsRead", "RowsRejected", "RowsDuplicate", "RowsImported", "RowsFailed"}
+    names |= {"RowsEnqueued", "RowsErrored", "FilesProcessed", "FilesFailed"}
+    for line in "".join(stack.stdout).splitlines():
+        if not line.startswith("{") or "_aws" not in line:
+            continue
+        document = json.loads(line)
+        for directive in document["_aws"]["CloudWatchMetrics"]:
+            for metric in directive["Metrics"]:
+                name = metric["Name"]
+                if name not in names:
+                    continue
+                value = document[name]
+                value = sum(value) if isinstance(value, list) else value
+                if "provider" in document:
+                    per_provider[(document["provider"], name)] = value
+                else:
+                    per_file[name] = value
+    return per_file, per_provider
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "ndjson", "json", "csv"])
@@ -510,6 +554,9 @@ def test_keys_outside_incoming_and_test_events_are_ignored(stack: Stack) -> None
     stack.put("results/x.jsonl/manifest.json", b"{}")
 
     assert stack.import_keys("results/x.jsonl/manifest.json") == {"files": []}
+    # What the S3 console's "Create folder" makes under incoming/ is no file to import.
+    stack.put("incoming/oura/", b"")
+    assert stack.import_keys("incoming/oura/") == {"files": []}
     assert stack.invoke({"Service": "Amazon S3", "Event": "s3:TestEvent"}) == {"files": []}
 
 

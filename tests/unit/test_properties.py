@@ -224,6 +224,14 @@ def test_chunker_closes_on_rows_then_on_bytes() -> None:
     assert [r.line for r in rest.rows] == [3]
     assert chunker.fits_alone("oura", p)
     assert not chunker.fits_alone("oura", b"x" * exact)
+    # The commas count: room for three payloads but only one comma holds two rows, not three.
+    short_of_commas = body_overhead("oura") + 3 * len(p) + 1
+    chunker = Chunker(max_rows=100, max_bytes=short_of_commas)
+    assert not chunker.add("oura", PendingRow(1, "u1", p))
+    assert not chunker.add("oura", PendingRow(2, "u2", p))
+    [closed] = chunker.add("oura", PendingRow(3, "u3", p))
+    assert [r.line for r in closed.rows] == [1, 2]
+    assert len(closed.body(False)) <= short_of_commas
 
 
 def test_fits_any_is_the_largest_payload_every_known_provider_takes_alone() -> None:

@@ -351,6 +351,24 @@ def test_half_open_trial_is_a_single_attempt() -> None:
 # --- errors that are not retried --------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("status", "retried"),
+    [
+        *((status, True) for status in (408, 425, 429, 500, 502, 503, 504)),
+        *((status, False) for status in (400, 404, 409, 501, 505)),
+    ],
+)
+def test_which_answers_are_retried(status: int, retried: bool) -> None:
+    script = Script(httpx.Response(status, json={"detail": "x"}), imported)
+    with client(script, MAX_ATTEMPTS=3) as vital:
+        if retried:
+            assert vital.post_bulk_import(BODY).status == 200
+        else:
+            with pytest.raises(VitalClientError):
+                vital.post_bulk_import(BODY)
+    assert len(script.requests) == (2 if retried else 1)
+
+
 def test_unsupported_protocol_is_not_retried() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.UnsupportedProtocol("no", request=request)
