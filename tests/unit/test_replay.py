@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +50,26 @@ def test_other_code_blocks_a_resume() -> None:
 def test_a_checkpoint_from_before_the_readable_basis_never_replays() -> None:
     changed = replay.changes("3f2a9c0d1e4b5a67", replay.fingerprint(settings()))
     assert set(changed) >= {"CHUNK_SIZE", replay.CODE}
+
+
+def test_a_change_to_any_module_of_the_package_changes_the_code_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation, chunking, formats...: any of them decides which rows a chunk holds."""
+    package = Path(replay.__file__).parent
+    copy = tmp_path / "bulk_import"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(replay, "__file__", str(copy / "replay.py"))
+    replay.code_version.cache_clear()
+    try:
+        original = replay.code_version()
+        modules = sorted(copy.glob("*.py"))
+        assert len(modules) > 10
+        for module in modules:
+            source = module.read_bytes()
+            module.write_bytes(source + b"\n# changed\n")
+            replay.code_version.cache_clear()
+            assert replay.code_version() != original, module.name
+            module.write_bytes(source)
+    finally:
+        replay.code_version.cache_clear()
