@@ -206,6 +206,15 @@ def test_chunker_invariants(rows: list[tuple[str, int]], max_rows: int, extra_by
         assert (chunk.first_line, chunk.last_line) == (chunk.rows[0].line, chunk.rows[-1].line)
 
 
+def _third_row_closes(chunker: Chunker, payload: bytes) -> Chunk:
+    """Three rows into ``chunker``: the first two fit, the third closes a chunk of them."""
+    assert not chunker.add("oura", PendingRow(1, "u1", payload))
+    assert not chunker.add("oura", PendingRow(2, "u2", payload))
+    [closed] = chunker.add("oura", PendingRow(3, "u3", payload))
+    assert [r.line for r in closed.rows] == [1, 2]
+    return closed
+
+
 def test_chunker_closes_on_rows_then_on_bytes() -> None:
     p = _payload(1, 10)
     chunker = Chunker(max_rows=2, max_bytes=10_000)
@@ -215,22 +224,14 @@ def test_chunker_closes_on_rows_then_on_bytes() -> None:
     # Bytes: room for exactly two payloads and one comma.
     exact = body_overhead("oura") + 2 * len(p) + 1
     chunker = Chunker(max_rows=100, max_bytes=exact)
-    assert not chunker.add("oura", PendingRow(1, "u1", p))
-    assert not chunker.add("oura", PendingRow(2, "u2", p))
-    [closed] = chunker.add("oura", PendingRow(3, "u3", p))
-    assert [r.line for r in closed.rows] == [1, 2]
-    assert closed.size_bytes() == exact
+    assert _third_row_closes(chunker, p).size_bytes() == exact
     [rest] = chunker.flush()
     assert [r.line for r in rest.rows] == [3]
     assert chunker.fits_alone("oura", p)
     assert not chunker.fits_alone("oura", b"x" * exact)
     # The commas count: room for three payloads but only one comma holds two rows, not three.
     short_of_commas = body_overhead("oura") + 3 * len(p) + 1
-    chunker = Chunker(max_rows=100, max_bytes=short_of_commas)
-    assert not chunker.add("oura", PendingRow(1, "u1", p))
-    assert not chunker.add("oura", PendingRow(2, "u2", p))
-    [closed] = chunker.add("oura", PendingRow(3, "u3", p))
-    assert [r.line for r in closed.rows] == [1, 2]
+    closed = _third_row_closes(Chunker(max_rows=100, max_bytes=short_of_commas), p)
     assert len(closed.body(False)) <= short_of_commas
 
 
