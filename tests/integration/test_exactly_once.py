@@ -746,14 +746,25 @@ class _Died(BaseException):
     """The invocation dies here (as on a kill): nothing in the function catches it."""
 
 
+def die_at_third_checkpoint(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, event: dict[str, Any]
+) -> None:
+    """One invocation of ``event`` that dies as its third checkpoint is saved (as on a kill)."""
+    from bulk_import import checkpoint  # noqa: PLC0415 - patched for this run only
+
+    save = checkpoint.CheckpointStore.save
+    monkeypatch.setattr(checkpoint.CheckpointStore, "save", failing_at(save, 3, _Died()))
+    with pytest.raises(_Died):
+        stack.invoke(event)
+    monkeypatch.setattr(checkpoint.CheckpointStore, "save", save)
+
+
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the run that died
 def test_parts_of_a_run_that_died_before_its_checkpoint_are_swept_at_the_end(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a run that stores its outcome and retry parts, then dies before the checkpoint that
     # would have named them: no checkpoint ever names those parts (and retry parts hold tokens)
-    from bulk_import import checkpoint  # noqa: PLC0415 - patched for the first run
-
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
@@ -762,11 +773,7 @@ def test_parts_of_a_run_that_died_before_its_checkpoint_are_swept_at_the_end(
     stack.vital.add_known_users(*(r["user_id"] for n, r in enumerate(rows) if n % 5 != 1))
     stack.put("incoming/died.jsonl", encode_rows(rows, "jsonl"))
     event = s3_event(stack.bucket, ["incoming/died.jsonl"])
-    save = checkpoint.CheckpointStore.save
-    monkeypatch.setattr(checkpoint.CheckpointStore, "save", failing_at(save, 3, _Died()))
-    with pytest.raises(_Died):
-        stack.invoke(event)
-    monkeypatch.setattr(checkpoint.CheckpointStore, "save", save)
+    die_at_third_checkpoint(stack, monkeypatch, event)
 
     # When Lambda's retry resumes and finishes the file
     stack.invoke(event)
@@ -782,8 +789,6 @@ def test_rows_in_doubt_after_a_crash_do_not_trip_the_failure_threshold(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a run that dies with chunks under its lease, and a 10 % failure threshold
-    from bulk_import import checkpoint  # noqa: PLC0415 - patched for the first run
-
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "8")
@@ -792,11 +797,7 @@ def test_rows_in_doubt_after_a_crash_do_not_trip_the_failure_threshold(
     stack.vital.add_known_users(*(r["user_id"] for r in rows))
     stack.put("incoming/doubt.jsonl", encode_rows(rows, "jsonl"))
     event = s3_event(stack.bucket, ["incoming/doubt.jsonl"])
-    save = checkpoint.CheckpointStore.save
-    monkeypatch.setattr(checkpoint.CheckpointStore, "save", failing_at(save, 3, _Died()))
-    with pytest.raises(_Died):
-        stack.invoke(event)
-    monkeypatch.setattr(checkpoint.CheckpointStore, "save", save)
+    die_at_third_checkpoint(stack, monkeypatch, event)
 
     # When Lambda's retry resumes, reporting the chunks under the lease in doubt
     stack.invoke(event)
