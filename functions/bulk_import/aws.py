@@ -142,7 +142,7 @@ RECHECK_DELAY_SECONDS = 900
 
 def hand_off(message: ContinuationMessage, queue_url: str | None, delay_seconds: int = 0) -> None:
     """Queue the rest of a long file for a fresh invocation (the message holds no tokens)."""
-    body = message.model_dump_json()
+    body = message.to_json().decode()
     if not queue_url:
         # The same event again would find the hand-off saved and try it again: the way on is
         # the continuation itself, in the shape of the queue's event.

@@ -16,6 +16,7 @@ next write, before it sends anything past its lease, and stops (``Superseded``).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
@@ -73,12 +74,12 @@ class CheckpointStore:
 
     def load(self) -> Checkpoint | None:
         body = self._get(self.key)
-        return None if body is None else Checkpoint.model_validate_json(body)
+        return None if body is None else Checkpoint.from_json(body)
 
     def save(self, checkpoint: Checkpoint) -> None:
         self._writes += 1
         write = f"{self._run}:{self._writes}"
-        body = checkpoint.model_copy(update={"write": write}).model_dump_json().encode()
+        body = replace(checkpoint, write=write).to_json()
         try:
             if self._etag is None:  # created only if absent
                 response = self._s3.put_object(
@@ -128,7 +129,7 @@ class CheckpointStore:
             if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
                 return None
             raise
-        return Checkpoint.model_validate_json(response["Body"].read()), response["ETag"]
+        return Checkpoint.from_json(response["Body"].read()), response["ETag"]
 
     def still_mine(self) -> bool:
         """Whether the checkpoint is still the one this run last read or wrote: no other import
@@ -146,7 +147,7 @@ class CheckpointStore:
         if body is None:
             return None
         try:
-            return Manifest.model_validate_json(body)
+            return Manifest.from_json(body)
         except ValueError:
             return None
 

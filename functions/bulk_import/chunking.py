@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from itertools import repeat
 from operator import itemgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pydantic_core import to_json
 
@@ -73,7 +73,7 @@ def serialise(row: ConnectionRow | WellFormedRow) -> bytes:
     """
     if isinstance(row, dict):
         return to_json(row)
-    return row.__pydantic_serializer__.to_json(row)
+    return row.to_json()
 
 
 @dataclass(slots=True)
@@ -111,7 +111,7 @@ class Chunk:
         picked = list(rows)
         return Chunk(self.provider, picked, sum(len(r.payload) for r in picked))
 
-    def record(self, wait_for_completion: bool, **fields: object) -> ChunkRecord:
+    def record(self, wait_for_completion: bool, **fields: Any) -> ChunkRecord:
         return ChunkRecord(
             provider=self.provider,
             first_line=self.first_line,

@@ -1,26 +1,23 @@
-"""Every setting the function reads, in one validated model.
+"""Every setting the function reads, in one validated record.
 
 Nothing else in the package reads ``os.environ`` (but for Powertools' own names, in
-``observability``): a typo in a deployed variable fails the
-invocation with a pydantic error that names the variable, instead of surfacing deep in a run.
+``observability``): a typo in a deployed variable fails the invocation with a pydantic-core
+error that names the variable, instead of surfacing deep in a run. Each field's variable is its
+name in upper case.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_validator,
-)
+from pydantic_core import CoreConfig, ValidationError, core_schema
+
+from bulk_import.records import Record
 
 PRODUCTION_BASE_URL = "https://api.tryvital.io"
 
@@ -29,7 +26,12 @@ def _with_trailing_slash(prefix: str) -> str:
     return prefix if prefix.endswith("/") else prefix + "/"
 
 
-Prefix = Annotated[str, Field(min_length=1), AfterValidator(_with_trailing_slash)]
+Prefix = Annotated[
+    str,
+    core_schema.no_info_after_validator_function(
+        _with_trailing_slash, core_schema.str_schema(min_length=1)
+    ),
+]
 
 
 def _http_base_url(url: str) -> str:
@@ -40,49 +42,56 @@ def _http_base_url(url: str) -> str:
     return url.strip().rstrip("/")
 
 
-BaseUrl = Annotated[str, AfterValidator(_http_base_url)]
+BaseUrl = Annotated[
+    str, core_schema.no_info_after_validator_function(_http_base_url, core_schema.str_schema())
+]
 
 
-class Settings(BaseModel):
-    """Settings from the environment; field aliases are the variable names."""
+def _variable(field_name: str) -> str:
+    return field_name.upper()
 
-    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
 
-    vital_api_base_url: BaseUrl = Field(default=PRODUCTION_BASE_URL, alias="VITAL_API_BASE_URL")
-    vital_api_key_secret: str = Field(alias="VITAL_API_KEY_SECRET", min_length=1)
-    vital_team_id: str | None = Field(default=None, alias="VITAL_TEAM_ID")
-    chunk_size: int = Field(default=500, ge=1, le=5000, alias="CHUNK_SIZE")
+def _int(ge: int, le: int | None = None) -> core_schema.IntSchema:
+    return core_schema.int_schema(ge=ge, le=le)
+
+
+@dataclass(kw_only=True, frozen=True)
+class Settings(Record):
+    """Settings from the environment; each field's variable is its name in upper case."""
+
+    core_config = CoreConfig(validate_by_name=True, validate_by_alias=True)
+    alias_generator = _variable
+
+    vital_api_base_url: BaseUrl = PRODUCTION_BASE_URL
+    vital_api_key_secret: Annotated[str, core_schema.str_schema(min_length=1)]
+    vital_team_id: str | None = None
+    chunk_size: Annotated[int, _int(1, 5000)] = 500
     # Upper bound for one request body; keeps each POST well under API gateway limits.
-    max_body_bytes: int = Field(default=4_000_000, ge=10_000, alias="MAX_BODY_BYTES")
-    max_concurrency: int = Field(default=4, ge=1, le=64, alias="MAX_CONCURRENCY")
-    wait_for_completion: bool = Field(default=True, alias="WAIT_FOR_COMPLETION")
-    incoming_prefix: Prefix = Field(default="incoming/", alias="INCOMING_PREFIX")
-    results_prefix: Prefix = Field(default="results/", alias="RESULTS_PREFIX")
-    retry_prefix: Prefix = Field(default="retry/", alias="RETRY_PREFIX")
-    idempotency_table: str | None = Field(default=None, alias="IDEMPOTENCY_TABLE")
-    continuation_queue_url: str | None = Field(default=None, alias="CONTINUATION_QUEUE_URL")
-    notify_topic_arn: str | None = Field(default=None, alias="NOTIFY_TOPIC_ARN")
+    max_body_bytes: Annotated[int, _int(10_000)] = 4_000_000
+    max_concurrency: Annotated[int, _int(1, 64)] = 4
+    wait_for_completion: bool = True
+    incoming_prefix: Prefix = "incoming/"
+    results_prefix: Prefix = "results/"
+    retry_prefix: Prefix = "retry/"
+    idempotency_table: str | None = None
+    continuation_queue_url: str | None = None
+    notify_topic_arn: str | None = None
     # Largest decompressed size accepted: a decompression bomb fails the file, not the function.
-    max_decompressed_bytes: int = Field(
-        default=20 * 1024**3, ge=1024, alias="MAX_DECOMPRESSED_BYTES"
-    )
+    max_decompressed_bytes: Annotated[int, _int(1024)] = 20 * 1024**3
     # Longest accepted input line / CSV record / JSON element, in bytes.
-    max_row_bytes: int = Field(default=1_000_000, ge=1024, alias="MAX_ROW_BYTES")
+    max_row_bytes: Annotated[int, _int(1024)] = 1_000_000
     # Stop the file once this share of posted rows failed or errored (after a warm-up).
-    failure_threshold_percent: float = Field(
-        default=100.0, ge=0, le=100, alias="FAILURE_THRESHOLD_PERCENT"
-    )
+    failure_threshold_percent: Annotated[float, core_schema.float_schema(ge=0, le=100)] = 100.0
     # Seconds of Lambda time kept in reserve to finish in-flight chunks and checkpoint.
-    safety_margin_seconds: float = Field(default=60.0, ge=0, alias="SAFETY_MARGIN_SECONDS")
+    safety_margin_seconds: Annotated[float, core_schema.float_schema(ge=0)] = 60.0
     # Chunks sent between two checkpoints (0: twice MAX_CONCURRENCY, or ~2 s worth when faster).
     # Smaller means fewer rows in doubt after a crash, larger means fewer S3 writes.
-    checkpoint_every_chunks: int = Field(default=0, ge=0, alias="CHECKPOINT_EVERY_CHUNKS")
-    http_timeout_seconds: float = Field(default=30.0, gt=0, alias="HTTP_TIMEOUT_SECONDS")
-    max_attempts: int = Field(default=5, ge=1, le=20, alias="MAX_ATTEMPTS")
-    secret_max_age_seconds: int = Field(default=300, ge=0, alias="SECRET_MAX_AGE_SECONDS")
+    checkpoint_every_chunks: Annotated[int, _int(0)] = 0
+    http_timeout_seconds: Annotated[float, core_schema.float_schema(gt=0)] = 30.0
+    max_attempts: Annotated[int, _int(1, 20)] = 5
+    secret_max_age_seconds: Annotated[int, _int(0)] = 300
 
-    @model_validator(mode="after")
-    def _prefixes_apart(self) -> Settings:
+    def __post_init__(self) -> None:
         """Outputs inside the incoming prefix would trigger the function on its own results; and
         retry files (they hold tokens) under the results prefix would keep its longer expiry."""
         prefixes = (
@@ -94,7 +103,6 @@ class Settings(BaseModel):
             for other_name, other in prefixes[i + 1 :]:
                 if prefix.startswith(other) or other.startswith(prefix):
                     raise ValueError(f"{other_name} ({other}) must not overlap {name} ({prefix})")
-        return self
 
     @property
     def bulk_import_url(self) -> str:
@@ -105,14 +113,19 @@ class Settings(BaseModel):
         return self.vital_api_base_url + "/v2/link/bulk_op"
 
     @classmethod
+    def variables(cls) -> frozenset[str]:
+        """The names of the environment variables read."""
+        return frozenset(_variable(field.name) for field in fields(cls))
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         # Empty strings in a deployed template mean "not set". Only our own variables are
         # validated: pydantic's errors quote their input, and the environment holds credentials.
-        names = {field.alias for field in cls.model_fields.values()}
+        names = cls.variables()
         values = {k: v for k, v in env.items() if v != "" and k in names}
         try:
-            return cls.model_validate(values)
+            return cls.from_dict(values)
         except ValidationError as exc:
             raise SettingsError(exc) from None
 

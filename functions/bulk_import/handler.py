@@ -12,7 +12,7 @@ from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import ValidationError
+from pydantic_core import ValidationError
 
 from bulk_import import aws
 from bulk_import.config import Settings, get_settings
@@ -102,14 +102,14 @@ def _summary(result: FileResult) -> dict[str, Any]:
         manifest = result.manifest
         summary.update(
             status=manifest.status,
-            counts=manifest.counts.model_dump(),
+            counts=manifest.counts.to_dict(),
             manifest=result.manifest_key,
         )
         logger.info(
             "file finished",
             extra={
                 "status": manifest.status,
-                "counts": manifest.counts.model_dump(),
+                "counts": manifest.counts.to_dict(),
                 "manifest": f"s3://{result.ref.bucket}/{result.manifest_key}",
             },
         )
@@ -158,7 +158,7 @@ def _queued(body: object, settings: Settings) -> list[tuple[ObjectRef, bool]]:
     """A continuation message; or an ImportDLQ record sent to the queue, read as its event."""
     text = body if isinstance(body, str) else ""
     try:
-        return [(ContinuationMessage.model_validate_json(text).ref, True)]
+        return [(ContinuationMessage.from_json(text).ref, True)]
     except ValidationError:
         pass
     try:

@@ -1,23 +1,20 @@
-"""Pydantic models for every boundary: input rows, Vital bodies, and the result manifest."""
+"""The records of every boundary: input rows, Vital bodies, the result manifest, checkpoints.
+
+Dataclasses checked and written by pydantic-core (``records``): pydantic's ``BaseModel`` would
+cost most of the cold start. Constraints and validators are core schemas in ``Annotated``.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictInt,
-    StringConstraints,
-    ValidationInfo,
-    field_validator,
-    with_config,
-)
+from pydantic_core import CoreConfig, core_schema
+
+from bulk_import.records import Record
 
 # Providers documented for Link bulk import (the enum is non-exhaustive; the SDK adds runkeeper).
 PROVIDERS: frozenset[str] = frozenset(
@@ -111,7 +108,10 @@ def _provider_id(value: Any) -> Any:
     return value
 
 
-NonEmptyStr = Annotated[str, Field(min_length=1)]
+_NON_EMPTY = core_schema.str_schema(min_length=1)
+NonEmptyStr = Annotated[str, _NON_EMPTY]
+# Epoch seconds that fit a signed 64-bit integer; strict: a bool or "1.7e9" is not an int here.
+_EPOCH = core_schema.int_schema(ge=0, lt=2**63, strict=True)
 
 
 # Validation context key: the provider named by the object's key or metadata.
@@ -122,104 +122,106 @@ NO_PROVIDER = (
 )
 
 
-class ConnectionRow(BaseModel):
+def _known_provider(value: Any, info: core_schema.ValidationInfo) -> Any:
+    """Rows without a provider take the file's default from the validation context."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        value = (info.context or {}).get(DEFAULT_PROVIDER)
+        if value is None:
+            raise ValueError(NO_PROVIDER)
+    if isinstance(value, str):
+        value = value.strip().lower()
+        if value not in PROVIDERS:
+            raise ValueError("unknown provider; expected one of " + ", ".join(sorted(PROVIDERS)))
+    return value
+
+
+def _user_id(value: str) -> str:
+    if CANONICAL_UUID.fullmatch(value):
+        return value.lower()
+    raise ValueError(USER_ID_FORM)
+
+
+@dataclass(kw_only=True, frozen=True)
+class ConnectionRow(Record):
     """One validated input row: Vital's ConnectionRecipe plus the provider it belongs to."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
+    core_config = CoreConfig(str_strip_whitespace=True)
 
     # Validated first; rows without one take the file's default from the validation context.
     # Not part of the recipe Vital takes (the request names it once): never serialised.
-    provider: str = Field(default="", validate_default=True, exclude=True)
-    user_id: Annotated[str, Field(min_length=1)]
+    provider: Annotated[
+        str,
+        core_schema.with_info_before_validator_function(_known_provider, core_schema.str_schema()),
+    ] = field(default="", metadata={"exclude": True, "validate_default": True})
+    user_id: Annotated[str, core_schema.no_info_after_validator_function(_user_id, _NON_EMPTY)]
     access_token: NonEmptyStr
     refresh_token: NonEmptyStr
-    provider_id: Annotated[NonEmptyStr, BeforeValidator(_provider_id)]
-    expires_at: Annotated[StrictInt, Field(ge=0, lt=2**63), BeforeValidator(_expires_at)]
-    oauth_scopes: Annotated[list[NonEmptyStr] | None, BeforeValidator(_scopes)] = None
-
-    @field_validator("provider", mode="before")
-    @classmethod
-    def _known_provider(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is None or (isinstance(value, str) and not value.strip()):
-            value = (info.context or {}).get(DEFAULT_PROVIDER)
-            if value is None:
-                raise ValueError(NO_PROVIDER)
-        if isinstance(value, str):
-            value = value.strip().lower()
-            if value not in PROVIDERS:
-                raise ValueError(
-                    "unknown provider; expected one of " + ", ".join(sorted(PROVIDERS))
-                )
-        return value
-
-    @field_validator("user_id", mode="after")
-    @classmethod
-    def _uuid(cls, value: str) -> str:
-        if CANONICAL_UUID.fullmatch(value):
-            return value.lower()
-        raise ValueError(USER_ID_FORM)
+    provider_id: Annotated[
+        str, core_schema.no_info_before_validator_function(_provider_id, _NON_EMPTY)
+    ]
+    expires_at: Annotated[int, core_schema.no_info_before_validator_function(_expires_at, _EPOCH)]
+    oauth_scopes: Annotated[
+        list[str] | None,
+        core_schema.no_info_before_validator_function(
+            _scopes, core_schema.nullable_schema(core_schema.list_schema(_NON_EMPTY))
+        ),
+    ] = None
 
 
-@with_config(ConfigDict(extra="ignore", strict=True, str_strip_whitespace=True))
 class WellFormedRow(TypedDict):
     """A row already in canonical form, checked by pydantic-core alone.
 
     Most rows of most files look like this. ConnectionRow calls back into Python for five
-    fields of every row; this type calls none, and as a TypedDict it builds no model instance:
+    fields of every row; this type calls none, and as a TypedDict it builds no instance:
     together about half the hot path's validation time. A row it refuses is not invalid: it goes
     on to ConnectionRow, which also takes the lenient spellings (numeric provider ids, epoch
     seconds as text or 1.7e9, scopes in one string, other UUID forms, capitalised providers) and
     says what is wrong. Every row it accepts, ConnectionRow accepts with the same values and the
     same recipe (tests/unit/test_properties.py). ``provider`` may be absent or None (the file's
     default applies); ``validation.validate_well_formed`` takes it out of the row and fills in
-    ``oauth_scopes``, leaving exactly the recipe.
+    ``oauth_scopes``, leaving exactly the recipe. Checked strictly, extra keys ignored, strings
+    stripped (``WELL_FORMED_CONFIG``).
     """
 
-    provider: NotRequired[Annotated[str, StringConstraints(pattern=_PROVIDER_NAME)] | None]
-    user_id: Annotated[str, StringConstraints(pattern=_CANONICAL_LOWER_UUID)]
+    provider: NotRequired[Annotated[str, core_schema.str_schema(pattern=_PROVIDER_NAME)] | None]
+    user_id: Annotated[str, core_schema.str_schema(pattern=_CANONICAL_LOWER_UUID)]
     access_token: NonEmptyStr
     refresh_token: NonEmptyStr
     provider_id: NonEmptyStr
-    expires_at: Annotated[StrictInt, Field(ge=0, lt=2**63)]
+    expires_at: Annotated[int, _EPOCH]
     oauth_scopes: NotRequired[list[NonEmptyStr] | None]
+
+
+WELL_FORMED_CONFIG = CoreConfig(strict=True, str_strip_whitespace=True)
 
 
 # --- Vital API bodies -------------------------------------------------------------------------
 
 
-class BulkImportResponse(BaseModel):
+@dataclass(kw_only=True)
+class BulkImportResponse(Record):
     """200 body. 202 carries no body (or one we ignore)."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    user_ids_imported: list[str] = Field(default_factory=list)
-    user_ids_failed: list[str] = Field(default_factory=list)
+    user_ids_imported: list[str] = field(default_factory=list)
+    user_ids_failed: list[str] = field(default_factory=list)
 
 
-# Models of rare paths (422s, 202s, continuations, resumes) are built on first use, not at
-# import: pydantic's schema building is most of this package's import time.
-_RARE = ConfigDict(extra="ignore", defer_build=True)
-
-
-class ValidationIssue(BaseModel):
-    model_config = _RARE
-
-    loc: list[str | int] = Field(default_factory=list)
+@dataclass(kw_only=True)
+class ValidationIssue(Record):
+    loc: list[str | int] = field(default_factory=list)
     msg: str = ""
     type: str = ""
 
 
-class ValidationErrorBody(BaseModel):
+@dataclass(kw_only=True)
+class ValidationErrorBody(Record):
     """FastAPI's 422 shape. ``detail`` may also be a plain string on other errors."""
 
-    model_config = _RARE
-
-    detail: list[ValidationIssue] | str = Field(default_factory=list)
+    detail: list[ValidationIssue] | str = field(default_factory=list)
 
 
-class BulkOp(BaseModel):
-    model_config = _RARE
-
+@dataclass(kw_only=True)
+class BulkOp(Record):
     type: str | None = None
     status: str
     provider: str | None = None
@@ -229,10 +231,9 @@ class BulkOp(BaseModel):
     ended_at: str | None = None
 
 
-class BulkOpPage(BaseModel):
-    model_config = _RARE
-
-    data: list[BulkOp] = Field(default_factory=list)
+@dataclass(kw_only=True)
+class BulkOpPage(Record):
+    data: list[BulkOp] = field(default_factory=list)
     next_cursor: str | None = None
 
 
@@ -242,7 +243,8 @@ SCHEMA_VERSION = 1
 FileStatus = Literal["succeeded", "partial", "failed"]
 
 
-class SourceRef(BaseModel):
+@dataclass(kw_only=True)
+class SourceRef(Record):
     bucket: str
     key: str
     version_id: str | None = None
@@ -252,7 +254,8 @@ class SourceRef(BaseModel):
     sequencer: str | None = None
 
 
-class Counts(BaseModel):
+@dataclass(kw_only=True)
+class Counts(Record):
     rows: int = 0
     rejected: int = 0
     duplicates: int = 0
@@ -272,7 +275,8 @@ COUNT_FIELD: dict[Outcome, str] = {
 }
 
 
-class ChunkRecord(BaseModel):
+@dataclass(kw_only=True)
+class ChunkRecord(Record):
     provider: str
     first_line: int
     last_line: int
@@ -284,21 +288,23 @@ class ChunkRecord(BaseModel):
     note: str | None = None
 
 
-class ErrorInfo(BaseModel):
+@dataclass(kw_only=True)
+class ErrorInfo(Record):
     type: str
     message: str
 
 
-class Manifest(BaseModel):
+@dataclass(kw_only=True)
+class Manifest(Record):
     schema_version: int = SCHEMA_VERSION
     source: SourceRef
     status: FileStatus
     started_at: str
     finished_at: str
     counts: Counts
-    providers: dict[str, Counts] = Field(default_factory=dict)
-    chunks: list[ChunkRecord] = Field(default_factory=list)
-    bulk_ops: list[BulkOp] = Field(default_factory=list)
+    providers: dict[str, Counts] = field(default_factory=dict)
+    chunks: list[ChunkRecord] = field(default_factory=list)
+    bulk_ops: list[BulkOp] = field(default_factory=list)
     outcomes_key: str
     # Where the original rows of failed and errored rows are, to fix and upload again.
     retry_key: str | None = None
@@ -310,13 +316,12 @@ class Manifest(BaseModel):
 # --- Work items and checkpoints ---------------------------------------------------------------
 
 
-class ObjectRef(BaseModel):
+@dataclass(kw_only=True, frozen=True)
+class ObjectRef(Record):
     """One object version to import, and which invocation (segment) of its import this is.
 
     The idempotency key: a redelivered S3 event or continuation message maps to the same ref.
     """
-
-    model_config = ConfigDict(frozen=True)
 
     bucket: str
     key: str
@@ -324,19 +329,21 @@ class ObjectRef(BaseModel):
     # Without versioning, the ETag and S3's sequencer tell two uploads of one key apart.
     etag: str | None = None
     sequencer: str | None = None
-    segment: int = Field(default=0, ge=0)
+    segment: Annotated[int, core_schema.int_schema(ge=0)] = 0
 
 
-class ContinuationMessage(BaseModel):
+@dataclass(kw_only=True)
+class ContinuationMessage(Record):
     """The SQS message that hands the rest of a file to a fresh invocation (no tokens)."""
 
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    core_config = CoreConfig(extra_fields_behavior="forbid")
 
     kind: Literal["bulk-import-continuation"] = "bulk-import-continuation"
     ref: ObjectRef
 
 
-class Checkpoint(BaseModel):
+@dataclass(kw_only=True)
+class Checkpoint(Record):
     """What a later invocation needs to resume a file without re-sending any chunk.
 
     Chunks are numbered in the deterministic order the chunker emits them. ``lease`` is the
@@ -356,13 +363,13 @@ class Checkpoint(BaseModel):
     next_segment: int
     lease: int = 0
     settled_below: int = 0
-    settled_extra: list[int] = Field(default_factory=list)
+    settled_extra: list[int] = field(default_factory=list)
     lines_done: int = 0
     # Rows reported in doubt so far (errored, though Vital failed none of them).
     in_doubt: int = 0
-    counts: Counts = Field(default_factory=Counts)
-    providers: dict[str, Counts] = Field(default_factory=dict)
-    chunks: list[ChunkRecord] = Field(default_factory=list)
-    outcome_parts: list[str] = Field(default_factory=list)
-    retry_parts: list[str] = Field(default_factory=list)
+    counts: Counts = field(default_factory=Counts)
+    providers: dict[str, Counts] = field(default_factory=dict)
+    chunks: list[ChunkRecord] = field(default_factory=list)
+    outcome_parts: list[str] = field(default_factory=list)
+    retry_parts: list[str] = field(default_factory=list)
     stop_reason: ErrorInfo | None = None

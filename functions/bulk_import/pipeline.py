@@ -23,7 +23,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, NamedTuple
 
@@ -385,7 +385,7 @@ class _Run:
         return FileResult(self.ref, self.prefix + MANIFEST_NAME, skipped=reason)
 
     def _next_ref(self, segment: int) -> ObjectRef:
-        return self.ref.model_copy(update={"segment": segment})
+        return replace(self.ref, segment=segment)
 
     def _restore(self, cp: Checkpoint) -> None:
         self.checkpoint = cp
@@ -506,7 +506,7 @@ class _Run:
         fmt, compression = formats.detect(self.source.key)
         described, stream = self._opened()
         if self.checkpoint is None:
-            self.source = described.ref.model_copy(update={"sequencer": self.ref.sequencer})
+            self.source = replace(described.ref, sequencer=self.ref.sequencer)
         elif self.source.etag and described.ref.etag != self.source.etag:
             # An unversioned key uploaded again since the checkpoint: replaying other content
             # against it would send other rows under its chunk numbers. The new upload's own
@@ -1071,7 +1071,7 @@ class _Run:
                 "chunks_done": self.chunks_done,
                 "in_flight": len(self.in_flight),
                 "elapsed_s": round(self.last_progress - self.started_monotonic, 1),
-                **self.tally.counts().model_dump(),
+                **self.tally.counts().to_dict(),
             },
         )
 

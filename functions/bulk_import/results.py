@@ -293,6 +293,6 @@ def write_manifest(s3: S3Client, bucket: str, key: str, manifest: Manifest) -> N
     s3.put_object(
         Bucket=bucket,
         Key=key,
-        Body=manifest.model_dump_json(indent=2).encode(),
+        Body=manifest.to_json(indent=2),
         ContentType="application/json",
     )

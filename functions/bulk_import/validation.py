@@ -4,20 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic_core import SchemaValidator, ValidationError
 
 from bulk_import.models import (
     CANONICAL_UUID,
     DEFAULT_PROVIDER,
     PROVIDERS,
+    WELL_FORMED_CONFIG,
     ConnectionRow,
     WellFormedRow,
 )
+from bulk_import.records import schema_of, typed_dict_schema_of
 
-# The validators without model_validate's Python wrapper: these run once per input row.
-_VALIDATE = ConnectionRow.__pydantic_validator__.validate_python
-_VALIDATE_JSON = ConnectionRow.__pydantic_validator__.validate_json
-_VALIDATE_WELL_FORMED = TypeAdapter(WellFormedRow).validator.validate_json
+# pydantic-core's validators themselves, bound once: these run once per input row.
+_ROW = SchemaValidator(schema_of(ConnectionRow))
+_VALIDATE = _ROW.validate_python
+_VALIDATE_JSON = _ROW.validate_json
+_VALIDATE_WELL_FORMED = SchemaValidator(
+    typed_dict_schema_of(WellFormedRow, WELL_FORMED_CONFIG)
+).validate_json
 
 
 def context_for(default_provider: str | None) -> dict[str, Any]:

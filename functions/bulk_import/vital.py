@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import httpx
-import pydantic
+from pydantic_core import ValidationError
 
 from bulk_import.config import Settings
 from bulk_import.models import (
@@ -349,8 +349,8 @@ class VitalClient:
         if status == 202:
             return PostResult(status, _lists_of_202(response), call.attempts, elapsed)
         try:
-            parsed = BulkImportResponse.model_validate_json(response.content or b"{}")
-        except pydantic.ValidationError:
+            parsed = BulkImportResponse.from_json(response.content or b"{}")
+        except ValidationError:
             msg = (
                 f"Vital answered {status} with a body that is not the documented "
                 "shape; whether these rows were imported is unknown"
@@ -395,8 +395,8 @@ class VitalClient:
             if response.status_code != 200:
                 self._raise_for_status(response, lambda: {self._api_key})
             try:
-                return BulkOpPage.model_validate_json(response.content)
-            except pydantic.ValidationError:
+                return BulkOpPage.from_json(response.content)
+            except ValidationError:
                 msg = "Vital's bulk op list is not in the documented shape"
                 raise VitalProtocolError(msg, 200) from None
 
@@ -570,8 +570,8 @@ def _lists_of_202(response: httpx.Response) -> BulkImportResponse | None:
     if not response.content.strip():
         return None
     try:
-        parsed = BulkImportResponse.model_validate_json(response.content)
-    except pydantic.ValidationError:
+        parsed = BulkImportResponse.from_json(response.content)
+    except ValidationError:
         return None
     return parsed if parsed.user_ids_imported or parsed.user_ids_failed else None
 
@@ -677,7 +677,7 @@ def _auth_message(status: int, response: httpx.Response, secrets: set[str]) -> s
 def _validation_issues(response: httpx.Response, secrets: set[str]) -> list[ValidationIssue]:
     """FastAPI's issues, scrubbed: only loc, msg and type (never ``input``: it echoes data)."""
     try:
-        body = ValidationErrorBody.model_validate_json(response.content)
+        body = ValidationErrorBody.from_json(response.content)
     except ValueError:
         return []
     if isinstance(body.detail, str):

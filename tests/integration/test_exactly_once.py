@@ -400,7 +400,7 @@ def test_a_held_ref_from_the_queue_is_looked_at_again_or_dropped_as_a_duplicate(
     # the invocation. Segment 1+ is a continuation: SQS keeps the copy being worked on.
     _held(monkeypatch)
     ref = ObjectRef(bucket=stack.bucket, key="incoming/held.jsonl", segment=segment)
-    body = ContinuationMessage(ref=ref).model_dump_json()
+    body = ContinuationMessage(ref=ref).to_json().decode()
 
     result = stack.invoke({"Records": [{"eventSource": "aws:sqs", "body": body}]})
 

@@ -614,7 +614,9 @@ def test_an_import_dlq_record_replays_the_event_it_holds(stack: Stack, how: str)
                             "eventSource": "aws:sqs",
                             "body": ContinuationMessage(
                                 ref=ObjectRef(bucket=stack.bucket, key="incoming/parked.jsonl")
-                            ).model_dump_json(),
+                            )
+                            .to_json()
+                            .decode(),
                         }
                     ]
                 }

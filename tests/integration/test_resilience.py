@@ -760,7 +760,7 @@ def test_a_refused_file_keeps_tmp_bounded_and_checkpoints_its_stop(
     save = checkpoint.CheckpointStore.save
 
     def recorded(store: checkpoint.CheckpointStore, cp: Any) -> None:
-        saved.append(cp.model_dump(mode="json"))
+        saved.append(cp.to_dict())
         save(store, cp)
 
     monkeypatch.setattr(results.Spool, "write_bytes", measured)

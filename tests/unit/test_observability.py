@@ -81,7 +81,7 @@ class _Lines(logging.Handler):
 
 def test_a_retry_is_logged_as_a_structured_line() -> None:
     answers = [httpx.Response(503), httpx.Response(200, json={"user_ids_imported": []})]
-    settings = Settings.model_validate(
+    settings = Settings.from_dict(
         {"VITAL_API_KEY_SECRET": "x", "VITAL_API_BASE_URL": "http://vital.test"}
     )
     transport = httpx.MockTransport(lambda request: answers.pop(0))

@@ -288,7 +288,7 @@ def _tally(items: list[tuple[Outcome, int]], provider: str = "oura") -> Tally:
 
 
 def _balanced(counts: Counts) -> bool:
-    return counts.rows == sum(v for k, v in counts.model_dump().items() if k != "rows")
+    return counts.rows == sum(v for k, v in counts.to_dict().items() if k != "rows")
 
 
 @FAST

@@ -234,12 +234,12 @@ def test_write_manifest() -> None:
     assert doc["source"]["size"] == 10
     assert doc["outcomes_key"] == "results/a.csv/outcomes.csv"
     assert doc["error"] is None
-    assert Manifest.model_validate(doc) == manifest
+    assert Manifest.from_dict(doc) == manifest
 
 
 def test_retry_spool_lines_can_be_uploaded_again_as_jsonl() -> None:
     rows = [
-        ConnectionRow.model_validate(
+        ConnectionRow.from_dict(
             {
                 "provider": provider,
                 "user_id": f"6f1c2c4e-1111-4222-8333-44445555666{i}",

@@ -7,6 +7,7 @@ the only call it could make to AWS (listing managed policies).
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import json
 import re
@@ -450,11 +451,12 @@ def test_async_failures_land_in_the_dlq(source: dict[str, Any]) -> None:
 def _settings_aliases() -> tuple[set[str], set[str]]:
     """(every alias of bulk_import.config.Settings, the aliases without a default)."""
     settings = importlib.import_module("bulk_import.config").Settings
-    fields = settings.model_fields.values()
-    return (
-        {field.alias for field in fields if field.alias},
-        {field.alias for field in fields if field.alias and field.is_required()},
-    )
+    required = {
+        field.name.upper()
+        for field in dataclasses.fields(settings)
+        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+    }
+    return set(settings.variables()), required
 
 
 def test_environment_names_are_settings_fields(source: dict[str, Any]) -> None:

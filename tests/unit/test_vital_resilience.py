@@ -56,7 +56,7 @@ def token(i: int) -> str:
 def make_chunk(n: int, provider: str = "oura") -> Chunk:
     rows = []
     for i in range(n):
-        row = ConnectionRow.model_validate(
+        row = ConnectionRow.from_dict(
             {
                 "provider": provider,
                 "user_id": str(uuid.UUID(int=i + 1)),
@@ -78,7 +78,7 @@ def settings(**overrides: Any) -> Settings:
         "MAX_CONCURRENCY": 1,
         **overrides,
     }
-    return Settings.model_validate(values)
+    return Settings.from_dict(values)
 
 
 class Script:
@@ -417,7 +417,7 @@ def test_error_messages_never_repeat_the_key_or_a_token_of_the_request() -> None
 def test_a_token_in_another_column_is_masked_where_vital_quotes_it() -> None:
     """Swapped columns put a token in provider_id or the scopes; Vital may quote either."""
     stray, scope = "plainSTRAYsecretvalue", "plainSCOPEsecretvalue"
-    row = ConnectionRow.model_validate(
+    row = ConnectionRow.from_dict(
         {
             "provider": "oura",
             "user_id": str(uuid.UUID(int=7)),
@@ -444,7 +444,7 @@ def test_a_token_in_another_column_is_masked_where_vital_quotes_it() -> None:
 
 
 def test_short_values_of_other_fields_do_not_cut_words_out_of_vitals_text() -> None:
-    row = ConnectionRow.model_validate(
+    row = ConnectionRow.from_dict(
         {
             "provider": "oura",
             "user_id": str(uuid.UUID(int=8)),
