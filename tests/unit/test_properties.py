@@ -435,6 +435,9 @@ def test_canonical_rows_take_the_fast_path() -> None:
     fast = validate_well_formed(json.dumps(row).encode())
     assert fast is not None
     assert validate_well_formed(json.dumps({**row, "provider": None}).encode()) is not None
+    # Both optional keys absent: what files with one provider per key usually hold.
+    bare = {k: v for k, v in row.items() if k not in ("provider", "oauth_scopes")}
+    assert validate_well_formed(json.dumps(bare).encode()) == (None, {**bare, "oauth_scopes": None})
     assert validate_well_formed(json.dumps({**row, "expires_at": "1764763117"}).encode()) is None
     assert validate_well_formed(json.dumps({**row, "provider_id": 148151911}).encode()) is None
 
