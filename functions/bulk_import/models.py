@@ -208,6 +208,8 @@ class BulkImportResponse(Record):
 
 @dataclass(kw_only=True)
 class ValidationIssue(Record):
+    """One entry of a 422's ``detail``: where in the body, and what is wrong."""
+
     loc: list[str | int] = field(default_factory=list)
     msg: str = ""
     type: str = ""
@@ -222,6 +224,8 @@ class ValidationErrorBody(Record):
 
 @dataclass(kw_only=True)
 class BulkOp(Record):
+    """One bulk operation as ``GET /v2/link/bulk_op`` lists it."""
+
     type: str | None = None
     status: str
     provider: str | None = None
@@ -233,6 +237,8 @@ class BulkOp(Record):
 
 @dataclass(kw_only=True)
 class BulkOpPage(Record):
+    """A page of ``GET /v2/link/bulk_op``."""
+
     data: list[BulkOp] = field(default_factory=list)
     next_cursor: str | None = None
 
@@ -245,6 +251,8 @@ FileStatus = Literal["succeeded", "partial", "failed"]
 
 @dataclass(kw_only=True)
 class SourceRef(Record):
+    """The object version a manifest or checkpoint belongs to."""
+
     bucket: str
     key: str
     version_id: str | None = None
@@ -256,6 +264,8 @@ class SourceRef(Record):
 
 @dataclass(kw_only=True)
 class Counts(Record):
+    """Rows per outcome; ``rows`` is their sum."""
+
     rows: int = 0
     rejected: int = 0
     duplicates: int = 0
@@ -277,6 +287,8 @@ COUNT_FIELD: dict[Outcome, str] = {
 
 @dataclass(kw_only=True)
 class ChunkRecord(Record):
+    """One request to Vital, as the manifest lists it: which lines, and how it went."""
+
     provider: str
     first_line: int
     last_line: int
@@ -290,12 +302,16 @@ class ChunkRecord(Record):
 
 @dataclass(kw_only=True)
 class ErrorInfo(Record):
+    """Why a file stopped: the error's kind and its message, masked of tokens."""
+
     type: str
     message: str
 
 
 @dataclass(kw_only=True)
 class Manifest(Record):
+    """The output contract, ``results/<path>/manifest.json`` for ``incoming/<path>``."""
+
     schema_version: int = SCHEMA_VERSION
     source: SourceRef
     status: FileStatus
