@@ -193,10 +193,13 @@ def _s3_ref(record: dict[str, Any], settings: Settings) -> ObjectRef | None:
         )
         metrics.add_metric(name="FilesIgnored", unit=MetricUnit.Count, value=1)
         return None
-    return ObjectRef(
-        bucket=s3.get("bucket", {}).get("name", ""),
-        key=key,
-        version_id=obj.get("versionId") or None,
-        etag=(obj.get("eTag") or "").strip('"') or None,
-        sequencer=obj.get("sequencer") or None,
+    # Validated: the event is input, as a continuation message is.
+    return ObjectRef.from_dict(
+        {
+            "bucket": s3.get("bucket", {}).get("name", ""),
+            "key": key,
+            "version_id": obj.get("versionId") or None,
+            "etag": (obj.get("eTag") or "").strip('"') or None,
+            "sequencer": obj.get("sequencer") or None,
+        }
     )
