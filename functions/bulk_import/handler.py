@@ -20,6 +20,7 @@ from bulk_import.idempotency import AlreadyInProgress, once_per_ref
 from bulk_import.models import ContinuationMessage, ObjectRef
 from bulk_import.observability import logger, metrics, record_file_metrics, tracer
 from bulk_import.pipeline import Dependencies, FileResult, import_object, results_fit
+from bulk_import.validation import describe_errors
 
 
 class ImportStillRunning(Exception):
@@ -193,13 +194,22 @@ def _s3_ref(record: dict[str, Any], settings: Settings) -> ObjectRef | None:
         )
         metrics.add_metric(name="FilesIgnored", unit=MetricUnit.Count, value=1)
         return None
-    # Validated: the event is input, as a continuation message is.
-    return ObjectRef.from_dict(
-        {
-            "bucket": s3.get("bucket", {}).get("name", ""),
-            "key": key,
-            "version_id": obj.get("versionId") or None,
-            "etag": (obj.get("eTag") or "").strip('"') or None,
-            "sequencer": obj.get("sequencer") or None,
-        }
-    )
+    # Validated: the event is input, as a continuation message is. S3 never sends a record
+    # that fails here, so one that does is logged, not retried into the ImportDLQ.
+    try:
+        return ObjectRef.from_dict(
+            {
+                "bucket": s3.get("bucket", {}).get("name", ""),
+                "key": key,
+                "version_id": obj.get("versionId") or None,
+                "etag": (obj.get("eTag") or "").strip('"') or None,
+                "sequencer": obj.get("sequencer") or None,
+            }
+        )
+    except ValidationError as exc:
+        logger.error(
+            "ignoring an S3 record that does not name a bucket and object",
+            extra={"key": key, "problems": describe_errors(exc)},
+        )
+        metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
+        return None
