@@ -64,6 +64,15 @@ def test_idempotency_utility_is_not_imported_without_a_table() -> None:
     assert _loaded_by_handler_import("aws_lambda_powertools.utilities.idempotency") == [False]
 
 
+def test_pydantic_python_layer_is_not_imported() -> None:
+    """Records need pydantic-core alone; pydantic's schema generator and its constraint types
+    cost ~40 ms of every cold start (README, Performance)."""
+    loaded = _loaded_by_handler_import(
+        "pydantic.main", "pydantic._internal._generate_schema", "pydantic.types", "annotated_types"
+    )
+    assert loaded == [False, False, False, False]
+
+
 def test_retry_machinery_is_imported_only_when_a_request_is_retried() -> None:
     """stamina and tenacity cost ~10 ms of every cold start; an invocation that never retries
     should not pay it (``vital.VitalClient._retry`` imports them on the first retry)."""
