@@ -980,9 +980,12 @@ class _Run:
             in_doubt=self.in_doubt,
             counts=self.tally.counts(),
             providers=self.tally.providers(),
-            chunks=self.chunk_records,
-            outcome_parts=self.outcome_parts,
-            retry_parts=self.retry_parts,
+            # Copies: a record keeps the lists it is given, and the run goes on appending to its
+            # own. The checkpoint must name only the parts stored when it was written (a run
+            # that loses its key deletes the parts stored since).
+            chunks=list(self.chunk_records),
+            outcome_parts=list(self.outcome_parts),
+            retry_parts=list(self.retry_parts),
             stop_reason=errors.to_info(self.stop_reason),
         )
         created = self.checkpoint is None
@@ -1094,7 +1097,7 @@ class _Run:
             finished_at=_now(),
             counts=self.tally.counts(),
             providers=self.tally.providers(),
-            chunks=self.chunk_records,
+            chunks=list(self.chunk_records),
             bulk_ops=bulk_ops,
             outcomes_key=outcomes_key,
             retry_key=retry_key,

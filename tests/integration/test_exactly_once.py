@@ -469,6 +469,69 @@ def test_a_new_upload_during_an_import_takes_the_key_over(
     assert "checkpoint.json" not in {o["Key"].rsplit("/", 1)[-1] for o in state.get("Contents", [])}
 
 
+def test_a_run_that_lost_its_key_deletes_the_parts_it_stored_for_the_losing_checkpoint(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given version A importing, a checkpoint before every chunk, some rows failing (so each
+    # checkpoint stores a retry part, which holds tokens, as well as an outcomes part)
+    from bulk_import import pipeline  # noqa: PLC0415 - the module the handler runs
+
+    stack.s3.put_bucket_versioning(
+        Bucket=stack.bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "1")
+    monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
+    old = [make_row(n) for n in range(100)]
+    new = [make_row(n) for n in range(1000, 1020)]
+    stack.vital.add_known_users(*(r["user_id"] for r in old[::2] + new))
+    stack.vital.latency_seconds = 0.05
+    key = "incoming/lost.jsonl"
+    va = stack.put(key, encode_rows(old, "jsonl"))
+    # A waits at its next checkpoint until B has finished: B's clean-up cannot see the parts
+    # A then stores, so only A can delete them.
+    a_thread: list[threading.Thread] = []
+    b_running, b_done = threading.Event(), threading.Event()
+    save = pipeline._Run._save_checkpoint
+
+    def gated(run: Any, **kwargs: Any) -> None:
+        if threading.current_thread() in a_thread and b_running.is_set():
+            assert b_done.wait(60)
+        save(run, **kwargs)
+
+    monkeypatch.setattr(pipeline._Run, "_save_checkpoint", gated)
+    results: dict[str, Any] = {}
+    first = threading.Thread(
+        target=lambda: results.setdefault(
+            "A", stack.invoke(s3_event(stack.bucket, [key], version_ids={key: va}))
+        )
+    )
+    a_thread.append(first)
+    first.start()
+    deadline = time.monotonic() + 10
+    while len(stack.vital.bulk_import_requests()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    # When version B is uploaded and imported to the end meanwhile
+    b_running.set()
+    vb = stack.put(key, encode_rows(new, "jsonl"))
+    results["B"] = stack.invoke(s3_event(stack.bucket, [key], version_ids={key: vb}))
+    b_done.set()
+    first.join(timeout=60)
+    assert not first.is_alive()
+
+    # Then A stops, and no part object is left: B deleted those A's checkpoints named, and A
+    # the ones it stored for the checkpoint that lost
+    assert results["A"]["files"][0]["status"] == "skipped"
+    assert results["B"]["files"][0]["status"] == "succeeded"
+    left = [
+        o["Key"]
+        for prefix in ("results/lost.jsonl/_state/", "retry/lost.jsonl/_state/")
+        for o in stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=prefix).get("Contents", [])
+    ]
+    assert left == []
+
+
 @contextmanager
 def lost_answer_to_checkpoint_write(
     nth: int, meanwhile: Callable[[], None] | None = None
