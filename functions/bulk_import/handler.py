@@ -208,7 +208,7 @@ def _s3_ref(record: dict[str, Any], settings: Settings) -> ObjectRef | None:
         )
     except ValidationError as exc:
         logger.error(
-            "ignoring an S3 record that does not name a bucket and object",
+            "ignoring a malformed S3 record (no bucket name, or a field of the wrong type)",
             extra={"key": key, "problems": describe_errors(exc)},
         )
         metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)

@@ -339,7 +339,7 @@ class ObjectRef(Record):
     The idempotency key: a redelivered S3 event or continuation message maps to the same ref.
     """
 
-    bucket: str
+    bucket: Annotated[str, core_schema.str_schema(min_length=1)]
     key: str
     version_id: str | None = None
     # Without versioning, the ETag and S3's sequencer tell two uploads of one key apart.

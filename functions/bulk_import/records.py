@@ -9,7 +9,12 @@ annotations on first use: each field is declared once. A constraint or a validat
 ``Annotated`` as the core schema itself, e.g. ``Annotated[int, core_schema.int_schema(ge=0)]``.
 
 Only the types the package's records use are understood (str, int, float, bool, None, unions,
-list, dict, Literal, nested records); anything else fails loudly on first use, in tests.
+list, dict, Literal, nested records), and ``Annotated`` takes core schemas only; anything else
+fails loudly on first use, in tests.
+
+Unlike a pydantic model, a record built in code is a plain dataclass: its arguments are neither
+validated nor copied (pass a copy of a list the caller goes on changing). Input from outside
+goes through ``from_json`` / ``from_dict``.
 """
 
 from __future__ import annotations
@@ -93,7 +98,9 @@ def schema_of(cls: type[Record]) -> core_schema.CoreSchema:
                 schema, default=field.default, validate_default=check_default
             )
         elif field.default_factory is not dataclasses.MISSING:
-            schema = core_schema.with_default_schema(schema, default_factory=field.default_factory)
+            schema = core_schema.with_default_schema(
+                schema, default_factory=field.default_factory, validate_default=check_default
+            )
         fields.append(
             core_schema.dataclass_field(
                 field.name,
@@ -119,16 +126,21 @@ def typed_dict_schema_of(cls: type[Any], config: CoreConfig) -> core_schema.Core
     """The core schema of a TypedDict, derived the same way: it validates into a plain dict."""
     hints = typing.get_type_hints(cls, include_extras=True)
     # From the evaluated hints: under postponed annotations ``__required_keys__`` cannot see
-    # ``NotRequired``.
+    # ``NotRequired`` or ``Required``.
     fields = {
-        name: core_schema.typed_dict_field(
-            _schema_of_type(hint), required=typing.get_origin(hint) is not typing.NotRequired
-        )
+        name: core_schema.typed_dict_field(_schema_of_type(hint), required=_required(cls, hint))
         for name, hint in hints.items()
     }
     return core_schema.typed_dict_schema(
         fields, cls=cls, config=CoreConfig(title=cls.__name__, **config)
     )
+
+
+def _required(cls: type[Any], hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin is typing.NotRequired:
+        return False
+    return origin is typing.Required or bool(getattr(cls, "__total__", True))
 
 
 def _schema_of_type(hint: Any) -> core_schema.CoreSchema:  # noqa: PLR0911 - one per kind
@@ -137,8 +149,12 @@ def _schema_of_type(hint: Any) -> core_schema.CoreSchema:  # noqa: PLR0911 - one
     if origin in (typing.NotRequired, typing.Required):
         return _schema_of_type(args[0])
     if origin is typing.Annotated:
-        given = [m for m in hint.__metadata__ if isinstance(m, dict) and "type" in m]
-        return given[-1] if given else _schema_of_type(args[0])
+        # The core schema itself, which states the type as well: anything else (pydantic's
+        # Field, annotated_types' Ge) would be silently ignored here.
+        schema = hint.__metadata__[0] if len(hint.__metadata__) == 1 else None
+        if not (isinstance(schema, dict) and "type" in schema):
+            raise TypeError(f"records.py takes one core schema in Annotated, not {hint!r}")
+        return typing.cast(core_schema.CoreSchema, schema)
     if origin in (Union, types.UnionType):
         others = [a for a in args if a is not type(None)]
         inner = (

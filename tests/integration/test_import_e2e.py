@@ -559,9 +559,10 @@ def test_keys_outside_incoming_and_test_events_are_ignored(stack: Stack) -> None
     assert stack.import_keys("incoming/oura/") == {"files": []}
     assert stack.invoke({"Service": "Amazon S3", "Event": "s3:TestEvent"}) == {"files": []}
     # Not what S3 sends, but no reason to crash into Lambda's retries either.
-    odd = {"eventSource": "aws:s3", "s3": {"bucket": {"name": 5}, "object": {"key": "incoming/o"}}}
-    assert stack.invoke({"Records": [odd]}) == {"files": []}
-    assert any("does not name a bucket and object" in line for line in stack.log_lines)
+    for bucket in ({"name": 5}, {}):
+        odd = {"eventSource": "aws:s3", "s3": {"bucket": bucket, "object": {"key": "incoming/o"}}}
+        assert stack.invoke({"Records": [odd]}) == {"files": []}
+    assert any("ignoring a malformed S3 record" in line for line in stack.log_lines)
 
 
 def _import_dlq_record(s3_event_: dict[str, Any]) -> dict[str, Any]:

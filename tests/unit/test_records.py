@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Required, TypedDict
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic_core import ValidationError
+from pydantic_core import CoreConfig, SchemaValidator, ValidationError
 
 from bulk_import.models import (
     Checkpoint,
@@ -24,7 +24,7 @@ from bulk_import.models import (
     SourceRef,
     ValidationErrorBody,
 )
-from bulk_import.records import Record, schema_of
+from bulk_import.records import Record, schema_of, typed_dict_schema_of
 
 _TEXT = st.text(max_size=12)
 _COUNT = st.integers(min_value=0, max_value=2**40)
@@ -137,3 +137,30 @@ def test_records_are_plain_dataclasses_for_powertools() -> None:
         "segment": 2,
     }
     assert dataclasses.asdict(ref) == ref.to_dict() == expected
+
+
+def test_annotated_takes_a_core_schema_only() -> None:
+    """Anything else in ``Annotated`` (pydantic's ``Field(ge=0)``, say) would be dropped."""
+
+    @dataclass(kw_only=True)
+    class Odd(Record):
+        n: Annotated[int, {"ge": 0}]
+
+    with pytest.raises(TypeError, match="one core schema"):
+        schema_of(Odd)
+
+
+def test_a_typed_dict_that_is_not_total_needs_none_of_its_keys() -> None:
+    class Partial(TypedDict, total=False):
+        a: int
+        b: Required[str]
+
+    validator = SchemaValidator(typed_dict_schema_of(Partial, CoreConfig()))
+    assert validator.validate_python({"b": "x"}) == {"b": "x"}
+    with pytest.raises(ValidationError, match="b\n  Field required"):
+        validator.validate_python({"a": 1})
+
+
+def test_an_s3_ref_names_a_bucket() -> None:
+    with pytest.raises(ValidationError, match="bucket"):
+        ObjectRef.from_dict({"bucket": "", "key": "incoming/a.jsonl"})
