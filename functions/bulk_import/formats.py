@@ -289,6 +289,29 @@ class _BoundedLines:
         self._cut_at_cr = False
         return line
 
+    def ends_in_quotes(self) -> bool:
+        """Does the last line end inside a quoted field? Each quote of a record's line toggles
+        it, an escaped one ("") twice, so the count's parity tells."""
+        return self._last.count('"') % 2 == 1
+
+    def pass_over_quoted(self) -> int:
+        """Pass over the lines up to where the quoted field the last line left open closes, in
+        bounded reads, within the record's budget; how many lines that was."""
+        inside, passed, piece = True, 0, self._last
+        while inside or not piece.endswith(("\n", "\r")):
+            piece = self._read(self.limit)
+            if not piece:
+                break  # the file ended inside the quotes: nothing more to take
+            self.record_chars += len(piece)
+            if self.record_chars > self.record_limit:
+                raise _RecordTooLong(first_line=False)
+            inside ^= piece.count('"') % 2 == 1
+            if piece.endswith(("\n", "\r")):
+                passed += 1
+                self.skipped += 1  # counted as they pass: an error names the line it reached
+            self._cut_at_cr = piece.endswith("\r")  # its '\n' may come as the next piece
+        return passed
+
     def pass_over(self) -> None:
         """Pass over the line that was too long to be a row: the rest of it, in bounded reads."""
         piece = self._last
@@ -319,9 +342,15 @@ def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
                 end = reader.line_num + lines.skipped
                 if end > start:
                     raise MalformedFile(_runaway(start, end, str(exc))) from None
+                if "field limit" in str(exc):
+                    # The reader drops the rest of the line: a quote opened on it still takes
+                    # its lines (else they would be read as rows).
+                    passed = lines.pass_over_quoted() if lines.ends_in_quotes() else 0
+                    lines.record_chars = 0
+                    yield _too_long_record(start, start + passed, limit)
+                    continue
                 lines.record_chars = 0
-                reason = too_long(limit) if "field limit" in str(exc) else f"not valid CSV: {exc}"
-                yield Record(start, None, reason)
+                yield Record(start, None, f"not valid CSV: {exc}")
                 continue
             except _RecordTooLong as long:
                 if not long.first_line:

@@ -489,6 +489,33 @@ def test_csv_long_first_line_of_a_quoted_record_is_read_whole_and_rejected() -> 
     ]
 
 
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+def test_csv_field_over_the_limit_takes_the_lines_a_later_quote_on_its_line_opens(
+    ending: bytes,
+) -> None:
+    """The reader gives up on a line at its long field and drops the rest of the line: a quote
+    opened further on still takes its lines with it, or their text would be read as rows (here
+    one that looks like a connection)."""
+    quoted = b'"x' + ending + b"u9,a,r,p,1,,oura" + ending + b'y"'
+    data = HEADER + b"u1," + b"a" * 150 + b",r,p,1," + quoted + b",oura" + ending
+    data += b"u2,a,r,p,1,,oura" + ending
+    rows = read(data, Format.CSV, limit=100)
+    assert [(line, d and d["user_id"], err) for line, d, err in rows] == [
+        (2, None, "record on lines 2-4: line is longer than 100 bytes"),
+        (5, "u2", None),
+    ]
+
+
+def test_csv_field_over_the_limit_then_a_quote_that_never_closes_in_bounds_stops_the_file() -> None:
+    data = HEADER + b"u1," + b"a" * 150 + b',r,p,1,"x\n' + b"z" * 9 + b"\n"
+    at_the_end = read(data, Format.CSV, limit=100)
+    assert at_the_end == [(2, None, "record on lines 2-3: line is longer than 100 bytes")]
+    data += (b"z" * 9 + b"\n") * 30 + b'",oura\nu2,a,r,p,1,,oura\n'
+    _, message = read_until_malformed(data, Format.CSV, limit=100)
+    # 400 characters: the long line (~170), then 10 a line, reached on line 26 of the file
+    assert message.startswith("CSV record starting at line 2 runs to line 26 (longer than 400")
+
+
 def test_csv_header_longer_than_a_row_may_be_is_read() -> None:
     names = b"user_id,access_token,refresh_token,provider_id,expires_at,provider"
     header = names + b"," + b",".join(b"extra_column_%d" % i for i in range(8))
