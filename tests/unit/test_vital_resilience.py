@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from bulk_import.vital import (
     BACKOFF_MAX_SECONDS,
     CONNECT_TIMEOUT_SECONDS,
     MIN_ATTEMPT_SECONDS,
+    REFUND_PER_ANSWER,
     CircuitBreaker,
     VitalAuthError,
     VitalClient,
@@ -234,6 +236,18 @@ def test_exhausted_attempts_spend_no_budget_on_the_retry_never_made() -> None:
         assert vital.stats.retries == 2
 
 
+def test_an_answer_gives_back_the_retries_it_took_or_a_fifth_of_one() -> None:
+    script = Script(*[httpx.Response(503)] * 4, imported)
+    with client(script, MAX_ATTEMPTS=3, breaker=CircuitBreaker(threshold=99)) as vital:
+        with pytest.raises(VitalUnavailable):
+            vital.post_bulk_import(BODY)  # 2 retries spent, nothing answered
+        assert vital.retries_left == vital.retry_budget - 2
+        vital.post_bulk_import(BODY)  # one retry (503, then answered): given back
+        assert vital.retries_left == vital.retry_budget - 2
+        vital.post_bulk_import(BODY)  # answered at once: a fifth of a retry
+        assert vital.retries_left == pytest.approx(vital.retry_budget - 2 + REFUND_PER_ANSWER)
+
+
 def test_no_request_when_the_invocation_is_nearly_over() -> None:
     script = Script(imported)
     # SAFETY_MARGIN_SECONDS=4: retries and requests stop 2 s before the end.
@@ -296,6 +310,30 @@ def test_breaker_opens_after_consecutive_failures_and_refuses_without_a_request(
         assert vital.post_bulk_import(BODY).status == 200
         assert vital.post_bulk_import(BODY).status == 200
     assert len(script.requests) == 5
+
+
+def test_after_the_cooldown_exactly_one_of_many_callers_gets_the_trial() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=1, cooldown=30.0, clock=lambda: now[0])
+    breaker.failure()
+    now[0] = 31.0
+    start = threading.Barrier(8)
+    allowed: list[bool] = []
+
+    def caller() -> None:
+        start.wait(5)
+        allowed.append(breaker.allow())
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert sorted(allowed) == [False] * 7 + [True]
+    # While the trial runs, no one else goes; its success lets everyone through again.
+    assert not breaker.allow()
+    breaker.success()
+    assert all(breaker.allow() for _ in range(3))
 
 
 def test_refusals_of_single_chunks_do_not_open_the_breaker() -> None:
