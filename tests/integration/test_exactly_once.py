@@ -321,6 +321,7 @@ def race(stack: Stack, event: dict[str, Any]) -> list[Any]:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+        assert not thread.is_alive(), "an import of the race did not finish"
     return outcomes
 
 
@@ -451,6 +452,7 @@ def test_a_new_upload_during_an_import_takes_the_key_over(
     assert vb is not None
     results["B"] = stack.invoke(s3_event(stack.bucket, [key], version_ids={key: vb}))
     first.join(timeout=60)
+    assert not first.is_alive()
 
     # Then A stops at its next checkpoint, sending nothing more and writing no results, and
     # the key's results are B's, whole
@@ -719,6 +721,7 @@ def test_concurrent_duplicate_events_without_a_table_post_each_connection_once(
             thread.start()
         for thread in threads:
             thread.join(timeout=60)
+            assert not thread.is_alive()
     parts = [k for k in keys["PutObject"] if "/_state/" in k and "checkpoint" not in k]
 
     assert sorted(statuses) == ["partial", "skipped"]
@@ -759,6 +762,7 @@ def test_a_duplicate_event_that_finds_no_state_until_the_first_finished_posts_no
     results["A"] = stack.invoke(event)
     a_finished.set()
     b.join(timeout=60)
+    assert not b.is_alive()
 
     # Then B, whose checkpoint creation now succeeds, sees A's manifest before sending anything
     assert results["A"]["files"][0]["status"] == "partial"  # the rejected row
