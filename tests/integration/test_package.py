@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import struct
 import subprocess
 import zipfile
@@ -20,7 +22,23 @@ MAX_UNZIPPED = 250 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def package() -> zipfile.ZipFile:
-    subprocess.run(["./local/package.sh"], cwd=ROOT, check=True, capture_output=True)
+    # Its own process group: if pytest is stopped (a timeout, a signal to pytest alone), the
+    # whole build goes with it, not just the script (sam and pip run under uv, grandchildren).
+    build = subprocess.Popen(
+        ["./local/package.sh"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = build.communicate()
+    except BaseException:
+        os.killpg(build.pid, signal.SIGKILL)
+        build.wait()
+        raise
+    if build.returncode:
+        raise subprocess.CalledProcessError(build.returncode, build.args, out, err)
     with zipfile.ZipFile(ZIP) as zf:
         yield zf
 
