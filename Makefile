@@ -3,11 +3,11 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY = $(shell ./local/bootstrap.sh)
 UV = $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
-# SAM CLI pins its own boto3 and friends: it runs from a separate tool environment.
-SAM_CLI_VERSION = 1.170.0
-export SAM_CLI_VERSION
+# SAM CLI pins its own boto3 and friends: it runs from a separate tool environment, at the
+# versions local/sam-cli.txt pins (local/sam-cli.in names SAM CLI's own).
+SAM_CLI = $(UV) tool run --python "$$(readlink -f .venv/bin/python)" --constraints local/sam-cli.txt --from aws-sam-cli sam
 
-.PHONY: help venv demo test lint typecheck unit integration cfn-lint sam-validate package requirements bench clean
+.PHONY: help venv demo test lint typecheck unit integration cfn-lint sam-validate package requirements sam-cli-lock bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -31,8 +31,8 @@ typecheck: venv ## mypy --strict on the Lambda package
 cfn-lint: venv ## lint template.yaml
 	.venv/bin/cfn-lint template.yaml
 
-sam-validate: venv ## sam validate --lint (SAM CLI in its own uv tool environment, not in the lock)
-	SAM_CLI_TELEMETRY=0 $(UV) tool run --python "$$(readlink -f .venv/bin/python)" --from aws-sam-cli==$(SAM_CLI_VERSION) sam validate --lint --template template.yaml --region us-east-1
+sam-validate: venv ## sam validate --lint (SAM CLI in its own uv tool environment, pinned by local/sam-cli.txt)
+	SAM_CLI_TELEMETRY=0 $(SAM_CLI) validate --lint --template template.yaml --region us-east-1
 
 package: venv ## build the Lambda package for python3.13/arm64 without Docker (build/lambda-arm64.zip)
 	./local/package.sh
@@ -45,6 +45,9 @@ integration: venv ## integration tests only (starts the local stack)
 
 requirements: venv ## regenerate functions/requirements.txt from uv.lock
 	./local/export-requirements.sh > functions/requirements.txt
+
+sam-cli-lock: venv ## re-pin SAM CLI's dependencies (local/sam-cli.txt) from local/sam-cli.in
+	./local/sam-cli-lock.sh
 
 bench: venv ## run the benchmarks (on demand; prints ratios, writes bench/results/latest.json)
 	$(PY) -m bench.run

@@ -7,12 +7,11 @@ cd "$(dirname "$0")/.."
 ./local/bootstrap.sh >/dev/null
 UV="$(command -v uv 2>/dev/null || echo .tools/bin/uv)"
 PYTHON313="$(readlink -f .venv/bin/python)"
-SAM_CLI_VERSION="${SAM_CLI_VERSION:-1.170.0}"
 export SAM_CLI_TELEMETRY=0
 # functions/Makefile runs pip and compileall with the same Python 3.13 the tests use.
 export PYTHON="$PYTHON313"
 "$UV" tool run --python "$PYTHON313" \
-    --from "aws-sam-cli==${SAM_CLI_VERSION}" \
+    --constraints local/sam-cli.txt --from aws-sam-cli \
     sam build --template template.yaml --build-dir .aws-sam/build >&2
 .venv/bin/python - <<'PY'
 import os, pathlib, zipfile

@@ -46,3 +46,17 @@ def test_requirements_pin_runtime_packages_and_the_sdk_with_hashes() -> None:
         if not line.startswith(" "):
             assert "==" in line, line
     assert "--hash=sha256:" in text
+
+
+def test_sam_cli_runs_at_pinned_versions() -> None:
+    """`make sam-validate` and `make package` run SAM CLI under local/sam-cli.txt: every
+    dependency at one version, so a new release of one cannot change CI overnight."""
+    pins = _lines((ROOT / "local" / "sam-cli.txt").read_text())
+    named = {line.split("==")[0] for line in pins}
+    wanted = _lines((ROOT / "local" / "sam-cli.in").read_text())
+    assert set(wanted) <= set(pins), "local/sam-cli.in changed: run `make sam-cli-lock`"
+    assert {"aws-sam-cli", "aws-sam-translator", "boto3", "cfn-lint"} <= named
+    assert all("==" in line for line in pins)
+    users = [ROOT / "Makefile", ROOT / "local" / "package.sh"]
+    for path in users:
+        assert "--constraints local/sam-cli.txt --from aws-sam-cli " in path.read_text(), path
