@@ -289,37 +289,126 @@ class _BoundedLines:
         self._cut_at_cr = False
         return line
 
-    def ends_in_quotes(self) -> bool:
-        """Does the last line end inside a quoted field? Each quote of a record's line toggles
-        it, an escaped one ("") twice, so the count's parity tells."""
-        return self._last.count('"') % 2 == 1
+    @property
+    def last(self) -> str:
+        """The last line the reader was given."""
+        return self._last
 
-    def pass_over_quoted(self) -> int:
-        """Pass over the lines up to where the quoted field the last line left open closes, in
-        bounded reads, within the record's budget; how many lines that was."""
-        inside, passed, piece = True, 0, self._last
-        while inside or not piece.endswith(("\n", "\r")):
-            piece = self._read(self.limit)
-            if not piece:
-                break  # the file ended inside the quotes: nothing more to take
+    def pass_over_quoted(self, quoting: _Quoting, start: int) -> int:
+        """After the reader gave up on a line that leaves a quoted field open: pass over the
+        lines up to where that field closes, in bounded reads, within the record's budget; how
+        many lines that was. The record starts on line ``start``; where it breaks as the reader
+        would refuse a record over several lines, the file stops as it would."""
+        passed, piece, partial = 0, self._last, False
+        quoting.broken = False  # the line the reader gave up on may be: that is its error
+        self._check_quoted(quoting, start, start + 1)  # open at its end: it reaches the next
+        while quoting.open or not piece.endswith(("\n", "\r")):
+            piece = self._text.readline(self.limit)
+            if not piece:  # the end of the file
+                reached = passed + partial  # a last line without its line ending counts
+                if quoting.open and reached:  # as the reader says of a record over lines
+                    raise MalformedFile(_runaway(start, start + reached, "unexpected end of data"))
+                return reached  # a record closed at the end, or the last line alone, open
+            partial = not piece.endswith(("\n", "\r"))
             self.record_chars += len(piece)
-            if self.record_chars > self.record_limit:
+            cut = self._cut_at_cr and piece == "\n"  # the rest of a '\r\n' a read cut in two
+            self._cut_at_cr = piece.endswith("\r")  # its '\n' may come as the next piece
+            quoting.feed(piece)
+            if cut:
+                continue
+            if self.record_chars - _ending(piece) > self.record_limit:
                 raise _RecordTooLong(first_line=False)
-            inside ^= piece.count('"') % 2 == 1
+            self._check_quoted(quoting, start, start + passed + 1)
             if piece.endswith(("\n", "\r")):
                 passed += 1
                 self.skipped += 1  # counted as they pass: an error names the line it reached
-            self._cut_at_cr = piece.endswith("\r")  # its '\n' may come as the next piece
         return passed
 
-    def pass_over(self) -> None:
-        """Pass over the line that was too long to be a row: the rest of it, in bounded reads."""
+    def _check_quoted(self, quoting: _Quoting, start: int, line: int) -> None:
+        """What the reader refuses in a record over several lines stops the file, as it does."""
+        if quoting.broken:
+            raise MalformedFile(_runaway(start, line, "',' expected after '\"'"))
+        if quoting.open and quoting.field > self.limit:
+            raise MalformedFile(
+                _runaway(start, line, f"field larger than field limit ({self.limit})")
+            )
+
+    def pass_over(self) -> _Quoting:
+        """Pass over the line that was too long to be a row: the rest of it, in bounded reads.
+        Gives its quoting: a quoted field open at its end would run on to the next lines."""
         piece = self._last
+        quoting = _Quoting(piece)
         while piece and not piece.endswith(("\n", "\r")):
             piece = self._text.readline(self.limit)
+            quoting.feed(piece)
         self._cut_at_cr = piece.endswith("\r")
         self.skipped += 1
         self.record_chars = 0
+        return quoting
+
+
+_START, _FIELD, _QUOTED, _QUOTE = range(4)
+# From a field's start: unquoted fields, each up to its comma; stops at a quote opening a field
+# or at a line end. A quote after a field's first character is an ordinary one.
+_UNQUOTED_FIELDS = re.compile(r'(?:[^",\r\n][^,\r\n]*)?(?:,(?:[^",\r\n][^,\r\n]*)?)*')
+_REST_OF_FIELD = re.compile(r"[^,\r\n]*")
+
+
+def _end_of(pattern: re.Pattern[str], text: str, i: int) -> int:
+    match = pattern.match(text, i)  # both patterns match at least the empty string
+    return i if match is None else match.end()
+
+
+class _Quoting:
+    """Where a CSV record's quoting stands after the text fed so far, by the csv module's rules
+    (default dialect): a quote opens a quoted field only at the field's start, two quotes in one
+    are a quote, a quote elsewhere is an ordinary character (``a"b``), and a quoted field runs
+    on over line ends until its closing quote. For the lines the reader gave up on or never saw:
+    whether the record runs on past them."""
+
+    __slots__ = ("broken", "field", "state")
+
+    def __init__(self, text: str = "") -> None:
+        self.state = _START
+        self.field = 0  # characters of the quoted field being read, as the reader counts them
+        self.broken = False  # a closing quote followed by more of its field (strict: an error)
+        self.feed(text)
+
+    @property
+    def open(self) -> bool:
+        """Inside a quoted field: at a line end, the record runs on to the next line."""
+        return self.state == _QUOTED
+
+    def feed(self, text: str) -> None:
+        i, n = 0, len(text)
+        while i < n:
+            if self.state == _START:
+                begin = i
+                i = _end_of(_UNQUOTED_FIELDS, text, i)
+                if i == n:
+                    self.state = _START if i > begin and text[i - 1] == "," else _FIELD
+                elif text[i] == '"':
+                    self.state, self.field, i = _QUOTED, 0, i + 1
+                else:  # a line end: the record ends, the next line starts one
+                    i += 1
+            elif self.state == _FIELD:
+                i = _end_of(_REST_OF_FIELD, text, i)
+                if i < n:  # its comma or the line end
+                    self.state, i = _START, i + 1
+            elif self.state == _QUOTED:
+                quote = text.find('"', i)
+                if quote < 0:
+                    self.field += n - i
+                    i = n
+                else:
+                    self.field += quote - i
+                    self.state, i = _QUOTE, quote + 1
+            elif text[i] == '"':  # _QUOTE, then another: a quote in the field
+                self.field += 1
+                self.state, i = _QUOTED, i + 1
+            else:  # _QUOTE, then anything else: the field closed
+                self.broken = self.broken or text[i] not in ",\r\n"
+                self.state = _FIELD
 
 
 def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
@@ -342,21 +431,12 @@ def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
                 end = reader.line_num + lines.skipped
                 if end > start:
                     raise MalformedFile(_runaway(start, end, str(exc))) from None
-                if "field limit" in str(exc):
-                    # The reader drops the rest of the line: a quote opened on it still takes
-                    # its lines (else they would be read as rows).
-                    passed = lines.pass_over_quoted() if lines.ends_in_quotes() else 0
-                    lines.record_chars = 0
-                    yield _too_long_record(start, start + passed, limit)
-                    continue
-                lines.record_chars = 0
-                yield Record(start, None, f"not valid CSV: {exc}")
+                yield _unreadable_record(exc, lines, start, limit)
                 continue
             except _RecordTooLong as long:
-                if not long.first_line:
-                    raise
-                lines.pass_over()  # the reader starts its next record afresh
-                yield Record(start, None, too_long(limit))
+                if not long.first_line or lines.pass_over().open:
+                    raise _RecordTooLong(first_line=False) from None  # the record runs on
+                yield Record(start, None, too_long(limit))  # the reader starts afresh
                 continue
             content, lines.record_chars = lines.record_content, 0
             if values and (len(values) > 1 or values[0].strip()):  # else a blank line
@@ -382,6 +462,19 @@ def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
     finally:
         if not stream.closed:  # a reader dropped after its stream closed (a deadline) has none
             text.detach()
+
+
+def _unreadable_record(exc: csv.Error, lines: _BoundedLines, start: int, limit: int) -> Record:
+    """A record the reader gave up on in its first line: rejected, with the lines that a quoted
+    field left open on that line takes (the reader drops the rest of the line, and would read
+    them as rows)."""
+    quoting = _Quoting(lines.last)
+    passed = lines.pass_over_quoted(quoting, start) if quoting.open else 0
+    lines.record_chars = 0
+    if "field limit" in str(exc):
+        return _too_long_record(start, start + passed, limit)
+    where = f"record on lines {start}-{start + passed}: " if passed else ""
+    return Record(start, None, f"{where}not valid CSV: {exc}")
 
 
 def _too_long_record(start: int, end: int, limit: int) -> Record:

@@ -506,14 +506,82 @@ def test_csv_field_over_the_limit_takes_the_lines_a_later_quote_on_its_line_open
     ]
 
 
-def test_csv_field_over_the_limit_then_a_quote_that_never_closes_in_bounds_stops_the_file() -> None:
+def test_csv_field_over_the_limit_then_a_quote_that_never_closes_stops_the_file() -> None:
     data = HEADER + b"u1," + b"a" * 150 + b',r,p,1,"x\n' + b"z" * 9 + b"\n"
-    at_the_end = read(data, Format.CSV, limit=100)
-    assert at_the_end == [(2, None, "record on lines 2-3: line is longer than 100 bytes")]
-    data += (b"z" * 9 + b"\n") * 30 + b'",oura\nu2,a,r,p,1,,oura\n'
+    # The file ends inside the quotes, as the reader reports of any record
     _, message = read_until_malformed(data, Format.CSV, limit=100)
-    # 400 characters: the long line (~170), then 10 a line, reached on line 26 of the file
-    assert message.startswith("CSV record starting at line 2 runs to line 26 (longer than 400")
+    assert message.startswith("CSV record starting at line 2 runs to line 3 (unexpected end")
+    data += (b"z" * 9 + b"\n") * 30 + b'",oura\nu2,a,r,p,1,,oura\n'
+    # The quoted field passes 100 characters on line 12 ("x\n" on line 2, then 10 a line), as
+    # the reader says of any quoted field that grows too long over lines
+    _, message = read_until_malformed(data, Format.CSV, limit=100)
+    assert message.startswith("CSV record starting at line 2 has a field that runs to line 12")
+
+
+_H20 = b"user_id,access_token,refresh_token,provider_id,expires_at,oauth_scopes,provider\n"
+_LONG = b"u1," + b"a" * 21  # a field over a limit of 20
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param(
+            _LONG + b',r,p,1,x"y,o\nu2,a,r,p,1,,o\n',
+            [(2, None, "line is longer than 20 bytes"), (3, "u2", None)],
+            id="a quote inside an unquoted field opens nothing",
+        ),
+        pytest.param(
+            _LONG + b',r,p,1,"x\ny",q"r\nu2,a,r,p,1,,o\n',
+            [(2, None, "record on lines 2-3: line is longer than 20 bytes"), (4, "u2", None)],
+            id="nor one after a quoted field closed",
+        ),
+        pytest.param(
+            _LONG + b',r,p,1,"x\ny",' + b"o" * 19 + b"," + b"o" * 19 + b",ooo\nu2,a,r,p,1,,o\n",
+            [(2, None, "record on lines 2-3: line is longer than 20 bytes"), (4, "u2", None)],
+            id="a record of exactly 4x the limit is within the budget",
+        ),
+        pytest.param(
+            b'u1,"x"y,"open\nu9,a,r,p,1,,o\nz",o\nu2,a,r,p,1,,o\n',
+            [
+                (2, None, "record on lines 2-4: not valid CSV: ',' expected after '\"'"),
+                (5, "u2", None),
+            ],
+            id="an invalid record takes the lines its open quote runs over",
+        ),
+    ],
+)
+def test_csv_record_the_reader_gave_up_on_takes_exactly_its_lines(
+    body: bytes, expected: list[tuple[int, str | None, str | None]]
+) -> None:
+    rows = read(_H20 + body, Format.CSV, limit=20)
+    assert [(line, d and d["user_id"], err) for line, d, err in rows] == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        pytest.param(
+            b"u1," + b"a" * 81 + b',r,p,1,"x\nu9,a,r,p,1,,o\ny",o\nu2,a,r,p,1,,o\n',
+            "CSV record starting at line 2 runs to line 3 (longer than 80 characters",
+            id="a line over 4x the limit that leaves a quote open",
+        ),
+        pytest.param(
+            b'u1,"' + b"a" * 21 + b'\nb",r,p,1,,o\nu2,a,r,p,1,,o\n',
+            "CSV record starting at line 2 has a field that runs to line 3 and is longer",
+            id="a quoted field over the limit on its first line that runs on",
+        ),
+        pytest.param(
+            _LONG + b',r,p,1,"x\nq"zz,o\nu2,a,r,p,1,,o\n',
+            "CSV record starting at line 2 runs to line 3 (',' expected after '\"')",
+            id="a quote closed mid-field on a later line",
+        ),
+    ],
+)
+def test_csv_record_the_reader_gave_up_on_stops_the_file_as_the_reader_would(
+    body: bytes, message: str
+) -> None:
+    _, got = read_until_malformed(_H20 + body, Format.CSV, limit=20)
+    assert got.startswith(message)
 
 
 def test_csv_header_longer_than_a_row_may_be_is_read() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 from collections import defaultdict
@@ -495,3 +496,33 @@ def test_jsonl_blocks_match_reading_line_by_line(
     numbered = [(first + i, raw) for first, chunk in blocks for i, raw in enumerate(chunk)]
     assert numbered == _lines_one_by_one(data, limit)
     assert all(chunk for _, chunk in blocks)  # no empty blocks
+
+
+# --- CSV quoting on lines the reader gave up on ------------------------------------------------
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    body=st.text(alphabet='ab,"', max_size=30),
+    ending=st.sampled_from(["\n", "\r\n", "\r"]),
+    cuts=st.lists(st.integers(0, 32), max_size=3),
+)
+@example(body='a"b', ending="\n", cuts=[])  # an ordinary character: opens nothing
+@example(body='"x"y,"z', ending="\n", cuts=[])  # a field closed early, then one left open
+@example(body='"a""', ending="\r\n", cuts=[4])  # an escaped quote, the line still open
+def test_quoting_of_a_line_agrees_with_the_csv_module(
+    body: str, ending: str, cuts: list[int]
+) -> None:
+    """``_Quoting`` says a line leaves a quoted field open exactly when the csv module reads the
+    next line into the same record, however the line is cut into pieces (bounded reads)."""
+    line = body + ending
+    quoting = formats._Quoting()
+    for piece in _pieces(line, cuts):
+        quoting.feed(piece)
+    records = list(csv.reader(io.StringIO(line + "next\n", newline="")))
+    assert quoting.open == (len(records) == 1)
+
+
+def _pieces(text: str, cuts: list[int]) -> list[str]:
+    bounds = sorted({0, len(text), *(c for c in cuts if c < len(text))})
+    return [text[a:b] for a, b in itertools.pairwise(bounds)]
