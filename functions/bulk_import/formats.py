@@ -263,6 +263,7 @@ class _BoundedLines:
         self.record_content = 0  # the same without the last line's ending
         self.skipped = 0  # physical lines passed over without the reader seeing them
         self._last = ""
+        self._record: list[str] = []  # the lines of the record being read (within its budget)
         self._cut_at_cr = False  # the line passed over ended in '\r': its '\n' may follow
 
     def __iter__(self) -> _BoundedLines:
@@ -276,6 +277,10 @@ class _BoundedLines:
         if not line:
             raise StopIteration
         self._last = line
+        if first:
+            self._record = [line]
+        else:
+            self._record.append(line)
         self.record_chars += len(line)
         self.record_content = self.record_chars - _ending(line)
         if self.record_content > self.record_limit:
@@ -289,26 +294,41 @@ class _BoundedLines:
         self._cut_at_cr = False
         return line
 
-    @property
-    def last(self) -> str:
-        """The last line the reader was given."""
-        return self._last
+    def record_quoting(self) -> _Quoting:
+        """The quoting at the end of the lines of the record the reader was given."""
+        return _Quoting("".join(self._record))
 
-    def pass_over_quoted(self, quoting: _Quoting, start: int) -> int:
-        """After the reader gave up on a line that leaves a quoted field open: pass over the
-        lines up to where that field closes, in bounded reads, within the record's budget; how
-        many lines that was. The record starts on line ``start``; where it breaks as the reader
-        would refuse a record over several lines, the file stops as it would."""
+    def long_field_runs_over_lines(self) -> bool:
+        """Does the record's first field over the limit hold a line break, or run on past the
+        last line given? The reader's "field larger than field limit" on a later line of a
+        record says the same of a long field on that line alone. Told apart by the csv module
+        itself, reading the record again without the limit (only this thread reads CSV)."""
+        previous = csv.field_size_limit(max(csv.field_size_limit(), 2 * self.record_limit))
+        try:
+            row = next(csv.reader(self._record), [])
+        finally:
+            csv.field_size_limit(previous)
+        runs_on = self.record_quoting().open
+        for i, value in enumerate(row):
+            if len(value) > self.limit:
+                return "\n" in value or "\r" in value or (runs_on and i == len(row) - 1)
+        return False
+
+    def pass_over_quoted(self, quoting: _Quoting, start: int, at: int) -> int:
+        """After the reader gave up on line ``at`` of a record (from line ``start``) that leaves
+        a quoted field open: pass over the lines up to where that field closes, in bounded
+        reads, within the record's budget; how many lines that was. Where the record breaks as
+        the reader would refuse one over several lines, the file stops as it would."""
         passed, piece, partial = 0, self._last, False
         quoting.broken = False  # the line the reader gave up on may be: that is its error
-        self._check_quoted(quoting, start, start + 1)  # open at its end: it reaches the next
+        self._check_quoted(quoting, start, at + 1)  # open at its end: it reaches the next
         while quoting.open or not piece.endswith(("\n", "\r")):
             piece = self._text.readline(self.limit)
             if not piece:  # the end of the file
                 reached = passed + partial  # a last line without its line ending counts
-                if quoting.open and reached:  # as the reader says of a record over lines
-                    raise MalformedFile(_runaway(start, start + reached, "unexpected end of data"))
-                return reached  # a record closed at the end, or the last line alone, open
+                if quoting.open and at + reached > start:  # as the reader says of such a record
+                    raise MalformedFile(_runaway(start, at + reached, "unexpected end of data"))
+                return reached  # a record closed at the end, or its one line, open
             partial = not piece.endswith(("\n", "\r"))
             self.record_chars += len(piece)
             cut = self._cut_at_cr and piece == "\n"  # the rest of a '\r\n' a read cut in two
@@ -318,7 +338,7 @@ class _BoundedLines:
                 continue
             if self.record_chars - _ending(piece) > self.record_limit:
                 raise _RecordTooLong(first_line=False)
-            self._check_quoted(quoting, start, start + passed + 1)
+            self._check_quoted(quoting, start, at + passed + 1)
             if piece.endswith(("\n", "\r")):
                 passed += 1
                 self.skipped += 1  # counted as they pass: an error names the line it reached
@@ -429,9 +449,11 @@ def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
                 return
             except csv.Error as exc:
                 end = reader.line_num + lines.skipped
-                if end > start:
+                if end > start and (
+                    "field limit" not in str(exc) or lines.long_field_runs_over_lines()
+                ):
                     raise MalformedFile(_runaway(start, end, str(exc))) from None
-                yield _unreadable_record(exc, lines, start, limit)
+                yield _unreadable_record(exc, lines, start, end, limit)
                 continue
             except _RecordTooLong as long:
                 if not long.first_line or lines.pass_over().open:
@@ -464,16 +486,18 @@ def _read_csv(stream: IO[bytes], limit: int) -> Iterator[Record]:
             text.detach()
 
 
-def _unreadable_record(exc: csv.Error, lines: _BoundedLines, start: int, limit: int) -> Record:
-    """A record the reader gave up on in its first line: rejected, with the lines that a quoted
-    field left open on that line takes (the reader drops the rest of the line, and would read
-    them as rows)."""
-    quoting = _Quoting(lines.last)
-    passed = lines.pass_over_quoted(quoting, start) if quoting.open else 0
+def _unreadable_record(
+    exc: csv.Error, lines: _BoundedLines, start: int, end: int, limit: int
+) -> Record:
+    """A record the reader gave up on at line ``end`` (for an error of that line alone):
+    rejected, with the lines that a quoted field left open on that line takes (the reader drops
+    the rest of the line, and would read them as rows)."""
+    quoting = lines.record_quoting()
+    end += lines.pass_over_quoted(quoting, start, end) if quoting.open else 0
     lines.record_chars = 0
     if "field limit" in str(exc):
-        return _too_long_record(start, start + passed, limit)
-    where = f"record on lines {start}-{start + passed}: " if passed else ""
+        return _too_long_record(start, end, limit)
+    where = f"record on lines {start}-{end}: " if end > start else ""
     return Record(start, None, f"{where}not valid CSV: {exc}")
 
 

@@ -541,6 +541,16 @@ _LONG = b"u1," + b"a" * 21  # a field over a limit of 20
             id="a record of exactly 4x the limit is within the budget",
         ),
         pytest.param(
+            b'u1,"x\ny",' + b"a" * 21 + b",p,1,,o\nu2,a,r,p,1,,o\n",
+            [(2, None, "record on lines 2-3: line is longer than 20 bytes"), (4, "u2", None)],
+            id="a long field on a later line of a record, on that line alone",
+        ),
+        pytest.param(
+            b'u1,"x\ny","' + b"a" * 21 + b'",p,1,"z\nz",o\nu2,a,r,p,1,,o\n',
+            [(2, None, "record on lines 2-4: line is longer than 20 bytes"), (5, "u2", None)],
+            id="the same, quoted, and a quote after it opening the next line",
+        ),
+        pytest.param(
             b'u1,"x"y,"open\nu9,a,r,p,1,,o\nz",o\nu2,a,r,p,1,,o\n',
             [
                 (2, None, "record on lines 2-4: not valid CSV: ',' expected after '\"'"),
