@@ -175,11 +175,20 @@ def _queued(body: object, settings: Settings) -> list[tuple[ObjectRef, bool]]:
 
 
 def _s3_ref(record: dict[str, Any], settings: Settings) -> ObjectRef | None:
-    """The object an S3 notification record names, or None (logged) when it is not ours."""
-    s3 = record.get("s3", {})
-    obj = s3.get("object", {})
+    """The object an S3 notification record names, or None (logged) when it is not ours.
+
+    S3 never sends a record without a bucket and key of the right types, but a record replayed
+    by hand may lack them: it is logged and counted, not raised (Lambda would retry the whole
+    event into the ImportDLQ, the other records with it).
+    """
+    s3 = _object(record.get("s3"))
+    obj = _object(s3.get("object"))
+    raw_key = obj.get("key")
+    if not isinstance(raw_key, str) or not raw_key:
+        _malformed_s3_record("", "s3.object.key: missing or not a string")
+        return None
     # Keys arrive URL-encoded with spaces as '+'.
-    key = unquote_plus(obj.get("key", ""))
+    key = unquote_plus(raw_key)
     if not key.startswith(settings.incoming_prefix) or key.endswith("/"):
         logger.warning("ignoring object outside the incoming prefix", extra={"key": key})
         metrics.add_metric(name="FilesIgnored", unit=MetricUnit.Count, value=1)
@@ -194,22 +203,31 @@ def _s3_ref(record: dict[str, Any], settings: Settings) -> ObjectRef | None:
         )
         metrics.add_metric(name="FilesIgnored", unit=MetricUnit.Count, value=1)
         return None
-    # Validated: the event is input, as a continuation message is. S3 never sends a record
-    # that fails here, so one that does is logged, not retried into the ImportDLQ.
+    etag = obj.get("eTag")
+    # Validated: the event is input, as a continuation message is.
     try:
         return ObjectRef.from_dict(
             {
-                "bucket": s3.get("bucket", {}).get("name", ""),
+                "bucket": _object(s3.get("bucket")).get("name", ""),
                 "key": key,
                 "version_id": obj.get("versionId") or None,
-                "etag": (obj.get("eTag") or "").strip('"') or None,
+                "etag": (etag.strip('"') or None) if isinstance(etag, str) else etag,
                 "sequencer": obj.get("sequencer") or None,
             }
         )
     except ValidationError as exc:
-        logger.error(
-            "ignoring a malformed S3 record (no bucket name, or a field of the wrong type)",
-            extra={"key": key, "problems": describe_errors(exc)},
-        )
-        metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
+        _malformed_s3_record(key, describe_errors(exc))
         return None
+
+
+def _object(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _malformed_s3_record(key: str, problems: str) -> None:
+    logger.error(
+        "ignoring a malformed S3 record (no bucket name or object key, or a field of the "
+        "wrong type)",
+        extra={"key": key, "problems": problems},
+    )
+    metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)

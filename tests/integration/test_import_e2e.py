@@ -558,10 +558,38 @@ def test_keys_outside_incoming_and_test_events_are_ignored(stack: Stack) -> None
     stack.put("incoming/oura/", b"")
     assert stack.import_keys("incoming/oura/") == {"files": []}
     assert stack.invoke({"Service": "Amazon S3", "Event": "s3:TestEvent"}) == {"files": []}
-    # Not what S3 sends, but no reason to crash into Lambda's retries either.
-    for bucket in ({"name": 5}, {}):
-        odd = {"eventSource": "aws:s3", "s3": {"bucket": bucket, "object": {"key": "incoming/o"}}}
-        assert stack.invoke({"Records": [odd]}) == {"files": []}
+
+
+_OBJECT = {"key": "incoming/o.jsonl"}
+
+
+@pytest.mark.parametrize(
+    "s3",
+    [
+        {"bucket": {"name": 5}, "object": _OBJECT},
+        {"bucket": {}, "object": _OBJECT},
+        {"bucket": None, "object": _OBJECT},
+        {"bucket": {"name": "b"}, "object": {**_OBJECT, "eTag": 5}},
+        {"bucket": {"name": "b"}, "object": {"key": 5}},
+        {"bucket": {"name": "b"}, "object": None},
+        {"bucket": {"name": "b"}},
+        None,
+    ],
+)
+def test_a_malformed_s3_record_is_logged_and_the_others_are_imported(
+    stack: Stack, s3: dict[str, Any] | None
+) -> None:
+    """Not what S3 sends (a record replayed by hand, say): raising would have Lambda retry the
+    whole event, the good records with it, into the ImportDLQ."""
+    rows = [make_row(n) for n in range(3)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put("incoming/good.jsonl", encode_rows(rows, "jsonl"))
+    event = s3_event(stack.bucket, ["incoming/good.jsonl"])
+    event["Records"].insert(0, {"eventSource": "aws:s3", "s3": s3})
+
+    (summary,) = stack.invoke(event)["files"]
+
+    assert summary["status"] == "succeeded"
     assert any("ignoring a malformed S3 record" in line for line in stack.log_lines)
 
 
