@@ -20,10 +20,17 @@ MAX_ZIPPED = 50 * 1024 * 1024
 MAX_UNZIPPED = 250 * 1024 * 1024
 
 
+def _stop(signum: int, _: object) -> None:
+    pytest.exit(f"stopped by {signal.Signals(signum).name}", returncode=128 + signum)
+
+
 @pytest.fixture(scope="module")
 def package() -> zipfile.ZipFile:
-    # Its own process group: if pytest is stopped (a timeout, a signal to pytest alone), the
-    # whole build goes with it, not just the script (sam and pip run under uv, grandchildren).
+    # Its own process group, so that stopping pytest stops the whole build (sam and pip run
+    # under uv, grandchildren of pytest), not just the script: on Ctrl-C, a pytest-timeout, and
+    # SIGTERM or SIGHUP (a cancelled CI job, `timeout`, a kill of pytest's group), which would
+    # otherwise end pytest without running the clean-up.
+    stops = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     build = subprocess.Popen(
         ["./local/package.sh"],
         cwd=ROOT,
@@ -37,6 +44,9 @@ def package() -> zipfile.ZipFile:
         os.killpg(build.pid, signal.SIGKILL)
         build.wait()
         raise
+    finally:
+        for sig, handler in stops.items():
+            signal.signal(sig, handler)
     if build.returncode:
         raise subprocess.CalledProcessError(build.returncode, build.args, out, err)
     with zipfile.ZipFile(ZIP) as zf:
