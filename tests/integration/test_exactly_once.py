@@ -419,23 +419,38 @@ def test_a_held_s3_event_without_a_queue_is_raised_for_lambda_to_retry(
         stack.invoke(s3_event(stack.bucket, ["incoming/held.jsonl"]))
 
 
-def test_a_new_upload_during_an_import_takes_the_key_over(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given version A of a key importing slowly, a checkpoint before every chunk
+def _version_a_importing_slowly(
+    stack: Stack,
+    monkeypatch: pytest.MonkeyPatch,
+    key: str,
+    rows: list[dict[str, Any]],
+    *,
+    known: list[dict[str, Any]],
+    latency: float,
+) -> str:
+    """Version A of ``key`` (``rows``) in a versioned bucket, to be imported one chunk of 10 at
+    a time, a checkpoint before every chunk; Vital knows the users of ``known``. A's version."""
     stack.s3.put_bucket_versioning(
         Bucket=stack.bucket, VersioningConfiguration={"Status": "Enabled"}
     )
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
+    stack.vital.add_known_users(*(r["user_id"] for r in known))
+    stack.vital.latency_seconds = latency
+    version = stack.put(key, encode_rows(rows, "jsonl"))
+    assert version is not None
+    return version
+
+
+def test_a_new_upload_during_an_import_takes_the_key_over(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given version A of a key importing slowly, a checkpoint before every chunk
     old = [make_row(n) for n in range(100)]
     new = [make_row(n) for n in range(1000, 1060)]
-    stack.vital.add_known_users(*(r["user_id"] for r in old + new))
-    stack.vital.latency_seconds = 0.1
     key = "incoming/replaced.jsonl"
-    va = stack.put(key, encode_rows(old, "jsonl"))
-    assert va is not None
+    va = _version_a_importing_slowly(stack, monkeypatch, key, old, known=old + new, latency=0.1)
     results: dict[str, Any] = {}
 
     def import_a() -> None:
@@ -478,18 +493,12 @@ def test_a_run_that_lost_its_key_deletes_the_parts_it_stored_for_the_losing_chec
     # checkpoint stores a retry part, which holds tokens, as well as an outcomes part)
     from bulk_import import pipeline  # noqa: PLC0415 - the module the handler runs
 
-    stack.s3.put_bucket_versioning(
-        Bucket=stack.bucket, VersioningConfiguration={"Status": "Enabled"}
-    )
-    monkeypatch.setenv("CHUNK_SIZE", "10")
-    monkeypatch.setenv("MAX_CONCURRENCY", "1")
-    monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
     old = [make_row(n) for n in range(100)]
     new = [make_row(n) for n in range(1000, 1020)]
-    stack.vital.add_known_users(*(r["user_id"] for r in old[::2] + new))
-    stack.vital.latency_seconds = 0.05
     key = "incoming/lost.jsonl"
-    va = stack.put(key, encode_rows(old, "jsonl"))
+    va = _version_a_importing_slowly(
+        stack, monkeypatch, key, old, known=old[::2] + new, latency=0.05
+    )
     # A waits at its next checkpoint until B has finished: B's clean-up cannot see the parts
     # A then stores, so only A can delete them.
     a_thread: list[threading.Thread] = []
