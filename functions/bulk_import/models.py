@@ -178,8 +178,8 @@ class WellFormedRow(TypedDict):
     seconds as text or 1.7e9, scopes in one string, other UUID forms, capitalised providers) and
     says what is wrong. Every row it accepts, ConnectionRow accepts with the same values and the
     same recipe (tests/unit/test_properties.py). ``provider`` may be absent or None (the file's
-    default applies); ``validation.validate_well_formed`` takes it out of the row and fills in
-    ``oauth_scopes``, leaving exactly the recipe. Checked strictly, extra keys ignored, strings
+    default applies); the caller takes it out of the row, leaving exactly the recipe
+    (``oauth_scopes`` is filled in when absent). Checked strictly, extra keys ignored, strings
     stripped (``WELL_FORMED_CONFIG``).
     """
 
@@ -189,7 +189,15 @@ class WellFormedRow(TypedDict):
     refresh_token: NonEmptyStr
     provider_id: NonEmptyStr
     expires_at: Annotated[int, _EPOCH]
-    oauth_scopes: NotRequired[list[NonEmptyStr] | None]
+    # Filled in when absent: ConnectionRow's default, so both give the same recipe.
+    oauth_scopes: NotRequired[
+        Annotated[
+            list[str] | None,
+            core_schema.with_default_schema(
+                core_schema.nullable_schema(core_schema.list_schema(_NON_EMPTY)), default=None
+            ),
+        ]
+    ]
 
 
 WELL_FORMED_CONFIG = CoreConfig(strict=True, str_strip_whitespace=True)

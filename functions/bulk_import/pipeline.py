@@ -14,6 +14,7 @@ replays the file, skips what is settled, reports unsettled chunks under the leas
 from __future__ import annotations
 
 import gc
+import itertools
 import operator
 import secrets
 import sys
@@ -29,6 +30,7 @@ from typing import IO, TYPE_CHECKING, NamedTuple
 
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic_core import to_json
 
 from bulk_import import errors, formats, replay, sources
 from bulk_import.checkpoint import S3_KEY_BYTES, CheckpointStore, Superseded, longest_key
@@ -40,13 +42,11 @@ from bulk_import.models import (
     BulkOp,
     Checkpoint,
     ChunkRecord,
-    ConnectionRow,
     FileStatus,
     Manifest,
     ObjectRef,
     Outcome,
     SourceRef,
-    WellFormedRow,
 )
 from bulk_import.observability import logger, tracer
 from bulk_import.posting import ChunkReport, Hold, post_chunk
@@ -560,19 +560,18 @@ class _Run:
         raised while a row is dispatched leaves that row to the next invocation.
         """
         limit = self.settings.max_row_bytes
-        validate, accept = validate_well_formed, self._accept
+        accept = self._accept
         # A default spelled otherwise ("Oura") is normalised, or refused, by the full model.
         default = default_provider if default_provider in PROVIDERS else None
         for first, lines in formats.jsonl_blocks(stream, limit):
             self._between_rows()
             self.rows_read += len(lines) - lines.count(b"")
-            for line, raw in enumerate(lines, first):
-                if raw:
-                    fast = validate(raw)
-                    if fast is not None and (provider := fast[0] or default):
-                        accept(line, provider, fast[1]["user_id"], fast[1])
-                    else:
-                        self._take(formats.Record(line, None, None, raw), default_provider)
+            rows = validate_well_formed(lines)
+            for line, raw, row in zip(itertools.count(first), lines, rows, strict=False):
+                if row is not None and (provider := row.pop("provider", None) or default):
+                    accept(line, provider, row["user_id"], to_json(row))
+                elif raw:
+                    self._take(formats.Record(line, None, None, raw), default_provider)
                 elif raw is None:
                     self._take(
                         formats.Record(line, None, formats.too_long(limit)), default_provider
@@ -583,7 +582,7 @@ class _Run:
         if record.raw is not None:  # a JSONL line that is not well formed (see _take_jsonl)
             lenient = validate_json_row(record.raw, self.context)
             if lenient is not None:
-                self._accept(record.line, lenient.provider, lenient.user_id, lenient)
+                self._accept(record.line, lenient.provider, lenient.user_id, serialise(lenient))
                 return
             record = formats.parse_json_line(record.line, record.raw)  # for the exact reason
         if record.data is None:
@@ -593,7 +592,7 @@ class _Run:
         if isinstance(row, str):
             self._reject(record.line, record.data, default_provider, row)
             return
-        self._accept(record.line, row.provider, row.user_id, row)
+        self._accept(record.line, row.provider, row.user_id, serialise(row))
 
     def _reject(
         self, line: int, data: dict[str, object] | None, default: str | None, reason: str
@@ -609,9 +608,8 @@ class _Run:
             ]
         )
 
-    def _accept(
-        self, line: int, provider: str, user_id: str, row: ConnectionRow | WellFormedRow
-    ) -> None:
+    def _accept(self, line: int, provider: str, user_id: str, payload: bytes) -> None:
+        """A valid row, its recipe serialised (``payload``): a duplicate, or on to a chunk."""
         seen = self.seen[provider]
         identity = int(user_id.replace("-", ""), 16)
         first = seen.get(identity)
@@ -620,7 +618,6 @@ class _Run:
                 detail = f"duplicate of line {first} (same provider and user_id); not sent"
                 self._write([RowOutcome(line, user_id, provider, Outcome.DUPLICATE, detail)])
             return
-        payload = serialise(row)
         chunker = self.chunker
         if len(payload) > chunker.fits_any and not chunker.fits_alone(provider, payload):
             # Not seen: a corrected copy of the row further down is not its duplicate.

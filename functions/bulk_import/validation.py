@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from pydantic_core import SchemaValidator, ValidationError
+from pydantic_core import SchemaValidator, ValidationError, core_schema
 
 from bulk_import.models import (
     CANONICAL_UUID,
@@ -20,9 +21,17 @@ from bulk_import.records import schema_of, typed_dict_schema_of
 _ROW = SchemaValidator(schema_of(ConnectionRow))
 _VALIDATE = _ROW.validate_python
 _VALIDATE_JSON = _ROW.validate_json
-_VALIDATE_WELL_FORMED = SchemaValidator(
-    typed_dict_schema_of(WellFormedRow, WELL_FORMED_CONFIG)
-).validate_json
+# A block of JSONL lines in one call, each line parsed on its own (one cannot run into the
+# next), None for any line not in canonical form (or blank, or too long: None already).
+_VALIDATE_WELL_FORMED_BLOCK = SchemaValidator(
+    core_schema.list_schema(
+        core_schema.with_default_schema(
+            core_schema.json_schema(typed_dict_schema_of(WellFormedRow, WELL_FORMED_CONFIG)),
+            default=None,
+            on_error="default",
+        )
+    )
+).validate_python
 
 
 def context_for(default_provider: str | None) -> dict[str, Any]:
@@ -38,21 +47,16 @@ def validate_row(data: dict[str, Any], default_provider: str | None) -> Connecti
     return row
 
 
-def validate_well_formed(raw: bytes) -> tuple[str | None, WellFormedRow] | None:
-    """The hot path: a JSONL line in canonical form, parsed and checked in one pydantic-core call.
+def validate_well_formed(lines: Sequence[bytes | None]) -> list[WellFormedRow | None]:
+    """The hot path: a block of JSONL lines, each parsed and checked in one pydantic-core call.
 
-    Gives the row's own provider (None: the file's default applies) and its recipe: the row
-    without ``provider``, ready to serialise. None sends the line on to ``validate_json_row``,
-    which takes every accepted spelling.
+    Gives each line's row if it is in canonical form, ``provider`` included (absent or None:
+    the file's default applies); the caller takes it out, leaving the recipe, ready to
+    serialise. None sends the line on to ``validate_json_row``, which takes every accepted
+    spelling and says what is wrong.
     """
-    try:
-        row: WellFormedRow = _VALIDATE_WELL_FORMED(raw)
-    except ValidationError:
-        return None
-    provider = row.pop("provider", None)
-    if "oauth_scopes" not in row:
-        row["oauth_scopes"] = None  # ConnectionRow's default: both give the same recipe
-    return provider, row
+    rows: list[WellFormedRow | None] = _VALIDATE_WELL_FORMED_BLOCK(lines)
+    return rows
 
 
 def validate_json_row(raw: bytes, context: dict[str, Any]) -> ConnectionRow | None:

@@ -770,13 +770,13 @@ def test_an_unexpected_crash_quoting_a_token_leaks_nothing(
     originals = put_corpus(hygiene, "incoming/crash.jsonl")
     target = originals[703]  # a garmin row (n = 702): its secret has spaces and punctuation
     assert target["provider"] == "garmin"
-    serialise = pipeline.serialise
+    to_json = pipeline.to_json  # what the hot path serialises a well-formed row's recipe with
 
-    def crashing(row: ConnectionRow | WellFormedRow) -> bytes:
-        fields = dict(row) if isinstance(row, dict) else row.to_dict()
-        return crash(fields) if fields["user_id"] == target["user_id"] else serialise(row)
+    def crashing(row: WellFormedRow) -> bytes:
+        fields = dict(row)
+        return crash(fields) if fields["user_id"] == target["user_id"] else to_json(row)
 
-    monkeypatch.setattr(pipeline, "serialise", crashing)
+    monkeypatch.setattr(pipeline, "to_json", crashing)
 
     hygiene.run("incoming/crash.jsonl")
 

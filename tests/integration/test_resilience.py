@@ -491,8 +491,7 @@ def test_a_retry_of_a_run_stopped_by_a_one_off_bug_gives_every_row_an_outcome(
 
     bug = RuntimeError("a one-off bug")
     s3_failed = ClientError({"Error": {"Code": "InternalError", "Message": "-"}}, "PutObject")
-    validate = failing_at(pipeline.validate_well_formed, 35, bug)
-    monkeypatch.setattr(pipeline, "validate_well_formed", validate)
+    monkeypatch.setattr(pipeline._Run, "_accept", failing_at(pipeline._Run._accept, 35, bug))
     monkeypatch.setattr(pipeline, "assemble", failing_at(pipeline.assemble, 1, s3_failed))
     event = s3_event(stack.bucket, ["incoming/stopped.jsonl"])
     with pytest.raises(ClientError):

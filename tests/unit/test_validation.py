@@ -9,7 +9,12 @@ import pytest
 
 from bulk_import.chunking import serialise
 from bulk_import.models import PROVIDERS, ConnectionRow
-from bulk_import.validation import display_provider, display_user_id, validate_row
+from bulk_import.validation import (
+    display_provider,
+    display_user_id,
+    validate_row,
+    validate_well_formed,
+)
 
 USER = "6f1c2c4e-1111-4222-8333-444455556666"
 SECRET = "tok_SECRET_abc123"
@@ -282,3 +287,21 @@ def test_expires_at_out_of_range_is_rejected(value: Any) -> None:
     reason = validate_row(json_row(expires_at=value), None)
     assert isinstance(reason, str)
     assert reason.startswith("expires_at: ")
+
+
+def test_a_block_of_lines_is_validated_line_by_line() -> None:
+    """The hot path validates a JSONL block in one call, but each line is parsed on its own: a
+    line cannot run into the next (two halves of an object are two bad lines, not one row)."""
+    row = {
+        "user_id": "c1fa22f9-2917-49aa-9257-afac6e510cd0",
+        "access_token": "a",
+        "refresh_token": "r",
+        "provider_id": "1",
+        "expires_at": 1,
+    }
+    whole = json.dumps(row).encode()
+    half = len(whole) // 2
+    lines = [whole, b"", None, whole[:half], whole[half:], b"[" + whole + b"]", whole]
+    got = validate_well_formed(lines)
+    expected = {**row, "oauth_scopes": None}
+    assert got == [expected, None, None, None, None, None, expected]
