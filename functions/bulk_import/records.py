@@ -49,12 +49,12 @@ class Record:
     @classmethod
     def from_json(cls, data: str | bytes) -> Self:
         """Parse and validate in one step; raises pydantic_core.ValidationError."""
-        record: Self = _validator(cls).validate_json(data)
+        record: Self = validator_of(cls).validate_json(data)
         return record
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], context: Any = None) -> Self:
-        record: Self = _validator(cls).validate_python(data, context=context)
+        record: Self = validator_of(cls).validate_python(data, context=context)
         return record
 
     def to_json(self, *, indent: int | None = None) -> bytes:
@@ -71,7 +71,8 @@ _VALIDATORS: dict[type[Record], SchemaValidator] = {}
 _SERIALIZERS: dict[type[Record], SchemaSerializer] = {}
 
 
-def _validator(cls: type[Record]) -> SchemaValidator:
+def validator_of(cls: type[Record]) -> SchemaValidator:
+    """The record's pydantic-core validator, for callers that bind its methods once."""
     validator = _VALIDATORS.get(cls)
     if validator is None:
         validator = _VALIDATORS[cls] = SchemaValidator(schema_of(cls))

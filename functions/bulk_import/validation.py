@@ -15,12 +15,12 @@ from bulk_import.models import (
     ConnectionRow,
     WellFormedRow,
 )
-from bulk_import.records import schema_of, typed_dict_schema_of
+from bulk_import.records import typed_dict_schema_of, validator_of
 
-# pydantic-core's validators themselves, bound once: these run once per input row.
-_ROW = SchemaValidator(schema_of(ConnectionRow))
-_VALIDATE = _ROW.validate_python
-_VALIDATE_JSON = _ROW.validate_json
+# pydantic-core's validators themselves, bound once: these run once per input row (the same
+# validator ConnectionRow.from_dict uses).
+_VALIDATE = validator_of(ConnectionRow).validate_python
+_VALIDATE_JSON = validator_of(ConnectionRow).validate_json
 # A block of JSONL lines in one call, each line parsed on its own (one cannot run into the
 # next), None for any line not in canonical form (or blank, or too long: None already).
 _VALIDATE_WELL_FORMED_BLOCK = SchemaValidator(
