@@ -97,6 +97,9 @@ CHECKPOINT_SECONDS = 2.0
 # Outcome and retry lines written since the last checkpoint that make the reading thread take
 # one: with results.SPOOL_KEEP_BYTES, /tmp holds at most ~200 MB (Lambda's default is 512 MB).
 UNSAVED_SPOOL_BYTES = 32 * 1024 * 1024
+# Outcome and retry lines written since the last checkpoint that make the end of reading store
+# them while the last answers are awaited (``_save_while_answered``), instead of after.
+EARLY_SAVE_BYTES = 1024 * 1024
 # Chunks handed to the posting threads at once, per thread: one being sent, one waiting.
 QUEUED_PER_THREAD = 2
 # How long this thread keeps the GIL while a posting thread waits for it. A request needs the
@@ -415,6 +418,7 @@ class _Run:
         try:
             if self.error is None:
                 self._read_and_post()
+                self._save_while_answered()
         except FileError as exc:
             self.error = exc
             # Rows already chunked are not sent after a file error: reported, and in retry.jsonl.
@@ -441,6 +445,20 @@ class _Run:
         if self.deferred is not None:  # the posting threads ran out of time for some chunks
             return self._hand_on()
         return self._finalise()
+
+    def _save_while_answered(self) -> None:
+        """Store the outcomes so far while the last chunks are out, not after their answers.
+
+        A checkpoint stores every line spooled since the one before, up to CHECKPOINT_SECONDS'
+        worth: a file that took less holds all its outcomes then. Sent once the answers are in,
+        that part was the largest upload between them and the results; now the final
+        checkpoint's part holds only the last chunks' lines. The same checkpoint as a lease's,
+        taken with chunks in flight: the lease stays where it is.
+        """
+        unsaved = self.outcomes.unsaved_bytes + self.retries.unsaved_bytes
+        if self.checkpoint is None or not self.in_flight or unsaved < EARLY_SAVE_BYTES:
+            return
+        self._save_checkpoint(next_segment=self.ref.segment, lease=self.lease)
 
     def _send(self, chunks: Iterable[Chunk]) -> None:
         """Dispatch chunks in order. If one fails before a posting thread has it (its lease

@@ -189,6 +189,42 @@ def test_a_spool_that_let_its_lines_go_has_its_parts_read_back_in_order(
     assert outcomes.count("line,user_id,provider,outcome,detail") == 1
 
 
+@pytest.mark.parametrize("early", [True, False])
+def test_the_outcomes_so_far_are_stored_while_the_last_chunks_are_out(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, early: bool
+) -> None:
+    # Once the file is read, the lines spooled since the last checkpoint are stored while the
+    # last answers are awaited, not after them: the part written after the answers then holds
+    # only the last chunks' lines. Below EARLY_SAVE_BYTES (the default 1 MiB here) it waits.
+    from bulk_import import aws, pipeline  # noqa: PLC0415 - the client and limit the run uses
+
+    monkeypatch.setattr(pipeline, "EARLY_SAVE_BYTES", 1 if early else 1 << 30)
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "2")
+    monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "100")  # no lease checkpoint after the first
+    stack.vital.latency_seconds = 0.2
+    upload(stack, "incoming/early.jsonl", 60)  # 6 chunks, and a rejected and a duplicate row
+    parts: list[tuple[int, int]] = []  # per part stored: requests received, requests in flight
+
+    def note_part(params: dict[str, Any], **_: Any) -> None:
+        if "/_state/outcomes-" in params["Key"]:
+            requests = stack.vital.bulk_import_requests()
+            parts.append((len(requests), sum(r.status is None for r in requests)))
+
+    s3 = aws.s3_client()
+    s3.meta.events.register("provide-client-params.s3.PutObject", note_part)
+    try:
+        stack.import_keys("incoming/early.jsonl")
+    finally:
+        s3.meta.events.unregister("provide-client-params.s3.PutObject", note_part)
+
+    assert_complete(stack, "results/early.jsonl/", 62)
+    # The last part is the final checkpoint's, after the last answer; an early one came first.
+    assert parts[-1] == (6, 0)
+    before_the_last_answer = [p for p in parts if p != (6, 0)]
+    assert len(before_the_last_answer) == (1 if early else 0), parts
+
+
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the failed cleanup
 def test_a_retry_after_the_manifest_was_written_keeps_it_and_clears_the_state(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
