@@ -169,16 +169,18 @@ class CheckpointStore:
             batch: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[start : start + 1000]]
             self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True})
 
-    def finish(self, parts: list[str]) -> None:
+    def finish(self, parts: list[str], stored: list[str] | None = None) -> None:
         """Remove this import's state once its results are written, while the checkpoint is
         still its own: its parts, those a run of it left when it died between storing a part and
         the checkpoint naming it (retry parts hold tokens), then the checkpoint itself.
 
-        The parts are listed before ownership is checked: a newer upload's import replaces the
-        checkpoint before it stores any part, so none of its parts can be among those listed.
-        The checkpoint goes only if unchanged (a conditional delete).
+        The parts are listed (``stored_parts``, or here when ``stored`` is None) before
+        ownership is checked: a newer upload's import replaces the checkpoint before it stores
+        any part, so none of its parts can be among those listed. The checkpoint goes only if
+        unchanged (a conditional delete).
         """
-        stored = self._stored_parts()
+        if stored is None:
+            stored = self.stored_parts()
         if not self.still_mine():
             return  # another import took the key over; the state is its own now
         named = set(parts)
@@ -190,7 +192,7 @@ class CheckpointStore:
                 raise
         self._etag = None
 
-    def _stored_parts(self) -> list[str]:
+    def stored_parts(self) -> list[str]:
         """Every part object of this key, whichever run of its imports stored it."""
         found = []
         paginator = self._s3.get_paginator("list_objects_v2")

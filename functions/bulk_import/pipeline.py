@@ -1020,6 +1020,7 @@ class _Run:
 
     def _finalise(self) -> FileResult:
         self._check_every_row_counted()
+        saved = False
         if self.checkpoint is not None and self.posted_here and self.read_to_end:
             # Every answer of this run, stored before anything else can fail (the results'
             # writes, waiting on bulk ops): a retry then replays them instead of reporting the
@@ -1027,9 +1028,29 @@ class _Run:
             # reading early: it cut its last chunks short, which a retry reading further (past
             # a one-off error) would cut whole, under the same numbers.
             self._save_checkpoint(next_segment=self.ref.segment, final=True)
+            saved = True
+        waited = self.tally[Outcome.ENQUEUED] > 0  # on bulk ops: seconds, maybe
         bulk_ops = self._reconcile_bulk_ops()
-        if self.checkpoint is not None and not self.store.still_mine():
+        # A checkpoint write that just succeeded (conditional on this run's last) shows the key
+        # is still this run's as well as a HEAD would; after a wait, or without it, ask.
+        if self.checkpoint is not None and (waited or not saved) and not self.store.still_mine():
             raise Superseded("another import of this key took over while this one finished")
+        if self.checkpoint is None:
+            manifest_key, manifest = self._write_results(bulk_ops)
+        else:
+            # The key's parts are listed while the results are written: two round trips fewer
+            # at the end of every file. Ownership is checked after the listing (``finish``).
+            with ThreadPoolExecutor(1, thread_name_prefix="list-parts") as lister:
+                listed = lister.submit(self.store.stored_parts)
+                manifest_key, manifest = self._write_results(bulk_ops)
+                stored = listed.result()
+            # Only while the checkpoint is its own: a newer upload may have taken the key over.
+            self.store.finish(self.outcome_parts + self.retry_parts, stored)
+        stats = self.client.stats if self.client else None
+        return FileResult(self.ref, manifest_key, manifest=manifest, call_stats=stats)
+
+    def _write_results(self, bulk_ops: list[BulkOp]) -> tuple[str, Manifest]:
+        """outcomes.csv, retry.jsonl if any row needs it, then the manifest that names them."""
         s3, bucket = self.deps.s3, self.source.bucket
         outcomes_key = self.prefix + OUTCOMES_NAME
         # The parts after those to read are in the spools too.
@@ -1055,11 +1076,7 @@ class _Run:
         manifest = self._manifest(bulk_ops, outcomes_key, retry_key)
         manifest_key = self.prefix + MANIFEST_NAME
         write_manifest(s3, bucket, manifest_key, manifest)
-        if self.checkpoint is not None:
-            # Only while the checkpoint is its own: a newer upload may have taken the key over.
-            self.store.finish(self.outcome_parts + self.retry_parts)
-        stats = self.client.stats if self.client else None
-        return FileResult(self.ref, manifest_key, manifest=manifest, call_stats=stats)
+        return manifest_key, manifest
 
     def _check_every_row_counted(self) -> None:
         """The last guard of "every row ends in exactly one outcome": a file read to its end

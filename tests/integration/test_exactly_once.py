@@ -239,11 +239,13 @@ def test_a_retry_after_the_manifest_was_written_keeps_it_and_clears_the_state(
     finish = checkpoint.CheckpointStore.finish
     calls: list[int] = []
 
-    def throttled_once(store: checkpoint.CheckpointStore, parts: list[str]) -> None:
+    def throttled_once(
+        store: checkpoint.CheckpointStore, parts: list[str], stored: list[str] | None = None
+    ) -> None:
         calls.append(len(parts))
         if len(calls) == 1:
             raise ClientError({"Error": {"Code": "SlowDown", "Message": "-"}}, "DeleteObjects")
-        finish(store, parts)
+        finish(store, parts, stored)
 
     monkeypatch.setattr(checkpoint.CheckpointStore, "finish", throttled_once)
     with pytest.raises(ClientError):
@@ -579,6 +581,56 @@ def test_a_run_that_lost_its_key_deletes_the_parts_it_stored_for_the_losing_chec
     assert left == []
 
 
+def test_a_newer_upload_imported_while_a_run_waits_on_bulk_ops_keeps_its_results(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given version A of a key whose rows Vital enqueues (202s), so that A waits on bulk ops
+    # after its last answer and its final checkpoint
+    from bulk_import import pipeline  # noqa: PLC0415 - the module the handler runs
+
+    monkeypatch.setenv("WAIT_FOR_COMPLETION", "false")
+    old = [make_row(n) for n in range(30)]
+    new = [make_row(n) for n in range(1000, 1020)]
+    key = "incoming/op-wait.jsonl"
+    va = _version_a_importing_slowly(stack, monkeypatch, key, old, known=old + new, latency=0)
+    vb: list[str] = []
+    reconcile = pipeline._Run._reconcile_bulk_ops
+
+    def b_meanwhile(run: Any) -> Any:
+        # When version B is uploaded and imported to the end during A's wait
+        if not vb:
+            vb.append(stack.put(key, encode_rows(new, "jsonl")) or "")
+            monkeypatch.setenv("WAIT_FOR_COMPLETION", "true")
+            stack.invoke(s3_event(stack.bucket, [key], version_ids={key: vb[0]}))
+        return reconcile(run)
+
+    monkeypatch.setattr(pipeline._Run, "_reconcile_bulk_ops", b_meanwhile)
+    result = stack.invoke(s3_event(stack.bucket, [key], version_ids={key: va}))
+
+    # Then A finds the key taken over and writes no results: they stay B's
+    assert result["files"][0]["status"] == "skipped"
+    manifest = stack.manifest("results/op-wait.jsonl/")
+    assert manifest["source"]["version_id"] == vb[0]
+    assert manifest["counts"]["imported"] == 20
+    assert len(stack.outcomes("results/op-wait.jsonl/")) == 20
+
+
+def test_a_run_asks_s3_whose_checkpoint_it_is_once_when_its_last_write_just_said_so(
+    stack: Stack,
+) -> None:
+    # The final checkpoint is a conditional write: it succeeds only while the checkpoint is
+    # still this run's, so no HEAD follows it before the results. The one before deleting
+    # the state stays (parts are listed before it; see CheckpointStore.finish).
+    upload(stack, "incoming/one-head.jsonl", 30)
+    with s3_keys("HeadObject", "PutObject") as keys:
+        stack.import_keys("incoming/one-head.jsonl")
+
+    assert_complete(stack, "results/one-head.jsonl/", 32)
+    checkpoint = "results/one-head.jsonl/_state/checkpoint.json"
+    assert keys["HeadObject"].count(checkpoint) == 1
+    assert keys["PutObject"].count(checkpoint) >= 2  # the first, and the final
+
+
 @contextmanager
 def lost_answer_to_checkpoint_write(
     nth: int, meanwhile: Callable[[], None] | None = None
@@ -717,6 +769,42 @@ def test_a_run_that_lost_its_checkpoint_keeps_the_parts_the_new_one_names(
     assert named
     listed = {o["Key"] for o in stack.s3.list_objects_v2(Bucket=stack.bucket).get("Contents", [])}
     assert set(named) <= listed
+
+
+def test_an_import_that_takes_the_key_over_while_results_are_written_keeps_its_state(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a run writing its results while the key's parts are listed beside it
+    from bulk_import.checkpoint import CheckpointStore  # noqa: PLC0415 - patched below
+
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    upload(stack, "incoming/late-takeover.jsonl", 30)
+    other = CheckpointStore(
+        stack.s3,
+        stack.bucket,
+        "results/late-takeover.jsonl/",
+        "retry/late-takeover.jsonl/",
+        "0000beef",  # a run id as the pipeline draws them
+    )
+    stored_parts = CheckpointStore.stored_parts
+
+    def taken_over_first(store: CheckpointStore) -> list[str]:
+        # When another import of the key takes the checkpoint over and stores a part, just
+        # before the listing: the listing names that part
+        if store is not other:
+            stored = other.load()
+            assert stored is not None
+            other.save(stored)
+            stack.s3.put_object(Bucket=stack.bucket, Key=other.outcome_part_key(1), Body=b"x\n")
+        return stored_parts(store)
+
+    monkeypatch.setattr(CheckpointStore, "stored_parts", taken_over_first)
+    stack.import_keys("incoming/late-takeover.jsonl")
+
+    # Then the run deletes neither the other import's checkpoint nor its part
+    stored = json.loads(stack.get("results/late-takeover.jsonl/_state/checkpoint.json"))
+    assert stored["write"] == "0000beef:1"
+    assert stack.get(other.outcome_part_key(1)) == b"x\n"
 
 
 def test_a_late_event_for_an_older_upload_is_skipped_once_a_newer_one_was_imported(
