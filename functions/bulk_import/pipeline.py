@@ -455,6 +455,7 @@ class _Run:
         checkpoint's part holds only the last chunks' lines. The same checkpoint as a lease's,
         taken with chunks in flight: the lease stays where it is.
         """
+        self._collect(block=False)  # answers already in: stored with the rest, not after
         unsaved = self.outcomes.unsaved_bytes + self.retries.unsaved_bytes
         if self.checkpoint is None or not self.in_flight or unsaved < EARLY_SAVE_BYTES:
             return

@@ -202,7 +202,7 @@ def test_the_outcomes_so_far_are_stored_while_the_last_chunks_are_out(
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "2")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "100")  # no lease checkpoint after the first
-    stack.vital.latency_seconds = 0.2
+    stack.vital.latency_seconds = 0.5  # the last chunks are out for that long after reading
     upload(stack, "incoming/early.jsonl", 60)  # 6 chunks, and a rejected and a duplicate row
     parts: list[tuple[int, int]] = []  # per part stored: requests received, requests in flight
 
@@ -223,6 +223,52 @@ def test_the_outcomes_so_far_are_stored_while_the_last_chunks_are_out(
     assert parts[-1] == (6, 0)
     before_the_last_answer = [p for p in parts if p != (6, 0)]
     assert len(before_the_last_answer) == (1 if early else 0), parts
+
+
+class _Killed(BaseException):
+    """The process dying: not an Exception, so nothing in the run handles it."""
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the killed run
+def test_a_run_killed_right_after_its_early_save_resumes_from_it_sending_nothing_twice(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a run killed right after it stored its outcomes while its last chunks were out
+    from bulk_import import pipeline  # noqa: PLC0415 - the module the handler runs
+
+    monkeypatch.setattr(pipeline, "EARLY_SAVE_BYTES", 1)
+    monkeypatch.setenv("CHUNK_SIZE", "10")
+    monkeypatch.setenv("MAX_CONCURRENCY", "2")
+    monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "100")
+    stack.vital.latency_seconds = 0.2
+    upload(stack, "incoming/killed-early.jsonl", 60)
+    save = pipeline._Run._save_while_answered
+    out: list[int] = []
+
+    def killed_after(run: Any) -> None:
+        save(run)
+        out.extend(seq for seq, _ in run.in_flight.values())
+        raise _Killed
+
+    monkeypatch.setattr(pipeline._Run, "_save_while_answered", killed_after)
+    event = s3_event(stack.bucket, ["incoming/killed-early.jsonl"])
+    with pytest.raises(_Killed):
+        stack.invoke(event)
+    monkeypatch.setattr(pipeline._Run, "_save_while_answered", save)
+    deadline = time.monotonic() + 10  # its posting threads are done with the chunks out
+    while time.monotonic() < deadline and any(
+        t.name.startswith("vital-post") for t in threading.enumerate()
+    ):
+        time.sleep(0.02)
+
+    # When Lambda's retry resumes from that checkpoint
+    stack.invoke(event)
+
+    # Then the chunks that were out are in doubt, not sent again, and the rest stand
+    assert out
+    manifest = assert_complete(stack, "results/killed-early.jsonl/", 62)
+    assert manifest["counts"]["errored"] == 10 * len(out)
+    assert manifest["counts"]["imported"] == 60 - 10 * len(out)
 
 
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the failed cleanup
