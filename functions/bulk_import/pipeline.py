@@ -904,8 +904,6 @@ class _Run:
 
     def _reconcile_bulk_ops(self) -> list[BulkOp]:
         """After 202s, wait (bounded) for the bulk ops this run started and record their state."""
-        if self.tally[Outcome.ENQUEUED] == 0:
-            return []
         try:
             client = self._client()
         except FileError:
@@ -1030,8 +1028,8 @@ class _Run:
             # a one-off error) would cut whole, under the same numbers.
             self._save_checkpoint(next_segment=self.ref.segment, final=True)
             saved = True
-        waited = self.tally[Outcome.ENQUEUED] > 0  # on bulk ops: seconds, maybe
-        bulk_ops = self._reconcile_bulk_ops()
+        waited = self.tally[Outcome.ENQUEUED] > 0  # on bulk ops, after 202s: seconds, maybe
+        bulk_ops = self._reconcile_bulk_ops() if waited else []
         # A checkpoint write that just succeeded (conditional on this run's last) shows the key
         # is still this run's as well as a HEAD would; after a wait, or without it, ask.
         if self.checkpoint is not None and (waited or not saved) and not self.store.still_mine():
