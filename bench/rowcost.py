@@ -33,8 +33,8 @@ def _run_step(step: str, rows: int) -> None:
     from pydantic_core import from_json  # noqa: PLC0415 - inside the measured interpreter
 
     from bench.data import generate  # noqa: PLC0415
-    from bulk_import.chunking import Chunker, PendingRow, serialise  # noqa: PLC0415
-    from bulk_import.validation import validate_well_formed  # noqa: PLC0415
+    from bulk_import.ingest.chunking import Chunker, PendingRow, serialise  # noqa: PLC0415
+    from bulk_import.ingest.validation import validate_well_formed  # noqa: PLC0415
 
     lines = [line for line in generate(rows).data.split(b"\n") if line]
     if step == "from_json":

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Self
 import boto3
 
 from local.moto_server import DEFAULT_REGION, aws_env
-from local.vital_standin import StandinState, VitalStandin
+from local.standin import StandinState, VitalStandin
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -121,7 +121,7 @@ class BenchStack:
 
     def __init__(self) -> None:
         if not hasattr(StandinState, "_import"):
-            msg = "local.vital_standin.StandinState._import is gone: update bench.stack.BenchState"
+            msg = "local.standin.StandinState._import is gone: update bench.stack.BenchState"
             raise RuntimeError(msg)
         self.state = BenchState(record_full_bodies=False)
         self.moto = MotoProcess()

@@ -23,7 +23,7 @@ import boto3
 
 from local.context import LocalLambdaContext
 from local.moto_server import MotoStack, aws_env
-from local.vital_standin import StandinState, VitalStandin
+from local.standin import StandinState, VitalStandin
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"

@@ -12,7 +12,7 @@ from typing import Any
 
 import zstandard
 
-from bulk_import.models import RECIPE_FIELDS
+from bulk_import.model import RECIPE_FIELDS
 
 RECIPE_COLUMNS = ("provider", *RECIPE_FIELDS)
 

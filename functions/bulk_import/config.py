@@ -1,8 +1,8 @@
 """Every setting the function reads, in one validated record.
 
 Nothing else in the package reads ``os.environ`` (but for Powertools' own names, in
-``observability``): a typo in a deployed variable fails the invocation with a pydantic-core
-error that names the variable, instead of surfacing deep in a run. Each field's variable is its
+``observability``): a typo in a deployed variable fails the invocation with an error that names
+the variable, instead of surfacing deep in a run. Each field's variable is its
 name in upper case.
 """
 
@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Self
 from urllib.parse import urlsplit
 
-from pydantic_core import CoreConfig, ValidationError, core_schema
-
-from bulk_import.records import Record
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PRODUCTION_BASE_URL = "https://api.tryvital.io"
 
@@ -26,12 +23,7 @@ def _with_trailing_slash(prefix: str) -> str:
     return prefix if prefix.endswith("/") else prefix + "/"
 
 
-Prefix = Annotated[
-    str,
-    core_schema.no_info_after_validator_function(
-        _with_trailing_slash, core_schema.str_schema(min_length=1)
-    ),
-]
+Prefix = Annotated[str, Field(min_length=1), AfterValidator(_with_trailing_slash)]
 
 
 def _http_base_url(url: str) -> str:
@@ -42,33 +34,31 @@ def _http_base_url(url: str) -> str:
     return url.strip().rstrip("/")
 
 
-BaseUrl = Annotated[
-    str, core_schema.no_info_after_validator_function(_http_base_url, core_schema.str_schema())
-]
+BaseUrl = Annotated[str, AfterValidator(_http_base_url)]
 
 
 def _variable(field_name: str) -> str:
     return field_name.upper()
 
 
-def _int(ge: int, le: int | None = None) -> core_schema.IntSchema:
-    return core_schema.int_schema(ge=ge, le=le)
-
-
-@dataclass(kw_only=True, frozen=True)
-class Settings(Record):
+class Settings(BaseModel):
     """Settings from the environment; each field's variable is its name in upper case."""
 
-    core_config = CoreConfig(validate_by_name=True, validate_by_alias=True)
-    alias_generator = _variable
+    model_config = ConfigDict(
+        defer_build=True,
+        frozen=True,
+        alias_generator=_variable,
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
 
     vital_api_base_url: BaseUrl = PRODUCTION_BASE_URL
-    vital_api_key_secret: Annotated[str, core_schema.str_schema(min_length=1)]
+    vital_api_key_secret: Annotated[str, Field(min_length=1)]
     vital_team_id: str | None = None
-    chunk_size: Annotated[int, _int(1, 5000)] = 500
+    chunk_size: Annotated[int, Field(ge=1, le=5000)] = 500
     # Upper bound for one request body; keeps each POST well under API gateway limits.
-    max_body_bytes: Annotated[int, _int(10_000)] = 4_000_000
-    max_concurrency: Annotated[int, _int(1, 64)] = 4
+    max_body_bytes: Annotated[int, Field(ge=10_000)] = 4_000_000
+    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
     wait_for_completion: bool = True
     incoming_prefix: Prefix = "incoming/"
     results_prefix: Prefix = "results/"
@@ -77,21 +67,22 @@ class Settings(Record):
     continuation_queue_url: str | None = None
     notify_topic_arn: str | None = None
     # Largest decompressed size accepted: a decompression bomb fails the file, not the function.
-    max_decompressed_bytes: Annotated[int, _int(1024)] = 20 * 1024**3
+    max_decompressed_bytes: Annotated[int, Field(ge=1024)] = 20 * 1024**3
     # Longest accepted input line / CSV record / JSON element, in bytes.
-    max_row_bytes: Annotated[int, _int(1024)] = 1_000_000
+    max_row_bytes: Annotated[int, Field(ge=1024)] = 1_000_000
     # Stop the file once this share of posted rows failed or errored (after a warm-up).
-    failure_threshold_percent: Annotated[float, core_schema.float_schema(ge=0, le=100)] = 100.0
+    failure_threshold_percent: Annotated[float, Field(ge=0, le=100)] = 100.0
     # Seconds of Lambda time kept in reserve to finish in-flight chunks and checkpoint.
-    safety_margin_seconds: Annotated[float, core_schema.float_schema(ge=0)] = 60.0
+    safety_margin_seconds: Annotated[float, Field(ge=0)] = 60.0
     # Chunks sent between two checkpoints (0: twice MAX_CONCURRENCY, or ~2 s worth when faster).
     # Smaller means fewer rows in doubt after a crash, larger means fewer S3 writes.
-    checkpoint_every_chunks: Annotated[int, _int(0)] = 0
-    http_timeout_seconds: Annotated[float, core_schema.float_schema(gt=0)] = 30.0
-    max_attempts: Annotated[int, _int(1, 20)] = 5
-    secret_max_age_seconds: Annotated[int, _int(0)] = 300
+    checkpoint_every_chunks: Annotated[int, Field(ge=0)] = 0
+    http_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 5
+    secret_max_age_seconds: Annotated[int, Field(ge=0)] = 300
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _prefixes_apart(self) -> Self:
         """Outputs inside the incoming prefix would trigger the function on its own results; and
         retry files (they hold tokens) under the results prefix would keep its longer expiry."""
         prefixes = (
@@ -103,6 +94,7 @@ class Settings(Record):
             for other_name, other in prefixes[i + 1 :]:
                 if prefix.startswith(other) or other.startswith(prefix):
                     raise ValueError(f"{other_name} ({other}) must not overlap {name} ({prefix})")
+        return self
 
     @property
     def bulk_import_url(self) -> str:
@@ -115,7 +107,7 @@ class Settings(Record):
     @classmethod
     def variables(cls) -> frozenset[str]:
         """The names of the environment variables read."""
-        return frozenset(_variable(field.name) for field in fields(cls))
+        return frozenset(_variable(name) for name in cls.model_fields)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -125,7 +117,7 @@ class Settings(Record):
         names = cls.variables()
         values = {k: v for k, v in env.items() if v != "" and k in names}
         try:
-            return cls.from_dict(values)
+            return cls.model_validate(values)
         except ValidationError as exc:
             raise SettingsError(exc) from None
 

@@ -14,17 +14,14 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic_core import ValidationError
 
-from bulk_import import aws
 from bulk_import.config import Settings, get_settings
-from bulk_import.idempotency import AlreadyInProgress, once_per_ref
-from bulk_import.models import ContinuationMessage, ObjectRef
+from bulk_import.errors import AlreadyInProgress, ImportStillRunning
+from bulk_import.ingest.validation import describe_errors
+from bulk_import.model import ContinuationMessage, ObjectRef
 from bulk_import.observability import logger, metrics, record_file_metrics, tracer
-from bulk_import.pipeline import Dependencies, FileResult, import_object, results_fit
-from bulk_import.validation import describe_errors
-
-
-class ImportStillRunning(Exception):
-    """Another invocation holds this S3 event's object; raised so Lambda retries it later."""
+from bulk_import.run.pipeline import Dependencies, FileResult, import_object, results_fit
+from bulk_import.storage import aws
+from bulk_import.storage.idempotency import once_per_ref
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -103,14 +100,14 @@ def _summary(result: FileResult) -> dict[str, Any]:
         manifest = result.manifest
         summary.update(
             status=manifest.status,
-            counts=manifest.counts.to_dict(),
+            counts=manifest.counts.model_dump(),
             manifest=result.manifest_key,
         )
         logger.info(
             "file finished",
             extra={
                 "status": manifest.status,
-                "counts": manifest.counts.to_dict(),
+                "counts": manifest.counts.model_dump(),
                 "manifest": f"s3://{result.ref.bucket}/{result.manifest_key}",
             },
         )
@@ -159,7 +156,7 @@ def _queued(body: object, settings: Settings) -> list[tuple[ObjectRef, bool]]:
     """A continuation message; or an ImportDLQ record sent to the queue, read as its event."""
     text = body if isinstance(body, str) else ""
     try:
-        return [(ContinuationMessage.from_json(text).ref, True)]
+        return [(ContinuationMessage.model_validate_json(text).ref, True)]
     except ValidationError:
         pass
     try:
@@ -206,7 +203,7 @@ def _s3_ref(record: dict[str, Any], settings: Settings) -> ObjectRef | None:
     etag = obj.get("eTag")
     # Validated: the event is input, as a continuation message is.
     try:
-        return ObjectRef.from_dict(
+        return ObjectRef.model_validate(
             {
                 "bucket": _object(s3.get("bucket")).get("name", ""),
                 "key": key,

@@ -22,8 +22,8 @@ from bulk_import.redaction import redact_text
 if TYPE_CHECKING:
     from stamina.instrumentation import RetryDetails
 
-    from bulk_import.models import Manifest
-    from bulk_import.vital import CallStats
+    from bulk_import.model import Manifest
+    from bulk_import.vital.client import CallStats
 
 # Powertools' own settings, which it reads from the environment too; the defaults are the
 # template's, whose alarms watch the metrics under them.

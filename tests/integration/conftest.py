@@ -17,7 +17,7 @@ import pytest
 from local.context import LocalLambdaContext
 from local.events import s3_event
 from local.moto_server import MotoStack, aws_env
-from local.vital_standin import StandinState, VitalStandin
+from local.standin import StandinState, VitalStandin
 from tests.helpers import parse_outcomes
 
 SECRET_NAME = "tests/vital-api-key"
@@ -126,9 +126,9 @@ class _Collect(logging.Handler):
 def stack(
     stack_env: dict[str, str], standin: VitalStandin, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Stack]:
-    from bulk_import import aws  # noqa: PLC0415
     from bulk_import.config import get_settings  # noqa: PLC0415
     from bulk_import.observability import logger  # noqa: PLC0415
+    from bulk_import.storage import aws  # noqa: PLC0415
 
     standin.state.reset()
     _ensure_api_key_secret(standin.state.api_key)

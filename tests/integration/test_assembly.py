@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from bulk_import import results
-from bulk_import.results import OutcomeSpool, assemble, outcomes_header
+from bulk_import.storage import results
+from bulk_import.storage.results import OutcomeSpool, assemble, outcomes_header
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration

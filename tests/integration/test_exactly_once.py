@@ -21,8 +21,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from bulk_import.handler import ImportStillRunning
-from bulk_import.idempotency import AlreadyInProgress
-from bulk_import.models import ContinuationMessage, ObjectRef
+from bulk_import.model import ContinuationMessage, ObjectRef
+from bulk_import.storage.idempotency import AlreadyInProgress
 from local.events import s3_event
 from tests.helpers import encode_rows, failing_at, make_row, user_id
 from tests.integration.conftest import Stack
@@ -81,7 +81,7 @@ def assert_complete(stack: Stack, prefix: str, rows: int) -> dict[str, Any]:
 @contextmanager
 def s3_keys(*operations: str) -> Iterator[dict[str, list[str]]]:
     """The keys the handler's S3 client names in each of ``operations`` while the block runs."""
-    from bulk_import import aws  # noqa: PLC0415 - the client the handler will use
+    from bulk_import.storage import aws  # noqa: PLC0415 - the client the handler will use
 
     s3 = aws.s3_client()
     keys: dict[str, list[str]] = {operation: [] for operation in operations}
@@ -168,7 +168,7 @@ def test_a_spool_that_let_its_lines_go_has_its_parts_read_back_in_order(
 ) -> None:
     # Past SPOOL_KEEP_BYTES a spool lets go of what it has uploaded, so /tmp holds at most about
     # that much: the end of the run then reads those parts back, in order, ahead of the spool.
-    from bulk_import import results  # noqa: PLC0415 - its limit scaled to the test
+    from bulk_import.storage import results  # noqa: PLC0415 - its limit scaled to the test
 
     monkeypatch.setattr(results, "SPOOL_KEEP_BYTES", 700)  # two or three parts' worth of lines
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
@@ -196,7 +196,8 @@ def test_the_outcomes_so_far_are_stored_while_the_last_chunks_are_out(
     # Once the file is read, the lines spooled since the last checkpoint are stored while the
     # last answers are awaited, not after them: the part written after the answers then holds
     # only the last chunks' lines. Below EARLY_SAVE_BYTES (the default 1 MiB here) it waits.
-    from bulk_import import aws, pipeline  # noqa: PLC0415 - the client and limit the run uses
+    from bulk_import.run import pipeline  # noqa: PLC0415 - the limit the run uses
+    from bulk_import.storage import aws  # noqa: PLC0415 - the client the run uses
 
     monkeypatch.setattr(pipeline, "EARLY_SAVE_BYTES", 1 if early else 1 << 30)
     monkeypatch.setenv("CHUNK_SIZE", "10")
@@ -234,7 +235,7 @@ def test_a_run_killed_right_after_its_early_save_resumes_from_it_sending_nothing
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a run killed right after it stored its outcomes while its last chunks were out
-    from bulk_import import pipeline  # noqa: PLC0415 - the module the handler runs
+    from bulk_import.run import pipeline  # noqa: PLC0415 - the module the handler runs
 
     monkeypatch.setattr(pipeline, "EARLY_SAVE_BYTES", 1)
     monkeypatch.setenv("CHUNK_SIZE", "10")
@@ -276,7 +277,7 @@ def test_a_retry_after_the_manifest_was_written_keeps_it_and_clears_the_state(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an import whose manifest is written but whose state could not be deleted after it
-    from bulk_import import checkpoint  # noqa: PLC0415 - the class the pipeline uses
+    from bulk_import.storage import checkpoint_store as checkpoint  # noqa: PLC0415 - the class the pipeline uses
 
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "3")
@@ -321,7 +322,7 @@ def test_a_retry_after_the_results_failed_to_be_written_keeps_the_answers(
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "2")
     rows = upload(stack, "incoming/final-write.jsonl", 200)
-    from bulk_import import pipeline  # noqa: PLC0415 - patched below
+    from bulk_import.run import pipeline  # noqa: PLC0415 - patched below
 
     s3_failed = ClientError({"Error": {"Code": "InternalError", "Message": "-"}}, "PutObject")
     monkeypatch.setattr(pipeline, "assemble", failing_at(pipeline.assemble, 1, s3_failed))
@@ -434,7 +435,7 @@ def test_a_duplicate_event_during_an_import_is_looked_at_again_once_the_hold_end
 ) -> None:
     # Given a queue, the loser of a race does not raise (Lambda's two retries come within
     # minutes, while the winner may import for 15): it queues a second look, delayed.
-    monkeypatch.setattr("bulk_import.aws.RECHECK_DELAY_SECONDS", 2)
+    monkeypatch.setattr("bulk_import.storage.aws.RECHECK_DELAY_SECONDS", 2)
     stack.vital.latency_seconds = 0.05
     upload(stack, "incoming/race.jsonl", 60)
     event = s3_event(stack.bucket, ["incoming/race.jsonl"])
@@ -485,7 +486,7 @@ def test_a_held_ref_from_the_queue_is_looked_at_again_or_dropped_as_a_duplicate(
     # the invocation. Segment 1+ is a continuation: SQS keeps the copy being worked on.
     _held(monkeypatch)
     ref = ObjectRef(bucket=stack.bucket, key="incoming/held.jsonl", segment=segment)
-    body = ContinuationMessage(ref=ref).to_json().decode()
+    body = ContinuationMessage(ref=ref).model_dump_json()
 
     result = stack.invoke({"Records": [{"eventSource": "aws:sqs", "body": body}]})
 
@@ -575,7 +576,7 @@ def test_a_run_that_lost_its_key_deletes_the_parts_it_stored_for_the_losing_chec
 ) -> None:
     # Given version A importing, a checkpoint before every chunk, some rows failing (so each
     # checkpoint stores a retry part, which holds tokens, as well as an outcomes part)
-    from bulk_import import pipeline  # noqa: PLC0415 - the module the handler runs
+    from bulk_import.run import pipeline  # noqa: PLC0415 - the module the handler runs
 
     old = [make_row(n) for n in range(100)]
     new = [make_row(n) for n in range(1000, 1020)]
@@ -632,7 +633,7 @@ def test_a_newer_upload_imported_while_a_run_waits_on_bulk_ops_keeps_its_results
 ) -> None:
     # Given version A of a key whose rows Vital enqueues (202s), so that A waits on bulk ops
     # after its last answer and its final checkpoint
-    from bulk_import import pipeline  # noqa: PLC0415 - the module the handler runs
+    from bulk_import.run import pipeline  # noqa: PLC0415 - the module the handler runs
 
     monkeypatch.setenv("WAIT_FOR_COMPLETION", "false")
     old = [make_row(n) for n in range(30)]
@@ -684,7 +685,7 @@ def lost_answer_to_checkpoint_write(
     """The ``nth`` checkpoint write reaches S3 and is stored, but its answer is lost: botocore
     retries it, as it does after a read timeout or a dropped connection. ``meanwhile`` runs
     between the stored write and the retry."""
-    from bulk_import import aws  # noqa: PLC0415 - the client the handler will use
+    from bulk_import.storage import aws  # noqa: PLC0415 - the client the handler will use
 
     seen = {"writes": 0, "lost": 0}
 
@@ -750,8 +751,8 @@ def test_a_checkpoint_write_that_lost_to_this_runs_own_previous_one_fails_the_in
     # known to be stored. The invocation fails; Lambda's retry resumes and finishes the file.
     from botocore.awsrequest import AWSResponse  # noqa: PLC0415
 
-    from bulk_import import aws  # noqa: PLC0415 - the client the handler will use
-    from bulk_import.pipeline import TransientError  # noqa: PLC0415
+    from bulk_import.run.pipeline import TransientError  # noqa: PLC0415
+    from bulk_import.storage import aws  # noqa: PLC0415 - the client the handler will use
 
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
@@ -793,7 +794,7 @@ def test_a_run_that_lost_its_checkpoint_keeps_the_parts_the_new_one_names(
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
     upload(stack, "incoming/taken.jsonl", 60)
-    from bulk_import.checkpoint import CheckpointStore  # noqa: PLC0415 - the other import
+    from bulk_import.storage.checkpoint_store import CheckpointStore  # noqa: PLC0415 - the other import
 
     def take_over() -> None:
         other = CheckpointStore(
@@ -821,7 +822,7 @@ def test_an_import_that_takes_the_key_over_while_results_are_written_keeps_its_s
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a run writing its results while the key's parts are listed beside it
-    from bulk_import.checkpoint import CheckpointStore  # noqa: PLC0415 - patched below
+    from bulk_import.storage.checkpoint_store import CheckpointStore  # noqa: PLC0415 - patched below
 
     monkeypatch.setenv("CHUNK_SIZE", "10")
     upload(stack, "incoming/late-takeover.jsonl", 30)
@@ -921,7 +922,7 @@ def test_a_duplicate_event_that_finds_no_state_until_the_first_finished_posts_no
     # manifest, then waits on S3 while A imports the whole file and clears its checkpoint
     rows = upload(stack, "incoming/twice.jsonl", 30)
     event = s3_event(stack.bucket, ["incoming/twice.jsonl"])
-    from bulk_import.checkpoint import CheckpointStore  # noqa: PLC0415 - patched below
+    from bulk_import.storage.checkpoint_store import CheckpointStore  # noqa: PLC0415 - patched below
 
     existing_manifest = CheckpointStore.existing_manifest
     b_looked, a_finished = threading.Event(), threading.Event()
@@ -996,7 +997,7 @@ def die_at_third_checkpoint(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, event: dict[str, Any]
 ) -> None:
     """One invocation of ``event`` that dies as its third checkpoint is saved (as on a kill)."""
-    from bulk_import import checkpoint  # noqa: PLC0415 - patched for this run only
+    from bulk_import.storage import checkpoint_store as checkpoint  # noqa: PLC0415 - patched for this run only
 
     save = checkpoint.CheckpointStore.save
     monkeypatch.setattr(checkpoint.CheckpointStore, "save", failing_at(save, 3, _Died()))
@@ -1064,7 +1065,9 @@ def test_a_resume_never_stores_a_lease_below_the_one_it_resumed_from(
     # Chunks under the lease of a killed run may have been sent. A checkpoint the resume takes
     # while it still replays them (here: one at every block, as a large spool would take) must
     # keep them under its lease, or a second crash would have them sent again.
-    from bulk_import import checkpoint, formats, pipeline  # noqa: PLC0415 - patched for the resume
+    from bulk_import.ingest import formats  # noqa: PLC0415 - patched for the resume
+    from bulk_import.run import pipeline  # noqa: PLC0415
+    from bulk_import.storage import checkpoint_store as checkpoint  # noqa: PLC0415
 
     stack.vital.latency_seconds = 0.15
     rows = upload(stack, "incoming/crash-twice.jsonl", 200)

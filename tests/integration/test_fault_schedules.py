@@ -17,7 +17,7 @@ import stamina
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from local.vital_standin import DEFAULT_API_KEY, StandinState
+from local.standin import DEFAULT_API_KEY, StandinState
 from tests.helpers import access_token, encode_rows, make_row, refresh_token
 from tests.integration.conftest import Stack
 

@@ -30,7 +30,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bulk_import.models import ROW_FIELDS
+from bulk_import.model import ROW_FIELDS
 from local.events import s3_event
 from tests.helpers import all_strings, compress, encode_rows, make_row
 from tests.integration.conftest import Stack

@@ -45,11 +45,11 @@ import pytest
 import stamina
 
 from bulk_import import handler as handler_module
-from bulk_import.chunking import serialise
-from bulk_import.models import ConnectionRow, WellFormedRow
+from bulk_import.ingest.chunking import serialise
+from bulk_import.ingest.validation import validate_row
+from bulk_import.model import ConnectionRow, WellFormedRow
 from bulk_import.observability import logger as function_logger
-from bulk_import.pipeline import Dependencies
-from bulk_import.validation import validate_row
+from bulk_import.run.pipeline import Dependencies
 from local.events import s3_event
 from tests.helpers import (
     RECIPE_COLUMNS,
@@ -749,7 +749,7 @@ def _crash_int_literal(row: dict[str, Any]) -> bytes:
 
 
 def _crash_pydantic(row: dict[str, Any]) -> bytes:
-    ConnectionRow.from_dict(
+    ConnectionRow.model_validate(
         {"access_token": [row["access_token"]], "user_id": row["refresh_token"]}
     )
     raise AssertionError("unreachable")
@@ -765,7 +765,7 @@ def test_an_unexpected_crash_quoting_a_token_leaks_nothing(
     monkeypatch: pytest.MonkeyPatch,
     crash: Callable[[dict[str, Any]], bytes],
 ) -> None:
-    from bulk_import import pipeline  # noqa: PLC0415 - patched below
+    from bulk_import.run import pipeline  # noqa: PLC0415 - patched below
 
     originals = put_corpus(hygiene, "incoming/crash.jsonl")
     target = originals[703]  # a garmin row (n = 702): its secret has spaces and punctuation
@@ -790,7 +790,7 @@ def test_an_unexpected_crash_quoting_a_token_leaks_nothing(
 def test_a_crash_while_posting_leaks_nothing(
     hygiene: Hygiene, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bulk_import import pipeline  # noqa: PLC0415 - patched below
+    from bulk_import.run import pipeline  # noqa: PLC0415 - patched below
 
     originals = put_corpus(hygiene, "incoming/crash-posting.jsonl", corpus(250))
     post_chunk = pipeline.post_chunk

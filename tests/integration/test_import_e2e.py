@@ -15,9 +15,11 @@ import boto3
 import httpx
 import pytest
 
-from bulk_import import aws, formats, handler
-from bulk_import.models import ContinuationMessage, ObjectRef
-from bulk_import.pipeline import GC_YOUNG_THRESHOLD, POSTING_SWITCH_INTERVAL_S, Dependencies
+from bulk_import import handler
+from bulk_import.ingest import formats
+from bulk_import.model import ContinuationMessage, ObjectRef
+from bulk_import.run.pipeline import GC_YOUNG_THRESHOLD, POSTING_SWITCH_INTERVAL_S, Dependencies
+from bulk_import.storage import aws
 from local.events import s3_event
 from tests.helpers import (
     access_token,
@@ -470,7 +472,7 @@ def test_waiting_on_bulk_ops_keeps_the_time_a_request_needs_even_with_no_margin(
     monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "0")
     stack.vital.op_complete_after_seconds = 100  # the bulk op stays in progress
     stack.put("incoming/slow-op.jsonl", encode_rows([make_row(n) for n in range(5)], "jsonl"))
-    from bulk_import import pipeline  # noqa: PLC0415 - watched below
+    from bulk_import.run import pipeline  # noqa: PLC0415 - watched below
 
     written: list[float] = []
     write_manifest = pipeline.write_manifest
@@ -647,9 +649,7 @@ def test_an_import_dlq_record_replays_the_event_it_holds(stack: Stack, how: str)
                             "eventSource": "aws:sqs",
                             "body": ContinuationMessage(
                                 ref=ObjectRef(bucket=stack.bucket, key="incoming/parked.jsonl")
-                            )
-                            .to_json()
-                            .decode(),
+                            ).model_dump_json(),
                         }
                     ]
                 }

@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 
 from local.moto_server import MotoStack, aws_env
-from local.vital_standin import (
+from local.standin import (
     BULK_IMPORT_PATH,
     BULK_OP_PATH,
     MIGRATION_DISABLED_DETAIL,

@@ -21,7 +21,7 @@ import stamina
 from botocore.exceptions import ClientError
 
 from local.events import s3_event
-from local.vital_standin import DEFAULT_API_KEY
+from local.standin import DEFAULT_API_KEY
 from tests.helpers import (
     access_token,
     encode_rows,
@@ -323,7 +323,7 @@ def _failing_once(
 ) -> None:
     """``_Run.<name>(report)`` fails (or, with ``swallow``, silently does nothing) for the chunk
     starting at ``first_line``: a stand-in for a bug in recording Vital's answer."""
-    from bulk_import import pipeline  # noqa: PLC0415 - patched below
+    from bulk_import.run import pipeline  # noqa: PLC0415 - patched below
 
     original = getattr(pipeline._Run, name)
 
@@ -386,7 +386,7 @@ def test_a_bug_after_a_chunks_outcomes_were_written_does_not_write_them_twice(
     monkeypatch.setenv("CHUNK_SIZE", "100")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     put_rows(stack, "incoming/threshold-bug.jsonl", 500)
-    from bulk_import import pipeline  # noqa: PLC0415 - patched below
+    from bulk_import.run import pipeline  # noqa: PLC0415 - patched below
 
     # The third call comes after the third chunk's outcomes were written.
     bug = RuntimeError("a bug after recording an answer")
@@ -411,7 +411,7 @@ def test_an_error_saving_the_lease_reports_the_chunk_it_was_for(
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
     put_rows(stack, "incoming/full-tmp.jsonl", 60)
-    from bulk_import import results  # noqa: PLC0415 - patched below
+    from bulk_import.storage import results  # noqa: PLC0415 - patched below
 
     full = OSError(errno.ENOSPC, "No space left on device")
     # The second upload: the lease before the third chunk.
@@ -453,7 +453,7 @@ def test_an_error_saving_a_lease_at_the_end_of_the_file_reports_every_chunk_left
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
     rows = _interleaved(stack, "incoming/flush.jsonl", 25)
-    from bulk_import import pipeline  # noqa: PLC0415 - patched below
+    from bulk_import.run import pipeline  # noqa: PLC0415 - patched below
 
     save = pipeline._Run._save_checkpoint
     leases: list[int] = []
@@ -487,7 +487,7 @@ def test_a_retry_of_a_run_stopped_by_a_one_off_bug_gives_every_row_an_outcome(
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     rows = _interleaved(stack, "incoming/stopped.jsonl", 60)
-    from bulk_import import pipeline  # noqa: PLC0415 - patched below
+    from bulk_import.run import pipeline  # noqa: PLC0415 - patched below
 
     bug = RuntimeError("a one-off bug")
     s3_failed = ClientError({"Error": {"Code": "InternalError", "Message": "-"}}, "PutObject")
@@ -647,8 +647,8 @@ def test_secrets_manager_not_answering_fails_the_invocation_for_a_retry_not_the_
 ) -> None:
     # Before, a throttled or failing Secrets Manager failed the file for good ("check
     # VITAL_API_KEY_SECRET and the function's permissions"): every row errored, upload again.
-    from bulk_import import aws  # noqa: PLC0415 - its provider replaced below
-    from bulk_import.pipeline import TransientError  # noqa: PLC0415
+    from bulk_import.run.pipeline import TransientError  # noqa: PLC0415
+    from bulk_import.storage import aws  # noqa: PLC0415 - its provider replaced below
 
     monkeypatch.setenv("CHUNK_SIZE", "5")
     put_rows(stack, "incoming/secret-outage.jsonl", 12)
@@ -740,7 +740,9 @@ def test_a_refused_file_keeps_tmp_bounded_and_checkpoints_its_stop(
     # Rows after a refusal are not sent, so they bring no checkpoints of their own, yet each
     # gets an outcome and a retry line (~0.9 KB at realistic sizes): a long refused file must
     # not fill /tmp (a crash there would retry the refused key), nor hide the stop from a retry.
-    from bulk_import import checkpoint, pipeline, results  # noqa: PLC0415 - scaled to the test
+    from bulk_import.run import pipeline  # noqa: PLC0415 - scaled to the test
+    from bulk_import.storage import checkpoint_store as checkpoint  # noqa: PLC0415
+    from bulk_import.storage import results  # noqa: PLC0415
 
     monkeypatch.setattr(pipeline, "UNSAVED_SPOOL_BYTES", 20_000)
     monkeypatch.setattr(results, "SPOOL_KEEP_BYTES", 40_000)
@@ -759,7 +761,7 @@ def test_a_refused_file_keeps_tmp_bounded_and_checkpoints_its_stop(
     save = checkpoint.CheckpointStore.save
 
     def recorded(store: checkpoint.CheckpointStore, cp: Any) -> None:
-        saved.append(cp.to_dict())
+        saved.append(cp.model_dump(mode="json"))
         save(store, cp)
 
     monkeypatch.setattr(results.Spool, "write_bytes", measured)

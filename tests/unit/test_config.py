@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from botocore.exceptions import (
     ParamValidationError,
     ReadTimeoutError,
 )
+from pydantic import ValidationError
 
 from bulk_import.config import PRODUCTION_BASE_URL, Settings, SettingsError, get_settings
 
@@ -50,7 +50,7 @@ def test_defaults() -> None:
         "max_attempts": 5,
         "secret_max_age_seconds": 300,
     }
-    dumped = s.to_dict()
+    dumped = s.model_dump()
     # Settings added later need their own default test; these must not change silently.
     assert {name: dumped[name] for name in expected} == expected
     assert s.bulk_import_url == "https://api.tryvital.io/v2/link/bulk_import"
@@ -111,11 +111,13 @@ def test_empty_strings_are_treated_as_unset() -> None:
 
 
 def test_base_url_trailing_slash_does_not_double() -> None:
-    s = Settings.from_dict(
+    s = Settings.model_validate(
         {"VITAL_API_KEY_SECRET": "x", "VITAL_API_BASE_URL": "http://vital.test/"}
     )
     assert s.bulk_import_url == "http://vital.test/v2/link/bulk_import"
-    s = Settings.from_dict({"vital_api_key_secret": "x", "vital_api_base_url": "http://vital.test"})
+    s = Settings.model_validate(
+        {"vital_api_key_secret": "x", "vital_api_base_url": "http://vital.test"}
+    )
     assert s.bulk_op_url == "http://vital.test/v2/link/bulk_op"
 
 
@@ -156,7 +158,7 @@ def test_other_invalid_values_name_their_variable(name: str, value: str) -> None
 
 def test_settings_are_frozen() -> None:
     s = Settings.from_env({"VITAL_API_KEY_SECRET": "x"})
-    with pytest.raises(FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         s.chunk_size = 1  # type: ignore[misc]
 
 
@@ -194,7 +196,7 @@ def test_retry_files_cannot_share_the_results_prefix(results: str, retry: str) -
     ],
 )
 def test_api_key_secret_may_be_plain_text_or_json(stored: str, key: str) -> None:
-    from bulk_import.aws import _key_from_secret  # noqa: PLC0415
+    from bulk_import.storage.aws import _key_from_secret  # noqa: PLC0415
 
     assert _key_from_secret(stored) == key
 
@@ -230,6 +232,6 @@ def test_secrets_manager_errors_worth_a_retry_are_told_from_set_up_errors(
     error: BaseException | None, transient: bool
 ) -> None:
     # A retry cures a throttle or an outage, not a missing secret, a denied role or a typo.
-    from bulk_import.aws import _transient  # noqa: PLC0415
+    from bulk_import.storage.aws import _transient  # noqa: PLC0415
 
     assert _transient(error) is transient

@@ -12,9 +12,9 @@ from unittest import mock
 
 import pytest
 
-from bulk_import import formats
 from bulk_import.errors import MalformedFile, UnsupportedFile
-from bulk_import.formats import Compression, Format, detect, read_records
+from bulk_import.ingest import formats
+from bulk_import.ingest.formats import Compression, Format, detect, read_records
 
 BOM = b"\xef\xbb\xbf"
 SECRET = "tok_SECRET_abc123"

@@ -13,10 +13,16 @@ import httpx
 import pytest
 import stamina
 
-from bulk_import.chunking import Chunk, PendingRow, serialise
 from bulk_import.config import Settings
-from bulk_import.models import ConnectionRow, Outcome
-from bulk_import.posting import (
+from bulk_import.ingest.chunking import Chunk, PendingRow, serialise
+from bulk_import.model import ConnectionRow, Outcome
+from bulk_import.vital.client import (
+    MAX_RETRY_AFTER_SECONDS,
+    VitalAuthError,
+    VitalClient,
+    parse_retry_after,
+)
+from bulk_import.vital.posting import (
     ENQUEUED_DETAIL,
     FAILED_DETAIL,
     IMPORTED_DETAIL,
@@ -24,12 +30,6 @@ from bulk_import.posting import (
     ChunkReport,
     Hold,
     post_chunk,
-)
-from bulk_import.vital import (
-    MAX_RETRY_AFTER_SECONDS,
-    VitalAuthError,
-    VitalClient,
-    parse_retry_after,
 )
 
 API_KEY = "sk_test_SECRET_key"
@@ -53,7 +53,7 @@ def user(i: int) -> str:
 def make_chunk(n: int, provider: str = "oura", first_line: int = 2) -> Chunk:
     rows = []
     for i in range(n):
-        row = ConnectionRow.from_dict(
+        row = ConnectionRow.model_validate(
             {
                 "provider": provider,
                 "user_id": user(i),
@@ -102,7 +102,7 @@ def all_imported(_: httpx.Request, body: dict[str, Any]) -> httpx.Response:
 
 
 def settings(**overrides: Any) -> Settings:
-    return Settings.from_dict(
+    return Settings.model_validate(
         {"VITAL_API_KEY_SECRET": "x", "VITAL_API_BASE_URL": BASE, "MAX_ATTEMPTS": 3, **overrides}
     )
 
@@ -172,7 +172,7 @@ def test_200_maps_imported_failed_and_unreported() -> None:
     assert report.fatal is None
     assert len(fake.bodies) == 1
     [record] = report.records
-    assert {k: v for k, v in record.to_dict().items() if k != "duration_ms"} == {
+    assert {k: v for k, v in record.model_dump().items() if k != "duration_ms"} == {
         "provider": "oura",
         "first_line": 2,
         "last_line": 5,

@@ -14,8 +14,8 @@ from unittest import mock
 from hypothesis import assume, event, example, given, settings
 from hypothesis import strategies as st
 
-from bulk_import import formats
-from bulk_import.chunking import (
+from bulk_import.ingest import formats
+from bulk_import.ingest.chunking import (
     Chunk,
     Chunker,
     PendingRow,
@@ -23,12 +23,12 @@ from bulk_import.chunking import (
     body_overhead,
     serialise,
 )
-from bulk_import.formats import Format, read_records
-from bulk_import.models import PROVIDERS as KNOWN_PROVIDERS
-from bulk_import.models import ROW_FIELDS, Counts, Outcome
-from bulk_import.tally import Tally
-from bulk_import.validation import context_for, validate_json_row
-from bulk_import.validation import validate_well_formed as validate_block
+from bulk_import.ingest.formats import Format, read_records
+from bulk_import.ingest.validation import context_for, validate_json_row
+from bulk_import.ingest.validation import validate_well_formed as validate_block
+from bulk_import.model import PROVIDERS as KNOWN_PROVIDERS
+from bulk_import.model import ROW_FIELDS, Counts, Outcome
+from bulk_import.run.tally import Tally
 
 FAST = settings(max_examples=60, deadline=None)
 BIG = 10_000_000
@@ -290,7 +290,7 @@ def _tally(items: list[tuple[Outcome, int]], provider: str = "oura") -> Tally:
 
 
 def _balanced(counts: Counts) -> bool:
-    return counts.rows == sum(v for k, v in counts.to_dict().items() if k != "rows")
+    return counts.rows == sum(v for k, v in counts.model_dump().items() if k != "rows")
 
 
 @FAST

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bulk_import import replay
 from bulk_import.config import Settings
+from bulk_import.run import replay
 
 BASE = {"VITAL_API_KEY_SECRET": "name"}
 
@@ -52,24 +52,24 @@ def test_a_checkpoint_from_before_the_readable_basis_never_replays() -> None:
     assert set(changed) >= {"CHUNK_SIZE", replay.CODE}
 
 
-def test_a_change_to_any_module_of_the_package_changes_the_code_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_change_to_any_module_of_the_package_changes_the_code_version(tmp_path: Path) -> None:
     """Validation, chunking, formats...: any of them decides which rows a chunk holds."""
-    package = Path(replay.__file__).parent
+    # Given a copy of the package, subpackages included
+    package = Path(replay.__file__).parent.parent
     copy = tmp_path / "bulk_import"
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(replay, "__file__", str(copy / "replay.py"))
-    replay.code_version.cache_clear()
-    try:
-        original = replay.code_version()
-        modules = sorted(copy.glob("*.py"))
-        assert len(modules) > 10
-        for module in modules:
-            source = module.read_bytes()
-            module.write_bytes(source + b"\n# changed\n")
-            replay.code_version.cache_clear()
-            assert replay.code_version() != original, module.name
-            module.write_bytes(source)
-    finally:
-        replay.code_version.cache_clear()
+    original = replay.package_digest(copy)
+    assert original == replay.code_version()
+    modules = sorted(copy.rglob("*.py"))
+    assert len(modules) > 20
+    assert any(module.parent != copy for module in modules)
+    for module in modules:
+        # When one module changes, Then the digest changes
+        source = module.read_bytes()
+        module.write_bytes(source + b"\n# changed\n")
+        assert replay.package_digest(copy) != original, module.name
+        module.write_bytes(source)
+    # And a module moved to another subpackage changes it too
+    first = modules[0]
+    first.rename(copy / "model" / first.name)
+    assert replay.package_digest(copy) != original

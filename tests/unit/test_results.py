@@ -12,11 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulk_import import results
-from bulk_import.chunking import PendingRow, RowOutcome, serialise
-from bulk_import.formats import Format, read_records
-from bulk_import.models import ConnectionRow, Counts, Manifest, Outcome, SourceRef
-from bulk_import.results import (
+from bulk_import.ingest.chunking import PendingRow, RowOutcome, serialise
+from bulk_import.ingest.formats import Format, read_records
+from bulk_import.ingest.validation import validate_row
+from bulk_import.model import ConnectionRow, Counts, Manifest, Outcome, SourceRef
+from bulk_import.storage import results
+from bulk_import.storage.results import (
     OUTCOMES_HEADER,
     OutcomeSpool,
     RetrySpool,
@@ -26,7 +27,6 @@ from bulk_import.results import (
     results_prefix,
     write_manifest,
 )
-from bulk_import.validation import validate_row
 
 
 class FakeBody:
@@ -234,12 +234,12 @@ def test_write_manifest() -> None:
     assert doc["source"]["size"] == 10
     assert doc["outcomes_key"] == "results/a.csv/outcomes.csv"
     assert doc["error"] is None
-    assert Manifest.from_dict(doc) == manifest
+    assert Manifest.model_validate(doc) == manifest
 
 
 def test_retry_spool_lines_can_be_uploaded_again_as_jsonl() -> None:
     rows = [
-        ConnectionRow.from_dict(
+        ConnectionRow.model_validate(
             {
                 "provider": provider,
                 "user_id": f"6f1c2c4e-1111-4222-8333-44445555666{i}",

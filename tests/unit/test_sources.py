@@ -12,8 +12,8 @@ import pytest
 import zstandard
 
 from bulk_import.errors import MalformedFile
-from bulk_import.formats import Compression
-from bulk_import.sources import decoded
+from bulk_import.ingest.formats import Compression
+from bulk_import.ingest.source import decoded
 
 LIMIT = 1 << 30
 

@@ -19,7 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from local.vital_standin import BulkImportBody, _bulk_import_body
+from local.standin import BulkImportBody, _bulk_import_body
 
 MISSING = object()
 

@@ -7,7 +7,6 @@ the only call it could make to AWS (listing managed policies).
 from __future__ import annotations
 
 import ast
-import dataclasses
 import importlib
 import json
 import re
@@ -431,7 +430,7 @@ def test_a_second_look_at_a_busy_event_waits_out_the_longest_hold(
     source: dict[str, Any],
 ) -> None:
     """An idempotency hold ends with its invocation's timeout; SQS delays 900 s at most."""
-    from bulk_import.aws import RECHECK_DELAY_SECONDS  # noqa: PLC0415
+    from bulk_import.storage.aws import RECHECK_DELAY_SECONDS  # noqa: PLC0415
 
     assert _function(source)["Timeout"] <= RECHECK_DELAY_SECONDS <= 900
 
@@ -452,9 +451,7 @@ def _settings_aliases() -> tuple[set[str], set[str]]:
     """(every alias of bulk_import.config.Settings, the aliases without a default)."""
     settings = importlib.import_module("bulk_import.config").Settings
     required = {
-        field.name.upper()
-        for field in dataclasses.fields(settings)
-        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        name.upper() for name, field in settings.model_fields.items() if field.is_required()
     }
     return set(settings.variables()), required
 

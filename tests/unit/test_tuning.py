@@ -5,7 +5,11 @@ from __future__ import annotations
 import gc
 import sys
 
-from bulk_import.pipeline import GC_YOUNG_THRESHOLD, POSTING_SWITCH_INTERVAL_S, tuned_interpreter
+from bulk_import.run.pipeline import (
+    GC_YOUNG_THRESHOLD,
+    POSTING_SWITCH_INTERVAL_S,
+    tuned_interpreter,
+)
 
 
 def test_overlapping_runs_restore_the_settings_after_the_last_one_only() -> None:

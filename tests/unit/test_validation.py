@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from bulk_import.chunking import serialise
-from bulk_import.models import PROVIDERS, ConnectionRow
-from bulk_import.validation import (
+from bulk_import.ingest.chunking import serialise
+from bulk_import.ingest.validation import (
     display_provider,
     display_user_id,
     validate_row,
     validate_well_formed,
 )
+from bulk_import.model import PROVIDERS, ConnectionRow
 
 USER = "6f1c2c4e-1111-4222-8333-444455556666"
 SECRET = "tok_SECRET_abc123"

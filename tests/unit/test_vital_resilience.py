@@ -18,11 +18,10 @@ import httpx
 import pytest
 import stamina
 
-from bulk_import.chunking import Chunk, PendingRow, serialise
 from bulk_import.config import Settings
-from bulk_import.models import ConnectionRow, Outcome
-from bulk_import.posting import MAX_EXTRA_REQUESTS, post_chunk
-from bulk_import.vital import (
+from bulk_import.ingest.chunking import Chunk, PendingRow, serialise
+from bulk_import.model import ConnectionRow, Outcome
+from bulk_import.vital.client import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_MAX_SECONDS,
     CONNECT_TIMEOUT_SECONDS,
@@ -37,6 +36,7 @@ from bulk_import.vital import (
     VitalUnavailable,
     full_jitter_backoff,
 )
+from bulk_import.vital.posting import MAX_EXTRA_REQUESTS, post_chunk
 
 API_KEY = "sk_unit_KEY_0123456789"
 BASE = "http://vital.test"
@@ -58,7 +58,7 @@ def token(i: int) -> str:
 def make_chunk(n: int, provider: str = "oura") -> Chunk:
     rows = []
     for i in range(n):
-        row = ConnectionRow.from_dict(
+        row = ConnectionRow.model_validate(
             {
                 "provider": provider,
                 "user_id": str(uuid.UUID(int=i + 1)),
@@ -80,7 +80,7 @@ def settings(**overrides: Any) -> Settings:
         "MAX_CONCURRENCY": 1,
         **overrides,
     }
-    return Settings.from_dict(values)
+    return Settings.model_validate(values)
 
 
 class Script:
@@ -455,7 +455,7 @@ def test_error_messages_never_repeat_the_key_or_a_token_of_the_request() -> None
 def test_a_token_in_another_column_is_masked_where_vital_quotes_it() -> None:
     """Swapped columns put a token in provider_id or the scopes; Vital may quote either."""
     stray, scope = "plainSTRAYsecretvalue", "plainSCOPEsecretvalue"
-    row = ConnectionRow.from_dict(
+    row = ConnectionRow.model_validate(
         {
             "provider": "oura",
             "user_id": str(uuid.UUID(int=7)),
@@ -482,7 +482,7 @@ def test_a_token_in_another_column_is_masked_where_vital_quotes_it() -> None:
 
 
 def test_short_values_of_other_fields_do_not_cut_words_out_of_vitals_text() -> None:
-    row = ConnectionRow.from_dict(
+    row = ConnectionRow.model_validate(
         {
             "provider": "oura",
             "user_id": str(uuid.UUID(int=8)),

@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from bulk_import.errors import MalformedFile, UnsupportedFile
-from bulk_import.models import RECIPE_FIELDS, ROW_FIELDS
+from bulk_import.model import RECIPE_FIELDS, ROW_FIELDS
 
 if TYPE_CHECKING:
     from _csv import Reader

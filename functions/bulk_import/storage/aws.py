@@ -14,7 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from bulk_import.errors import ConfigurationError, RetryLater
+from bulk_import.errors import ConfigurationError, TransientError, aws_error_code
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.parameters import SecretsProvider
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from mypy_boto3_sns.client import SNSClient
     from mypy_boto3_sqs.client import SQSClient
 
-    from bulk_import.models import ContinuationMessage
+    from bulk_import.model import ContinuationMessage
 
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=16)
 
@@ -40,9 +40,9 @@ def vital_api_key(secret_name: str, max_age_seconds: int) -> str:
         value = _secrets().get(secret_name, max_age=max_age_seconds)
     except parameters.exceptions.GetParameterError as exc:
         original = exc.__cause__ or exc.__context__  # Powertools raises it inside its except
-        cause = _error_code(original) or (type(original).__name__ if original else "error")
+        cause = aws_error_code(original) or (type(original).__name__ if original else "error")
         if _transient(original):
-            raise RetryLater(
+            raise TransientError(
                 f"Secrets Manager did not answer ({cause}) when the Vital API key was read; "
                 "the invocation fails so that Lambda retries it"
             ) from None
@@ -74,17 +74,11 @@ _TRANSIENT_CODES = frozenset(
 )
 
 
-def _error_code(error: BaseException | None) -> str | None:
-    if isinstance(error, ClientError):
-        return str(error.response.get("Error", {}).get("Code", "")) or None
-    return None
-
-
 def _transient(error: BaseException | None) -> bool:
     """A dropped connection or timeout, a throttle, a 5xx: no fault of the configuration."""
     if isinstance(error, ClientError):
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return _error_code(error) in _TRANSIENT_CODES or status >= 500
+        return aws_error_code(error) in _TRANSIENT_CODES or status >= 500
     # Not every BotoCoreError: missing credentials or a region, an invalid parameter are set-up.
     return isinstance(error, BotoConnectionError | HTTPClientError)
 
@@ -142,7 +136,7 @@ RECHECK_DELAY_SECONDS = 900
 
 def hand_off(message: ContinuationMessage, queue_url: str | None, delay_seconds: int = 0) -> None:
     """Queue the rest of a long file for a fresh invocation (the message holds no tokens)."""
-    body = message.to_json().decode()
+    body = message.model_dump_json()
     if not queue_url:
         # The same event again would find the hand-off saved and try it again: the way on is
         # the continuation itself, in the shape of the queue's event.

@@ -24,7 +24,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, NamedTuple
 
@@ -32,12 +32,30 @@ import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic_core import to_json
 
-from bulk_import import errors, formats, replay, sources
-from bulk_import.checkpoint import S3_KEY_BYTES, CheckpointStore, Superseded, longest_key
-from bulk_import.chunking import Chunk, Chunker, PendingRow, RowOutcome, serialise
+from bulk_import import errors
 from bulk_import.config import Settings
-from bulk_import.errors import FileError, ImportAborted, InternalError, RetryLater
-from bulk_import.models import (
+from bulk_import.errors import (
+    FileError,
+    ImportAborted,
+    InternalError,
+    Superseded,
+    TransientError,
+    VitalAuthError,
+    VitalClientError,
+    VitalError,
+)
+from bulk_import.ingest import formats
+from bulk_import.ingest import source as sources
+from bulk_import.ingest.chunking import Chunk, Chunker, PendingRow, serialise
+from bulk_import.ingest.validation import (
+    context_for,
+    display_provider,
+    display_user_id,
+    validate_json_row,
+    validate_row,
+    validate_well_formed,
+)
+from bulk_import.model import (
     PROVIDERS,
     BulkOp,
     Checkpoint,
@@ -46,12 +64,15 @@ from bulk_import.models import (
     Manifest,
     ObjectRef,
     Outcome,
+    RowOutcome,
     SourceRef,
 )
 from bulk_import.observability import logger, tracer
-from bulk_import.posting import ChunkReport, Hold, post_chunk
 from bulk_import.redaction import redact_text
-from bulk_import.results import (
+from bulk_import.run import replay
+from bulk_import.run.tally import Tally
+from bulk_import.storage.checkpoint_store import S3_KEY_BYTES, CheckpointStore, longest_key
+from bulk_import.storage.results import (
     MANIFEST_NAME,
     OUTCOMES_NAME,
     RETRY_NAME,
@@ -62,24 +83,8 @@ from bulk_import.results import (
     results_prefix,
     write_manifest,
 )
-from bulk_import.tally import Tally
-from bulk_import.validation import (
-    context_for,
-    display_provider,
-    display_user_id,
-    validate_json_row,
-    validate_row,
-    validate_well_formed,
-)
-from bulk_import.vital import (
-    CallStats,
-    VitalAuthError,
-    VitalClient,
-    VitalClientError,
-    VitalError,
-    parse_time,
-    start_seconds,
-)
+from bulk_import.vital.client import CallStats, VitalClient, parse_time, start_seconds
+from bulk_import.vital.posting import ChunkReport, Hold, post_chunk
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -143,10 +148,6 @@ class FileResult:
     call_stats: CallStats | None = None
     continuation: ObjectRef | None = None
     skipped: str | None = None
-
-
-class TransientError(Exception):
-    """S3 failed mid-file after boto3's own retries: checkpointed, then raised for a retry."""
 
 
 class _DeadlineReached(Exception):
@@ -388,7 +389,7 @@ class _Run:
         return FileResult(self.ref, self.prefix + MANIFEST_NAME, skipped=reason)
 
     def _next_ref(self, segment: int) -> ObjectRef:
-        return replace(self.ref, segment=segment)
+        return self.ref.model_copy(update={"segment": segment})
 
     def _restore(self, cp: Checkpoint) -> None:
         self.checkpoint = cp
@@ -428,11 +429,13 @@ class _Run:
             deadline = True
         except Superseded:
             raise  # not this run's to finish (``execute``)
-        except (BotoCoreError, ClientError, RetryLater) as exc:
+        except TransientError:
             self._drain()
             self._save_checkpoint(next_segment=self.ref.segment)
-            if isinstance(exc, RetryLater):
-                raise TransientError(str(exc)) from exc
+            raise
+        except (BotoCoreError, ClientError) as exc:
+            self._drain()
+            self._save_checkpoint(next_segment=self.ref.segment)
             raise TransientError(f"S3 failed while reading ({type(exc).__name__})") from exc
         except Exception as exc:  # noqa: BLE001 - a bug must not send the file into retries
             self._internal_error("unexpected error", exc)
@@ -525,7 +528,7 @@ class _Run:
         fmt, compression = formats.detect(self.source.key)
         described, stream = self._opened()
         if self.checkpoint is None:
-            self.source = replace(described.ref, sequencer=self.ref.sequencer)
+            self.source = described.ref.model_copy(update={"sequencer": self.ref.sequencer})
         elif self.source.etag and described.ref.etag != self.source.etag:
             # An unversioned key uploaded again since the checkpoint: replaying other content
             # against it would send other rows under its chunk numbers. The new upload's own
@@ -679,7 +682,7 @@ class _Run:
             self._write_chunk(chunk, Outcome.ERRORED, f"not sent: {exc}")
             self._settle(seq)
             return
-        except RetryLater:
+        except TransientError:
             self.next_seq = seq  # not sent: Lambda's retry rebuilds this chunk and sends it
             raise
         # Up to MAX_CONCURRENCY chunks wait in the posting threads' queue behind the ones being
@@ -1105,7 +1108,7 @@ class _Run:
                 "chunks_done": self.chunks_done,
                 "in_flight": len(self.in_flight),
                 "elapsed_s": round(self.last_progress - self.started_monotonic, 1),
-                **self.tally.counts().to_dict(),
+                **self.tally.counts().model_dump(),
             },
         )
 

@@ -12,11 +12,12 @@ from typing import Any, NamedTuple
 
 from pydantic_core import to_json
 
-from bulk_import.models import (
+from bulk_import.model import (
     PROVIDERS,
     ChunkRecord,
     ConnectionRow,
     Outcome,
+    RowOutcome,
     WellFormedRow,
 )
 
@@ -30,14 +31,6 @@ class PendingRow(NamedTuple):
     line: int
     user_id: str
     payload: bytes
-
-
-class RowOutcome(NamedTuple):
-    line: int
-    user_id: str
-    provider: str
-    outcome: Outcome
-    detail: str = ""
 
 
 # PendingRow fields as C-level getters, for code that maps over many rows.
@@ -73,7 +66,7 @@ def serialise(row: ConnectionRow | WellFormedRow) -> bytes:
     """
     if isinstance(row, dict):
         return to_json(row)
-    return row.to_json()
+    return row.model_dump_json().encode()
 
 
 @dataclass(slots=True)

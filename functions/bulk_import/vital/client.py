@@ -27,7 +27,16 @@ import httpx
 from pydantic_core import ValidationError
 
 from bulk_import.config import Settings
-from bulk_import.models import (
+from bulk_import.errors import (
+    VitalAuthError,
+    VitalClientError,
+    VitalError,
+    VitalNoTime,
+    VitalProtocolError,
+    VitalRejected,
+    VitalUnavailable,
+)
+from bulk_import.model import (
     BulkImportResponse,
     BulkOp,
     BulkOpPage,
@@ -75,46 +84,6 @@ _MIN_SECRET_LENGTH = 4
 # A token in another column (provider_id, a scope) is that long; shorter values there are not.
 _MIN_STRAY_SECRET_LENGTH = 12
 _TOKEN_FIELDS = frozenset({"access_token", "refresh_token"})
-
-
-class VitalError(Exception):
-    """Base of every failure talking to Vital; ``status`` is the last HTTP status, if any."""
-
-    def __init__(self, message: str, status: int | None = None, attempts: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
-        self.attempts = attempts
-
-
-class VitalAuthError(VitalError):
-    """401/403: wrong key, or Link Migration / BYO OAuth not enabled. Fatal for the file."""
-
-
-class VitalRejected(VitalError):
-    """422: Vital's validation refused the body; ``issues`` point at connections when they can.
-
-    The issues' ``msg`` and ``loc`` are already scrubbed of the request's token values.
-    """
-
-    def __init__(self, message: str, issues: list[ValidationIssue], attempts: int = 0) -> None:
-        super().__init__(message, 422, attempts)
-        self.issues = issues
-
-
-class VitalClientError(VitalError):
-    """Another 4xx, a 501/505 (or a request httpx cannot send): retrying cannot fix it."""
-
-
-class VitalProtocolError(VitalError):
-    """Vital answered, but not in the documented shape; what happened to the rows is unknown."""
-
-
-class VitalUnavailable(VitalError):
-    """Retries, the retry budget, the deadline or the circuit breaker ran out."""
-
-
-class VitalNoTime(VitalUnavailable):
-    """Too little Lambda time left to start a request: nothing was sent."""
 
 
 class _Retryable(Exception):
@@ -349,7 +318,7 @@ class VitalClient:
         if status == 202:
             return PostResult(status, _lists_of_202(response), call.attempts, elapsed)
         try:
-            parsed = BulkImportResponse.from_json(response.content or b"{}")
+            parsed = BulkImportResponse.model_validate_json(response.content or b"{}")
         except ValidationError:
             msg = (
                 f"Vital answered {status} with a body that is not the documented "
@@ -395,7 +364,7 @@ class VitalClient:
             if response.status_code != 200:
                 self._raise_for_status(response, lambda: {self._api_key})
             try:
-                return BulkOpPage.from_json(response.content)
+                return BulkOpPage.model_validate_json(response.content)
             except ValidationError:
                 msg = "Vital's bulk op list is not in the documented shape"
                 raise VitalProtocolError(msg, 200) from None
@@ -570,7 +539,7 @@ def _lists_of_202(response: httpx.Response) -> BulkImportResponse | None:
     if not response.content.strip():
         return None
     try:
-        parsed = BulkImportResponse.from_json(response.content)
+        parsed = BulkImportResponse.model_validate_json(response.content)
     except ValidationError:
         return None
     return parsed if parsed.user_ids_imported or parsed.user_ids_failed else None
@@ -677,7 +646,7 @@ def _auth_message(status: int, response: httpx.Response, secrets: set[str]) -> s
 def _validation_issues(response: httpx.Response, secrets: set[str]) -> list[ValidationIssue]:
     """FastAPI's issues, scrubbed: only loc, msg and type (never ``input``: it echoes data)."""
     try:
-        body = ValidationErrorBody.from_json(response.content)
+        body = ValidationErrorBody.model_validate_json(response.content)
     except ValueError:
         return []
     if isinstance(body.detail, str):

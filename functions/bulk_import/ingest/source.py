@@ -13,9 +13,9 @@ from typing import IO, TYPE_CHECKING, Any, cast
 from aws_lambda_powertools.utilities.streaming import S3Object
 from botocore.exceptions import ClientError
 
-from bulk_import.errors import FileTooLarge, MalformedFile, SourceNotFound
-from bulk_import.formats import Compression
-from bulk_import.models import PROVIDERS, SourceRef
+from bulk_import.errors import FileTooLarge, MalformedFile, SourceNotFound, aws_error_code
+from bulk_import.ingest.formats import Compression
+from bulk_import.model import PROVIDERS, SourceRef
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -44,7 +44,7 @@ def describe(s3: S3Client, bucket: str, key: str, version_id: str | None) -> Sou
     try:
         head = s3.head_object(**params)  # type: ignore[arg-type]
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
+        code = aws_error_code(exc) or ""
         if code in {"404", "NoSuchKey", "NoSuchVersion", "NotFound"}:
             raise SourceNotFound(
                 f"s3://{bucket}/{key} does not exist (deleted before it was read?)"

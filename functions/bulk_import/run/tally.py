@@ -6,8 +6,7 @@ import operator
 from collections import Counter
 from collections.abc import Sequence
 
-from bulk_import.chunking import RowOutcome
-from bulk_import.models import COUNT_FIELD, Counts, Outcome
+from bulk_import.model import COUNT_FIELD, Counts, Outcome, RowOutcome
 
 _PROVIDER_AND_OUTCOME = operator.attrgetter("provider", "outcome")
 _OUTCOME = operator.attrgetter("outcome")

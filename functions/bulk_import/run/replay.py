@@ -58,7 +58,13 @@ def describe(changed: list[str]) -> str:
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """A digest of this package's sources and of pydantic-core's version (a deploy changes it)."""
+    return package_digest(Path(__file__).parent.parent)
+
+
+def package_digest(root: Path) -> str:
+    """A digest of every module under ``root`` (by path and content) and of pydantic-core."""
     digest = hashlib.sha256(pydantic_core.__version__.encode())
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted(root.rglob("*.py")):
+        name = path.relative_to(root).as_posix()
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]

@@ -21,8 +21,8 @@ from typing import IO, TYPE_CHECKING
 
 from boto3.s3.transfer import TransferConfig
 
-from bulk_import.chunking import LINE_OF, USER_ID_OF, PendingRow, RowOutcome
-from bulk_import.models import Manifest, Outcome
+from bulk_import.ingest.chunking import LINE_OF, USER_ID_OF, PendingRow
+from bulk_import.model import Manifest, Outcome, RowOutcome
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -293,6 +293,6 @@ def write_manifest(s3: S3Client, bucket: str, key: str, manifest: Manifest) -> N
     s3.put_object(
         Bucket=bucket,
         Key=key,
-        Body=manifest.to_json(indent=2),
+        Body=manifest.model_dump_json(indent=2),
         ContentType="application/json",
     )

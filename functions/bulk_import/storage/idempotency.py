@@ -12,7 +12,8 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from bulk_import.models import ObjectRef
+from bulk_import.errors import AlreadyInProgress
+from bulk_import.model import ObjectRef
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
@@ -22,10 +23,6 @@ if TYPE_CHECKING:
 EXPIRES_AFTER_SECONDS = 2 * 24 * 3600
 
 Work = Callable[[ObjectRef], dict[str, Any]]
-
-
-class AlreadyInProgress(Exception):
-    """Another invocation holds the idempotency record of this ref right now."""
 
 
 @lru_cache(maxsize=4)

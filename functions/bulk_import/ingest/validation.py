@@ -2,36 +2,46 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import cache
 from typing import Any
 
-from pydantic_core import SchemaValidator, ValidationError, core_schema
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import SchemaValidator, core_schema
 
-from bulk_import.models import (
+from bulk_import.model import (
     CANONICAL_UUID,
     DEFAULT_PROVIDER,
     PROVIDERS,
-    WELL_FORMED_CONFIG,
     ConnectionRow,
     WellFormedRow,
 )
-from bulk_import.records import typed_dict_schema_of, validator_of
 
-# pydantic-core's validators themselves, bound once: these run once per input row (the same
-# validator ConnectionRow.from_dict uses).
-_VALIDATE = validator_of(ConnectionRow).validate_python
-_VALIDATE_JSON = validator_of(ConnectionRow).validate_json
-# A block of JSONL lines in one call, each line parsed on its own (one cannot run into the
-# next), None for any line not in canonical form (or blank, or too long: None already).
-_VALIDATE_WELL_FORMED_BLOCK = SchemaValidator(
-    core_schema.list_schema(
+type _BlockValidator = Callable[[Sequence[bytes | None]], list[WellFormedRow | None]]
+
+
+@cache
+def _rows() -> TypeAdapter[ConnectionRow]:
+    """ConnectionRow's validator, built on first use (a cold start that reads no row skips it)."""
+    return TypeAdapter(ConnectionRow)
+
+
+@cache
+def _well_formed_block() -> _BlockValidator:
+    """A block of JSONL lines in one call, each line parsed on its own (one cannot run into the
+    next), None for any line not in canonical form (or blank, or too long: None already).
+
+    WellFormedRow's own schema, wrapped so that a line it refuses becomes None instead of
+    failing the block: pydantic's public API has no per-item ``on_error`` default.
+    """
+    row = TypeAdapter(WellFormedRow).core_schema
+    block = core_schema.list_schema(
         core_schema.with_default_schema(
-            core_schema.json_schema(typed_dict_schema_of(WellFormedRow, WELL_FORMED_CONFIG)),
-            default=None,
-            on_error="default",
+            core_schema.json_schema(row), default=None, on_error="default"
         )
     )
-).validate_python
+    validate: _BlockValidator = SchemaValidator(block).validate_python
+    return validate
 
 
 def context_for(default_provider: str | None) -> dict[str, Any]:
@@ -41,7 +51,7 @@ def context_for(default_provider: str | None) -> dict[str, Any]:
 
 def validate_row(data: dict[str, Any], default_provider: str | None) -> ConnectionRow | str:
     try:
-        row: ConnectionRow = _VALIDATE(data, context=context_for(default_provider))
+        row = _rows().validate_python(data, context=context_for(default_provider))
     except ValidationError as exc:
         return describe_errors(exc)
     return row
@@ -55,14 +65,13 @@ def validate_well_formed(lines: Sequence[bytes | None]) -> list[WellFormedRow | 
     serialise. None sends the line on to ``validate_json_row``, which takes every accepted
     spelling and says what is wrong.
     """
-    rows: list[WellFormedRow | None] = _VALIDATE_WELL_FORMED_BLOCK(lines)
-    return rows
+    return _well_formed_block()(lines)
 
 
 def validate_json_row(raw: bytes, context: dict[str, Any]) -> ConnectionRow | None:
     """Parse and validate a JSONL line in one step; None when the slow path must explain why."""
     try:
-        row: ConnectionRow = _VALIDATE_JSON(raw, context=context)
+        row = _rows().validate_json(raw, context=context)
     except ValidationError:
         return None
     return row

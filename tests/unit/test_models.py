@@ -1,21 +1,20 @@
-"""Records: the core schemas derived from dataclass annotations validate and serialise as the
-contracts say (round trips, extra keys, constraints, defaults), and unknown types fail loudly."""
+"""Models: the boundary models validate and serialise as the contracts say (round trips, extra
+keys, constraints, defaults, field order)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass
-from typing import Annotated, Any, Required, TypedDict
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic_core import CoreConfig, SchemaValidator, ValidationError
+from pydantic import ValidationError
 
-from bulk_import.models import (
+from bulk_import.model import (
     Checkpoint,
     ChunkRecord,
+    ConnectionRow,
     ContinuationMessage,
     Counts,
     ErrorInfo,
@@ -24,7 +23,6 @@ from bulk_import.models import (
     SourceRef,
     ValidationErrorBody,
 )
-from bulk_import.records import Record, schema_of, typed_dict_schema_of
 
 _TEXT = st.text(max_size=12)
 _COUNT = st.integers(min_value=0, max_value=2**40)
@@ -66,9 +64,9 @@ def test_checkpoint_round_trips(
         chunks=chunks,
         stop_reason=stop,
     )
-    text = checkpoint.to_json()
-    assert Checkpoint.from_json(text) == checkpoint
-    assert json.loads(text) == checkpoint.to_dict() == dataclasses.asdict(checkpoint)
+    text = checkpoint.model_dump_json()
+    assert Checkpoint.model_validate_json(text) == checkpoint
+    assert json.loads(text) == checkpoint.model_dump(mode="json")
 
 
 def test_manifest_keeps_its_field_order_and_indent() -> None:
@@ -80,53 +78,46 @@ def test_manifest_keeps_its_field_order_and_indent() -> None:
         counts=Counts(rows=2, imported=1, failed=1),
         outcomes_key="o",
     )
-    text = manifest.to_json(indent=2).decode()
+    text = manifest.model_dump_json(indent=2)
     assert text.startswith('{\n  "schema_version": 1,\n  "source": {\n    "bucket": "b",')
-    assert list(json.loads(text)) == [f.name for f in dataclasses.fields(Manifest)]
+    assert list(json.loads(text)) == list(Manifest.model_fields)
 
 
 def test_unknown_keys_are_ignored_except_where_forbidden() -> None:
     doc = {"rows": 3, "future_field": 1}
-    assert Counts.from_dict(doc) == Counts(rows=3)
-    message = ContinuationMessage(ref=ObjectRef(bucket="b", key="k")).to_dict()
+    assert Counts.model_validate(doc) == Counts(rows=3)
+    message = ContinuationMessage(ref=ObjectRef(bucket="b", key="k")).model_dump()
     with pytest.raises(ValidationError, match="extra"):
-        ContinuationMessage.from_dict({**message, "extra": 1})
+        ContinuationMessage.model_validate({**message, "extra": 1})
     with pytest.raises(ValidationError, match="kind"):
-        ContinuationMessage.from_dict({**message, "kind": "something-else"})
+        ContinuationMessage.model_validate({**message, "kind": "something-else"})
 
 
 def test_constraints_and_required_fields_are_checked() -> None:
     with pytest.raises(ValidationError, match="greater than or equal to 0"):
-        ObjectRef.from_json(b'{"bucket": "b", "key": "k", "segment": -1}')
+        ObjectRef.model_validate_json(b'{"bucket": "b", "key": "k", "segment": -1}')
     with pytest.raises(ValidationError, match="key\n  Field required"):
-        ObjectRef.from_json(b'{"bucket": "b"}')
-    ref = ObjectRef.from_json(b'{"bucket": "b", "key": "k"}')
+        ObjectRef.model_validate_json(b'{"bucket": "b"}')
+    ref = ObjectRef.model_validate_json(b'{"bucket": "b", "key": "k"}')
     assert ref == ObjectRef(bucket="b", key="k", segment=0)
     assert hash(ref) == hash(ObjectRef(bucket="b", key="k"))  # frozen: a usable key
 
 
 def test_a_union_takes_either_member() -> None:
-    assert ValidationErrorBody.from_json(b'{"detail": "Not authenticated"}').detail == (
+    assert ValidationErrorBody.model_validate_json(b'{"detail": "Not authenticated"}').detail == (
         "Not authenticated"
     )
-    body = ValidationErrorBody.from_json(b'{"detail": [{"loc": ["body", 0], "msg": "m"}]}')
+    body = ValidationErrorBody.model_validate_json(
+        b'{"detail": [{"loc": ["body", 0], "msg": "m"}]}'
+    )
     assert not isinstance(body.detail, str)
     assert body.detail[0].loc == ["body", 0]
     with pytest.raises(ValidationError):
-        ValidationErrorBody.from_json(b'{"detail": 3}')
+        ValidationErrorBody.model_validate_json(b'{"detail": 3}')
 
 
-def test_an_unsupported_annotation_fails_loudly() -> None:
-    @dataclass(kw_only=True)
-    class Odd(Record):
-        tags: set[str]
-
-    with pytest.raises(TypeError, match=r"set\[str\]"):
-        schema_of(Odd)
-
-
-def test_records_are_plain_dataclasses_for_powertools() -> None:
-    """Powertools Idempotency hashes ``dataclasses.asdict(ref)``: the same dict as before."""
+def test_an_object_ref_dumps_to_the_dict_powertools_idempotency_hashes() -> None:
+    """Powertools Idempotency hashes a pydantic argument's ``model_dump()``: a stable key."""
     ref = ObjectRef(bucket="b", key="k", etag='"e"', segment=2)
     expected: dict[str, Any] = {
         "bucket": "b",
@@ -136,31 +127,24 @@ def test_records_are_plain_dataclasses_for_powertools() -> None:
         "sequencer": None,
         "segment": 2,
     }
-    assert dataclasses.asdict(ref) == ref.to_dict() == expected
+    assert ref.model_dump() == expected
 
 
-def test_annotated_takes_a_core_schema_only() -> None:
-    """Anything else in ``Annotated`` (pydantic's ``Field(ge=0)``, say) would be dropped."""
-
-    @dataclass(kw_only=True)
-    class Odd(Record):
-        n: Annotated[int, {"ge": 0}]
-
-    with pytest.raises(TypeError, match="one core schema"):
-        schema_of(Odd)
-
-
-def test_a_typed_dict_that_is_not_total_needs_none_of_its_keys() -> None:
-    class Partial(TypedDict, total=False):
-        a: int
-        b: Required[str]
-
-    validator = SchemaValidator(typed_dict_schema_of(Partial, CoreConfig()))
-    assert validator.validate_python({"b": "x"}) == {"b": "x"}
-    with pytest.raises(ValidationError, match="b\n  Field required"):
-        validator.validate_python({"a": 1})
+def test_a_row_never_shows_its_tokens_in_its_repr() -> None:
+    row = ConnectionRow.model_validate(
+        {
+            "provider": "oura",
+            "user_id": "6d7c1b4e-5a1f-4f7e-9f3e-2f1d8d9a0b11",
+            "access_token": "secret-access-value",
+            "refresh_token": "secret-refresh-value",
+            "provider_id": "p",
+            "expires_at": 1,
+        }
+    )
+    assert "secret" not in repr(row)
+    assert "secret" not in str(row)
 
 
 def test_an_s3_ref_names_a_bucket() -> None:
     with pytest.raises(ValidationError, match="bucket"):
-        ObjectRef.from_dict({"bucket": "", "key": "incoming/a.jsonl"})
+        ObjectRef.model_validate({"bucket": "", "key": "incoming/a.jsonl"})

@@ -16,13 +16,13 @@ next write, before it sends anything past its lease, and stops (``Superseded``).
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from bulk_import.models import Checkpoint, Manifest
-from bulk_import.results import MANIFEST_NAME, STATE_DIR
+from bulk_import.errors import Superseded, aws_error_code
+from bulk_import.model import Checkpoint, Manifest
+from bulk_import.storage.results import MANIFEST_NAME, STATE_DIR
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -55,10 +55,6 @@ def longest_key(results_prefix: str, retry_prefix: str) -> int:
     return max(len(key.encode()) for key in keys)
 
 
-class Superseded(Exception):
-    """Another import of this key replaced the checkpoint since this run last wrote it."""
-
-
 class CheckpointStore:
     def __init__(
         self, s3: S3Client, bucket: str, results_prefix: str, retry_prefix: str, run: str
@@ -74,12 +70,12 @@ class CheckpointStore:
 
     def load(self) -> Checkpoint | None:
         body = self._get(self.key)
-        return None if body is None else Checkpoint.from_json(body)
+        return None if body is None else Checkpoint.model_validate_json(body)
 
     def save(self, checkpoint: Checkpoint) -> None:
         self._writes += 1
         write = f"{self._run}:{self._writes}"
-        body = replace(checkpoint, write=write).to_json()
+        body = checkpoint.model_copy(update={"write": write}).model_dump_json()
         try:
             if self._etag is None:  # created only if absent
                 response = self._s3.put_object(
@@ -98,7 +94,7 @@ class CheckpointStore:
                     IfMatch=self._etag,
                 )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in _LOST:
+            if aws_error_code(exc) not in _LOST:
                 raise
             stored = self._stored()
             if stored is not None and stored[0].write == write:
@@ -126,10 +122,10 @@ class CheckpointStore:
         try:
             response = self._s3.get_object(Bucket=self._bucket, Key=self.key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+            if aws_error_code(exc) in {"NoSuchKey", "404"}:
                 return None
             raise
-        return Checkpoint.from_json(response["Body"].read()), response["ETag"]
+        return Checkpoint.model_validate_json(response["Body"].read()), response["ETag"]
 
     def still_mine(self) -> bool:
         """Whether the checkpoint is still the one this run last read or wrote: no other import
@@ -137,7 +133,7 @@ class CheckpointStore:
         try:
             head = self._s3.head_object(Bucket=self._bucket, Key=self.key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+            if aws_error_code(exc) in {"NoSuchKey", "404"}:
                 return self._etag is None
             raise
         return head["ETag"] == self._etag
@@ -147,7 +143,7 @@ class CheckpointStore:
         if body is None:
             return None
         try:
-            return Manifest.from_json(body)
+            return Manifest.model_validate_json(body)
         except ValueError:
             return None
 
@@ -188,7 +184,7 @@ class CheckpointStore:
         try:
             self._s3.delete_object(Bucket=self._bucket, Key=self.key, IfMatch=self._etag or "*")
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in _LOST:
+            if aws_error_code(exc) not in _LOST:
                 raise
         self._etag = None
 
@@ -209,7 +205,7 @@ class CheckpointStore:
         try:
             response = self._s3.get_object(Bucket=self._bucket, Key=key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+            if aws_error_code(exc) in {"NoSuchKey", "404"}:
                 return None
             raise
         if key == self.key:

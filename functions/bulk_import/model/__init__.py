@@ -1,0 +1,58 @@
+"""The pydantic models of every boundary: input rows, outcomes, the manifest, checkpoints and
+work items, and Vital's answers. Each builds its schema on first use (``defer_build``): a cold
+start pays only for the models its invocation touches."""
+
+from bulk_import.model.checkpoint import Checkpoint, ContinuationMessage, ObjectRef
+from bulk_import.model.manifest import (
+    SCHEMA_VERSION,
+    ChunkRecord,
+    ErrorInfo,
+    FileStatus,
+    Manifest,
+    SourceRef,
+)
+from bulk_import.model.outcome import COUNT_FIELD, Counts, Outcome, RowOutcome
+from bulk_import.model.providers import PROVIDERS
+from bulk_import.model.row import (
+    CANONICAL_UUID,
+    DEFAULT_PROVIDER,
+    RECIPE_FIELDS,
+    ROW_FIELDS,
+    ConnectionRow,
+    WellFormedRow,
+)
+from bulk_import.model.vital_api import (
+    BulkImportResponse,
+    BulkOp,
+    BulkOpPage,
+    ValidationErrorBody,
+    ValidationIssue,
+)
+
+__all__ = [
+    "CANONICAL_UUID",
+    "COUNT_FIELD",
+    "DEFAULT_PROVIDER",
+    "PROVIDERS",
+    "RECIPE_FIELDS",
+    "ROW_FIELDS",
+    "SCHEMA_VERSION",
+    "BulkImportResponse",
+    "BulkOp",
+    "BulkOpPage",
+    "Checkpoint",
+    "ChunkRecord",
+    "ConnectionRow",
+    "ContinuationMessage",
+    "Counts",
+    "ErrorInfo",
+    "FileStatus",
+    "Manifest",
+    "ObjectRef",
+    "Outcome",
+    "RowOutcome",
+    "SourceRef",
+    "ValidationErrorBody",
+    "ValidationIssue",
+    "WellFormedRow",
+]

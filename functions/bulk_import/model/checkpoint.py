@@ -1,0 +1,70 @@
+"""Work items and the state that carries an import across invocations."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bulk_import.model.manifest import ChunkRecord, ErrorInfo, SourceRef
+from bulk_import.model.outcome import Counts
+
+
+class ObjectRef(BaseModel):
+    """One object version to import, and which invocation (segment) of its import this is.
+
+    The idempotency key: a redelivered S3 event or continuation message maps to the same ref.
+    """
+
+    model_config = ConfigDict(defer_build=True, frozen=True)
+
+    bucket: str = Field(min_length=1)
+    key: str
+    version_id: str | None = None
+    # Without versioning, the ETag and S3's sequencer tell two uploads of one key apart.
+    etag: str | None = None
+    sequencer: str | None = None
+    segment: int = Field(default=0, ge=0)
+
+
+class ContinuationMessage(BaseModel):
+    """The SQS message that hands the rest of a file to a fresh invocation (no tokens)."""
+
+    model_config = ConfigDict(defer_build=True, extra="forbid")
+
+    kind: Literal["bulk-import-continuation"] = "bulk-import-continuation"
+    ref: ObjectRef
+
+
+class Checkpoint(BaseModel):
+    """What a later invocation needs to resume a file without re-sending any chunk.
+
+    Chunks are numbered in the deterministic order the chunker emits them. ``lease`` is the
+    number of chunks that may have been sent; every chunk below ``settled_below`` or in
+    ``settled_extra`` has its outcomes stored in ``parts``. A chunk under the lease that is not
+    settled is in doubt after a crash: it is reported ``errored``, never sent again. Rejected and
+    duplicate rows up to ``lines_done`` are in the parts too.
+    """
+
+    model_config = ConfigDict(defer_build=True)
+
+    schema_version: int = 1
+    # Which write this is, "<run>:<n>" (the invocation's token, drawn by each, and its n-th
+    # write): a run tells its own write from another import's when S3's answer was lost.
+    write: str = ""
+    source: SourceRef
+    fingerprint: str
+    started_at: str
+    next_segment: int
+    lease: int = 0
+    settled_below: int = 0
+    settled_extra: list[int] = Field(default_factory=list)
+    lines_done: int = 0
+    # Rows reported in doubt so far (errored, though Vital failed none of them).
+    in_doubt: int = 0
+    counts: Counts = Field(default_factory=Counts)
+    providers: dict[str, Counts] = Field(default_factory=dict)
+    chunks: list[ChunkRecord] = Field(default_factory=list)
+    outcome_parts: list[str] = Field(default_factory=list)
+    retry_parts: list[str] = Field(default_factory=list)
+    stop_reason: ErrorInfo | None = None

@@ -1,0 +1,25 @@
+"""The provider slugs Vital documents for Link bulk import: the one list every check reads."""
+
+from __future__ import annotations
+
+# Documented as non-exhaustive; the official SDK adds runkeeper.
+PROVIDERS: frozenset[str] = frozenset(
+    {
+        "oura",
+        "fitbit",
+        "garmin",
+        "strava",
+        "wahoo",
+        "ihealth",
+        "withings",
+        "google_fit",
+        "dexcom_v3",
+        "polar",
+        "cronometer",
+        "omron",
+        "whoop_v2",
+        "my_fitness_pal_v2",
+        "ultrahuman",
+        "runkeeper",
+    }
+)
