@@ -1,0 +1,59 @@
+"""From an S3 object to rows ready to send: the range stream and decompression, one reader per
+format, validation, and chunking. Pure but for the stream's S3 calls."""
+
+from bulk_import.ingest.chunking import (
+    LINE_OF,
+    USER_ID_OF,
+    Chunk,
+    Chunker,
+    PendingRow,
+    serialise,
+)
+from bulk_import.ingest.formats import (
+    Compression,
+    Format,
+    Record,
+    detect,
+    jsonl_blocks,
+    parse_json_line,
+    read_records,
+    too_long,
+)
+from bulk_import.ingest.source import SourceObject, describe, open_stream, provider_from_key
+from bulk_import.ingest.validation import (
+    context_for,
+    describe_errors,
+    display_provider,
+    display_user_id,
+    validate_json_row,
+    validate_row,
+    validate_well_formed,
+)
+
+__all__ = [
+    "LINE_OF",
+    "USER_ID_OF",
+    "Chunk",
+    "Chunker",
+    "Compression",
+    "Format",
+    "PendingRow",
+    "Record",
+    "SourceObject",
+    "context_for",
+    "describe",
+    "describe_errors",
+    "detect",
+    "display_provider",
+    "display_user_id",
+    "jsonl_blocks",
+    "open_stream",
+    "parse_json_line",
+    "provider_from_key",
+    "read_records",
+    "serialise",
+    "too_long",
+    "validate_json_row",
+    "validate_row",
+    "validate_well_formed",
+]
