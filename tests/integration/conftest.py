@@ -78,18 +78,26 @@ class Stack:
         response = self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
         return response.get("VersionId")
 
-    def invoke(self, event: dict[str, Any], timeout_seconds: float = 900.0) -> dict[str, Any]:
-        from bulk_import.config import get_settings  # noqa: PLC0415 - env set first
-        from bulk_import.handler import lambda_handler  # noqa: PLC0415
+    def invoke(
+        self, event: dict[str, Any], timeout_seconds: float = 900.0, **fakes: Any
+    ) -> dict[str, Any]:
+        """Run the real handler on ``event``; ``fakes`` replace collaborators (``wiring.build``)."""
+        from bulk_import import wiring  # noqa: PLC0415 - env set first
+        from bulk_import.config import get_settings  # noqa: PLC0415
+        from bulk_import.handler import lambda_handler, make_handler  # noqa: PLC0415
 
+        handler = lambda_handler
+        if fakes:
+            handler = make_handler(lambda settings, ctx: wiring.build(settings, ctx, **fakes))
         get_settings.cache_clear()  # tests change settings through the environment
         out = io.StringIO()
         with redirect_stdout(out):
-            result: dict[str, Any] = lambda_handler(event, LocalLambdaContext(timeout_seconds))
+            result: dict[str, Any] = handler(event, LocalLambdaContext(timeout_seconds))
         self.stdout.append(out.getvalue())
         return result
 
     def import_keys(self, *keys: str, **kwargs: Any) -> dict[str, Any]:
+        """Import ``keys`` as one S3 event; ``kwargs`` as for ``invoke``."""
         return self.invoke(s3_event(self.bucket, keys), **kwargs)
 
     def get(self, key: str) -> bytes:

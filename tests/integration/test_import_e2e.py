@@ -8,18 +8,17 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import httpx
 import pytest
+from pydantic_core import to_json
 
-from bulk_import import handler
-from bulk_import.ingest import formats
 from bulk_import.model import ContinuationMessage, ObjectRef
-from bulk_import.run.pipeline import GC_YOUNG_THRESHOLD, POSTING_SWITCH_INTERVAL_S, Dependencies
+from bulk_import.run.tuning import GC_YOUNG_THRESHOLD, POSTING_SWITCH_INTERVAL_S
 from bulk_import.storage import aws
+from bulk_import.storage.results import ResultWriter
 from local.events import s3_event
 from tests.helpers import (
     access_token,
@@ -472,18 +471,15 @@ def test_waiting_on_bulk_ops_keeps_the_time_a_request_needs_even_with_no_margin(
     monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "0")
     stack.vital.op_complete_after_seconds = 100  # the bulk op stays in progress
     stack.put("incoming/slow-op.jsonl", encode_rows([make_row(n) for n in range(5)], "jsonl"))
-    from bulk_import.run import pipeline  # noqa: PLC0415 - watched below
-
     written: list[float] = []
-    write_manifest = pipeline.write_manifest
 
-    def timed(*args: Any, **kwargs: Any) -> None:
-        written.append(time.monotonic())
-        write_manifest(*args, **kwargs)
+    class Timed(ResultWriter):
+        def write_manifest(self, *args: Any, **kwargs: Any) -> None:
+            written.append(time.monotonic())
+            super().write_manifest(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "write_manifest", timed)
     started = time.monotonic()
-    stack.import_keys("incoming/slow-op.jsonl", timeout_seconds=5.0)
+    stack.import_keys("incoming/slow-op.jsonl", timeout_seconds=5.0, results=Timed(aws.s3_client()))
 
     assert written[0] - started <= 5.0 - 1.0  # about 2 s of the 5 still left (before: 6.2 s)
     manifest = stack.manifest("results/slow-op.jsonl/")
@@ -735,16 +731,11 @@ def test_the_interpreter_is_tuned_while_a_file_is_imported_and_restored_after(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[tuple[float, int]] = []
-    monkeypatch.setattr(
-        handler,
-        "Dependencies",
-        lambda **kwargs: Dependencies(**kwargs, transport=_InterpreterSeen(seen)),
-    )
     stack.vital.add_known_users(*(user_id(i) for i in range(1, 31)))
     stack.put("incoming/many.jsonl", encode_rows([make_row(i) for i in range(1, 31)], "jsonl"))
     before = (sys.getswitchinterval(), gc.get_threshold())
 
-    stack.import_keys("incoming/many.jsonl")
+    stack.import_keys("incoming/many.jsonl", transport=_InterpreterSeen(seen))
 
     assert stack.manifest("results/many.jsonl/")["counts"]["imported"] == 30
     assert len(seen) == 3  # CHUNK_SIZE=10
@@ -775,23 +766,21 @@ def test_the_file_is_read_on_while_the_first_request_is_out(
     # The first request is held until the whole file has been read and chunked. Reading that
     # stopped until the first answer came back would never get there (the wait times out).
     read_to_the_end = threading.Event()
-    blocks = formats.jsonl_blocks
+    serialised: list[int] = []
 
-    def watched_blocks(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        yield from blocks(*args, **kwargs)
-        read_to_the_end.set()
+    def counted(row: Any) -> bytes:
+        serialised.append(1)
+        if len(serialised) == 60:  # the last row of the file has been read
+            read_to_the_end.set()
+        return to_json(row)
 
     transport = _HoldFirstRequest(read_to_the_end)
-    monkeypatch.setattr(formats, "jsonl_blocks", watched_blocks)
-    monkeypatch.setattr(
-        handler, "Dependencies", lambda **kwargs: Dependencies(**kwargs, transport=transport)
-    )
     monkeypatch.setenv("MAX_CONCURRENCY", "4")  # up to 8 chunks handed over at once
     rows = [make_row(i) for i in range(1, 61)]
     stack.vital.add_known_users(*(r["user_id"] for r in rows))
     stack.put("incoming/six.jsonl", encode_rows(rows, "jsonl"))
 
-    stack.import_keys("incoming/six.jsonl")
+    stack.import_keys("incoming/six.jsonl", transport=transport, serialise=counted)
 
     assert transport.waited is True
     manifest = stack.manifest("results/six.jsonl/")

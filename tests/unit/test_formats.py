@@ -8,13 +8,16 @@ import json
 import sys
 from collections.abc import Iterator
 from typing import Any
-from unittest import mock
 
 import pytest
 
 from bulk_import.errors import MalformedFile, UnsupportedFile
-from bulk_import.ingest import formats
-from bulk_import.ingest.formats import Compression, Format, detect, read_records
+from bulk_import.ingest.csv_reader import read_csv
+from bulk_import.ingest.file_type import Compression, Format, detect
+from bulk_import.ingest.formats import read_records
+from bulk_import.ingest.json_array import READ_SIZE, TextWindow, WindowFactory, read_json_array
+from bulk_import.ingest.jsonl import jsonl_blocks
+from bulk_import.ingest.record import Record
 
 BOM = b"\xef\xbb\xbf"
 SECRET = "tok_SECRET_abc123"
@@ -31,16 +34,26 @@ def read(data: bytes, fmt: Format, limit: int = BIG) -> list[Row]:
     return [(r.line, r.data, r.error) for r in read_records(stream(data), fmt, limit)]
 
 
-def _collect(records: Iterator[formats.Record], into: list[Row]) -> None:
+def read_json(data: bytes, read_size: int, limit: int = BIG) -> list[Row]:
+    """``read`` of a JSON array whose window takes ``read_size`` characters at a time."""
+    records = read_json_array(stream(data), limit, read_size=read_size)
+    return [(r.line, r.data, r.error) for r in records]
+
+
+def _collect(records: Iterator[Record], into: list[Row]) -> None:
     for r in records:
         into.append((r.line, r.data, r.error))
 
 
 def read_until_malformed(data: bytes, fmt: Format, limit: int = BIG) -> tuple[list[Row], str]:
     """The records yielded before the reader gave up, and its message."""
+    return records_until_malformed(read_records(stream(data), fmt, limit))
+
+
+def records_until_malformed(records: Iterator[Record]) -> tuple[list[Row], str]:
     got: list[Row] = []
     with pytest.raises(MalformedFile) as info:
-        _collect(read_records(stream(data), fmt, limit), got)
+        _collect(records, got)
     return got, str(info.value)
 
 
@@ -185,8 +198,8 @@ def test_jsonl_invalid_utf8_line_is_rejected_with_its_byte_position() -> None:
 def test_jsonl_in_utf16_or_utf32_with_a_byte_order_mark_is_a_malformed_file(
     encoding: str,
 ) -> None:
-    # Windows PowerShell 5's default. Before, json guessed UTF-16 for line 1 and sent it, the
-    # other lines were rejected, and the trailing NUL byte made a row of its own.
+    # Windows PowerShell 5's default. Left to itself, json guesses UTF-16 for line 1 and sends
+    # it, rejects the other lines, and the trailing NUL byte makes a row of its own.
     text = '{"a":1}\n{"b":2}\n'
     data = ("\ufeff" + text).encode(encoding) if encoding.endswith("-be") else text.encode(encoding)
     got, message = read_until_malformed(data, Format.JSONL)
@@ -197,11 +210,11 @@ def test_jsonl_in_utf16_or_utf32_with_a_byte_order_mark_is_a_malformed_file(
 def test_jsonl_byte_order_mark_is_seen_whatever_the_block_size() -> None:
     data = '{"a":1}\n'.encode("utf-32")
     with pytest.raises(MalformedFile, match="UTF-16 or UTF-32"):
-        list(formats.jsonl_blocks(stream(data), 100, block_size=1))
+        list(jsonl_blocks(stream(data), 100, block_size=1))
 
 
 def test_jsonl_a_utf16_line_without_a_byte_order_mark_is_rejected() -> None:
-    # Before, json guessed UTF-16 from the NUL bytes and took the row.
+    # Given bytes, json would guess UTF-16 from the NUL bytes and take the row.
     data = b'{"a":1}\n' + '{"b":2}'.encode("utf-16-le") + b"\n"
     assert read(data, Format.JSONL) == [
         (1, {"a": 1}, None),
@@ -293,14 +306,15 @@ def test_csv_quoted_fields_with_newlines_report_the_first_physical_line() -> Non
 @pytest.mark.parametrize(
     ("lines", "problem", "end"),
     [
-        # The quote is never closed: before, the rows after it became one row's scopes (their
-        # tokens sent to Vital as someone's oauth_scopes) and the file "succeeded" with 1 row.
+        # The quote is never closed: read leniently, the rows after it become one row's scopes
+        # (their tokens sent to Vital as someone's oauth_scopes), the file "succeeding" with 1 row.
         (
             b'u1,a1,r1,p1,1,"daily heartrate,oura\nu2,a2,r2,p2,2,,oura\nu3,a3,r3,p3,3,,oura\n',
             "unexpected end of data",
             4,
         ),
-        # Closed lines later, mid-field: before, one row rejected and the rows inside it gone.
+        # Closed lines later, mid-field: read as one row, it is rejected and the rows inside it
+        # are lost.
         (
             b'u1,a1,r1,"p1,1,,oura\nu2,a2,r2,p2,2,,oura\nu3,a3,r3,p3,3,"x",oura\n',
             "',' expected after '\"'",
@@ -348,7 +362,7 @@ def test_csv_a_stray_quote_within_one_line_rejects_that_row_and_reading_goes_on(
 
 
 def test_csv_a_column_named_twice_is_a_malformed_file() -> None:
-    # Before, each row took whichever copy was not empty: one row the old token, one the new.
+    # Each row would take whichever copy is not empty: one row the old token, one the new.
     header = b"user_id,Access_Token,refresh_token,provider_id,expires_at,provider,access_token \n"
     got, message = read_until_malformed(header + b"u1,A,r,p,1,oura,B\n", Format.CSV)
     assert got == []
@@ -435,7 +449,7 @@ def test_csv_invalid_utf8_is_a_malformed_file() -> None:
 
 
 def test_csv_field_over_the_limit_rejects_its_row_without_content() -> None:
-    # As an over-long JSONL line does (before, it failed the whole file).
+    # As an over-long JSONL line does, not failing the whole file.
     data = HEADER + b"u1," + SECRET.encode() * 200 + b",r,p,1,,oura\r\nu2,a,r,p,1,,oura\r\n"
     rows = read(data, Format.CSV, limit=1024)
     assert [(line, d and d["user_id"], err) for line, d, err in rows] == [
@@ -468,8 +482,8 @@ def test_csv_long_row_near_each_bound_loses_no_row_and_no_line(length: int, endi
     data += ending + b"u0,a,r,p,1,,oura," + ending
     data += prefix + b"y" * (length - len(prefix)) + ending
     data += b"u2,a,r,p,1,,oura," + ending + b"u3,a,r,p,1,,oura," + ending
-    with mock.patch.object(formats, "_CSV_RECORD_FACTOR", 4):
-        rows = read(data, Format.CSV, limit=100)
+    records = read_csv(stream(data), 100, record_factor=4)
+    rows = [(r.line, r.data, r.error) for r in records]
     long_row = (3, None, "line is longer than 100 bytes") if length > 100 else (3, "u1", None)
     assert [(line, d and d["user_id"], err) for line, d, err in rows] == [
         (2, "u0", None),
@@ -630,6 +644,17 @@ def test_csv_a_record_over_the_record_limit_stops_the_file_naming_where_it_start
     assert "(longer than 4096 characters (4 x MAX_ROW_BYTES))" in message
 
 
+def test_csv_record_bound_is_record_factor_times_the_limit() -> None:
+    """Given ``record_factor`` 2, when a record grows past 2 x the limit over its lines, then the
+    file stops there and says so: the record bound the other tests set is the one applied."""
+    field = b'"' + b"x\n" * 40 + b'"'  # 82 characters: each field under the limit of 100
+    data = HEADER + b"u0,a,r,p,1,,oura\r\n" + b",".join([field] * 3) + b"\n"
+    got, message = records_until_malformed(read_csv(stream(data), 100, record_factor=2))
+    assert [line for line, _, _ in got] == [2]
+    assert message.startswith("CSV record starting at line 3 runs to line ")
+    assert "(longer than 200 characters (2 x MAX_ROW_BYTES))" in message
+
+
 def test_csv_does_not_close_the_underlying_stream() -> None:
     s = stream(HEADER + b"u,a,r,p,1,,oura\r\n")
     assert len(list(read_records(s, Format.CSV, BIG))) == 1
@@ -728,15 +753,13 @@ def test_json_multibyte_characters_across_window_edges() -> None:
     rows = [{"name": "Zoë😀" * 7, "i": i} for i in range(4)]
     data = json.dumps(rows, ensure_ascii=False).encode()
     for window in range(1, 12):
-        with mock.patch.object(formats, "_READ_SIZE", window):
-            assert read(data, Format.JSON) == [(i + 1, r, None) for i, r in enumerate(rows)]
+        assert read_json(data, window) == [(i + 1, r, None) for i, r in enumerate(rows)]
 
 
 @pytest.mark.parametrize("window", range(1, 14))
 def test_json_integers_and_literals_split_at_window_edges(window: int) -> None:
     data = b'[123456789, {"n": 98765432101}, -4200, true, null, false, {"z": -1}, 7]'
-    with mock.patch.object(formats, "_READ_SIZE", window):
-        rows = read(data, Format.JSON)
+    rows = read_json(data, window)
     assert rows == [
         (1, None, "expected a JSON object, got a number"),
         (2, {"n": 98765432101}, None),
@@ -752,19 +775,17 @@ def test_json_integers_and_literals_split_at_window_edges(window: int) -> None:
 @pytest.mark.parametrize("window", range(1, 14))
 def test_json_objects_with_floats_split_at_window_edges(window: int) -> None:
     data = b'[{"f": 1.25e-3, "g": -0.5}, {"h": 6E3}]'
-    with mock.patch.object(formats, "_READ_SIZE", window):
-        assert read(data, Format.JSON) == [
-            (1, {"f": 0.00125, "g": -0.5}, None),
-            (2, {"h": 6000.0}, None),
-        ]
+    assert read_json(data, window) == [
+        (1, {"f": 0.00125, "g": -0.5}, None),
+        (2, {"h": 6000.0}, None),
+    ]
 
 
 def test_json_top_level_floats_split_at_window_edges() -> None:
     # e.g. window 3: '[1.' | '5, ' -> 1 is decoded and '.' taken as the separator
     data = b'[1.5, 12e3, {"a": 1}]'
     for window in range(1, 14):
-        with mock.patch.object(formats, "_READ_SIZE", window):
-            rows = read(data, Format.JSON)
+        rows = read_json(data, window)
         assert rows == [
             (1, None, "expected a JSON object, got a number"),
             (2, None, "expected a JSON object, got a number"),
@@ -800,8 +821,7 @@ def test_json_element_over_the_limit_is_rejected_and_the_rest_goes_on(
     window: int, element: bytes
 ) -> None:
     data = b'[{"a":1}, ' + element + b' ,{"b":2}, {"c":3}]'
-    with mock.patch.object(formats, "_READ_SIZE", window):
-        rows = read(data, Format.JSON, limit=1024)
+    rows = read_json(data, window, limit=1024)
     assert rows == [
         (1, {"a": 1}, None),
         (2, None, TOO_LARGE),
@@ -812,8 +832,7 @@ def test_json_element_over_the_limit_is_rejected_and_the_rest_goes_on(
 
 def test_json_element_over_the_limit_that_never_ends_is_a_malformed_file() -> None:
     data = b'[{"a":1}, {"blob":"' + b"x" * 5000
-    with mock.patch.object(formats, "_READ_SIZE", 64):
-        got, message = read_until_malformed(data, Format.JSON, limit=1024)
+    got, message = records_until_malformed(read_json_array(stream(data), 1024, read_size=64))
     assert got == [(1, {"a": 1}, None)]
     assert message == "invalid JSON in element 2: the file ends inside it"
 
@@ -822,25 +841,52 @@ def test_json_element_over_the_limit_is_passed_over_one_window_at_a_time() -> No
     # A gzip of '[1.' and gigabytes of zeros must not be buffered whole (nor re-parsed at
     # each read): past the limit the element is scanned, not decoded.
     data = b'[{"a":1}, 1.' + b"0" * (4 * 1024 * 1024) + b', {"b":2}]'
-    window = formats._TextWindow(io.TextIOWrapper(io.BytesIO(data)))
-    largest = 0
-    fill = window._fill
-
-    def measured_fill() -> bool:
-        nonlocal largest
-        filled = fill()
-        largest = max(largest, len(window._buf))
-        return filled
-
-    window._fill = measured_fill  # type: ignore[method-assign]
-    with mock.patch.object(formats, "_TextWindow", return_value=window):
-        rows = read(data, Format.JSON, limit=10_000)
+    windows: list[MeasuredWindow] = []
+    records = read_json_array(stream(data), 10_000, window=MeasuredWindow.into(windows))
+    rows = [(r.line, r.data, r.error) for r in records]
     assert rows == [
         (1, {"a": 1}, None),
         (2, None, "element is larger than 10000 bytes"),
         (3, {"b": 2}, None),
     ]
-    assert largest < 10_000 + 2 * formats._READ_SIZE
+    [window] = windows
+    assert 0 < window.largest < 10_000 + 2 * READ_SIZE
+
+
+def test_json_window_reads_read_size_characters_at_a_time() -> None:
+    """Given ``read_size`` 5, when an array is read, then each read takes 5 characters: the
+    window-edge tests above cut the text where they mean to."""
+    data = b'[{"a": 1}, {"b": 2}, 3]'  # 23 characters: 5 reads of 5, the last one of 3
+    windows: list[MeasuredWindow] = []
+    records = read_json_array(stream(data), BIG, read_size=5, window=MeasuredWindow.into(windows))
+    assert len(list(records)) == 3
+    [window] = windows
+    assert window.reads == 5
+
+
+class MeasuredWindow(TextWindow):
+    """A ``TextWindow`` that notes the most text it ever held and how many reads added to it."""
+
+    def __init__(self, text: io.TextIOWrapper, read_size: int) -> None:
+        super().__init__(text, read_size)
+        self.largest = 0
+        self.reads = 0
+
+    @classmethod
+    def into(cls, windows: list[MeasuredWindow]) -> WindowFactory:
+        """A window factory that keeps each window it makes in ``windows``."""
+
+        def make(text: io.TextIOWrapper, read_size: int) -> MeasuredWindow:
+            windows.append(cls(text, read_size))
+            return windows[-1]
+
+        return make
+
+    def fill(self) -> bool:
+        filled = super().fill()
+        self.largest = max(self.largest, self.buffered)
+        self.reads += filled
+        return filled
 
 
 def test_json_array_stream_is_not_closed() -> None:

@@ -20,7 +20,7 @@ import stamina
 
 from bulk_import.config import Settings
 from bulk_import.observability import logger
-from bulk_import.vital.client import VitalClient
+from bulk_import.vital import VitalClient
 
 PROBE = (
     "import sys, bulk_import.handler; from bulk_import.observability import tracer; "
@@ -84,7 +84,7 @@ def test_importing_the_handler_builds_no_model_schema() -> None:
 
 def test_retry_machinery_is_imported_only_when_a_request_is_retried() -> None:
     """stamina and tenacity cost ~10 ms of every cold start; an invocation that never retries
-    should not pay it (``vital.VitalClient._retry`` imports them on the first retry)."""
+    should not pay it (``vital.retry.RetryPolicy`` imports them on the first retry)."""
     assert _loaded_by_handler_import("stamina", "tenacity") == [False, False]
 
 

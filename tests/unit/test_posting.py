@@ -14,14 +14,10 @@ import pytest
 import stamina
 
 from bulk_import.config import Settings
+from bulk_import.errors import VitalAuthError
 from bulk_import.ingest.chunking import Chunk, PendingRow, serialise
 from bulk_import.model import ConnectionRow, Outcome
-from bulk_import.vital.client import (
-    MAX_RETRY_AFTER_SECONDS,
-    VitalAuthError,
-    VitalClient,
-    parse_retry_after,
-)
+from bulk_import.vital.client import VitalClient
 from bulk_import.vital.posting import (
     ENQUEUED_DETAIL,
     FAILED_DETAIL,
@@ -31,6 +27,7 @@ from bulk_import.vital.posting import (
     Hold,
     post_chunk,
 )
+from bulk_import.vital.retry import MAX_RETRY_AFTER_SECONDS, parse_retry_after
 
 API_KEY = "sk_test_SECRET_key"
 TOKEN = "tok_SECRET_abc123"

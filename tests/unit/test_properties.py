@@ -9,12 +9,10 @@ import json
 import re
 from collections import defaultdict
 from typing import Any
-from unittest import mock
 
 from hypothesis import assume, event, example, given, settings
 from hypothesis import strategies as st
 
-from bulk_import.ingest import formats
 from bulk_import.ingest.chunking import (
     Chunk,
     Chunker,
@@ -23,7 +21,11 @@ from bulk_import.ingest.chunking import (
     body_overhead,
     serialise,
 )
-from bulk_import.ingest.formats import Format, read_records
+from bulk_import.ingest.csv_quoting import Quoting
+from bulk_import.ingest.file_type import Format
+from bulk_import.ingest.formats import read_records
+from bulk_import.ingest.json_array import read_json_array
+from bulk_import.ingest.jsonl import WIDE_BOMS, jsonl_blocks
 from bulk_import.ingest.validation import context_for, validate_json_row
 from bulk_import.ingest.validation import validate_well_formed as validate_block
 from bulk_import.model import PROVIDERS as KNOWN_PROVIDERS
@@ -40,6 +42,12 @@ def stream(data: bytes) -> io.BufferedReader:
 
 def read(data: bytes, fmt: Format) -> list[tuple[int, dict[str, Any] | None, str | None]]:
     return [(r.line, r.data, r.error) for r in read_records(stream(data), fmt, BIG)]
+
+
+def read_json(data: bytes, read_size: int) -> list[tuple[int, dict[str, Any] | None, str | None]]:
+    """``read`` of a JSON array whose window takes ``read_size`` characters at a time."""
+    records = read_json_array(stream(data), BIG, read_size=read_size)
+    return [(r.line, r.data, r.error) for r in records]
 
 
 # --- readers round-trip -----------------------------------------------------------------------
@@ -95,8 +103,7 @@ def test_json_array_round_trip_with_tiny_read_windows(
     rows: list[dict[str, Any]], window: int, indent: int | None, ascii_only: bool
 ) -> None:
     data = json.dumps(rows, indent=indent, ensure_ascii=ascii_only).encode()
-    with mock.patch.object(formats, "_READ_SIZE", window):
-        got = read(data, Format.JSON)
+    got = read_json(data, window)
     assert got == [(i + 1, row, None) for i, row in enumerate(rows)]
 
 
@@ -104,10 +111,9 @@ def test_json_array_round_trip_with_read_size_7() -> None:
     rows = [
         {"user_id": f"u{i}", "expires_at": 1_700_000_000 + i, "s": ["a", "b"]} for i in range(50)
     ]
-    with mock.patch.object(formats, "_READ_SIZE", 7):
-        assert read(json.dumps(rows).encode(), Format.JSON) == [
-            (i + 1, row, None) for i, row in enumerate(rows)
-        ]
+    assert read_json(json.dumps(rows).encode(), 7) == [
+        (i + 1, row, None) for i, row in enumerate(rows)
+    ]
 
 
 # Cell text: anything CSV must quote, including line breaks, plus non-ASCII.
@@ -501,8 +507,8 @@ def test_jsonl_blocks_match_reading_line_by_line(
     lines: list[bytes], newline: bytes, final_newline: bool, limit: int, block: int
 ) -> None:
     data = newline.join(lines) + (newline if final_newline and lines else b"")
-    assume(not data.startswith(formats._WIDE_BOMS))  # a UTF-16/32 file (test_formats.py)
-    blocks = list(formats.jsonl_blocks(io.BytesIO(data), limit, block_size=block))
+    assume(not data.startswith(WIDE_BOMS))  # a UTF-16/32 file (test_formats.py)
+    blocks = list(jsonl_blocks(io.BytesIO(data), limit, block_size=block))
     numbered = [(first + i, raw) for first, chunk in blocks for i, raw in enumerate(chunk)]
     assert numbered == _lines_one_by_one(data, limit)
     assert all(chunk for _, chunk in blocks)  # no empty blocks
@@ -523,10 +529,10 @@ def test_jsonl_blocks_match_reading_line_by_line(
 def test_quoting_of_a_line_agrees_with_the_csv_module(
     body: str, ending: str, cuts: list[int]
 ) -> None:
-    """``_Quoting`` says a line leaves a quoted field open exactly when the csv module reads the
+    """``Quoting`` says a line leaves a quoted field open exactly when the csv module reads the
     next line into the same record, however the line is cut into pieces (bounded reads)."""
     line = body + ending
-    quoting = formats._Quoting()
+    quoting = Quoting()
     for piece in _pieces(line, cuts):
         quoting.feed(piece)
     records = list(csv.reader(io.StringIO(line + "next\n", newline="")))

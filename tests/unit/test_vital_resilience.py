@@ -19,24 +19,26 @@ import pytest
 import stamina
 
 from bulk_import.config import Settings
-from bulk_import.ingest.chunking import Chunk, PendingRow, serialise
-from bulk_import.model import ConnectionRow, Outcome
-from bulk_import.vital.client import (
-    BACKOFF_BASE_SECONDS,
-    BACKOFF_MAX_SECONDS,
-    CONNECT_TIMEOUT_SECONDS,
-    MIN_ATTEMPT_SECONDS,
-    REFUND_PER_ANSWER,
-    CircuitBreaker,
+from bulk_import.errors import (
     VitalAuthError,
-    VitalClient,
     VitalClientError,
     VitalProtocolError,
     VitalRejected,
     VitalUnavailable,
+)
+from bulk_import.ingest.chunking import Chunk, PendingRow, serialise
+from bulk_import.model import ConnectionRow, Outcome
+from bulk_import.vital.breaker import CircuitBreaker
+from bulk_import.vital.bulk_ops import list_bulk_ops
+from bulk_import.vital.client import CONNECT_TIMEOUT_SECONDS, VitalClient
+from bulk_import.vital.posting import MAX_EXTRA_REQUESTS, post_chunk
+from bulk_import.vital.retry import (
+    BACKOFF_BASE_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    MIN_ATTEMPT_SECONDS,
+    REFUND_PER_ANSWER,
     full_jitter_backoff,
 )
-from bulk_import.vital.posting import MAX_EXTRA_REQUESTS, post_chunk
 
 API_KEY = "sk_unit_KEY_0123456789"
 BASE = "http://vital.test"
@@ -561,7 +563,7 @@ def test_list_bulk_ops_retries_and_pages() -> None:
 
     script = Script(httpx.Response(503), page)
     with client(script) as vital:
-        ops = vital.list_bulk_ops()
+        ops = list_bulk_ops(vital)
     assert [op.status for op in ops] == ["success", "in_progress"]
     assert len(script.requests) == 3
     assert vital.stats.retries == 1
@@ -576,9 +578,9 @@ def test_list_bulk_ops_stops_paging_at_ops_older_than_since() -> None:
 
     script = Script(page)
     with client(script) as vital:
-        ops = vital.list_bulk_ops(since=datetime(2026, 1, 1, 11, 58, 30, tzinfo=UTC))
+        ops = list_bulk_ops(vital, since=datetime(2026, 1, 1, 11, 58, 30, tzinfo=UTC))
         assert len(ops) == 3  # 12:00, 11:59, then 11:58 is older: stop
-        assert len(vital.list_bulk_ops(max_pages=5)) == 5
+        assert len(list_bulk_ops(vital, max_pages=5)) == 5
 
 
 def test_list_bulk_ops_in_an_unknown_shape_is_a_vital_error() -> None:
@@ -586,10 +588,10 @@ def test_list_bulk_ops_in_an_unknown_shape_is_a_vital_error() -> None:
         client(Script(httpx.Response(200, json={"data": "nope"}))) as vital,
         pytest.raises(VitalProtocolError),
     ):
-        vital.list_bulk_ops()
+        list_bulk_ops(vital)
     with (
         client(Script(httpx.Response(403, json={"detail": API_KEY}))) as vital,
         pytest.raises(VitalAuthError) as caught,
     ):
-        vital.list_bulk_ops()
+        list_bulk_ops(vital)
     assert API_KEY not in str(caught.value)

@@ -9,16 +9,10 @@ from bulk_import.ingest.chunking import (
     PendingRow,
     serialise,
 )
-from bulk_import.ingest.formats import (
-    Compression,
-    Format,
-    Record,
-    detect,
-    jsonl_blocks,
-    parse_json_line,
-    read_records,
-    too_long,
-)
+from bulk_import.ingest.file_type import Compression, Format, detect
+from bulk_import.ingest.formats import read_records
+from bulk_import.ingest.jsonl import jsonl_blocks, parse_json_line
+from bulk_import.ingest.record import Record, too_long
 from bulk_import.ingest.source import SourceObject, describe, open_stream, provider_from_key
 from bulk_import.ingest.validation import (
     context_for,

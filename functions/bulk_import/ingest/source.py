@@ -14,7 +14,7 @@ from aws_lambda_powertools.utilities.streaming import S3Object
 from botocore.exceptions import ClientError
 
 from bulk_import.errors import FileTooLarge, MalformedFile, SourceNotFound, aws_error_code
-from bulk_import.ingest.formats import Compression
+from bulk_import.ingest.file_type import Compression
 from bulk_import.model import PROVIDERS, SourceRef
 
 if TYPE_CHECKING:

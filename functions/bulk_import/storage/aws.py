@@ -32,12 +32,12 @@ def s3_client() -> S3Client:
     return boto3.client("s3", config=_CONFIG)
 
 
-def vital_api_key(secret_name: str, max_age_seconds: int) -> str:
+def vital_api_key(secret_name: str, max_age_seconds: int, secrets: SecretsProvider) -> str:
     """The Vital API key from Secrets Manager via Powertools Parameters (cached ``max_age``)."""
     from aws_lambda_powertools.utilities import parameters  # noqa: PLC0415 - cold start
 
     try:
-        value = _secrets().get(secret_name, max_age=max_age_seconds)
+        value = secrets.get(secret_name, max_age=max_age_seconds)
     except parameters.exceptions.GetParameterError as exc:
         original = exc.__cause__ or exc.__context__  # Powertools raises it inside its except
         cause = aws_error_code(original) or (type(original).__name__ if original else "error")
@@ -84,7 +84,7 @@ def _transient(error: BaseException | None) -> bool:
 
 
 @lru_cache(maxsize=1)
-def _secrets() -> SecretsProvider:
+def secrets_provider() -> SecretsProvider:
     """Powertools' provider on a client of boto3's default session, the one S3's client uses.
 
     ``parameters.get_secret`` would build its provider on a new boto3 Session: another botocore
@@ -118,7 +118,7 @@ def clear_caches() -> None:
     from aws_lambda_powertools.utilities import parameters  # noqa: PLC0415 - cold start
 
     s3_client.cache_clear()
-    _secrets.cache_clear()
+    secrets_provider.cache_clear()
     sqs_client.cache_clear()
     sns_client.cache_clear()
     parameters.clear_caches()  # type: ignore[no-untyped-call]

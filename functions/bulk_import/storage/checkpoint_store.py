@@ -15,14 +15,20 @@ next write, before it sends anything past its lease, and stops (``Superseded``).
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
 from bulk_import.errors import Superseded, aws_error_code
 from bulk_import.model import Checkpoint, Manifest
-from bulk_import.storage.results import MANIFEST_NAME, STATE_DIR
+from bulk_import.storage.keys import (
+    CHECKPOINT_NAME,
+    MANIFEST_NAME,
+    PART_NAME,
+    STATE_DIR,
+    outcome_part_key,
+    retry_part_key,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -34,37 +40,16 @@ if TYPE_CHECKING:
 _LOST = frozenset({"PreconditionFailed", "NoSuchKey", "ConditionalRequestConflict"})
 
 
-_PART_NAME = re.compile(r"(?:outcomes-[0-9a-f]{8}-\d{5}\.csv|retry-[0-9a-f]{8}-\d{5}\.jsonl)")
-# S3's limit on a key, in bytes of UTF-8.
-S3_KEY_BYTES = 1024
-
-
-def outcome_part_key(results_prefix: str, run: str, n: int) -> str:
-    return f"{results_prefix}{STATE_DIR}outcomes-{run}-{n:05d}.csv"
-
-
-def retry_part_key(retry_prefix: str, run: str, n: int) -> str:
-    return f"{retry_prefix}{STATE_DIR}retry-{run}-{n:05d}.jsonl"
-
-
-def longest_key(results_prefix: str, retry_prefix: str) -> int:
-    """Bytes of the longest key an import under these prefixes writes: its part objects'
-    (the results' own names are shorter)."""
-    run = "0" * 8
-    keys = (outcome_part_key(results_prefix, run, 1), retry_part_key(retry_prefix, run, 1))
-    return max(len(key.encode()) for key in keys)
-
-
 class CheckpointStore:
     def __init__(
         self, s3: S3Client, bucket: str, results_prefix: str, retry_prefix: str, run: str
     ) -> None:
-        self._s3 = s3
+        self.s3 = s3
         self._bucket = bucket
         self._results = results_prefix
         self._retry = retry_prefix
         self._run = run
-        self.key = results_prefix + STATE_DIR + "checkpoint.json"
+        self.key = results_prefix + STATE_DIR + CHECKPOINT_NAME
         self._etag: str | None = None  # of the checkpoint this run last read or wrote
         self._writes = 0  # checkpoints this run has written: each write is "<run>:<n>"
 
@@ -78,7 +63,7 @@ class CheckpointStore:
         body = checkpoint.model_copy(update={"write": write}).model_dump_json()
         try:
             if self._etag is None:  # created only if absent
-                response = self._s3.put_object(
+                response = self.s3.put_object(
                     Bucket=self._bucket,
                     Key=self.key,
                     Body=body,
@@ -86,7 +71,7 @@ class CheckpointStore:
                     IfNoneMatch="*",
                 )
             else:  # replaced only if still the one this run last read or wrote
-                response = self._s3.put_object(
+                response = self.s3.put_object(
                     Bucket=self._bucket,
                     Key=self.key,
                     Body=body,
@@ -120,7 +105,7 @@ class CheckpointStore:
     def _stored(self) -> tuple[Checkpoint, str] | None:
         """The checkpoint S3 holds and its ETag, leaving this run's ETag as it was."""
         try:
-            response = self._s3.get_object(Bucket=self._bucket, Key=self.key)
+            response = self.s3.get_object(Bucket=self._bucket, Key=self.key)
         except ClientError as exc:
             if aws_error_code(exc) in {"NoSuchKey", "404"}:
                 return None
@@ -131,7 +116,7 @@ class CheckpointStore:
         """Whether the checkpoint is still the one this run last read or wrote: no other import
         of the key has taken it over."""
         try:
-            head = self._s3.head_object(Bucket=self._bucket, Key=self.key)
+            head = self.s3.head_object(Bucket=self._bucket, Key=self.key)
         except ClientError as exc:
             if aws_error_code(exc) in {"NoSuchKey", "404"}:
                 return self._etag is None
@@ -157,13 +142,13 @@ class CheckpointStore:
         """Remove an import's part objects, then its checkpoint (the commit record) last,
         whoever wrote it: for a newer upload replacing an unfinished import of the key."""
         self.delete_parts(parts)
-        self._s3.delete_object(Bucket=self._bucket, Key=self.key)
+        self.s3.delete_object(Bucket=self._bucket, Key=self.key)
         self._etag = None
 
     def delete_parts(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):
             batch: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[start : start + 1000]]
-            self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True})
+            self.s3.delete_objects(Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True})
 
     def finish(self, parts: list[str], stored: list[str] | None = None) -> None:
         """Remove this import's state once its results are written, while the checkpoint is
@@ -182,7 +167,7 @@ class CheckpointStore:
         named = set(parts)
         self.delete_parts([*parts, *(k for k in stored if k not in named)])
         try:
-            self._s3.delete_object(Bucket=self._bucket, Key=self.key, IfMatch=self._etag or "*")
+            self.s3.delete_object(Bucket=self._bucket, Key=self.key, IfMatch=self._etag or "*")
         except ClientError as exc:
             if aws_error_code(exc) not in _LOST:
                 raise
@@ -191,19 +176,19 @@ class CheckpointStore:
     def stored_parts(self) -> list[str]:
         """Every part object of this key, whichever run of its imports stored it."""
         found = []
-        paginator = self._s3.get_paginator("list_objects_v2")
+        paginator = self.s3.get_paginator("list_objects_v2")
         for prefix in (self._results + STATE_DIR, self._retry + STATE_DIR):
             for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
                     # Only names parts take: another key's results may share the prefix.
                     name = obj["Key"].removeprefix(prefix)
-                    if _PART_NAME.fullmatch(name):
+                    if PART_NAME.fullmatch(name):
                         found.append(obj["Key"])
         return found
 
     def _get(self, key: str) -> bytes | None:
         try:
-            response = self._s3.get_object(Bucket=self._bucket, Key=key)
+            response = self.s3.get_object(Bucket=self._bucket, Key=key)
         except ClientError as exc:
             if aws_error_code(exc) in {"NoSuchKey", "404"}:
                 return None

@@ -20,7 +20,8 @@ from bulk_import.errors import (
 from bulk_import.ingest.chunking import USER_ID_OF, Chunk
 from bulk_import.model import ChunkRecord, Outcome, RowOutcome
 from bulk_import.redaction import redact_text
-from bulk_import.vital.client import PostResult, VitalClient, connection_index
+from bulk_import.vital.client import PostResult, VitalClient
+from bulk_import.vital.messages import connection_index
 
 # Requests one chunk may spend after its first one on resends and halves around 422s. Isolating
 # one bad row in the largest chunk (CHUNK_SIZE 5000) takes about 2 * 13 = 26; what the budget

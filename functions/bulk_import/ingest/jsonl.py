@@ -1,0 +1,101 @@
+"""JSONL/NDJSON: lines in blocks (the pipeline's hot loop) and one line as a ``Record``."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+from collections.abc import Iterator
+from typing import IO
+
+from bulk_import.errors import MalformedFile
+from bulk_import.ingest.record import Record, object_or_error, too_long
+
+_BOM = b"\xef\xbb\xbf"
+# UTF-16 (either order) and UTF-32 big-endian; UTF-32 little-endian starts as UTF-16 LE.
+WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
+# JSONL is read in blocks this big: ~120 rows of 550 bytes, so the pipeline's deadline check
+# between blocks comes every few milliseconds.
+JSONL_BLOCK_BYTES = 64 * 1024
+
+
+def jsonl_blocks(
+    stream: IO[bytes], limit: int, block_size: int = JSONL_BLOCK_BYTES
+) -> Iterator[tuple[int, list[bytes | None]]]:
+    """JSONL lines in blocks: ``(number of the first line, lines)``, one entry per line.
+
+    Each line comes stripped of surrounding whitespace (and the UTF-8 BOM on line 1); a blank
+    line is ``b""`` and a line longer than ``limit`` bytes is None, its bytes skipped without
+    being held. Splitting a block in C instead of a ``readline`` per line is what lets the
+    pipeline spend its time on rows, not on reading them. Memory: one block plus one line.
+    """
+    number = 1
+    carry = b""
+    skipping = False  # inside a line already reported as too long: drop up to its newline
+    head = stream.read(block_size)
+    while len(head) < len(max(WIDE_BOMS, key=len)) and (more := stream.read(block_size)):
+        head += more  # enough to tell a byte order mark, whatever the block size
+    if head.startswith(WIDE_BOMS):
+        # Windows PowerShell 5's default: json would guess UTF-16 for the lines it can.
+        raise MalformedFile("the file is UTF-16 or UTF-32, not UTF-8; save it as UTF-8")
+    for block in itertools.chain((head,), iter(functools.partial(stream.read, block_size), b"")):
+        data = block
+        if skipping:
+            cut = data.find(b"\n")
+            if cut < 0:
+                continue
+            data, skipping = data[cut + 1 :], False
+        parts = (carry + data).split(b"\n") if carry else data.split(b"\n")
+        carry = parts.pop()  # the unfinished last line, if any
+        lines: list[bytes | None] = _clean(parts, number, limit)
+        if len(carry) > limit + 1:  # longer than allowed whatever comes next (+1: a "\r")
+            lines.append(None)
+            carry, skipping = b"", True
+        if lines:
+            yield number, lines
+            number += len(lines)
+    if carry and not skipping:
+        yield number, _clean([carry], number, limit)
+
+
+def _clean(parts: list[bytes], number: int, limit: int) -> list[bytes | None]:
+    if max(map(len, parts), default=0) <= limit:  # the common case: no line near the limit
+        lines: list[bytes | None] = [part.strip() for part in parts]
+    else:
+        # A line's length leaves out its ending ("\n" or "\r\n"), nothing more: a stray "\r"
+        # before it counts, as it does while the line is still the carry between blocks.
+        lines = [None if len(p) - p.endswith(b"\r") > limit else p.strip() for p in parts]
+    if number == 1 and lines and lines[0] is not None and parts[0].startswith(_BOM):
+        lines[0] = parts[0][len(_BOM) :].strip()
+    return lines
+
+
+def read_jsonl(stream: IO[bytes], limit: int) -> Iterator[Record]:
+    for first, lines in jsonl_blocks(stream, limit):
+        for line, raw in enumerate(lines, first):
+            if raw is None:
+                yield Record(line, None, too_long(limit))
+            elif raw:
+                yield parse_json_line(line, raw)
+
+
+def parse_json_line(line: int, raw: bytes) -> Record:
+    """One JSONL line as an object, or the reason it is not one (never quoting the line)."""
+    try:
+        # Decoded here, strictly: given bytes, json guesses UTF-16 and UTF-32 too.
+        value = json.loads(raw.decode("utf-8"))
+    except json.JSONDecodeError as exc:
+        return Record(line, None, _decode_error(exc))
+    except UnicodeDecodeError as exc:
+        return Record(line, None, f"not valid UTF-8 (byte {exc.start + 1} of the line)")
+    except RecursionError:
+        return Record(line, None, "JSON nested too deeply")
+    except ValueError:  # json's int limit: more than sys.get_int_max_str_digits() digits
+        return Record(line, None, "invalid JSON: a number has too many digits")
+    return object_or_error(line, value)
+
+
+def _decode_error(exc: json.JSONDecodeError) -> str:
+    # JSONDecodeError's own str() carries no input text, only a position.
+    # Some of json's messages end in "at" ("Unterminated string starting at").
+    return f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"

@@ -1,0 +1,235 @@
+"""Reading the file: every row validated, deduplicated and chunked, or rejected with a reason.
+
+Reading, validation and outcome writing happen on the calling thread. ``progress.line`` moves
+after each row, so a deadline raised while a row is dispatched leaves that row to the next
+invocation.
+"""
+
+from __future__ import annotations
+
+import itertools
+from concurrent.futures import Future
+from typing import IO, TYPE_CHECKING, NamedTuple
+
+from bulk_import import ingest
+from bulk_import.errors import Superseded
+from bulk_import.ingest.dedupe import Dedupe
+from bulk_import.model import PROVIDERS, Outcome, RowOutcome
+from bulk_import.observability import logger
+from bulk_import.redaction import redact_text
+from bulk_import.run.dispatch import DeadlineReached
+
+if TYPE_CHECKING:
+    from bulk_import.run.context import RunContext
+    from bulk_import.run.dispatch import Dispatcher
+
+PROGRESS_EVERY_SECONDS = 15.0
+DEADLINE_CHECK_EVERY_RECORDS = 64
+# PendingRow(...) runs a Python-level __new__; tuple.__new__ builds the same named tuple in C.
+_pending = tuple.__new__
+
+
+class Opened(NamedTuple):
+    source: ingest.SourceObject
+    stream: IO[bytes]
+
+
+class Intake:
+    """Takes a file's rows to the dispatcher; rejects and duplicates straight to the ledger."""
+
+    def __init__(self, ctx: RunContext, dispatcher: Dispatcher) -> None:
+        self.ctx = ctx
+        self.dispatcher = dispatcher
+        self.seen = Dedupe()
+        self.chunker = ingest.Chunker(ctx.settings.chunk_size, ctx.settings.max_body_bytes)
+        self.last_progress = ctx.wiring.clock()
+        self.context = ingest.context_for(None)  # the file's, once its default provider is known
+        # HEAD and GET the object on a posting thread while this one reads the checkpoint: a
+        # failure is raised where the stream is taken; a run that turns out not to need the
+        # object closes it unread.
+        ref = ctx.ref
+        self.opening: Future[Opened] | None = dispatcher.submit(
+            self._open, ref.bucket, ref.key, ref.version_id
+        )
+
+    def _open(self, bucket: str, key: str, version_id: str | None) -> Opened:
+        _, compression = ingest.detect(key)
+        s3 = self.ctx.wiring.s3
+        described = ingest.describe(s3, bucket, key, version_id)
+        max_bytes = self.ctx.settings.max_decompressed_bytes
+        return Opened(described, ingest.open_stream(s3, described, compression, max_bytes))
+
+    def _opened(self) -> Opened:
+        """The object as opened in advance; opened again if a checkpoint named another version."""
+        opening, self.opening = self.opening, None
+        source = self.ctx.source
+        if opening is not None:
+            opened = opening.result()
+            if source.version_id == self.ctx.ref.version_id:
+                return opened
+            opened.stream.close()
+        return self._open(source.bucket, source.key, source.version_id)
+
+    def close(self) -> None:
+        if self.opening is not None:  # opened for nothing (a skip, an error): closed
+            self.opening.add_done_callback(_close_opened)
+
+    def read(self) -> None:
+        """Read the whole file (or up to the deadline), handing every chunk on as it closes."""
+        ctx = self.ctx
+        fmt, compression = ingest.detect(ctx.source.key)
+        described, stream = self._opened()
+        if ctx.ledger.checkpoint is None:
+            ctx.source = described.ref.model_copy(update={"sequencer": ctx.ref.sequencer})
+        elif ctx.source.etag and described.ref.etag != ctx.source.etag:
+            # An unversioned key uploaded again since the checkpoint: replaying other content
+            # against it would send other rows under its chunk numbers. The new upload's own
+            # event imports it.
+            stream.close()
+            raise Superseded("the object was replaced since this import started")
+        default_provider = ingest.provider_from_key(
+            ctx.source.key, ctx.settings.incoming_prefix
+        ) or described.metadata.get("provider")
+        self.context = ingest.context_for(default_provider)
+        logger.info(
+            "reading file",
+            extra={
+                "format": fmt.value,
+                "compression": compression.value,
+                "size": ctx.source.size,
+                "segment": ctx.ref.segment,
+            },
+        )
+        with stream:
+            if fmt is ingest.Format.JSONL:
+                self._take_jsonl(stream, default_provider)
+            else:
+                self._take_records(stream, fmt, default_provider)
+        self.dispatcher.send(self.chunker.flush())
+        ctx.progress.read_to_end = True
+
+    def _take_records(
+        self, stream: IO[bytes], fmt: ingest.Format, default_provider: str | None
+    ) -> None:
+        progress = self.ctx.progress
+        records = ingest.read_records(stream, fmt, self.ctx.settings.max_row_bytes)
+        for n, record in enumerate(records):
+            if n % DEADLINE_CHECK_EVERY_RECORDS == 0:
+                self._between_rows()
+            progress.rows_read += 1
+            self._take(record, default_provider)
+            progress.line = record.line
+
+    def _between_rows(self) -> None:
+        ctx = self.ctx
+        # Only after progress past the checkpoint, so every invocation moves on.
+        if ctx.progress.line > ctx.ledger.lines_done and not self.dispatcher.time_left():
+            raise DeadlineReached
+        if ctx.wiring.clock() - self.last_progress > PROGRESS_EVERY_SECONDS:
+            self.log_progress()
+        if ctx.ledger.unsaved_bytes > ctx.wiring.tunables.unsaved_spool_bytes:
+            # Rows that are not sent (rejected, or after a stop) bring no checkpoints of their
+            # own: without one, their outcomes would pile up in /tmp, and a retry would not know
+            # of the stop.
+            ctx.save_checkpoint(next_segment=ctx.ref.segment, lease=self.dispatcher.lease_so_far())
+
+    def _take_jsonl(self, stream: IO[bytes], default_provider: str | None) -> None:
+        """The hot loop: JSONL in blocks, well-formed rows straight to ``_accept``.
+
+        Everything else (blank and over-long lines, lenient spellings, errors) goes through
+        ``_take`` like the other formats' rows.
+        """
+        limit = self.ctx.settings.max_row_bytes
+        accept = self._accept
+        serialise = self.ctx.wiring.serialise
+        progress = self.ctx.progress
+        # A default spelled otherwise ("Oura") is normalised, or refused, by the full model.
+        default = default_provider if default_provider in PROVIDERS else None
+        for first, lines in ingest.jsonl_blocks(stream, limit):
+            self._between_rows()
+            progress.rows_read += len(lines) - lines.count(b"")
+            rows = ingest.validate_well_formed(lines)
+            for line, raw, row in zip(itertools.count(first), lines, rows, strict=False):
+                if row is not None and (provider := row.pop("provider", None) or default):
+                    accept(line, provider, row["user_id"], serialise(row))
+                elif raw:
+                    self._take(ingest.Record(line, None, None, raw), default_provider)
+                elif raw is None:
+                    self._take(ingest.Record(line, None, ingest.too_long(limit)), default_provider)
+                progress.line = line
+
+    def _take(self, record: ingest.Record, default_provider: str | None) -> None:
+        if record.raw is not None:  # a JSONL line that is not well formed (see _take_jsonl)
+            lenient = ingest.validate_json_row(record.raw, self.context)
+            if lenient is not None:
+                payload = ingest.serialise(lenient)
+                self._accept(record.line, lenient.provider, lenient.user_id, payload)
+                return
+            record = ingest.parse_json_line(record.line, record.raw)  # for the exact reason
+        if record.data is None:
+            self._reject(record.line, None, default_provider, record.error or "unreadable row")
+            return
+        row = ingest.validate_row(record.data, default_provider)
+        if isinstance(row, str):
+            self._reject(record.line, record.data, default_provider, row)
+            return
+        self._accept(record.line, row.provider, row.user_id, ingest.serialise(row))
+
+    def _reject(
+        self, line: int, data: dict[str, object] | None, default: str | None, reason: str
+    ) -> None:
+        ledger = self.ctx.ledger
+        if line <= ledger.lines_done:
+            return  # stored before the checkpoint this run resumed from
+        provider = ingest.display_provider(data, default)
+        user_id = ingest.display_user_id(data)
+        ledger.write([RowOutcome(line, user_id, provider, Outcome.REJECTED, redact_text(reason))])
+
+    def _accept(self, line: int, provider: str, user_id: str, payload: bytes) -> None:
+        """A valid row, its recipe serialised (``payload``): a duplicate, or on to a chunk."""
+        first = self.seen.first_line(provider, user_id)
+        if first is not None:
+            ledger = self.ctx.ledger
+            if line > ledger.lines_done:
+                detail = f"duplicate of line {first} (same provider and user_id); not sent"
+                ledger.write([RowOutcome(line, user_id, provider, Outcome.DUPLICATE, detail)])
+            return
+        chunker = self.chunker
+        if len(payload) > chunker.fits_any and not chunker.fits_alone(provider, payload):
+            # Not seen: a corrected copy of the row further down is not its duplicate.
+            self._reject(
+                line,
+                None,
+                provider,
+                "row is larger than one request may be "
+                f"(MAX_BODY_BYTES={self.ctx.settings.max_body_bytes})",
+            )
+            return
+        self.seen.add(line)
+        closed = chunker.add(provider, _pending(ingest.PendingRow, (line, user_id, payload)))
+        if closed:
+            self.dispatcher.send(closed)
+
+    def report_unsent(self) -> None:
+        """Once the run has stopped: the chunks it was about to send, then those still being
+        filled, each row with its outcome ("not sent")."""
+        self.dispatcher.send(self.chunker.flush())
+
+    def log_progress(self) -> None:
+        ctx = self.ctx
+        self.last_progress = ctx.wiring.clock()
+        logger.info(
+            "progress",
+            extra={
+                "line": ctx.progress.line,
+                "chunks_done": ctx.ledger.chunks_done,
+                "in_flight": len(self.dispatcher.in_flight),
+                "elapsed_s": round(self.last_progress - ctx.started_monotonic, 1),
+                **ctx.ledger.tally.counts().model_dump(),
+            },
+        )
+
+
+def _close_opened(future: Future[Opened]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().stream.close()

@@ -1,0 +1,189 @@
+"""The run's books: every outcome recorded once, which chunks are settled, and the checkpoint
+that makes them durable.
+
+A checkpoint records how many chunks may have been sent (the lease) and which have their
+outcomes stored (settled). A resumed run replays the file: a chunk it finds settled is skipped,
+one under the lease and not settled is in doubt (reported ``errored``, never sent again), and
+the rest is new.
+"""
+
+from __future__ import annotations
+
+import operator
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from bulk_import import errors
+from bulk_import.model import Checkpoint, ChunkRecord, Outcome, RowOutcome, SourceRef
+from bulk_import.run.tally import Tally
+
+if TYPE_CHECKING:
+    from bulk_import.ingest import Chunk
+    from bulk_import.storage.checkpoint_store import CheckpointStore
+    from bulk_import.storage.results import ResultWriter
+
+IN_DOUBT_DETAIL = (
+    "in doubt: the function stopped while this chunk was being sent, so it is not sent again; "
+    "check GET /v2/user/providers/{user_id} and re-upload the row from retry.jsonl if needed"
+)
+RETRY_OUTCOMES = frozenset({Outcome.FAILED, Outcome.ERRORED})
+_OUTCOME = operator.attrgetter("outcome")
+
+
+class Replay(Enum):
+    """What an earlier invocation did with a chunk number."""
+
+    SETTLED = "settled"  # its outcomes are stored: skip it
+    IN_DOUBT = "in_doubt"  # it may have been sent: report it, never send it again
+    NEW = "new"
+
+
+class Ledger:
+    """Outcomes, counts, the chunk table, the lease and the settled chunks of one import."""
+
+    def __init__(self, results: ResultWriter) -> None:
+        self.tally = Tally()
+        self.chunk_records: list[ChunkRecord] = []
+        self.outcomes = results.outcome_spool()
+        self.retries = results.retry_spool()
+        self.outcome_parts: list[str] = []
+        self.retry_parts: list[str] = []
+        # Parts the final objects read back: earlier invocations' (a resume's), and this one's
+        # once its spool has let them go (``Spool.upload``).
+        self.outcome_parts_to_read = 0
+        self.retry_parts_to_read = 0
+        self.lease = 0
+        self.settled: set[int] = set()
+        self.settled_below = 0
+        self.lines_done = 0  # reject/duplicate outcomes up to here are already stored
+        # Rows reported in doubt after a crash: errored, but nothing Vital said (the failure
+        # threshold leaves them out).
+        self.in_doubt = 0
+        self.replay_settled: set[int] = set()
+        self.replay_below = 0
+        self.replay_lease = 0
+        self.chunks_done = 0
+        self.checkpoint: Checkpoint | None = None  # the last one stored (or resumed from)
+
+    def restore(self, cp: Checkpoint) -> None:
+        self.checkpoint = cp
+        self.tally = Tally.restore(cp.counts, cp.providers)
+        self.chunk_records = list(cp.chunks)
+        self.outcome_parts = list(cp.outcome_parts)
+        self.retry_parts = list(cp.retry_parts)
+        self.outcome_parts_to_read = len(cp.outcome_parts)
+        self.retry_parts_to_read = len(cp.retry_parts)
+        self.lease = self.replay_lease = cp.lease
+        self.settled_below = self.replay_below = cp.settled_below
+        self.settled = set(cp.settled_extra)
+        self.replay_settled = set(cp.settled_extra)
+        self.lines_done = cp.lines_done
+        self.in_doubt = cp.in_doubt
+
+    def replay(self, seq: int) -> Replay:
+        if seq < self.replay_below or seq in self.replay_settled:
+            return Replay.SETTLED
+        return Replay.IN_DOUBT if seq < self.replay_lease else Replay.NEW
+
+    def settle(self, seq: int) -> None:
+        self.settled.add(seq)
+        while self.settled_below in self.settled:
+            self.settled.discard(self.settled_below)
+            self.settled_below += 1
+
+    def write_chunk(self, chunk: Chunk, outcome: Outcome, detail: str) -> None:
+        """One outcome for every row of a chunk: no tuple per row (the usual case)."""
+        self.outcomes.write_same(chunk.rows, chunk.provider, outcome, detail)
+        self.tally.add_same(chunk.provider, outcome, len(chunk.rows))
+        if outcome in RETRY_OUTCOMES:
+            for row in chunk.rows:
+                self.retries.write(chunk.provider, row.payload)
+
+    def write_in_doubt(self, chunk: Chunk) -> None:
+        self.write_chunk(chunk, Outcome.ERRORED, IN_DOUBT_DETAIL)
+        self.in_doubt += len(chunk.rows)
+
+    def write(self, outcomes: list[RowOutcome], source: Chunk | None = None) -> None:
+        """Record outcomes; failed and errored rows of a chunk also go to retry.jsonl."""
+        self.outcomes.write(outcomes)
+        self.tally.add(outcomes)
+        if source is None or RETRY_OUTCOMES.isdisjoint(map(_OUTCOME, outcomes)):
+            return
+        retry = [o for o in outcomes if o.outcome in RETRY_OUTCOMES]
+        if retry:
+            payloads = {r.line: r.payload for r in source.rows}
+            for outcome in retry:
+                self.retries.write(outcome.provider, payloads[outcome.line])
+
+    @property
+    def unsaved_bytes(self) -> int:
+        """Outcome and retry lines spooled since the last checkpoint."""
+        return self.outcomes.unsaved_bytes + self.retries.unsaved_bytes
+
+    def save(
+        self,
+        store: CheckpointStore,
+        *,
+        source: SourceRef,
+        fingerprint: str,
+        started_at: str,
+        next_segment: int,
+        lease: int,
+        line: int,
+        stop_reason: errors.FileError | None,
+        final: bool = False,
+    ) -> bool:
+        """Store the spooled lines as parts, then the checkpoint that makes them count.
+
+        ``final``: the run is about to send its results, from the spools it keeps whole.
+        True when this was the run's first checkpoint.
+        """
+        self._store_parts(store, source.bucket, final)
+        # Never below the lease this run resumed from: the chunks under it that the replay has
+        # not reached yet may have been sent by the run before, and must stay in doubt.
+        self.lease = max(lease, self.replay_lease)
+        checkpoint = Checkpoint(
+            source=source,
+            fingerprint=fingerprint,
+            started_at=started_at,
+            next_segment=next_segment,
+            lease=self.lease,
+            settled_below=self.settled_below,
+            settled_extra=sorted(self.settled),
+            lines_done=max(line, self.lines_done),
+            in_doubt=self.in_doubt,
+            counts=self.tally.counts(),
+            providers=self.tally.providers(),
+            # Copies: the checkpoint must name only the parts stored when it was written (a
+            # run that loses its key deletes the parts stored since).
+            chunks=list(self.chunk_records),
+            outcome_parts=list(self.outcome_parts),
+            retry_parts=list(self.retry_parts),
+            stop_reason=errors.to_info(stop_reason),
+        )
+        created = self.checkpoint is None
+        store.save(checkpoint)
+        self.checkpoint = checkpoint
+        return created
+
+    def _store_parts(self, store: CheckpointStore, bucket: str, final: bool) -> None:
+        s3 = store.s3
+        if self.outcomes.lines:
+            key = store.outcome_part_key(len(self.outcome_parts) + 1)
+            kept = self.outcomes.upload(s3, bucket, key, "text/csv", keep=final)
+            self.outcome_parts.append(key)
+            if not kept:
+                self.outcome_parts_to_read = len(self.outcome_parts)
+        if self.retries.lines:
+            key = store.retry_part_key(len(self.retry_parts) + 1)
+            kept = self.retries.upload(s3, bucket, key, "application/x-ndjson", keep=final)
+            self.retry_parts.append(key)
+            if not kept:
+                self.retry_parts_to_read = len(self.retry_parts)
+
+    def all_parts(self) -> list[str]:
+        return self.outcome_parts + self.retry_parts
+
+    def close(self) -> None:
+        self.outcomes.close()
+        self.retries.close()

@@ -1,0 +1,77 @@
+"""The first step of a run: start fresh, resume from a checkpoint, or skip.
+
+A table of early exits, decided from the checkpoint and the manifest S3 holds for the key:
+a duplicate event, a continuation that another invocation took over, an older upload's event
+arriving after a newer upload's, or a hand-off that was saved but may not have been sent.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bulk_import import errors
+from bulk_import.observability import logger
+from bulk_import.run import replay
+from bulk_import.run.context import FileResult, older_than, same_object
+
+if TYPE_CHECKING:
+    from bulk_import.model import Checkpoint
+    from bulk_import.run.context import RunContext
+
+
+def skip(ctx: RunContext, reason: str) -> FileResult:
+    logger.info("skipping: " + reason, extra={"segment": ctx.ref.segment})
+    return FileResult(ctx.ref, ctx.manifest_key, skipped=reason)
+
+
+def prepare(ctx: RunContext) -> FileResult | None:  # noqa: PLR0911 - a table of early exits
+    """Resume, skip a duplicate, or re-send a lost hand-off; None to start fresh or resume."""
+    ref, store = ctx.ref, ctx.store
+    checkpoint = store.load()
+    if checkpoint is not None and not same_object(ref, checkpoint.source):
+        if ref.segment > 0 or older_than(ref, checkpoint.source):
+            return skip(ctx, "a newer upload of this key replaced the file being imported")
+        logger.warning("a new upload replaces an unfinished import of this key")
+        store.delete(checkpoint.outcome_parts + checkpoint.retry_parts)
+        checkpoint = None
+    manifest = store.existing_manifest()
+    finished = manifest is not None and same_object(ref, manifest.source)
+    if checkpoint is None:
+        if ref.segment > 0:
+            return skip(ctx, "this import already finished")
+        if finished:
+            return skip(ctx, "this object version was already imported")
+        if manifest is not None and older_than(ref, manifest.source):
+            return skip(ctx, "a newer upload of this key was already imported")
+        return None
+    if finished:
+        # The manifest is written before the state is deleted: the cleanup failed or the
+        # function stopped in between. Replaying would overwrite the manifest.
+        store.finish(checkpoint.outcome_parts + checkpoint.retry_parts)
+        return skip(ctx, "this object version was already imported (its state is cleared)")
+    if ref.segment < checkpoint.next_segment:
+        if ref.segment == checkpoint.next_segment - 1:
+            # Our earlier attempt saved the hand-off but may have died before sending it.
+            return FileResult(
+                ref, ctx.manifest_key, continuation=ctx.next_ref(checkpoint.next_segment)
+            )
+        return skip(ctx, "a later invocation already took over this import")
+    if ref.segment > checkpoint.next_segment:
+        return skip(ctx, "continuation from an unknown segment")
+    changed = replay.changes(checkpoint.fingerprint, replay.fingerprint(ctx.settings))
+    if changed:
+        ctx.stop.error = errors.ConfigurationError(replay.describe(changed))
+    restore(ctx, checkpoint)
+    return None
+
+
+def restore(ctx: RunContext, cp: Checkpoint) -> None:
+    ctx.ledger.restore(cp)
+    ctx.source = cp.source
+    ctx.started_at = cp.started_at
+    if cp.stop_reason is not None:
+        ctx.stop.reason = errors.from_info(cp.stop_reason)
+    logger.info(
+        "resuming from checkpoint",
+        extra={"segment": ctx.ref.segment, "lines_done": cp.lines_done, "lease": cp.lease},
+    )
