@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic_core import to_json
 
+from bulk_import.ingest.jsonl import JSONL_BLOCK_BYTES
 from bulk_import.storage import aws
 from bulk_import.storage.checkpoint_store import CheckpointStore
 from bulk_import.storage.idempotency import Work, once_per_ref
@@ -48,6 +49,8 @@ class Tunables:
     early_save_bytes: int = EARLY_SAVE_BYTES
     unsaved_spool_bytes: int = UNSAVED_SPOOL_BYTES
     spool_keep_bytes: int = SPOOL_KEEP_BYTES
+    # JSONL is read in blocks this big: the deadline and checkpoint checks come between blocks.
+    jsonl_block_bytes: int = JSONL_BLOCK_BYTES
     # SQS's longest delay, and the longest an idempotency hold can last: it ends with the
     # holding invocation's timeout (900 s at most).
     recheck_delay_seconds: int = aws.RECHECK_DELAY_SECONDS

@@ -145,7 +145,8 @@ class Intake:
         progress = self.ctx.progress
         # A default spelled otherwise ("Oura") is normalised, or refused, by the full model.
         default = default_provider if default_provider in PROVIDERS else None
-        for first, lines in ingest.jsonl_blocks(stream, limit):
+        block_size = self.ctx.wiring.tunables.jsonl_block_bytes
+        for first, lines in ingest.jsonl_blocks(stream, limit, block_size):
             self._between_rows()
             progress.rows_read += len(lines) - lines.count(b"")
             rows = ingest.validate_well_formed(lines)
