@@ -7,7 +7,7 @@ UV = $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 # versions local/sam-cli.txt pins (local/sam-cli.in names SAM CLI's own).
 SAM_CLI = $(UV) tool run --python "$$(readlink -f .venv/bin/python)" --constraints local/sam-cli.txt --from aws-sam-cli sam
 
-.PHONY: help venv demo test lint typecheck unit integration cfn-lint sam-validate package requirements sam-cli-lock bench clean
+.PHONY: help venv demo test lint typecheck unit integration cfn-lint sam-validate package requirements schemas sam-cli-lock bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ integration: venv ## integration tests only (starts the local stack)
 
 requirements: venv ## regenerate functions/requirements.txt from uv.lock
 	./local/export-requirements.sh > functions/requirements.txt
+
+schemas: venv ## regenerate the JSON Schemas in schemas/ from the models (a test fails when they drift)
+	$(PY) -m local.schemas
 
 sam-cli-lock: venv ## re-pin SAM CLI's dependencies (local/sam-cli.txt) from local/sam-cli.in
 	./local/sam-cli-lock.sh

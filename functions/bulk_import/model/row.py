@@ -117,6 +117,11 @@ NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
 # Epoch seconds that fit a signed 64-bit integer; strict: a bool or "1.7e9" is not an int here.
 EpochSeconds = Annotated[int, Field(ge=0, lt=2**63, strict=True)]
 Scopes = list[NonEmptyStr] | None
+# What expires_at takes in: the integer, or its digits as text (a CSV cell).
+_EpochInput = (
+    Annotated[int, Field(ge=0, lt=2**63)]
+    | Annotated[str, StringConstraints(pattern=r"^\s*[+]?\d+\s*$")]
+)
 
 
 class ConnectionRow(BaseModel):
@@ -128,27 +133,41 @@ class ConnectionRow(BaseModel):
 
     # Validated first; rows without one take the file's default from the validation context.
     # Not part of the recipe Vital takes (the request names it once): never serialised.
-    provider: Annotated[str, BeforeValidator(_known_provider)] = Field(
+    provider: Annotated[
+        str, BeforeValidator(_known_provider, json_schema_input_type=str | None)
+    ] = Field(
         default="",
         exclude=True,
         validate_default=True,
-        description="Provider slug; when absent, taken from the key or the object's metadata.",
+        description=(
+            "Provider slug, any case; when absent, the provider named by the key "
+            "(incoming/<provider>/...) or by the object's 'provider' metadata."
+        ),
+        examples=sorted(PROVIDERS),
     )
     user_id: Annotated[NonEmptyStr, AfterValidator(_user_id)] = Field(
-        description="Vital user id: a UUID written 8-4-4-4-12 (the user exists beforehand)."
+        description="Vital user id: a UUID written 8-4-4-4-12 (the user exists beforehand).",
+        json_schema_extra={"pattern": "^\\s*" + CANONICAL_UUID.pattern + "\\s*$"},
     )
     access_token: NonEmptyStr = Field(repr=False, description="The provider's OAuth access token.")
     refresh_token: NonEmptyStr = Field(
         repr=False,
         description="OAuth 2.0 refresh token; for OAuth 1.0 providers (Garmin) the token secret.",
     )
-    provider_id: Annotated[NonEmptyStr, BeforeValidator(_provider_id)] = Field(
-        description="The user's id at the provider (numbers are read as text)."
+    provider_id: Annotated[
+        NonEmptyStr, BeforeValidator(_provider_id, json_schema_input_type=str | int)
+    ] = Field(description="The user's id at the provider (numbers are read as text).")
+    expires_at: Annotated[
+        EpochSeconds, BeforeValidator(_expires_at, json_schema_input_type=_EpochInput)
+    ] = Field(
+        description=(
+            "Token expiry in UNIX epoch seconds (an integer, also written as text); OAuth 1.0 "
+            "providers: 2147483647."
+        )
     )
-    expires_at: Annotated[EpochSeconds, BeforeValidator(_expires_at)] = Field(
-        description="Token expiry in UNIX epoch seconds; OAuth 1.0 providers: 2147483647."
-    )
-    oauth_scopes: Annotated[Scopes, BeforeValidator(_scopes)] = Field(
+    oauth_scopes: Annotated[
+        Scopes, BeforeValidator(_scopes, json_schema_input_type=list[NonEmptyStr] | str | None)
+    ] = Field(
         default=None,
         description="Granted scopes: a list, or one string separated by spaces or commas.",
     )
