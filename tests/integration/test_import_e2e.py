@@ -178,8 +178,8 @@ def test_a_key_too_long_for_its_results_is_ignored_with_an_error_not_retried(
     stack: Stack,
 ) -> None:
     # S3 keys hold 1024 bytes; the longest key an import writes is the object's plus 34
-    # ("results/" for "incoming/", "/_state/outcomes-<run>-00001.csv"). Before, every write
-    # failed with KeyTooLongError (on S3: moto does not enforce it) and Lambda retried.
+    # ("results/" for "incoming/", "/_state/outcomes-<run>-00001.csv"). Imported anyway, every
+    # write would fail with KeyTooLongError (on S3: moto does not enforce it) and Lambda retry.
     def key_of(size: int) -> str:
         stem = "incoming/oura/" + "日" * ((size - len("incoming/oura/.csv")) // 3)
         key = stem + "x" * (size - len((stem + ".csv").encode())) + ".csv"
@@ -237,7 +237,7 @@ def test_metadata_provider_spelled_loosely(
 
 
 def test_a_csv_header_with_a_stray_quote_is_a_malformed_file(stack: Stack) -> None:
-    # Before (strict quoting), an internal error (review).
+    # Strict quoting refuses the header: the file fails with a reason, not an internal error.
     row = make_row(1)
     body = (
         '"user_id"x,access_token,refresh_token,provider_id,expires_at,provider\n'
@@ -256,7 +256,7 @@ def test_a_csv_header_with_a_stray_quote_is_a_malformed_file(stack: Stack) -> No
 
 
 def test_deeply_nested_scopes_reject_their_row_and_the_rest_goes_on(stack: Stack) -> None:
-    # Before, json's RecursionError went through pydantic and failed the file (review).
+    # json's RecursionError on such a value must reject its row, not fail the file.
     rows = [make_row(i) for i in range(30)]
     rows[5]["oauth_scopes"] = "[" * 20_000 + "]" * 20_000  # a 40 KB value, within MAX_ROW_BYTES
     stack.vital.add_known_users(*(r["user_id"] for r in rows))
@@ -317,7 +317,7 @@ def test_rejected_rows_show_the_metadata_provider_only_as_a_known_name(stack: St
     stack.import_keys("incoming/meta.jsonl", "incoming/junk.jsonl")
 
     meta = stack.manifest("results/meta.jsonl/")
-    assert list(meta["providers"]) == ["oura"]  # before: "Oura" too, for the rejected row
+    assert list(meta["providers"]) == ["oura"]  # one key, however the rows spell it
     assert {o["provider"] for o in stack.outcomes("results/meta.jsonl/")} == {"oura"}
     junk = stack.manifest("results/junk.jsonl/")
     assert junk["providers"] == {}
@@ -326,8 +326,8 @@ def test_rejected_rows_show_the_metadata_provider_only_as_a_known_name(stack: St
 
 
 def test_a_csv_quote_that_is_never_closed_stops_the_file_at_its_line(stack: Stack) -> None:
-    # Before, the rows after it became one row's oauth_scopes: their tokens went to Vital as
-    # another user's scopes, and the file "succeeded" with one row.
+    # Read on, the rows after it would become one row's oauth_scopes: their tokens would go to
+    # Vital as another user's scopes, and the file "succeed" with one row.
     rows = [make_row(n) for n in range(4)]
     stack.vital.add_known_users(*(r["user_id"] for r in rows))
     text = encode_rows(rows, "csv").decode()
@@ -464,9 +464,9 @@ def test_enqueued_rows_and_bulk_ops_reconciliation(
 def test_waiting_on_bulk_ops_keeps_the_time_a_request_needs_even_with_no_margin(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # SAFETY_MARGIN_SECONDS=0 keeps 2 s back all the same (what a request needs to start).
-    # Before, the wait on bulk ops used the raw setting, slept past it, and the results were
-    # written after the invocation's deadline (review: at 8.17 s of 8).
+    # SAFETY_MARGIN_SECONDS=0 keeps 2 s back all the same (what a request needs to start): a
+    # wait on bulk ops that used the raw setting would sleep past it and write the results after
+    # the invocation's deadline.
     monkeypatch.setenv("WAIT_FOR_COMPLETION", "false")
     monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "0")
     stack.vital.op_complete_after_seconds = 100  # the bulk op stays in progress
@@ -481,7 +481,7 @@ def test_waiting_on_bulk_ops_keeps_the_time_a_request_needs_even_with_no_margin(
     started = time.monotonic()
     stack.import_keys("incoming/slow-op.jsonl", timeout_seconds=5.0, results=Timed(aws.s3_client()))
 
-    assert written[0] - started <= 5.0 - 1.0  # about 2 s of the 5 still left (before: 6.2 s)
+    assert written[0] - started <= 5.0 - 1.0  # about 2 s of the 5 still left
     manifest = stack.manifest("results/slow-op.jsonl/")
     assert [op["status"] for op in manifest["bulk_ops"]] == ["in_progress"]
 
@@ -518,7 +518,7 @@ def test_enqueued_rows_whose_bulk_op_failed_make_the_file_partial(
         ("incoming/obj.json", b'{"user_id": "x"}', "MalformedFile", "JSON array"),
         ("incoming/nocols.csv", b"name,email\nx,y\n", "MalformedFile", "missing column"),
         ("incoming/hidden-gzip.jsonl", b"\x1f\x8b\x08\x00\x00\x00", "MalformedFile", ".gz"),
-        # Before, "succeeded" with no rows: an upload cut off before its first byte.
+        # An upload cut off before its first byte: not a file that succeeded with no rows.
         ("incoming/empty.jsonl.gz", b"", "MalformedFile", "empty, not gzip data"),
         ("incoming/empty.csv.zst", b"", "MalformedFile", "empty, not zstd data"),
         ("incoming/utf16.jsonl", '{"a": 1}\n'.encode("utf-16"), "MalformedFile", "UTF-16"),

@@ -532,7 +532,7 @@ def test_another_4xx_stops_the_file_only_when_it_answers_the_probe(
 def test_a_chunk_the_client_has_no_time_to_start_is_deferred_not_errored() -> None:
     # The gate passed, then time ran short before the client's own check (the body was being
     # built, the thread waited for the GIL): nothing went out, so a later invocation sends it.
-    # Before, every row came back errored ("not sent: too little Lambda time left").
+    # Its rows must not come back errored ("not sent: too little Lambda time left").
     fake = FakeVital(all_imported)
     client = VitalClient(settings(), API_KEY, lambda: 1.0, httpx.MockTransport(fake))
     with client:

@@ -169,7 +169,7 @@ def test_exception_group_frames_and_escaped_quotes_are_still_masked() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        'access_token="tok_SECRET_abc123\\"',  # ends in a backslash: never closes (review)
+        'access_token="tok_SECRET_abc123\\"',  # ends in a backslash: never closes
         "refresh_token='tok_SECRET_abc123\\'",
         '"access_token": "tok_SECRET_abc123 and more',  # cut off: masked to the end of the line
     ],

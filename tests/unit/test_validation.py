@@ -92,8 +92,8 @@ def test_valid_csv_like_row() -> None:
         ([], []),
         (["x"], ["x"]),
         (..., None),
-        # A list exported from a database column into a CSV cell. Before, sent as the scopes
-        # '["daily"' and '"heartrate"]'.
+        # A list exported from a database column into a CSV cell: the scopes are its items,
+        # not '["daily"' and '"heartrate"]'.
         ('["daily", "heartrate"]', ["daily", "heartrate"]),
         ("[]", None),
         ("{daily,heartrate}", ["daily", "heartrate"]),

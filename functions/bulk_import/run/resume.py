@@ -51,7 +51,7 @@ def prepare(ctx: RunContext) -> FileResult | None:  # noqa: PLR0911 - a table of
         return skip(ctx, "this object version was already imported (its state is cleared)")
     if ref.segment < checkpoint.next_segment:
         if ref.segment == checkpoint.next_segment - 1:
-            # Our earlier attempt saved the hand-off but may have died before sending it.
+            # An earlier invocation saved the hand-off but may have died before sending it.
             return FileResult(
                 ref, ctx.manifest_key, continuation=ctx.next_ref(checkpoint.next_segment)
             )
