@@ -6,8 +6,6 @@ the variable, instead of surfacing deep in a run. Each field's variable is its
 name in upper case.
 """
 
-from __future__ import annotations
-
 import os
 from collections.abc import Mapping
 from functools import lru_cache
@@ -110,7 +108,7 @@ class Settings(BaseModel):
         return frozenset(_variable(name) for name in cls.model_fields)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
         env = os.environ if environ is None else environ
         # Empty strings in a deployed template mean "not set". Only our own variables are
         # validated: pydantic's errors quote their input, and the environment holds credentials.

@@ -12,20 +12,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulk_import.ingest.chunking import PendingRow, RowOutcome, serialise
+from bulk_import.ingest.chunking import PendingRow, serialise
 from bulk_import.ingest.formats import Format, read_records
 from bulk_import.ingest.validation import validate_row
-from bulk_import.model import ConnectionRow, Counts, Manifest, Outcome, SourceRef
-from bulk_import.storage import results
-from bulk_import.storage.results import (
+from bulk_import.model import ConnectionRow, Counts, Manifest, Outcome, RowOutcome, SourceRef
+from bulk_import.storage.keys import results_prefix
+from bulk_import.storage.results import BlockReader, assemble, write_manifest
+from bulk_import.storage.spool import (
     OUTCOMES_HEADER,
     OutcomeSpool,
     RetrySpool,
-    _cell,
-    assemble,
+    neutralise,
     outcomes_header,
-    results_prefix,
-    write_manifest,
 )
 
 
@@ -296,7 +294,13 @@ def test_fast_outcome_lines_parse_like_the_csv_module(rows: list[tuple]) -> None
     writer = csv.writer(expected, lineterminator="\n")
     for o in outcomes:
         writer.writerow(
-            (o.line, _cell(o.user_id), _cell(o.provider), o.outcome.value, _cell(o.detail))
+            (
+                o.line,
+                neutralise(o.user_id),
+                neutralise(o.provider),
+                o.outcome.value,
+                neutralise(o.detail),
+            )
         )
     parse = lambda text: list(csv.reader(io.StringIO(text, newline="")))  # noqa: E731
     assert parse(written.getvalue().decode()) == parse(expected.getvalue())
@@ -326,15 +330,12 @@ def test_a_shared_outcome_writes_the_bytes_of_one_outcome_per_row(
     same.close()
 
 
-def test_a_spool_past_its_keep_size_lets_its_uploaded_lines_go(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_spool_past_its_keep_size_lets_its_uploaded_lines_go() -> None:
     # /tmp is 512 MB by default: a spool keeps the lines it has uploaded (so the finishing
     # invocation need not read its parts back) only up to a size, then the parts are read back.
-    monkeypatch.setattr(results, "SPOOL_KEEP_BYTES", 60)
     line = lambda n: RowOutcome(n, f"u{n}", "oura", Outcome.IMPORTED, "")  # noqa: E731
     s3 = FakeS3()
-    spool = OutcomeSpool(outcomes_header())
+    spool = OutcomeSpool(outcomes_header(), keep_bytes=60)
     kept = []
     try:
         for n in range(1, 6):  # each line is 20 bytes: kept until more than 60 are held
@@ -365,7 +366,46 @@ def test_a_stream_of_blocks_reads_whole_amounts_until_its_end(
 ) -> None:
     """s3transfer cuts a stream into parts with read(n): a short read mid-stream would make a
     part smaller than S3 allows (5 MiB but the last)."""
-    stream = io.BufferedReader(results._BlockReader(iter(blocks)), 16)
+    stream = io.BufferedReader(BlockReader(iter(blocks)), 16)
     pieces = list(iter(lambda: stream.read(amount), b""))
     assert b"".join(pieces) == b"".join(blocks)
     assert all(len(p) == amount for p in pieces[:-1])
+
+
+def test_assembling_reads_each_stored_part_only_as_the_upload_reaches_it() -> None:
+    """The final object is streamed from the parts, never gathered (on disk or in memory)
+    first: /tmp would otherwise hold the file's outcomes once more at its end."""
+
+    # Given two stored parts, and an upload that notes which parts were fetched as it reads
+    class Watching(FakeS3):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fetched: list[str] = []
+            self.fetched_when: list[list[str]] = []
+
+        def get_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803
+            self.fetched.append(Key)
+            return super().get_object(Bucket=Bucket, Key=Key)
+
+        def upload_fileobj(self, fileobj: IO[bytes], bucket: str, key: str, **kw: Any) -> None:
+            data = b""
+            while block := fileobj.read(4):
+                self.fetched_when.append(list(self.fetched))
+                data += block
+            self.objects[bucket, key] = data
+
+    s3 = Watching()
+    s3.objects["b", "p1"] = b"1,a\n" * 3
+    s3.objects["b", "p2"] = b"2,b\n" * 3
+    spool = OutcomeSpool(b"h\n")
+    spool.write_bytes(b"3,c\n", 1)
+
+    # When the final object is assembled
+    assemble(s3, "b", "out", parts=["p1", "p2"], spool=spool, content_type="text/csv")  # type: ignore[arg-type]
+    spool.close()
+
+    # Then it holds everything in order, and the second part was fetched only once the
+    # upload had read through the first
+    assert s3.objects["b", "out"] == b"h\n" + b"1,a\n" * 3 + b"2,b\n" * 3 + b"3,c\n"
+    assert s3.fetched_when[0] == ["p1"]
+    assert ["p1"] in s3.fetched_when[1:4]

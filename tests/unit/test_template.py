@@ -380,12 +380,13 @@ def test_handler_names_a_function_under_code_uri(source: dict[str, Any]) -> None
     module, _, name = function["Handler"].rpartition(".")
     path = ROOT / function["CodeUri"] / (module.replace(".", "/") + ".py")
 
-    # Read, not imported: importing the handler would build its clients.
-    defined = {
-        node.name
-        for node in ast.parse(path.read_text()).body
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-    }
+    # Read, not imported: a module-level function, or a name bound to one (make_handler()).
+    defined = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            defined.add(node.name)
+        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
     assert name in defined
 
 

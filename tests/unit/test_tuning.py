@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import sys
 
-from bulk_import.run.pipeline import (
+from bulk_import.run.tuning import (
     GC_YOUNG_THRESHOLD,
     POSTING_SWITCH_INTERVAL_S,
     tuned_interpreter,

@@ -1,7 +1,5 @@
 """Work items and the state that carries an import across invocations."""
 
-from __future__ import annotations
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field

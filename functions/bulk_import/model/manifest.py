@@ -1,7 +1,5 @@
 """The output contract: ``results/<path>/manifest.json`` for ``incoming/<path>``."""
 
-from __future__ import annotations
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field

@@ -1,7 +1,5 @@
 """What happened to a row, and the counts of every outcome."""
 
-from __future__ import annotations
-
 from enum import StrEnum
 from typing import NamedTuple
 

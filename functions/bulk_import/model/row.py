@@ -6,8 +6,6 @@ ids, epoch seconds as text, scopes in one string, capitalised providers) and say
 files look like that, and it is the hot path's first try.
 """
 
-from __future__ import annotations
-
 import json
 import re
 from typing import Annotated, Any, NotRequired, TypedDict

@@ -1,7 +1,5 @@
 """The bodies of Vital's answers, as its public API documents them."""
 
-from __future__ import annotations
-
 from pydantic import BaseModel, ConfigDict, Field
 
 _CONFIG = ConfigDict(defer_build=True)

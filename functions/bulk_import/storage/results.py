@@ -67,7 +67,7 @@ def assemble(
     if not parts:
         spool.upload_whole(s3, bucket, key, content_type)
         return
-    stream = io.BufferedReader(_BlockReader(_blocks(s3, bucket, parts, spool)), COPY_CHUNK)
+    stream = io.BufferedReader(BlockReader(_blocks(s3, bucket, parts, spool)), COPY_CHUNK)
     s3.upload_fileobj(stream, bucket, key, ExtraArgs={"ContentType": content_type}, Config=TRANSFER)
 
 
@@ -82,7 +82,7 @@ def _blocks(s3: S3Client, bucket: str, parts: list[str], spool: Spool) -> Iterat
     yield from spool.blocks()
 
 
-class _BlockReader(io.RawIOBase):
+class BlockReader(io.RawIOBase):
     """A readable stream of blocks. Wrapped in a BufferedReader, ``read(n)`` gives n bytes
     until the end, which s3transfer needs: a short read mid-stream would make a part smaller
     than S3's minimum."""

@@ -53,7 +53,7 @@ def _plain(detail: str) -> bool:
     )
 
 
-def _cell(value: str) -> str:
+def neutralise(value: str) -> str:
     """Neutralise spreadsheet formulas (CSV injection) in values that came from the input."""
     return "'" + value if value.startswith(_FORMULA_START) else value
 
@@ -202,7 +202,13 @@ def _plain_row(o: RowOutcome) -> bool:
 def _quoted_line(o: RowOutcome) -> str:
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerow(
-        (o.line, _cell(o.user_id), _cell(o.provider), o.outcome.value, _cell(o.detail))
+        (
+            o.line,
+            neutralise(o.user_id),
+            neutralise(o.provider),
+            o.outcome.value,
+            neutralise(o.detail),
+        )
     )
     return text.getvalue()
 
