@@ -88,7 +88,9 @@ def test_given_an_s3_record_then_its_object_is_the_work_item() -> None:
         ("incoming/%28copy%29+1.jsonl.gz", "incoming/(copy) 1.jsonl.gz"),
     ],
 )
-def test_given_a_url_encoded_key_then_it_is_decoded_as_s3_encodes_it(encoded: str, key: str) -> None:
+def test_given_a_url_encoded_key_then_it_is_decoded_as_s3_encodes_it(
+    encoded: str, key: str
+) -> None:
     [item] = work_items(s3_event(s3_record(encoded)), SETTINGS)
     assert item.ref.key == key
 
@@ -199,7 +201,7 @@ def test_given_a_queue_message_that_is_neither_then_it_is_ignored(body: object) 
     assert items == [WorkItem(continuation(1), from_queue=True)]
 
 
-# --- ImportDLQ records -----------------------------------------------------------------------------
+# --- ImportDLQ records ------------------------------------------------------------------------
 
 
 def test_given_an_importdlq_record_as_the_event_then_the_s3_event_inside_is_imported() -> None:

@@ -135,6 +135,18 @@ def test_given_a_gap_when_later_chunks_settle_then_they_wait_in_settled(ledger: 
     assert (ledger.settled_below, ledger.settled) == (3, {4})
 
 
+def test_given_a_resumed_run_when_it_re_settles_replayed_chunks_then_settled_extra_stays_empty(
+    ledger: Ledger,
+) -> None:
+    ledger.restore(checkpoint(lease=6, settled_below=5, next_segment=1))
+    for n in range(5):
+        assert ledger.replay(n) is Replay.SETTLED
+        ledger.settle(n)
+    store = new_store()
+    save(ledger, store, lease=6, next_segment=1)
+    assert store.state.saved[-1].settled_extra == []
+
+
 def first_gap(numbers: set[int]) -> int:
     n = 0
     while n in numbers:

@@ -61,7 +61,7 @@ class FakeSecrets:
         if self.error is not None:
             try:
                 raise self.error
-            except Exception as exc:
+            except (ClientError, EndpointConnectionError) as exc:
                 raise GetParameterError(str(exc))  # noqa: B904 - as Powertools raises it
         return self.value
 
@@ -232,7 +232,7 @@ def test_given_a_continuation_queue_when_handing_off_then_the_message_is_queued(
 
 def test_given_no_topic_when_announcing_then_nothing_is_published(aws_mock: None) -> None:
     w = build(SETTINGS, FixedContext(), s3=S3)
-    assert w.announce({"status": "succeeded"}) is None
+    w.announce({"status": "succeeded"})
     assert boto3.client("sns").list_topics()["Topics"] == []
 
 

@@ -86,6 +86,8 @@ class Ledger:
         return Replay.IN_DOUBT if seq < self.replay_lease else Replay.NEW
 
     def settle(self, seq: int) -> None:
+        if seq < self.settled_below:
+            return  # settled before the checkpoint this run resumed from
         self.settled.add(seq)
         while self.settled_below in self.settled:
             self.settled.discard(self.settled_below)
