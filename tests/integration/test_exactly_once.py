@@ -17,12 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from bulk_import.handler import ImportStillRunning
-from bulk_import.model import ContinuationMessage, ObjectRef
-from bulk_import.storage.idempotency import AlreadyInProgress
+from bulk_import.errors import AlreadyInProgress, ImportStillRunning, TransientError
+from bulk_import.model import Checkpoint, ContinuationMessage, Manifest, ObjectRef
+from bulk_import.storage import aws
+from bulk_import.storage.checkpoint_store import CheckpointStore
+from bulk_import.storage.idempotency import Work
+from bulk_import.storage.results import ResultWriter
+from bulk_import.storage.spool import OutcomeSpool, RetrySpool, outcomes_header
+from bulk_import.wiring import Tunables
 from local.events import s3_event
 from tests.helpers import encode_rows, failing_at, make_row, user_id
 from tests.integration.conftest import Stack
@@ -81,8 +87,6 @@ def assert_complete(stack: Stack, prefix: str, rows: int) -> dict[str, Any]:
 @contextmanager
 def s3_keys(*operations: str) -> Iterator[dict[str, list[str]]]:
     """The keys the handler's S3 client names in each of ``operations`` while the block runs."""
-    from bulk_import.storage import aws  # noqa: PLC0415 - the client the handler will use
-
     s3 = aws.s3_client()
     keys: dict[str, list[str]] = {operation: [] for operation in operations}
     hooks = {
@@ -166,17 +170,15 @@ def test_an_import_finished_in_one_invocation_reads_none_of_its_parts_back(
 def test_a_spool_that_let_its_lines_go_has_its_parts_read_back_in_order(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Past SPOOL_KEEP_BYTES a spool lets go of what it has uploaded, so /tmp holds at most about
+    # Past its keep size a spool lets go of what it has uploaded, so /tmp holds at most about
     # that much: the end of the run then reads those parts back, in order, ahead of the spool.
-    from bulk_import.storage import results  # noqa: PLC0415 - its limit scaled to the test
-
-    monkeypatch.setattr(results, "SPOOL_KEEP_BYTES", 700)  # two or three parts' worth of lines
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
     monkeypatch.setenv("CHUNK_SIZE", "5")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")  # parts of the same size from run to run
     upload(stack, "incoming/let-go.jsonl", 60)
+    small = Tunables(spool_keep_bytes=700)  # two or three parts' worth of lines
     with s3_keys("PutObject", "GetObject") as keys:
-        stack.import_keys("incoming/let-go.jsonl")
+        stack.import_keys("incoming/let-go.jsonl", tunables=small)
 
     parts = [k for k in keys["PutObject"] if "/_state/outcomes-" in k]
     read_back = [k for k in keys["GetObject"] if "/_state/outcomes-" in k]
@@ -195,11 +197,8 @@ def test_the_outcomes_so_far_are_stored_while_the_last_chunks_are_out(
 ) -> None:
     # Once the file is read, the lines spooled since the last checkpoint are stored while the
     # last answers are awaited, not after them: the part written after the answers then holds
-    # only the last chunks' lines. Below EARLY_SAVE_BYTES (the default 1 MiB here) it waits.
-    from bulk_import.run import pipeline  # noqa: PLC0415 - the limit the run uses
-    from bulk_import.storage import aws  # noqa: PLC0415 - the client the run uses
-
-    monkeypatch.setattr(pipeline, "EARLY_SAVE_BYTES", 1 if early else 1 << 30)
+    # only the last chunks' lines. Below early_save_bytes it waits.
+    tunables = Tunables(early_save_bytes=1 if early else 1 << 30)
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "2")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "100")  # no lease checkpoint after the first
@@ -215,7 +214,7 @@ def test_the_outcomes_so_far_are_stored_while_the_last_chunks_are_out(
     s3 = aws.s3_client()
     s3.meta.events.register("provide-client-params.s3.PutObject", note_part)
     try:
-        stack.import_keys("incoming/early.jsonl")
+        stack.import_keys("incoming/early.jsonl", tunables=tunables)
     finally:
         s3.meta.events.unregister("provide-client-params.s3.PutObject", note_part)
 
@@ -230,37 +229,51 @@ class _Killed(BaseException):
     """The process dying: not an Exception, so nothing in the run handles it."""
 
 
+def writer_failing_first_assemble(error: Exception) -> ResultWriter:
+    """The run's result writer, except that its first final object (outcomes.csv) fails."""
+
+    class Failing(ResultWriter):
+        assemble = failing_at(ResultWriter.assemble, 1, error)
+
+    return Failing(aws.s3_client())
+
+
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the killed run
 def test_a_run_killed_right_after_its_early_save_resumes_from_it_sending_nothing_twice(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a run killed right after it stored its outcomes while its last chunks were out
-    from bulk_import.run import pipeline  # noqa: PLC0415 - the module the handler runs
-
-    monkeypatch.setattr(pipeline, "EARLY_SAVE_BYTES", 1)
+    # Given a run killed right after it stored its outcomes while its last chunks were out:
+    # the first checkpoint taken once the whole file is read (its last line is line 62)
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "2")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "100")
     stack.vital.latency_seconds = 0.2
-    upload(stack, "incoming/killed-early.jsonl", 60)
-    save = pipeline._Run._save_while_answered
-    out: list[int] = []
+    upload(stack, "incoming/killed-early.jsonl", 60)  # 6 chunks: 30 rows of each provider
+    chunks = 6
+    early: list[Checkpoint] = []
 
-    def killed_after(run: Any) -> None:
-        save(run)
-        out.extend(seq for seq, _ in run.in_flight.values())
-        raise _Killed
+    class KilledAfterEarlySave(CheckpointStore):
+        def save(self, checkpoint: Checkpoint) -> None:
+            super().save(checkpoint)
+            if checkpoint.lines_done == 62 and not early:
+                early.append(checkpoint)
+                raise _Killed
 
-    monkeypatch.setattr(pipeline._Run, "_save_while_answered", killed_after)
     event = s3_event(stack.bucket, ["incoming/killed-early.jsonl"])
     with pytest.raises(_Killed):
-        stack.invoke(event)
-    monkeypatch.setattr(pipeline._Run, "_save_while_answered", save)
+        stack.invoke(event, tunables=Tunables(early_save_bytes=1), new_store=KilledAfterEarlySave)
     deadline = time.monotonic() + 10  # its posting threads are done with the chunks out
     while time.monotonic() < deadline and any(
         t.name.startswith("vital-post") for t in threading.enumerate()
     ):
         time.sleep(0.02)
+    # The chunks out when it died: handed to the posting threads, their answers not taken in.
+    (saved,) = early
+    out = [
+        seq
+        for seq in range(saved.settled_below, chunks)
+        if seq not in saved.settled_extra and seq < saved.lease
+    ]
 
     # When Lambda's retry resumes from that checkpoint
     stack.invoke(event)
@@ -277,26 +290,17 @@ def test_a_retry_after_the_manifest_was_written_keeps_it_and_clears_the_state(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an import whose manifest is written but whose state could not be deleted after it
-    from bulk_import.storage import checkpoint_store as checkpoint  # noqa: PLC0415 - the class the pipeline uses
-
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "3")
     upload(stack, "incoming/cleanup.jsonl", 100)
     event = s3_event(stack.bucket, ["incoming/cleanup.jsonl"])
-    finish = checkpoint.CheckpointStore.finish
-    calls: list[int] = []
 
-    def throttled_once(
-        store: checkpoint.CheckpointStore, parts: list[str], stored: list[str] | None = None
-    ) -> None:
-        calls.append(len(parts))
-        if len(calls) == 1:
+    class Throttled(CheckpointStore):
+        def finish(self, parts: list[str], stored: list[str] | None = None) -> None:
             raise ClientError({"Error": {"Code": "SlowDown", "Message": "-"}}, "DeleteObjects")
-        finish(store, parts, stored)
 
-    monkeypatch.setattr(checkpoint.CheckpointStore, "finish", throttled_once)
     with pytest.raises(ClientError):
-        stack.invoke(event)
+        stack.invoke(event, new_store=Throttled)
     first = assert_complete(stack, "results/cleanup.jsonl/", 102)
     posted = len(stack.vital.posted_connections())
 
@@ -317,18 +321,17 @@ def test_a_retry_after_the_manifest_was_written_keeps_it_and_clears_the_state(
 def test_a_retry_after_the_results_failed_to_be_written_keeps_the_answers(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Before: the last checkpoint was the last lease, so the retry reported every chunk
-    # answered since then in doubt (190 of 200 imported rows "errored", in retry.jsonl).
+    # Every answer is stored before the results are written: a retry after writing them failed
+    # replays the answers, rather than reporting the chunks answered since the last lease in
+    # doubt (errored, in retry.jsonl).
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "2")
     rows = upload(stack, "incoming/final-write.jsonl", 200)
-    from bulk_import.run import pipeline  # noqa: PLC0415 - patched below
-
     s3_failed = ClientError({"Error": {"Code": "InternalError", "Message": "-"}}, "PutObject")
-    monkeypatch.setattr(pipeline, "assemble", failing_at(pipeline.assemble, 1, s3_failed))
     event = s3_event(stack.bucket, ["incoming/final-write.jsonl"])
     with pytest.raises(ClientError):
-        stack.invoke(event)  # the invocation fails; Lambda retries it
+        # the invocation fails writing outcomes.csv; Lambda retries it
+        stack.invoke(event, results=writer_failing_first_assemble(s3_failed))
     assert len(stack.vital.posted_connections()) == 200
 
     stack.invoke(event)
@@ -391,13 +394,13 @@ def test_new_upload_of_the_same_key_is_a_new_import(stack: Stack, idempotency_ta
     assert len(stack.vital.bulk_import_requests()) == 2
 
 
-def race(stack: Stack, event: dict[str, Any]) -> list[Any]:
+def race(stack: Stack, event: dict[str, Any], **fakes: Any) -> list[Any]:
     """Two invocations of one event at once: what each returned, or the exception it raised."""
     outcomes: list[Any] = []
 
     def run() -> None:
         try:
-            outcomes.append(stack.invoke(event))
+            outcomes.append(stack.invoke(event, **fakes))
         except Exception as exc:  # noqa: BLE001 - a loser's error is what the tests assert on
             outcomes.append(exc)
 
@@ -435,11 +438,10 @@ def test_a_duplicate_event_during_an_import_is_looked_at_again_once_the_hold_end
 ) -> None:
     # Given a queue, the loser of a race does not raise (Lambda's two retries come within
     # minutes, while the winner may import for 15): it queues a second look, delayed.
-    monkeypatch.setattr("bulk_import.storage.aws.RECHECK_DELAY_SECONDS", 2)
     stack.vital.latency_seconds = 0.05
     upload(stack, "incoming/race.jsonl", 60)
     event = s3_event(stack.bucket, ["incoming/race.jsonl"])
-    outcomes = race(stack, event)
+    outcomes = race(stack, event, tunables=Tunables(recheck_delay_seconds=2))
 
     assert sorted(len(o["files"]) for o in outcomes) == [0, 1], outcomes
     sqs = boto3.client("sqs")
@@ -454,16 +456,14 @@ def test_a_duplicate_event_during_an_import_is_looked_at_again_once_the_hold_end
     assert len(stack.vital.posted_connections()) == 60
 
 
-def _held(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every ref's idempotency record held by another invocation (the race, made certain)."""
+def _held(_work: Work) -> Work:
+    """The idempotency guard when another invocation holds every ref's record (the race, made
+    certain)."""
 
-    def held(_work: Any, _table: Any, _context: Any) -> Callable[[ObjectRef], dict[str, Any]]:
-        def run(ref: ObjectRef) -> dict[str, Any]:
-            raise AlreadyInProgress(ref.key)
+    def run(ref: ObjectRef) -> dict[str, Any]:
+        raise AlreadyInProgress(ref.key)
 
-        return run
-
-    monkeypatch.setattr("bulk_import.handler.once_per_ref", held)
+    return run
 
 
 def _queue_depths(queue_url: str) -> tuple[int, int]:
@@ -480,15 +480,14 @@ def _queue_depths(queue_url: str) -> tuple[int, int]:
 
 @pytest.mark.parametrize("segment", [0, 1])
 def test_a_held_ref_from_the_queue_is_looked_at_again_or_dropped_as_a_duplicate(
-    stack: Stack, continuation_queue: str, monkeypatch: pytest.MonkeyPatch, segment: int
+    stack: Stack, continuation_queue: str, segment: int
 ) -> None:
     # Segment 0 from the queue is a second look (the only copy): it must not be lost, nor fail
     # the invocation. Segment 1+ is a continuation: SQS keeps the copy being worked on.
-    _held(monkeypatch)
     ref = ObjectRef(bucket=stack.bucket, key="incoming/held.jsonl", segment=segment)
     body = ContinuationMessage(ref=ref).model_dump_json()
 
-    result = stack.invoke({"Records": [{"eventSource": "aws:sqs", "body": body}]})
+    result = stack.invoke({"Records": [{"eventSource": "aws:sqs", "body": body}]}, guard=_held)
 
     assert result == {"files": []}
     assert _queue_depths(continuation_queue) == (0, 1 if segment == 0 else 0)
@@ -497,11 +496,10 @@ def test_a_held_ref_from_the_queue_is_looked_at_again_or_dropped_as_a_duplicate(
 def test_a_held_s3_event_without_a_queue_is_raised_for_lambda_to_retry(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _held(monkeypatch)
     monkeypatch.delenv("CONTINUATION_QUEUE_URL", raising=False)
 
     with pytest.raises(ImportStillRunning):
-        stack.invoke(s3_event(stack.bucket, ["incoming/held.jsonl"]))
+        stack.invoke(s3_event(stack.bucket, ["incoming/held.jsonl"]), guard=_held)
 
 
 def _version_a_importing_slowly(
@@ -576,40 +574,55 @@ def test_a_run_that_lost_its_key_deletes_the_parts_it_stored_for_the_losing_chec
 ) -> None:
     # Given version A importing, a checkpoint before every chunk, some rows failing (so each
     # checkpoint stores a retry part, which holds tokens, as well as an outcomes part)
-    from bulk_import.run import pipeline  # noqa: PLC0415 - the module the handler runs
-
     old = [make_row(n) for n in range(100)]
     new = [make_row(n) for n in range(1000, 1020)]
     key = "incoming/lost.jsonl"
     va = _version_a_importing_slowly(
         stack, monkeypatch, key, old, known=old[::2] + new, latency=0.05
     )
-    # A waits at its next checkpoint until B has finished: B's clean-up cannot see the parts
-    # A then stores, so only A can delete them.
-    a_thread: list[threading.Thread] = []
-    b_running, b_done = threading.Event(), threading.Event()
-    save = pipeline._Run._save_checkpoint
+    # A stops at a checkpoint that has parts to store, before it stores them, until B has
+    # finished: B's clean-up cannot see the parts A then stores, so only A can delete them.
+    a_waiting, b_done = threading.Event(), threading.Event()
+    stored_after_b: list[str] = []
 
-    def gated(run: Any, **kwargs: Any) -> None:
-        if threading.current_thread() in a_thread and b_running.is_set():
+    def storing(part: str) -> None:
+        if not b_done.is_set() and len(stack.vital.bulk_import_requests()) >= 3:
+            a_waiting.set()
             assert b_done.wait(60)
-        save(run, **kwargs)
+        if b_done.is_set():
+            stored_after_b.append(part)
 
-    monkeypatch.setattr(pipeline._Run, "_save_checkpoint", gated)
+    class WaitingOutcomes(OutcomeSpool):
+        def upload(self, s3: Any, bucket: str, key: str, content_type: str, **kw: Any) -> bool:
+            storing(key)
+            return super().upload(s3, bucket, key, content_type, **kw)
+
+    class WaitingRetries(RetrySpool):
+        def upload(self, s3: Any, bucket: str, key: str, content_type: str, **kw: Any) -> bool:
+            storing(key)
+            return super().upload(s3, bucket, key, content_type, **kw)
+
+    class WaitingWriter(ResultWriter):
+        def outcome_spool(self) -> OutcomeSpool:
+            return WaitingOutcomes(outcomes_header(), self.spool_keep_bytes)
+
+        def retry_spool(self) -> RetrySpool:
+            return WaitingRetries(keep_bytes=self.spool_keep_bytes)
+
     results: dict[str, Any] = {}
     first = threading.Thread(
         target=lambda: results.setdefault(
-            "A", stack.invoke(s3_event(stack.bucket, [key], version_ids={key: va}))
+            "A",
+            stack.invoke(
+                s3_event(stack.bucket, [key], version_ids={key: va}),
+                results=WaitingWriter(aws.s3_client()),
+            ),
         )
     )
-    a_thread.append(first)
     first.start()
-    deadline = time.monotonic() + 10
-    while len(stack.vital.bulk_import_requests()) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert a_waiting.wait(10)
 
     # When version B is uploaded and imported to the end meanwhile
-    b_running.set()
     vb = stack.put(key, encode_rows(new, "jsonl"))
     results["B"] = stack.invoke(s3_event(stack.bucket, [key], version_ids={key: vb}))
     b_done.set()
@@ -620,6 +633,7 @@ def test_a_run_that_lost_its_key_deletes_the_parts_it_stored_for_the_losing_chec
     # the ones it stored for the checkpoint that lost
     assert results["A"]["files"][0]["status"] == "skipped"
     assert results["B"]["files"][0]["status"] == "succeeded"
+    assert any("/_state/retry-" in k for k in stored_after_b), stored_after_b
     left = [
         o["Key"]
         for prefix in ("results/lost.jsonl/_state/", "retry/lost.jsonl/_state/")
@@ -633,28 +647,36 @@ def test_a_newer_upload_imported_while_a_run_waits_on_bulk_ops_keeps_its_results
 ) -> None:
     # Given version A of a key whose rows Vital enqueues (202s), so that A waits on bulk ops
     # after its last answer and its final checkpoint
-    from bulk_import.run import pipeline  # noqa: PLC0415 - the module the handler runs
-
     monkeypatch.setenv("WAIT_FOR_COMPLETION", "false")
     old = [make_row(n) for n in range(30)]
     new = [make_row(n) for n in range(1000, 1020)]
     key = "incoming/op-wait.jsonl"
     va = _version_a_importing_slowly(stack, monkeypatch, key, old, known=old + new, latency=0)
     vb: list[str] = []
-    reconcile = pipeline._Run._reconcile_bulk_ops
 
-    def b_meanwhile(run: Any) -> Any:
-        # When version B is uploaded and imported to the end during A's wait
-        if not vb:
-            vb.append(stack.put(key, encode_rows(new, "jsonl")) or "")
-            monkeypatch.setenv("WAIT_FOR_COMPLETION", "true")
-            stack.invoke(s3_event(stack.bucket, [key], version_ids={key: vb[0]}))
-        return reconcile(run)
+    class BMeanwhile(httpx.BaseTransport):
+        """A's Vital: its first bulk-op listing (the wait) starts only once B is imported."""
 
-    monkeypatch.setattr(pipeline._Run, "_reconcile_bulk_ops", b_meanwhile)
-    result = stack.invoke(s3_event(stack.bucket, [key], version_ids={key: va}))
+        def __init__(self) -> None:
+            self.inner = httpx.HTTPTransport()
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/bulk_op") and not vb:
+                # When version B is uploaded and imported to the end during A's wait
+                vb.append(stack.put(key, encode_rows(new, "jsonl")) or "")
+                monkeypatch.setenv("WAIT_FOR_COMPLETION", "true")
+                stack.invoke(s3_event(stack.bucket, [key], version_ids={key: vb[0]}))
+            return self.inner.handle_request(request)
+
+        def close(self) -> None:
+            self.inner.close()
+
+    result = stack.invoke(
+        s3_event(stack.bucket, [key], version_ids={key: va}), transport=BMeanwhile()
+    )
 
     # Then A finds the key taken over and writes no results: they stay B's
+    assert vb, "A did not wait on bulk ops"
     assert result["files"][0]["status"] == "skipped"
     manifest = stack.manifest("results/op-wait.jsonl/")
     assert manifest["source"]["version_id"] == vb[0]
@@ -685,8 +707,6 @@ def lost_answer_to_checkpoint_write(
     """The ``nth`` checkpoint write reaches S3 and is stored, but its answer is lost: botocore
     retries it, as it does after a read timeout or a dropped connection. ``meanwhile`` runs
     between the stored write and the retry."""
-    from bulk_import.storage import aws  # noqa: PLC0415 - the client the handler will use
-
     seen = {"writes": 0, "lost": 0}
 
     def hook(request_dict: dict[str, Any], response: Any, attempts: int, **_: Any) -> Any:
@@ -714,9 +734,9 @@ def lost_answer_to_checkpoint_write(
 def test_a_checkpoint_write_whose_answer_was_lost_is_not_a_takeover(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, nth: int
 ) -> None:
-    # Before: the retry's condition failed on the run's own stored checkpoint (412), the run
-    # took that for another import, stopped ("skipped", no manifest, no Lambda retry) and
-    # deleted the parts that checkpoint named.
+    # botocore's retry of a stored write fails its condition on the run's own checkpoint (412):
+    # taken for another import, the run would stop ("skipped", no manifest, no Lambda retry)
+    # and delete the parts that checkpoint names.
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
@@ -750,9 +770,6 @@ def test_a_checkpoint_write_that_lost_to_this_runs_own_previous_one_fails_the_in
     # first attempt is still in flight and botocore's retry lost to it): not a takeover, and not
     # known to be stored. The invocation fails; Lambda's retry resumes and finishes the file.
     from botocore.awsrequest import AWSResponse  # noqa: PLC0415
-
-    from bulk_import.run.pipeline import TransientError  # noqa: PLC0415
-    from bulk_import.storage import aws  # noqa: PLC0415 - the client the handler will use
 
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
@@ -794,7 +811,6 @@ def test_a_run_that_lost_its_checkpoint_keeps_the_parts_the_new_one_names(
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
     upload(stack, "incoming/taken.jsonl", 60)
-    from bulk_import.storage.checkpoint_store import CheckpointStore  # noqa: PLC0415 - the other import
 
     def take_over() -> None:
         other = CheckpointStore(
@@ -822,8 +838,6 @@ def test_an_import_that_takes_the_key_over_while_results_are_written_keeps_its_s
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a run writing its results while the key's parts are listed beside it
-    from bulk_import.storage.checkpoint_store import CheckpointStore  # noqa: PLC0415 - patched below
-
     monkeypatch.setenv("CHUNK_SIZE", "10")
     upload(stack, "incoming/late-takeover.jsonl", 30)
     other = CheckpointStore(
@@ -831,22 +845,20 @@ def test_an_import_that_takes_the_key_over_while_results_are_written_keeps_its_s
         stack.bucket,
         "results/late-takeover.jsonl/",
         "retry/late-takeover.jsonl/",
-        "0000beef",  # a run id as the pipeline draws them
+        "0000beef",  # a run id as a run draws them
     )
-    stored_parts = CheckpointStore.stored_parts
 
-    def taken_over_first(store: CheckpointStore) -> list[str]:
-        # When another import of the key takes the checkpoint over and stores a part, just
-        # before the listing: the listing names that part
-        if store is not other:
+    class TakenOverFirst(CheckpointStore):
+        def stored_parts(self) -> list[str]:
+            # When another import of the key takes the checkpoint over and stores a part, just
+            # before the listing: the listing names that part
             stored = other.load()
             assert stored is not None
             other.save(stored)
             stack.s3.put_object(Bucket=stack.bucket, Key=other.outcome_part_key(1), Body=b"x\n")
-        return stored_parts(store)
+            return super().stored_parts()
 
-    monkeypatch.setattr(CheckpointStore, "stored_parts", taken_over_first)
-    stack.import_keys("incoming/late-takeover.jsonl")
+    stack.import_keys("incoming/late-takeover.jsonl", new_store=TakenOverFirst)
 
     # Then the run deletes neither the other import's checkpoint nor its part
     stored = json.loads(stack.get("results/late-takeover.jsonl/_state/checkpoint.json"))
@@ -922,21 +934,18 @@ def test_a_duplicate_event_that_finds_no_state_until_the_first_finished_posts_no
     # manifest, then waits on S3 while A imports the whole file and clears its checkpoint
     rows = upload(stack, "incoming/twice.jsonl", 30)
     event = s3_event(stack.bucket, ["incoming/twice.jsonl"])
-    from bulk_import.storage.checkpoint_store import CheckpointStore  # noqa: PLC0415 - patched below
-
-    existing_manifest = CheckpointStore.existing_manifest
     b_looked, a_finished = threading.Event(), threading.Event()
 
-    def slow_for_b(store: CheckpointStore) -> Any:
-        found = existing_manifest(store)
-        if threading.current_thread().name == "B" and not b_looked.is_set():
-            b_looked.set()
-            assert a_finished.wait(timeout=30)
-        return found
+    class SlowForB(CheckpointStore):
+        def existing_manifest(self) -> Manifest | None:
+            found = super().existing_manifest()
+            if not b_looked.is_set():
+                b_looked.set()
+                assert a_finished.wait(timeout=30)
+            return found
 
-    monkeypatch.setattr(CheckpointStore, "existing_manifest", slow_for_b)
     results: dict[str, Any] = {}
-    b = threading.Thread(target=lambda: results.update(B=stack.invoke(event)), name="B")
+    b = threading.Thread(target=lambda: results.update(B=stack.invoke(event, new_store=SlowForB)))
     b.start()
     assert b_looked.wait(timeout=30)
     results["A"] = stack.invoke(event)
@@ -993,17 +1002,15 @@ class _Died(BaseException):
     """The invocation dies here (as on a kill): nothing in the function catches it."""
 
 
-def die_at_third_checkpoint(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch, event: dict[str, Any]
-) -> None:
-    """One invocation of ``event`` that dies as its third checkpoint is saved (as on a kill)."""
-    from bulk_import.storage import checkpoint_store as checkpoint  # noqa: PLC0415 - patched for this run only
+def die_at_third_checkpoint(stack: Stack, event: dict[str, Any]) -> None:
+    """One invocation of ``event`` that dies as its third checkpoint is saved (as on a kill):
+    after storing the parts that checkpoint would name, before the checkpoint itself."""
 
-    save = checkpoint.CheckpointStore.save
-    monkeypatch.setattr(checkpoint.CheckpointStore, "save", failing_at(save, 3, _Died()))
+    class DiesAtThird(CheckpointStore):
+        save = failing_at(CheckpointStore.save, 3, _Died())
+
     with pytest.raises(_Died):
-        stack.invoke(event)
-    monkeypatch.setattr(checkpoint.CheckpointStore, "save", save)
+        stack.invoke(event, new_store=DiesAtThird)
 
 
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the run that died
@@ -1020,7 +1027,7 @@ def test_parts_of_a_run_that_died_before_its_checkpoint_are_swept_at_the_end(
     stack.vital.add_known_users(*(r["user_id"] for n, r in enumerate(rows) if n % 5 != 1))
     stack.put("incoming/died.jsonl", encode_rows(rows, "jsonl"))
     event = s3_event(stack.bucket, ["incoming/died.jsonl"])
-    die_at_third_checkpoint(stack, monkeypatch, event)
+    die_at_third_checkpoint(stack, event)
 
     # When Lambda's retry resumes and finishes the file
     stack.invoke(event)
@@ -1044,13 +1051,13 @@ def test_rows_in_doubt_after_a_crash_do_not_trip_the_failure_threshold(
     stack.vital.add_known_users(*(r["user_id"] for r in rows))
     stack.put("incoming/doubt.jsonl", encode_rows(rows, "jsonl"))
     event = s3_event(stack.bucket, ["incoming/doubt.jsonl"])
-    die_at_third_checkpoint(stack, monkeypatch, event)
+    die_at_third_checkpoint(stack, event)
 
     # When Lambda's retry resumes, reporting the chunks under the lease in doubt
     stack.invoke(event)
 
-    # Then the rest is imported: Vital failed nothing. Before, the in-doubt rows counted as
-    # failures and the file stopped at the first answer of the resume.
+    # Then the rest is imported: Vital failed nothing, so the in-doubt rows must not count as
+    # failures (they alone would stop the file at the resume's first answer).
     manifest = assert_complete(stack, "results/doubt.jsonl/", 300)
     counts = manifest["counts"]
     assert counts["errored"] > 0.1 * (counts["imported"] + counts["errored"])  # would trip it
@@ -1065,10 +1072,6 @@ def test_a_resume_never_stores_a_lease_below_the_one_it_resumed_from(
     # Chunks under the lease of a killed run may have been sent. A checkpoint the resume takes
     # while it still replays them (here: one at every block, as a large spool would take) must
     # keep them under its lease, or a second crash would have them sent again.
-    from bulk_import.ingest import formats  # noqa: PLC0415 - patched for the resume
-    from bulk_import.run import pipeline  # noqa: PLC0415
-    from bulk_import.storage import checkpoint_store as checkpoint  # noqa: PLC0415
-
     stack.vital.latency_seconds = 0.15
     rows = upload(stack, "incoming/crash-twice.jsonl", 200)
     event = s3_event(stack.bucket, ["incoming/crash-twice.jsonl"])
@@ -1077,20 +1080,17 @@ def test_a_resume_never_stores_a_lease_below_the_one_it_resumed_from(
 
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "4")
-    monkeypatch.setattr(pipeline, "UNSAVED_SPOOL_BYTES", 1)
-    # Blocks of a few rows: the reading thread checks its spool (and here checkpoints) between
-    blocks = formats.jsonl_blocks
-    monkeypatch.setattr(formats, "jsonl_blocks", functools.partial(blocks, block_size=2048))
+    # A checkpoint whenever anything is spooled, checked between blocks of a few rows each
+    tunables = Tunables(unsaved_spool_bytes=1, jsonl_block_bytes=2048)
     leases: list[int] = []
-    save = checkpoint.CheckpointStore.save
 
-    def recorded(store: checkpoint.CheckpointStore, cp: Any) -> None:
-        leases.append(cp.lease)
-        save(store, cp)
+    class Recorded(CheckpointStore):
+        def save(self, checkpoint: Checkpoint) -> None:
+            leases.append(checkpoint.lease)
+            super().save(checkpoint)
 
-    monkeypatch.setattr(checkpoint.CheckpointStore, "save", recorded)
     stack.vital.latency_seconds = 0
-    stack.invoke(event)
+    stack.invoke(event, tunables=tunables, new_store=Recorded)
 
     assert leases, "the resume took no checkpoint"
     assert min(leases) >= killed["lease"]
@@ -1140,8 +1140,8 @@ def test_tiny_time_budget_continues_across_invocations(
 def test_without_a_continuation_queue_the_error_gives_the_event_that_continues(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Before, it said to invoke the function again with the same event, which found the
-    # hand-off saved and failed the same way on every retry.
+    # The error names the continuation's own event: invoking the function again with the same
+    # S3 event would find the hand-off saved and fail the same way on every retry.
     from bulk_import.errors import ConfigurationError  # noqa: PLC0415 - what the handler raises
 
     rows = upload(stack, "incoming/no-queue.jsonl", 200)
@@ -1168,7 +1168,7 @@ def test_a_margin_below_what_a_request_needs_still_defers_chunks_to_the_next_inv
     stack: Stack, monkeypatch: pytest.MonkeyPatch, continuation_queue: str
 ) -> None:
     # SAFETY_MARGIN_SECONDS=0: the client still needs 2 s left to start a request (1 s kept
-    # back, 1 s for the attempt). Before, chunks went to it with less and came back errored
+    # back, 1 s for the attempt). Chunks handed to it with less would come back errored
     # ("not sent: too little Lambda time left") instead of waiting for the next invocation.
     rows = upload(stack, "incoming/no-margin.jsonl", 400)
     monkeypatch.setenv("CHUNK_SIZE", "10")

@@ -15,8 +15,8 @@ stdout), in what its libraries logged at DEBUG, and in any exception that escape
 must hold exactly the failed and errored rows with their tokens, and nothing else. A subprocess
 run with the X-Ray SDK switched on does the same for the trace segments it emits.
 
-Two gaps this suite found are pinned by tests: botocore's DEBUG log of the API key (the package
-holds the 'botocore' logger at INFO), and a crash on a worker thread (now a failed manifest).
+Two leaks are pinned by tests: botocore's DEBUG log of the API key (the package
+holds the 'botocore' logger at INFO), and a crash on a worker thread (a failed manifest).
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ from typing import Any
 import httpx
 import pytest
 import stamina
+from pydantic_core import to_json
 
-from bulk_import import handler as handler_module
 from bulk_import.ingest.chunking import serialise
 from bulk_import.ingest.validation import validate_row
 from bulk_import.model import ConnectionRow, WellFormedRow
 from bulk_import.observability import logger as function_logger
-from bulk_import.run.pipeline import Dependencies
+from bulk_import.vital import ChunkReport, post_chunk
 from local.events import s3_event
 from tests.helpers import (
     RECIPE_COLUMNS,
@@ -253,10 +253,6 @@ def echo(payload: dict[str, Any], sent: dict[str, Any], key: str) -> None:
         issue["url"] = "https://errors.pydantic.dev/2.11/v/value_error"
 
 
-def echoing_dependencies(**kwargs: Any) -> Dependencies:
-    return Dependencies(**kwargs, transport=EchoingVital())
-
-
 # --- the harness ------------------------------------------------------------------------------
 
 
@@ -271,9 +267,10 @@ class Hygiene:
         self.secrets.add_rows(rows)
         self.stack.put(key, body)
 
-    def run(self, *keys: str) -> dict[str, Any] | None:
+    def run(self, *keys: str, **fakes: Any) -> dict[str, Any] | None:
+        """Import ``keys`` in one event, Vital's error answers echoing the request."""
         try:
-            return self.stack.import_keys(*keys)
+            return self.stack.import_keys(*keys, transport=EchoingVital(), **fakes)
         except Exception as exc:  # noqa: BLE001 - searched for tokens, then reported
             self.raised.append("".join(traceback.format_exception(exc)))
             return None
@@ -368,7 +365,6 @@ def hygiene(
 ) -> Iterator[Hygiene]:
     monkeypatch.setenv("CHUNK_SIZE", "100")
     monkeypatch.setenv("MAX_ROW_BYTES", str(MAX_ROW_BYTES))
-    monkeypatch.setattr(handler_module, "Dependencies", echoing_dependencies)
     with stamina.set_testing(True, attempts=2):
         yield Hygiene(stack, client_logs, Secrets([stack.vital.api_key]))
 
@@ -761,24 +757,18 @@ def _crash_pydantic(row: dict[str, Any]) -> bytes:
     ids=["KeyError", "ValueError", "ValidationError"],
 )
 def test_an_unexpected_crash_quoting_a_token_leaks_nothing(
-    hygiene: Hygiene,
-    monkeypatch: pytest.MonkeyPatch,
-    crash: Callable[[dict[str, Any]], bytes],
+    hygiene: Hygiene, crash: Callable[[dict[str, Any]], bytes]
 ) -> None:
-    from bulk_import.run import pipeline  # noqa: PLC0415 - patched below
-
     originals = put_corpus(hygiene, "incoming/crash.jsonl")
     target = originals[703]  # a garmin row (n = 702): its secret has spaces and punctuation
     assert target["provider"] == "garmin"
-    to_json = pipeline.to_json  # what the hot path serialises a well-formed row's recipe with
 
     def crashing(row: WellFormedRow) -> bytes:
+        # What the hot path serialises a well-formed row's recipe with, crashing on the target
         fields = dict(row)
         return crash(fields) if fields["user_id"] == target["user_id"] else to_json(row)
 
-    monkeypatch.setattr(pipeline, "to_json", crashing)
-
-    hygiene.run("incoming/crash.jsonl")
+    hygiene.run("incoming/crash.jsonl", serialise=crashing)
 
     (manifest,) = hygiene.verify({"incoming/crash.jsonl": originals})
     assert manifest["status"] == "failed"
@@ -787,22 +777,15 @@ def test_an_unexpected_crash_quoting_a_token_leaks_nothing(
 
 
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")
-def test_a_crash_while_posting_leaks_nothing(
-    hygiene: Hygiene, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from bulk_import.run import pipeline  # noqa: PLC0415 - patched below
-
+def test_a_crash_while_posting_leaks_nothing(hygiene: Hygiene) -> None:
     originals = put_corpus(hygiene, "incoming/crash-posting.jsonl", corpus(250))
-    post_chunk = pipeline.post_chunk
 
-    def crashing(client: Any, chunk: Any, wait: bool) -> Any:
+    def crashing(client: Any, chunk: Any, *args: Any, **kwargs: Any) -> ChunkReport:
         if chunk.last_line == max(originals):  # the last chunk: collected by the final drain
             raise KeyError(originals[chunk.rows[0].line]["access_token"])
-        return post_chunk(client, chunk, wait)
+        return post_chunk(client, chunk, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "post_chunk", crashing)
-
-    hygiene.run("incoming/crash-posting.jsonl")
+    hygiene.run("incoming/crash-posting.jsonl", post_chunk=crashing)
 
     (manifest,) = hygiene.verify({"incoming/crash-posting.jsonl": originals})
     assert manifest["status"] == "failed"
@@ -811,13 +794,18 @@ def test_a_crash_while_posting_leaks_nothing(
 
 # --- traces -----------------------------------------------------------------------------------
 
+# The handler once, in a process of its own, with Vital's error answers echoing the request.
 _CHILD = """
-import runpy, sys
-from bulk_import import handler
-from tests.integration.test_hygiene import echoing_dependencies
-handler.Dependencies = echoing_dependencies
-sys.argv = ["run_handler", *sys.argv[1:]]
-runpy.run_module("tests.integration.run_handler", run_name="__main__")
+import json, sys
+from bulk_import import handler, wiring
+from local.context import LocalLambdaContext
+from tests.integration.test_hygiene import EchoingVital
+
+echoing = handler.make_handler(
+    lambda settings, context: wiring.build(settings, context, transport=EchoingVital())
+)
+result = echoing(json.loads(sys.argv[1]), LocalLambdaContext(timeout_seconds=float(sys.argv[2])))
+sys.stdout.write(json.dumps(result) + "\\n")
 """
 
 
@@ -953,7 +941,7 @@ def test_traced_functions_never_capture_responses() -> None:
     """Every ``tracer.capture_*`` in the package passes ``capture_response=False``: a traced
     function that returns rows would otherwise put them in the trace."""
     uses = []
-    for path in sorted((ROOT / "functions" / "bulk_import").glob("*.py")):
+    for path in sorted((ROOT / "functions" / "bulk_import").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if (
                 isinstance(node, ast.Call)

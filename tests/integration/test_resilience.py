@@ -13,13 +13,23 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import stamina
 from botocore.exceptions import ClientError
+from pydantic_core import to_json
 
+from bulk_import.errors import TransientError
+from bulk_import.model import Checkpoint
+from bulk_import.storage import aws
+from bulk_import.storage.checkpoint_store import CheckpointStore
+from bulk_import.storage.results import ResultWriter
+from bulk_import.storage.spool import OutcomeSpool, RetrySpool, Spool, outcomes_header
+from bulk_import.vital import ChunkReport, post_chunk
+from bulk_import.wiring import Tunables
 from local.events import s3_event
 from local.standin import DEFAULT_API_KEY
 from tests.helpers import (
@@ -318,25 +328,17 @@ def test_a_chunk_still_queued_when_the_file_fails_is_not_sent(
 # --- bugs in the function's own bookkeeping ---------------------------------------------------
 
 
-def _failing_once(
-    monkeypatch: pytest.MonkeyPatch, name: str, first_line: int, *, swallow: bool = False
-) -> None:
-    """``_Run.<name>(report)`` fails (or, with ``swallow``, silently does nothing) for the chunk
-    starting at ``first_line``: a stand-in for a bug in recording Vital's answer."""
-    from bulk_import.run import pipeline  # noqa: PLC0415 - patched below
+def posting_with_report(
+    first_line: int, doctor: Callable[[ChunkReport], ChunkReport]
+) -> Callable[..., ChunkReport]:
+    """``post_chunk``, except that the report for the chunk starting at ``first_line`` (sent to
+    Vital as usual) is ``doctor``-ed: a stand-in for a bug in the run's own bookkeeping."""
 
-    original = getattr(pipeline._Run, name)
+    def posting(client: Any, chunk: Any, *args: Any, **kwargs: Any) -> ChunkReport:
+        report = post_chunk(client, chunk, *args, **kwargs)
+        return doctor(report) if chunk.first_line == first_line else report
 
-    def patched(run: Any, *args: Any) -> Any:
-        report = args[0] if args else None
-        chunk = getattr(report, "chunk", None)
-        if chunk is not None and chunk.first_line == first_line:
-            if swallow:
-                return None
-            raise RuntimeError("a bug while recording an answer")
-        return original(run, *args)
-
-    monkeypatch.setattr(pipeline._Run, name, patched)
+    return posting
 
 
 def _one_outcome_per_line(
@@ -354,14 +356,15 @@ def _one_outcome_per_line(
 def test_a_bug_recording_a_chunks_answer_leaves_its_rows_in_doubt_not_lost(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Before: the chunk was taken off the in-flight table before its answer was recorded, and
-    # the error ended the file with its 100 rows missing from the manifest and outcomes.
+    # A bug while recording the answer to a chunk that was sent (here: its chunk records are
+    # not a list, so extending the chunk table raises before any outcome is written): its
+    # rows still get an outcome, and never one that says Vital took them.
     monkeypatch.setenv("CHUNK_SIZE", "100")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     put_rows(stack, "incoming/absorb-bug.jsonl", 500)
-    _failing_once(monkeypatch, "_absorb", first_line=201)
+    no_records = posting_with_report(201, lambda r: replace(r, records=None))
 
-    manifest, outcomes = run(stack, "incoming/absorb-bug.jsonl")
+    manifest, outcomes = run(stack, "incoming/absorb-bug.jsonl", post_chunk=no_records)
 
     assert manifest["status"] == "failed"
     assert manifest["error"]["type"] == "InternalError"
@@ -386,14 +389,12 @@ def test_a_bug_after_a_chunks_outcomes_were_written_does_not_write_them_twice(
     monkeypatch.setenv("CHUNK_SIZE", "100")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     put_rows(stack, "incoming/threshold-bug.jsonl", 500)
-    from bulk_import.run import pipeline  # noqa: PLC0415 - patched below
-
-    # The third call comes after the third chunk's outcomes were written.
+    # The third chunk's answer carries a "fatal" that is no Vital error: taking it in raises
+    # once the chunk's outcomes are written.
     bug = RuntimeError("a bug after recording an answer")
-    check = failing_at(pipeline._Run._check_threshold, 3, bug)
-    monkeypatch.setattr(pipeline._Run, "_check_threshold", check)
+    fatal_bug = posting_with_report(201, lambda r: replace(r, fatal=bug))
 
-    manifest, outcomes = run(stack, "incoming/threshold-bug.jsonl")
+    manifest, outcomes = run(stack, "incoming/threshold-bug.jsonl", post_chunk=fatal_bug)
 
     assert manifest["status"] == "failed"
     assert manifest["error"]["type"] == "InternalError"
@@ -405,21 +406,23 @@ def test_a_bug_after_a_chunks_outcomes_were_written_does_not_write_them_twice(
 def test_an_error_saving_the_lease_reports_the_chunk_it_was_for(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Before: the chunk was already cut when its lease could not be saved, and the run's
-    # clean-up flushed only the chunks still being filled: its ten rows had no outcome.
+    # The chunk is already cut when its lease cannot be saved: the run's clean-up must report
+    # it as well as the chunks still being filled, or its ten rows have no outcome.
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
     put_rows(stack, "incoming/full-tmp.jsonl", 60)
-    from bulk_import.storage import results  # noqa: PLC0415 - patched below
-
     full = OSError(errno.ENOSPC, "No space left on device")
-    # The second upload: the lease before the third chunk.
-    monkeypatch.setattr(
-        results.OutcomeSpool, "upload", failing_at(results.OutcomeSpool.upload, 2, full)
-    )
 
-    stack.import_keys("incoming/full-tmp.jsonl")
+    class FullTmp(OutcomeSpool):
+        # The second upload: the lease before the third or fourth chunk.
+        upload = failing_at(OutcomeSpool.upload, 2, full)
+
+    class Writer(ResultWriter):
+        def outcome_spool(self) -> OutcomeSpool:
+            return FullTmp(outcomes_header(), self.spool_keep_bytes)
+
+    stack.import_keys("incoming/full-tmp.jsonl", results=Writer(aws.s3_client()))
 
     manifest = stack.manifest("results/full-tmp.jsonl/")
     outcomes = stack.outcomes("results/full-tmp.jsonl/")
@@ -448,26 +451,21 @@ def test_an_error_saving_a_lease_at_the_end_of_the_file_reports_every_chunk_left
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The file's end closes two chunks at once (oura, fitbit); the first one's lease cannot be
-    # saved. Before, the second, already out of the chunker, was reported by no one (review).
+    # saved. The second, already out of the chunker, must be reported too.
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "1")
     rows = _interleaved(stack, "incoming/flush.jsonl", 25)
-    from bulk_import.run import pipeline  # noqa: PLC0415 - patched below
-
-    save = pipeline._Run._save_checkpoint
     leases: list[int] = []
 
-    def failing_third_lease(run: Any, **kwargs: Any) -> None:
-        if kwargs.get("lease") is not None:
-            leases.append(kwargs["lease"])
+    class FailingThirdLease(CheckpointStore):
+        def save(self, checkpoint: Checkpoint) -> None:
+            leases.append(checkpoint.lease)
             if len(leases) == 3:
                 raise OSError(errno.ENOSPC, "No space left on device")
-        save(run, **kwargs)
+            super().save(checkpoint)
 
-    monkeypatch.setattr(pipeline._Run, "_save_checkpoint", failing_third_lease)
-
-    stack.import_keys("incoming/flush.jsonl")
+    stack.import_keys("incoming/flush.jsonl", new_store=FailingThirdLease)
 
     manifest = stack.manifest("results/flush.jsonl/")
     outcomes = stack.outcomes("results/flush.jsonl/")
@@ -481,21 +479,25 @@ def test_a_retry_of_a_run_stopped_by_a_one_off_bug_gives_every_row_an_outcome(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A one-off bug stops the run at row 35, its half-filled chunks reported "not sent"; then
-    # writing its results fails and Lambda retries the event. Before, its final checkpoint had
-    # stored those short chunks as settled, and the retry, reading on, skipped the whole chunks
-    # under the same numbers: lines 35-40 had no outcome (review).
+    # writing its results fails and Lambda retries the event. The run's final checkpoint must
+    # not store those short chunks as settled: the retry, reading on, would skip the whole
+    # chunks under the same numbers, and lines 35-40 would have no outcome.
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     rows = _interleaved(stack, "incoming/stopped.jsonl", 60)
-    from bulk_import.run import pipeline  # noqa: PLC0415 - patched below
-
     bug = RuntimeError("a one-off bug")
     s3_failed = ClientError({"Error": {"Code": "InternalError", "Message": "-"}}, "PutObject")
-    monkeypatch.setattr(pipeline._Run, "_accept", failing_at(pipeline._Run._accept, 35, bug))
-    monkeypatch.setattr(pipeline, "assemble", failing_at(pipeline.assemble, 1, s3_failed))
+
+    class FailingFirstAssemble(ResultWriter):
+        assemble = failing_at(ResultWriter.assemble, 1, s3_failed)
+
     event = s3_event(stack.bucket, ["incoming/stopped.jsonl"])
     with pytest.raises(ClientError):
-        stack.invoke(event)
+        stack.invoke(
+            event,
+            serialise=failing_at(to_json, 35, bug),  # taking in row 35 (every row well formed)
+            results=FailingFirstAssemble(aws.s3_client()),
+        )
 
     stack.invoke(event)  # Lambda's retry of the same event
 
@@ -510,12 +512,13 @@ def test_a_bug_that_drops_outcomes_fails_the_file_naming_the_gap(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The last guard: whatever loses rows, a file read to its end that is short of outcomes
-    # says so (before: a "succeeded" manifest counting 400 rows of 500).
+    # says so, rather than write a "succeeded" manifest counting 400 rows of 500. Here the
+    # second chunk's answer gives its rows no outcome at all.
     monkeypatch.setenv("CHUNK_SIZE", "100")
     put_rows(stack, "incoming/dropped.jsonl", 500)
-    _failing_once(monkeypatch, "_absorb", first_line=101, swallow=True)
+    no_outcomes = posting_with_report(101, lambda r: replace(r, shared=None, decided=[]))
 
-    manifest, outcomes = run(stack, "incoming/dropped.jsonl")
+    manifest, outcomes = run(stack, "incoming/dropped.jsonl", post_chunk=no_outcomes)
 
     assert manifest["status"] == "failed"
     assert manifest["error"] == {
@@ -645,23 +648,16 @@ class _UnansweredSecrets:
 def test_secrets_manager_not_answering_fails_the_invocation_for_a_retry_not_the_file(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, code: str, status: int
 ) -> None:
-    # Before, a throttled or failing Secrets Manager failed the file for good ("check
-    # VITAL_API_KEY_SECRET and the function's permissions"): every row errored, upload again.
-    from bulk_import.run.pipeline import TransientError  # noqa: PLC0415
-    from bulk_import.storage import aws  # noqa: PLC0415 - its provider replaced below
-
+    # A throttled or failing Secrets Manager is no fault of the file: failing it for good
+    # ("check VITAL_API_KEY_SECRET and the function's permissions") would error every row.
     monkeypatch.setenv("CHUNK_SIZE", "5")
     put_rows(stack, "incoming/secret-outage.jsonl", 12)
-    aws.clear_caches()
-    secrets = aws._secrets
-    monkeypatch.setattr(aws, "_secrets", lambda: _UnansweredSecrets(code, status))
     event = s3_event(stack.bucket, ["incoming/secret-outage.jsonl"])
     with pytest.raises(TransientError, match=f"Secrets Manager did not answer \\({code}\\)"):
-        stack.invoke(event)
+        stack.invoke(event, secrets=lambda: _UnansweredSecrets(code, status))
     assert stack.vital.bulk_import_requests() == []
 
-    monkeypatch.setattr(aws, "_secrets", secrets)  # back when Lambda retries the same event
-    stack.invoke(event)
+    stack.invoke(event)  # Lambda retries the same event; Secrets Manager answers again
     manifest = stack.manifest("results/secret-outage.jsonl/")
     outcomes = stack.outcomes("results/secret-outage.jsonl/")
     assert not any("replaces an unfinished import" in line for line in stack.log_lines)
@@ -740,33 +736,47 @@ def test_a_refused_file_keeps_tmp_bounded_and_checkpoints_its_stop(
     # Rows after a refusal are not sent, so they bring no checkpoints of their own, yet each
     # gets an outcome and a retry line (~0.9 KB at realistic sizes): a long refused file must
     # not fill /tmp (a crash there would retry the refused key), nor hide the stop from a retry.
-    from bulk_import.run import pipeline  # noqa: PLC0415 - scaled to the test
-    from bulk_import.storage import checkpoint_store as checkpoint  # noqa: PLC0415
-    from bulk_import.storage import results  # noqa: PLC0415
-
-    monkeypatch.setattr(pipeline, "UNSAVED_SPOOL_BYTES", 20_000)
-    monkeypatch.setattr(results, "SPOOL_KEEP_BYTES", 40_000)
+    tunables = Tunables(unsaved_spool_bytes=20_000, spool_keep_bytes=40_000)  # scaled down
     monkeypatch.setenv("CHUNK_SIZE", "10")
     put_rows(stack, "incoming/refused-long.jsonl", 3000)
     stack.vital.link_migration_enabled = False
     largest = 0
-    write_bytes = results.Spool.write_bytes
 
-    def measured(spool: results.Spool, data: bytes, lines: int) -> None:
+    def measure(spool: Spool) -> None:
         nonlocal largest
-        write_bytes(spool, data, lines)
-        largest = max(largest, spool._file.tell())  # the spool's size on disk
+        largest = max(largest, spool._file.tell())  # the spool's size on disk (read, not patched)
+
+    class MeasuredOutcomes(OutcomeSpool):
+        def write_bytes(self, data: bytes, lines: int) -> None:
+            super().write_bytes(data, lines)
+            measure(self)
+
+    class MeasuredRetries(RetrySpool):
+        def write_bytes(self, data: bytes, lines: int) -> None:
+            super().write_bytes(data, lines)
+            measure(self)
+
+    class MeasuredWriter(ResultWriter):
+        def outcome_spool(self) -> OutcomeSpool:
+            return MeasuredOutcomes(outcomes_header(), self.spool_keep_bytes)
+
+        def retry_spool(self) -> RetrySpool:
+            return MeasuredRetries(keep_bytes=self.spool_keep_bytes)
 
     saved: list[dict[str, Any]] = []
-    save = checkpoint.CheckpointStore.save
 
-    def recorded(store: checkpoint.CheckpointStore, cp: Any) -> None:
-        saved.append(cp.model_dump(mode="json"))
-        save(store, cp)
+    class Recorded(CheckpointStore):
+        def save(self, checkpoint: Checkpoint) -> None:
+            saved.append(checkpoint.model_dump(mode="json"))
+            super().save(checkpoint)
 
-    monkeypatch.setattr(results.Spool, "write_bytes", measured)
-    monkeypatch.setattr(checkpoint.CheckpointStore, "save", recorded)
-    manifest, outcomes = run(stack, "incoming/refused-long.jsonl")
+    manifest, outcomes = run(
+        stack,
+        "incoming/refused-long.jsonl",
+        tunables=tunables,
+        results=MeasuredWriter(aws.s3_client(), tunables.spool_keep_bytes),
+        new_store=Recorded,
+    )
 
     assert len(stack.vital.bulk_import_requests()) <= 2
     assert manifest["status"] == "failed"
@@ -848,7 +858,7 @@ def test_202_with_an_empty_body_then_bulk_ops_reconciliation(stack: Stack) -> No
 
     requests = stack.vital.bulk_import_requests()
     assert [r.status for r in requests] == [202, 202, 202]
-    # The pipeline asked for completion; Vital only enqueued (and sent no body).
+    # The import asked for completion; Vital only enqueued (and sent no body).
     assert {r.body["wait_for_completion"] for r in requests} == {True}
     polls = [r for r in stack.vital.recorded() if r.path == "/v2/link/bulk_op"]
     assert polls
