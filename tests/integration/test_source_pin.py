@@ -10,8 +10,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from bulk_import.ingest import Compression
 from bulk_import.ingest import source as sources
-from bulk_import.ingest.formats import Compression
 from tests.integration.conftest import Stack
 
 BODY = b'{"n": 1}\n' * 2000

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from bulk_import.errors import MalformedFile, UnsupportedFile
+from bulk_import.ingest import read_records
 from bulk_import.ingest.csv_reader import read_csv
 from bulk_import.ingest.file_type import Compression, Format, detect
-from bulk_import.ingest.formats import read_records
 from bulk_import.ingest.json_array import READ_SIZE, TextWindow, WindowFactory, read_json_array
 from bulk_import.ingest.jsonl import jsonl_blocks
 from bulk_import.ingest.record import Record

@@ -13,6 +13,7 @@ from typing import Any
 from hypothesis import assume, event, example, given, settings
 from hypothesis import strategies as st
 
+from bulk_import.ingest import read_records
 from bulk_import.ingest.chunking import (
     Chunk,
     Chunker,
@@ -23,7 +24,6 @@ from bulk_import.ingest.chunking import (
 )
 from bulk_import.ingest.csv_quoting import Quoting
 from bulk_import.ingest.file_type import Format
-from bulk_import.ingest.formats import read_records
 from bulk_import.ingest.json_array import read_json_array
 from bulk_import.ingest.jsonl import WIDE_BOMS, jsonl_blocks
 from bulk_import.ingest.validation import context_for, validate_json_row

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bulk_import.ingest import Format, read_records
 from bulk_import.ingest.chunking import PendingRow, serialise
-from bulk_import.ingest.formats import Format, read_records
 from bulk_import.ingest.validation import validate_row
 from bulk_import.model import ConnectionRow, Counts, Manifest, Outcome, RowOutcome, SourceRef
 from bulk_import.storage.keys import results_prefix

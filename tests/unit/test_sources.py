@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from bulk_import.errors import MalformedFile
-from bulk_import.ingest.formats import Compression
+from bulk_import.ingest import Compression
 from bulk_import.ingest.source import decoded
 
 LIMIT = 1 << 30

@@ -5,9 +5,7 @@ element's 1-based position). A row that cannot be parsed becomes a ``Record`` wi
 the rest of the file goes on; a file that cannot be parsed past some point raises
 ``MalformedFile`` with the line where it broke.
 
-``read_records`` picks the reader for a format. The types and JSONL helpers in ``__all__``
-are also importable from here, for code that imports them from this module rather than from
-``bulk_import.ingest``.
+``read_records`` picks the reader for a format.
 """
 
 from __future__ import annotations
@@ -16,21 +14,10 @@ from collections.abc import Iterator
 from typing import IO
 
 from bulk_import.ingest.csv_reader import read_csv
-from bulk_import.ingest.file_type import Compression, Format, detect
+from bulk_import.ingest.file_type import Format
 from bulk_import.ingest.json_array import read_json_array
-from bulk_import.ingest.jsonl import jsonl_blocks, parse_json_line, read_jsonl
-from bulk_import.ingest.record import Record, too_long
-
-__all__ = [
-    "Compression",
-    "Format",
-    "Record",
-    "detect",
-    "jsonl_blocks",
-    "parse_json_line",
-    "read_records",
-    "too_long",
-]
+from bulk_import.ingest.jsonl import read_jsonl
+from bulk_import.ingest.record import Record
 
 
 def read_records(stream: IO[bytes], fmt: Format, max_row_bytes: int) -> Iterator[Record]:
