@@ -12,7 +12,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_json
 
@@ -25,6 +25,8 @@ from bulk_import.storage.spool import SPOOL_KEEP_BYTES
 from bulk_import.vital import ChunkReport, Hold, VitalClient, post_chunk
 
 if TYPE_CHECKING:
+    from typing import Protocol
+
     import httpx
     from aws_lambda_powertools.utilities.parameters import SecretsProvider
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -33,6 +35,27 @@ if TYPE_CHECKING:
     from bulk_import.config import Settings
     from bulk_import.ingest import Chunk
     from bulk_import.model import ContinuationMessage, WellFormedRow
+
+    class PostChunk(Protocol):
+        """``vital.post_chunk``'s shape: post one chunk unless ``gate`` holds it back."""
+
+        def __call__(
+            self,
+            client: VitalClient,
+            chunk: Chunk,
+            wait_for_completion: bool,
+            gate: Callable[[], Hold | None] | None = ...,
+            *,
+            probe: bool = ...,
+        ) -> ChunkReport: ...
+
+    class StoreFactory(Protocol):
+        """``CheckpointStore``'s constructor: one store per run, named by the run's token."""
+
+        def __call__(
+            self, s3: S3Client, bucket: str, results_prefix: str, retry_prefix: str, run: str
+        ) -> CheckpointStore: ...
+
 
 # Lines spooled since the last checkpoint that make the reading thread take one: with the
 # spool's keep limit, /tmp holds at most ~200 MB (Lambda's default is 512 MB).
@@ -54,28 +77,6 @@ class Tunables:
     # SQS's longest delay, and the longest an idempotency hold can last: it ends with the
     # holding invocation's timeout (900 s at most).
     recheck_delay_seconds: int = aws.RECHECK_DELAY_SECONDS
-
-
-class PostChunk(Protocol):
-    """``vital.post_chunk``'s shape: post one chunk unless ``gate`` holds it back."""
-
-    def __call__(
-        self,
-        client: VitalClient,
-        chunk: Chunk,
-        wait_for_completion: bool,
-        gate: Callable[[], Hold | None] | None = ...,
-        *,
-        probe: bool = ...,
-    ) -> ChunkReport: ...
-
-
-class StoreFactory(Protocol):
-    """``CheckpointStore``'s constructor: one store per run, named by the run's token."""
-
-    def __call__(
-        self, s3: S3Client, bucket: str, results_prefix: str, retry_prefix: str, run: str
-    ) -> CheckpointStore: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ outcome list.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import operator
@@ -200,6 +199,8 @@ def _plain_row(o: RowOutcome) -> bool:
 
 
 def _quoted_line(o: RowOutcome) -> str:
+    import csv  # noqa: PLC0415 - only rows whose values need quoting: rare, and not at import
+
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerow(
         (
