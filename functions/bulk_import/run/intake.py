@@ -188,28 +188,38 @@ class Intake:
 
     def _accept(self, line: int, provider: str, user_id: str, payload: bytes) -> None:
         """A valid row, its recipe serialised (``payload``): a duplicate, or on to a chunk."""
-        first = self.seen.first_line(provider, user_id)
-        if first is not None:
-            ledger = self.ctx.ledger
-            if line > ledger.lines_done:
-                detail = f"duplicate of line {first} (same provider and user_id); not sent"
-                ledger.write([RowOutcome(line, user_id, provider, Outcome.DUPLICATE, detail)])
-            return
         chunker = self.chunker
         if len(payload) > chunker.fits_any and not chunker.fits_alone(provider, payload):
-            # Not seen: a corrected copy of the row further down is not its duplicate.
-            self._reject(
-                line,
-                None,
-                provider,
-                "row is larger than one request may be "
-                f"(MAX_BODY_BYTES={self.ctx.settings.max_body_bytes})",
-            )
+            self._too_large(line, provider, user_id)
             return
-        self.seen.add(line)
+        first = self.seen.claim(provider, user_id, line)
+        if first is not None:
+            self._duplicate(line, provider, user_id, first)
+            return
         closed = chunker.add(provider, _pending(ingest.PendingRow, (line, user_id, payload)))
         if closed:
             self.dispatcher.send(closed)
+
+    def _duplicate(self, line: int, provider: str, user_id: str, first: int) -> None:
+        ledger = self.ctx.ledger
+        if line > ledger.lines_done:
+            detail = f"duplicate of line {first} (same provider and user_id); not sent"
+            ledger.write([RowOutcome(line, user_id, provider, Outcome.DUPLICATE, detail)])
+
+    def _too_large(self, line: int, provider: str, user_id: str) -> None:
+        """A row no request can hold: a duplicate if its user came before, else rejected (and
+        not claimed: a corrected copy of the row further down is not its duplicate)."""
+        first = self.seen.first_line(provider, user_id)
+        if first is not None:
+            self._duplicate(line, provider, user_id, first)
+            return
+        self._reject(
+            line,
+            None,
+            provider,
+            "row is larger than one request may be "
+            f"(MAX_BODY_BYTES={self.ctx.settings.max_body_bytes})",
+        )
 
     def report_unsent(self) -> None:
         """Once the run has stopped: the chunks it was about to send, then those still being
