@@ -14,7 +14,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from bulk_import.errors import FileError, TransientError
-from bulk_import.model import Outcome
+from bulk_import.model import (
+    BulkImportResponse,
+    ChunkRecord,
+    Outcome,
+    SourceRef,
+    ValidationErrorBody,
+    ValidationIssue,
+)
 from bulk_import.observability import logger
 from bulk_import.run.ledger import Replay
 from bulk_import.vital import ChunkReport, Hold, VitalClient, start_seconds
@@ -29,6 +36,25 @@ QUEUED_PER_THREAD = 2
 CHECKPOINT_SECONDS = 2.0
 
 
+# Models first used on the posting threads: answers, chunk records, 422 bodies, the object's
+# description. pydantic builds a deferred model on first use without a lock, and two threads at
+# it at once can find the class half built (pydantic#13438): they are built here, on the
+# reading thread, before any posting thread starts.
+POSTING_THREAD_MODELS = (
+    BulkImportResponse,
+    ChunkRecord,
+    SourceRef,
+    ValidationErrorBody,
+    ValidationIssue,
+)
+
+
+def build_posting_thread_models() -> None:
+    """Build the models the posting threads use; cheap once built (every later invocation)."""
+    for model in POSTING_THREAD_MODELS:
+        model.model_rebuild()
+
+
 class DeadlineReached(Exception):
     """Too little Lambda time is left to send more: the rest goes to a fresh invocation."""
 
@@ -38,6 +64,7 @@ class Dispatcher:
 
     def __init__(self, ctx: RunContext) -> None:
         settings = ctx.settings
+        build_posting_thread_models()
         self.ctx = ctx
         self.next_seq = 0
         # The first chunk a posting thread held back for lack of time (the rest go after it).
