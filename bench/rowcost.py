@@ -6,9 +6,9 @@
 Wall time on a shared machine swings by ±20 %; instruction counts do not. Each step runs in a
 fresh interpreter under ``valgrind --tool=callgrind`` on the benchmark's rows (in memory: no
 stack, no threads), and the count of a run that only builds the rows is taken off. Every step
-includes the ones above it, as the pipeline does them for a well-formed JSONL row: parse and
+includes the ones above it, as the intake does them for a well-formed JSONL row: parse and
 validate, serialise the recipe, the dedupe key (the user id as one int, one dict lookup; the
-pipeline keeps one such dict per provider), then the chunker and the request bodies. The
+intake keeps one such dict per provider), then the chunker and the request bodies. The
 floor's per-row work is ``from_json`` plus its share of a per-chunk ``to_json``.
 """
 

@@ -16,7 +16,7 @@ from local.events import s3_event
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
-    # Every run stands for a new upload of the file: a new sequencer, so the pipeline's
+    # Every run stands for a new upload of the file: a new sequencer, so the run's
     # exactly-once guard does not skip it.
     key = spec["key"]
     event = s3_event(spec["bucket"], [key], sizes={key: spec["size"]}, etags={key: spec["etag"]})

@@ -3,7 +3,8 @@
 This is the seam tests use: ``build(settings, context, **overrides)`` takes a fake for any part
 (a checkpoint store that fails its third write, a transport that holds a request, a secrets
 provider that does not answer), and ``handler.make_handler(build=...)`` runs the real handler
-with them. Nothing else in the package constructs a boto3 client, a store or a writer.
+with them. Nothing else in the package constructs a store, a writer or the S3 client; the SQS
+and SNS clients, used at most once per file, are made on first use in ``storage/aws.py``.
 """
 
 from __future__ import annotations

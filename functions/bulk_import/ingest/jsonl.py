@@ -1,4 +1,4 @@
-"""JSONL/NDJSON: lines in blocks (the pipeline's hot loop) and one line as a ``Record``."""
+"""JSONL/NDJSON: lines in blocks (the intake's hot loop) and one line as a ``Record``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from bulk_import.ingest.record import Record, object_or_error, too_long
 _BOM = b"\xef\xbb\xbf"
 # UTF-16 (either order) and UTF-32 big-endian; UTF-32 little-endian starts as UTF-16 LE.
 WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
-# JSONL is read in blocks this big: ~120 rows of 550 bytes, so the pipeline's deadline check
+# JSONL is read in blocks this big: ~120 rows of 550 bytes, so the intake's deadline check
 # between blocks comes every few milliseconds.
 JSONL_BLOCK_BYTES = 64 * 1024
 
@@ -27,7 +27,7 @@ def jsonl_blocks(
     Each line comes stripped of surrounding whitespace (and the UTF-8 BOM on line 1); a blank
     line is ``b""`` and a line longer than ``limit`` bytes is None, its bytes skipped without
     being held. Splitting a block in C instead of a ``readline`` per line is what lets the
-    pipeline spend its time on rows, not on reading them. Memory: one block plus one line.
+    intake spend its time on rows, not on reading them. Memory: one block plus one line.
     """
     number = 1
     carry = b""

@@ -11,7 +11,7 @@ class Record:
     line: int
     data: dict[str, Any] | None
     error: str | None = None
-    # A JSONL line the pipeline's fast path did not take: its bytes, for one-step
+    # A JSONL line the intake's fast path did not take: its bytes, for one-step
     # parse-and-validate in pydantic-core; parse_json_line gives the exact reason if that fails.
     raw: bytes | None = None
 

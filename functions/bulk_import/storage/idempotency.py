@@ -2,7 +2,7 @@
 
 The key is the object version plus the segment (``ObjectRef``): a redelivered S3 event or
 continuation message returns the stored summary instead of importing again. Without a table
-(local runs) the checkpoint and manifest checks in the pipeline still skip finished work, and
+(local runs) the checkpoint and manifest checks of the run still skip finished work, and
 the idempotency utility is never imported.
 """
 

@@ -48,7 +48,7 @@ MIN_ATTEMPT_SECONDS = 1.0
 
 
 def reserve_seconds(settings: Settings) -> float:
-    """Lambda time kept back from retries (half the pipeline's margin)."""
+    """Lambda time kept back from retries (half the run's margin)."""
     return max(1.0, settings.safety_margin_seconds / 2)
 
 
@@ -119,7 +119,7 @@ class RetryPolicy:
     ) -> None:
         self._remaining = remaining_seconds
         # Retries stop this long before the invocation ends: the other half of the safety
-        # margin is the pipeline's, to write outcomes and a checkpoint after the last answer.
+        # margin is the run's, to write outcomes and a checkpoint after the last answer.
         self._reserve_seconds = reserve_seconds(settings)
         self._stats = stats
         self._breaker = breaker
