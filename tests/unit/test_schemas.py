@@ -70,6 +70,8 @@ def test_every_row_of_the_jsonl_sample_that_the_importer_takes_is_valid_by_the_s
         ({"expires_at": "1.7e9"}, "expires_at"),
         ({"oauth_scopes": [""]}, "oauth_scopes"),
         ({"refresh_token": None}, "refresh_token"),
+        ({"provider": "nope"}, "provider"),
+        ({"provider": "oura2"}, "provider"),
     ],
 )
 def test_a_row_the_importer_rejects_is_invalid_by_the_schema(
@@ -83,7 +85,13 @@ def test_a_row_the_importer_rejects_is_invalid_by_the_schema(
 
 @pytest.mark.parametrize(
     "change",
-    [{"provider_id": 12345}, {"expires_at": "1700000000"}, {"oauth_scopes": "daily, heartrate"}],
+    [
+        {"provider_id": 12345},
+        {"expires_at": "1700000000"},
+        {"oauth_scopes": "daily, heartrate"},
+        {"provider": " Oura "},
+        {"provider": "WHOOP_V2"},
+    ],
 )
 def test_the_lenient_spellings_the_importer_takes_are_valid_by_the_schema(
     change: dict[str, Any],

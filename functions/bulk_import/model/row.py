@@ -44,6 +44,15 @@ USER_ID_FORM = "must be a Vital user id (a UUID written 8-4-4-4-12)"
 _INT_TEXT = re.compile(r"[+-]?\d+")
 _CANONICAL_LOWER_UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _PROVIDER_NAME = "^(" + "|".join(sorted(PROVIDERS)) + ")$"
+# The same names in any case, for the JSON Schema (whose regexes take no case-insensitive flag).
+_ANY_CASE_PROVIDER = (
+    r"^\s*("
+    + "|".join(
+        "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in name)
+        for name in sorted(PROVIDERS)
+    )
+    + r")\s*$"
+)
 
 # Validation context key: the provider named by the object's key or metadata.
 DEFAULT_PROVIDER = "default_provider"
@@ -105,6 +114,14 @@ def _known_provider(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
+def _provider_schema(schema: dict[str, Any]) -> None:
+    """A known slug in any case, or null; no default: an absent provider is the key's."""
+    schema.pop("default", None)
+    for branch in schema.get("anyOf", []):
+        if branch.get("type") == "string":
+            branch["pattern"] = _ANY_CASE_PROVIDER
+
+
 def _user_id(value: str) -> str:
     if CANONICAL_UUID.fullmatch(value):
         return value.lower()
@@ -142,6 +159,7 @@ class ConnectionRow(BaseModel):
             "(incoming/<provider>/...) or by the object's 'provider' metadata."
         ),
         examples=sorted(PROVIDERS),
+        json_schema_extra=_provider_schema,
     )
     user_id: Annotated[NonEmptyStr, AfterValidator(_user_id)] = Field(
         description="Vital user id: a UUID written 8-4-4-4-12 (the user exists beforehand).",
