@@ -1,20 +1,33 @@
-"""In-memory stand-ins for a run's S3 and checkpoint store, shared by the unit tests.
+"""In-memory stand-ins for a run's S3, checkpoint store, secrets and Vital, shared by the unit
+tests.
 
 ``FakeStore`` has ``CheckpointStore``'s constructor, so ``wiring.build(..., new_store=...)``
 takes ``stores(state)``: every store a run makes then reads and writes one ``StoreState``.
+``FakePost`` has ``vital.post_chunk``'s shape (``wiring.build(..., post_chunk=...)``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from bulk_import.model import Checkpoint, Manifest
+import httpx
+from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+from botocore.exceptions import ClientError
+
+from bulk_import.model import Checkpoint, Manifest, Outcome
 from bulk_import.storage.keys import outcome_part_key, retry_part_key
+from bulk_import.vital import ChunkReport, Hold
 
 if TYPE_CHECKING:
     import pytest
+
+    from bulk_import.ingest import Chunk
 
 # What boto3 needs to build clients that moto's in-process mock (``moto.mock_aws``) answers.
 AWS_TEST_ENV = {
@@ -33,14 +46,79 @@ def fake_aws_env(mp: pytest.MonkeyPatch) -> None:
             mp.delenv(name)
 
 
+def client_error(code: str, operation: str, status: int = 400) -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": f"{code} happened"},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        operation,
+    )
+
+
+class FakeBody:
+    """A GET's streaming body: ``read``, ``iter_chunks`` and ``close``, as botocore's."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = io.BytesIO(data)
+
+    def read(self, size: int | None = None) -> bytes:
+        return self.data.read(-1 if size is None else size)
+
+    def iter_chunks(self, chunk_size: int) -> Iterator[bytes]:
+        while block := self.data.read(chunk_size):
+            yield block
+
+    def close(self) -> None:
+        self.data.close()
+
+
 class FakeS3:
-    """The one S3 call a spool makes to store its lines: the bytes kept by key."""
+    """The S3 calls a run makes, over bytes kept by key (one bucket; unversioned): HEAD, ranged
+    GET, PUT and the spools' ``upload_fileobj``. ``body`` is the seam for a failing read."""
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        self.metadata: dict[str, dict[str, str]] = {}
+
+    def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+        self.objects[key] = data
+        self.metadata[key] = dict(metadata or {})
 
     def upload_fileobj(self, fileobj: IO[bytes], bucket: str, key: str, **kwargs: Any) -> None:
         self.objects[key] = fileobj.read()
+
+    def put_object(self, *, Bucket: str, Key: str, Body: bytes | str, **kwargs: Any) -> None:  # noqa: N803
+        self.objects[Key] = Body.encode() if isinstance(Body, str) else Body
+
+    def head_object(self, *, Bucket: str, Key: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
+        if Key not in self.objects:
+            raise client_error("404", "HeadObject", 404)
+        data = self.objects[Key]
+        return {
+            "ContentLength": len(data),
+            "ETag": f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"',
+            "Metadata": self.metadata.get(Key, {}),
+        }
+
+    def get_object(
+        self,
+        *,
+        Bucket: str,  # noqa: N803 - boto3's names
+        Key: str,  # noqa: N803
+        Range: str = "",  # noqa: N803
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        if Key not in self.objects:
+            raise client_error("NoSuchKey", "GetObject", 404)
+        data = self.objects[Key]
+        start = int(Range.removeprefix("bytes=").split("-")[0]) if Range else 0
+        if Range and start >= len(data):
+            raise client_error("InvalidRange", "GetObject", 416)
+        return {"Body": self.body(Key, data[start:])}
+
+    def body(self, key: str, data: bytes) -> FakeBody:
+        return FakeBody(data)
 
 
 @dataclass
@@ -114,6 +192,26 @@ class FakeStore:
         return []
 
 
+def offline(s3: FakeS3, state: StoreState, **overrides: Any) -> dict[str, Any]:
+    """``wiring.build`` overrides for a run that reaches nothing real: S3, the checkpoint store,
+    the API key and Vital's transport faked, plenty of time, a clock that stands still and no
+    sleeping; ``overrides`` replace any of them (a ``post_chunk`` fake, say)."""
+    return {
+        "s3": s3,
+        "new_store": stores(state),
+        "secrets": lambda: FakeSecrets("sk_test"),
+        "transport": httpx.MockTransport(_no_vital),
+        "remaining_seconds": lambda: 900.0,
+        "clock": lambda: 0.0,
+        "sleep": lambda seconds: None,
+        **overrides,
+    }
+
+
+def _no_vital(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"unexpected request to Vital: {request.method} {request.url.path}")
+
+
 def stores(state: StoreState) -> Any:
     """A ``new_store`` for ``wiring.build``: the stores it makes all share ``state``."""
 
@@ -123,3 +221,72 @@ def stores(state: StoreState) -> Any:
         return FakeStore(s3, bucket, results_prefix, retry_prefix, run, state=state)
 
     return new_store
+
+
+class FakeSecrets:
+    """Powertools' ``SecretsProvider.get``: the API key, or an AWS error as Powertools wraps it.
+    ``wiring.build(..., secrets=lambda: FakeSecrets("sk_test"))``."""
+
+    def __init__(self, value: str | None = None, error: Exception | None = None) -> None:
+        self.value = value
+        self.error = error
+
+    def get(self, name: str, max_age: int | None = None, **kwargs: Any) -> str | None:
+        if self.error is not None:
+            try:
+                raise self.error
+            except ClientError as exc:
+                raise GetParameterError(str(exc))  # noqa: B904 - as Powertools raises it
+        return self.value
+
+
+class FakePost:
+    """``vital.post_chunk`` without Vital: asks the gate first as the real one does, then records
+    the chunk as sent and answers with ``answer`` (by default, every row imported).
+
+    ``before_send`` runs on the posting thread as a chunk is about to go (to look at what the
+    run has stored by then). ``sent`` and ``held`` are in the order the posting threads got to
+    the chunks.
+    """
+
+    def __init__(
+        self,
+        answer: Callable[[Chunk, bool], ChunkReport] | None = None,
+        before_send: Callable[[Chunk], None] | None = None,
+    ) -> None:
+        self.answer = answer or imported
+        self.before_send = before_send
+        self.sent: list[Chunk] = []
+        self.held: list[tuple[Chunk, Hold]] = []
+        self.lock = threading.Lock()
+
+    def __call__(
+        self,
+        client: Any,
+        chunk: Chunk,
+        wait_for_completion: bool,
+        gate: Callable[[], Hold | None] | None = None,
+        *,
+        probe: bool = False,
+    ) -> ChunkReport:
+        if gate is not None and (held := gate()) is not None:
+            with self.lock:
+                self.held.append((chunk, held))
+            return ChunkReport(chunk, held=held)
+        if self.before_send is not None:
+            self.before_send(chunk)
+        with self.lock:
+            self.sent.append(chunk)
+        return self.answer(chunk, probe)
+
+    @property
+    def sent_lines(self) -> list[int]:
+        """The line numbers of every row sent, in the order the chunks went."""
+        return [row.line for chunk in self.sent for row in chunk.rows]
+
+
+def imported(chunk: Chunk, probe: bool = False) -> ChunkReport:
+    """Vital's usual answer: every row of the chunk imported."""
+    report = ChunkReport(chunk)
+    report.add(chunk, Outcome.IMPORTED, "")
+    return report

@@ -665,7 +665,7 @@ def test_refused_key_or_disabled_migration_echoes_nothing(hygiene: Hygiene, refu
     originals = put_corpus(hygiene, "incoming/refused.jsonl")
     vital = hygiene.stack.vital
     if refusal == 401:
-        # The function's key (from Secrets Manager) is no longer the account's.
+        # The account's key was rotated: the function's (from Secrets Manager) is refused.
         vital.api_key = "sk_rotated_" + uuid.uuid4().hex
         hygiene.secrets.api_keys.append(vital.api_key)
     else:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from aws_lambda_powertools.utilities.idempotency.base import _prepare_data
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -116,18 +117,25 @@ def test_a_union_takes_either_member() -> None:
         ValidationErrorBody.model_validate_json(b'{"detail": 3}')
 
 
-def test_an_object_ref_dumps_to_the_dict_powertools_idempotency_hashes() -> None:
-    """Powertools Idempotency hashes a pydantic argument's ``model_dump()``: a stable key."""
-    ref = ObjectRef(bucket="b", key="k", etag='"e"', segment=2)
+def test_an_object_ref_is_the_dict_powertools_idempotency_hashes() -> None:
+    """The idempotency key is the hash of what Powertools' own ``_prepare_data`` makes of the
+    ``ref`` argument: pinned, so that an event redelivered across a deploy maps to the record
+    its first delivery left, and a new field or a renamed one shows here first."""
+    ref = ObjectRef(bucket="b", key="k", etag='"e"', sequencer="0A", segment=2)
     expected: dict[str, Any] = {
         "bucket": "b",
         "key": "k",
         "version_id": None,
         "etag": '"e"',
-        "sequencer": None,
+        "sequencer": "0A",
         "segment": 2,
     }
-    assert ref.model_dump() == expected
+    prepared = _prepare_data(ref)
+    assert prepared == expected
+    assert json.dumps(prepared, sort_keys=True) == (
+        '{"bucket": "b", "etag": "\\"e\\"", "key": "k", "segment": 2, "sequencer": "0A", '
+        '"version_id": null}'
+    )
 
 
 def test_a_row_never_shows_its_tokens_in_its_repr() -> None:

@@ -12,7 +12,7 @@ from bulk_import.errors import (
     VitalClientError,
 )
 from bulk_import.model import Outcome
-from bulk_import.run.stop import THRESHOLD_WARMUP_ROWS, Stop
+from bulk_import.run.stop import Stop
 from bulk_import.run.tally import Tally
 
 
@@ -27,8 +27,24 @@ def tally(**rows: int) -> Tally:
 # --- the failure threshold ------------------------------------------------------------------
 
 
-def test_the_warm_up_is_a_hundred_rows() -> None:
-    assert THRESHOLD_WARMUP_ROWS == 100
+@pytest.mark.parametrize(
+    ("answered", "stopped"),
+    [
+        # 99 rows answered: too few to judge, however many went bad
+        ({"failed": 99}, False),
+        ({"imported": 89, "failed": 10}, False),  # 10.1 %, over the threshold
+        # The 100th answered row ends the warm-up, whatever its outcome
+        ({"failed": 100}, True),
+        ({"imported": 89, "failed": 11}, True),  # 11 %
+        ({"enqueued": 89, "errored": 11}, True),
+    ],
+)
+def test_given_a_ten_percent_threshold_then_it_is_judged_from_the_hundredth_row_answered(
+    answered: dict[str, int], stopped: bool
+) -> None:
+    stop = Stop()
+    stop.check_threshold(tally(**answered), in_doubt=0, threshold=10)
+    assert stop.stopped is stopped
 
 
 def test_given_fewer_rows_than_the_warm_up_when_all_failed_then_the_file_goes_on() -> None:

@@ -116,7 +116,7 @@ class TextWindow:
         if exc.msg.startswith("Unterminated string"):
             return True
         # Errors near the end (a literal, number or key cut in half) may be a cut; further in
-        # they are real: after a refill the same broken text is no longer near the end.
+        # they are real: after a refill the same broken text sits far from the end.
         return exc.pos >= len(self._buf) - _CUT_WINDOW
 
 

@@ -215,7 +215,7 @@ class Intake:
             return
         self._reject(
             line,
-            None,
+            {"user_id": user_id},  # validated: shown, as for any rejected row with a valid id
             provider,
             "row is larger than one request may be "
             f"(MAX_BODY_BYTES={self.ctx.settings.max_body_bytes})",

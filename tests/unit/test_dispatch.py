@@ -1,0 +1,404 @@
+"""Chunks to Vital through the real run (``Run`` with ``Dispatcher`` and ``Intake``), with fakes at
+the wiring seam: the lease stored before a chunk goes past it, chunks deferred for lack of time,
+chunks in doubt after a crash, a refused key, and transient errors while reading."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import httpx
+import pytest
+from botocore.exceptions import ResponseStreamingError
+
+from bulk_import.config import Settings
+from bulk_import.errors import TransientError
+from bulk_import.ingest import Chunk
+from bulk_import.model import Checkpoint, Counts, ObjectRef, SourceRef
+from bulk_import.run import replay
+from bulk_import.run.context import FileResult
+from bulk_import.run.importer import Run
+from bulk_import.run.ledger import IN_DOUBT_DETAIL
+from bulk_import.vital import Hold, post_chunk
+from bulk_import.wiring import Tunables, build
+from local.context import LocalLambdaContext
+from tests.fakes import (
+    FakeBody,
+    FakePost,
+    FakeS3,
+    FakeSecrets,
+    FakeStore,
+    StoreState,
+    client_error,
+    offline,
+)
+from tests.helpers import encode_rows, make_row, parse_outcomes, user_id
+
+BUCKET = "bucket-a"
+KEY = "incoming/oura/a.jsonl"
+REF = ObjectRef(bucket=BUCKET, key=KEY, sequencer="0A")
+OUTCOMES = "results/oura/a.jsonl/outcomes.csv"
+RETRY = "retry/oura/a.jsonl/retry.jsonl"
+CHUNK = 10  # CHUNK_SIZE in every test: chunk n holds lines 10n+1 to 10n+10
+
+
+def settings(**env: str) -> Settings:
+    return Settings.from_env({"VITAL_API_KEY_SECRET": "vital-key", "CHUNK_SIZE": str(CHUNK), **env})
+
+
+def put_rows(s3: FakeS3, count: int) -> None:
+    s3.put(KEY, encode_rows([make_row(n) for n in range(count)], "jsonl"))
+
+
+def run(
+    s3: FakeS3,
+    state: StoreState,
+    config: Settings,
+    ref: ObjectRef = REF,
+    **overrides: Any,
+) -> FileResult:
+    """One invocation of the import of ``ref``, its collaborators faked at the wiring seam."""
+    wiring = build(config, LocalLambdaContext(900), **offline(s3, state, **overrides))
+    return Run(ref, wiring).execute()
+
+
+def outcomes(s3: FakeS3) -> dict[int, dict[str, str]]:
+    rows = parse_outcomes(s3.objects[OUTCOMES])
+    by_line = {int(o["line"]): o for o in rows}
+    assert len(by_line) == len(rows), "a line has two outcomes"
+    return by_line
+
+
+def seq_of(chunk: Chunk) -> int:
+    return (chunk.first_line - 1) // CHUNK
+
+
+def lines(first: int, last: int) -> list[int]:
+    return list(range(first, last + 1))
+
+
+# --- the lease ------------------------------------------------------------------------------------
+
+
+def test_given_chunks_past_the_lease_when_sent_then_a_lease_covering_each_is_stored_first() -> None:
+    # Given 10 chunks, two posting threads, and a lease every 2 chunks
+    s3, events = FakeS3(), []
+    put_rows(s3, 100)
+    state = StoreState()
+
+    class Recorded(FakeStore):
+        def save(self, checkpoint: Checkpoint) -> None:
+            super().save(checkpoint)
+            events.append(("stored", checkpoint.lease))
+
+    def new_store(*args: Any) -> FakeStore:
+        return Recorded(*args, state=state)
+
+    def before_send(chunk: Chunk) -> None:
+        durable = state.checkpoint.lease if state.checkpoint else None
+        events.append(("sent", seq_of(chunk), durable))
+
+    post = FakePost(before_send=before_send)
+    config = settings(MAX_CONCURRENCY="2", CHECKPOINT_EVERY_CHUNKS="2")
+
+    # When the file is imported
+    result = run(s3, state, config, new_store=new_store, post_chunk=post)
+
+    # Then every chunk went out once, under a lease stored before it that covers it
+    assert result.manifest is not None
+    assert result.manifest.status == "succeeded"
+    sent = [e for e in events if e[0] == "sent"]
+    assert sorted(seq for _, seq, _ in sent) == list(range(10))
+    for _, seq, durable in sent:
+        assert durable is not None, f"chunk {seq} went before any lease was stored"
+        assert durable > seq, f"chunk {seq} went under a stored lease of {durable}"
+    # One lease per two chunks, each stored before the first chunk past the one before
+    stored = [e[1] for e in events if e[0] == "stored"]
+    assert stored == [2, 4, 6, 8, 10, 10]  # the last: the final checkpoint (lease_so_far)
+    for seq in (0, 2, 4, 6, 8):
+        lease_at = events.index(("stored", seq + 2))
+        sent_at = next(i for i, e in enumerate(events) if e[:2] == ("sent", seq))
+        assert lease_at < sent_at, f"chunk {seq} went before the lease {seq + 2} was stored"
+
+
+# --- deferred chunks ------------------------------------------------------------------------------
+
+
+def test_given_too_little_time_when_a_posting_thread_starts_a_chunk_then_it_is_deferred() -> None:
+    # Given 4 chunks; the reading thread has time to hand them over, but by the time a posting
+    # thread is to start one after the probe, less time is left than the margin
+    s3, state = FakeS3(), StoreState()
+    put_rows(s3, 40)
+    post = FakePost()
+    main = threading.main_thread()
+
+    def remaining() -> float:
+        return 900.0 if threading.current_thread() is main else 1.0
+
+    config = settings(MAX_CONCURRENCY="1")
+
+    # When the file is imported
+    result = run(s3, state, config, post_chunk=post, remaining_seconds=remaining)
+
+    # Then only the probe is sent; the others are held back, neither sent nor settled
+    assert post.sent_lines == lines(1, 10)
+    assert [(seq_of(c), hold) for c, hold in post.held] == [
+        (1, Hold.DEFERRED),
+        (2, Hold.DEFERRED),
+        (3, Hold.DEFERRED),
+    ]
+    # And the run hands on, its lease at the first deferred chunk (not at the 4 chunks numbered)
+    assert result.manifest is None
+    assert result.continuation == REF.model_copy(update={"segment": 1})
+    cp = state.checkpoint
+    assert cp is not None
+    assert (cp.next_segment, cp.lease, cp.settled_below, cp.settled_extra) == (1, 1, 1, [])
+    assert cp.counts == Counts(rows=10, imported=10)  # the deferred rows have no outcome yet
+    assert cp.lines_done == 40
+
+    # When the next invocation continues with time enough
+    post_next = FakePost()
+    final = run(s3, state, config, ref=result.continuation, post_chunk=post_next)
+
+    # Then it sends exactly the deferred chunks, and every row is imported once
+    assert post_next.sent_lines == lines(11, 40)
+    assert final.manifest is not None
+    assert final.manifest.status == "succeeded"
+    assert final.manifest.counts == Counts(rows=40, imported=40)
+
+
+def test_given_too_little_time_from_the_start_then_the_probe_goes_and_reading_stops_after_it() -> (
+    None
+):
+    # Given 4 chunks, and less time left than the margin all along
+    s3, state = FakeS3(), StoreState()
+    put_rows(s3, 40)
+    post = FakePost()
+    config = settings(MAX_CONCURRENCY="1")
+
+    # When the file is imported
+    result = run(s3, state, config, post_chunk=post, remaining_seconds=lambda: 1.0)
+
+    # Then the invocation still sends its first chunk (so it moves the file on), and the next
+    # chunk is not handed to a posting thread: reading stops on the row that closed it
+    assert post.sent_lines == lines(1, 10)
+    assert post.held == []
+    assert result.continuation == REF.model_copy(update={"segment": 1})
+    cp = state.checkpoint
+    assert cp is not None
+    assert (cp.next_segment, cp.lease, cp.settled_below) == (1, 1, 1)
+    assert cp.lines_done == 19  # line 20 closed chunk 1: it is left to the next invocation
+
+    # When the next invocation has time enough
+    post_next = FakePost()
+    final = run(s3, state, config, ref=result.continuation, post_chunk=post_next)
+
+    # Then it sends the rest, once
+    assert post_next.sent_lines == lines(11, 40)
+    assert final.manifest is not None
+    assert final.manifest.counts == Counts(rows=40, imported=40)
+
+
+# --- resuming: settled and in-doubt chunks --------------------------------------------------------
+
+
+def test_given_a_resume_when_a_leased_chunk_is_not_settled_then_it_is_in_doubt_not_sent() -> None:
+    # Given a checkpoint: chunks 0 and 2 settled (their 20 rows imported), chunk 1 leased and
+    # not settled (the run before may have sent it), chunks 3 and 4 never leased
+    s3 = FakeS3()
+    put_rows(s3, 50)
+    config = settings(MAX_CONCURRENCY="1")
+    cp = Checkpoint(
+        source=SourceRef(bucket=BUCKET, key=KEY, sequencer="0A"),
+        fingerprint=replay.fingerprint(config),
+        started_at="2026-01-01T00:00:00.000Z",
+        next_segment=0,
+        lease=3,
+        settled_below=1,
+        settled_extra=[2],
+        lines_done=30,
+        counts=Counts(rows=20, imported=20),
+        providers={"oura": Counts(rows=20, imported=20)},
+    )
+    state = StoreState(checkpoint=cp)
+    post = FakePost()
+
+    # When the run resumes
+    result = run(s3, state, config, post_chunk=post)
+
+    # Then only the never-leased chunks are sent
+    assert post.sent_lines == lines(31, 50)
+    # The in-doubt chunk is reported once, errored, and goes to retry.jsonl; the settled ones
+    # get no outcome again
+    by_line = outcomes(s3)
+    assert sorted(by_line) == lines(11, 20) + lines(31, 50)
+    assert {by_line[n]["outcome"] for n in lines(11, 20)} == {"errored"}
+    assert {by_line[n]["detail"] for n in lines(11, 20)} == {IN_DOUBT_DETAIL}
+    assert {by_line[n]["outcome"] for n in lines(31, 50)} == {"imported"}
+    retried = [json.loads(line)["user_id"] for line in s3.objects[RETRY].splitlines()]
+    assert retried == [user_id(n) for n in range(10, 20)]
+    assert result.manifest is not None
+    assert result.manifest.counts == Counts(rows=50, imported=40, errored=10)
+    assert result.manifest.status == "partial"
+
+
+# --- a stopped run --------------------------------------------------------------------------------
+
+
+def test_given_the_probe_is_refused_401_then_no_other_chunk_is_sent_and_each_is_reported() -> None:
+    # Given a Vital that refuses the key (the real post_chunk over a mock transport)
+    s3, state = FakeS3(), StoreState()
+    put_rows(s3, 50)
+    requests: list[httpx.Request] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(401, json={"detail": "Not authenticated"})
+
+    config = settings(MAX_CONCURRENCY="2")
+
+    # When the file is imported
+    result = run(s3, state, config, post_chunk=post_chunk, transport=httpx.MockTransport(refuse))
+
+    # Then the probe was the only request
+    assert len(requests) == 1
+    assert [c["user_id"] for c in json.loads(requests[0].content)["connections"]] == [
+        user_id(n) for n in range(10)
+    ]
+    # Its rows are errored with the refusal; every other row is "not sent" for that reason
+    by_line = outcomes(s3)
+    assert sorted(by_line) == lines(1, 50)
+    refusal = {by_line[n]["detail"] for n in lines(1, 10)}
+    assert len(refusal) == 1
+    (refused,) = refusal
+    assert "401" in refused
+    assert {by_line[n]["detail"] for n in lines(11, 50)} == {"not sent: " + refused}
+    assert {o["outcome"] for o in by_line.values()} == {"errored"}
+    manifest = result.manifest
+    assert manifest is not None
+    assert manifest.status == "failed"
+    assert manifest.error is not None
+    assert manifest.error.type == "ImportAborted"
+    assert manifest.counts == Counts(rows=50, errored=50)
+    assert len(s3.objects[RETRY].splitlines()) == 50
+
+
+# --- transient errors while reading ---------------------------------------------------------------
+
+
+def throttled() -> FakeSecrets:
+    return FakeSecrets(error=client_error("ThrottlingException", "GetSecretValue"))
+
+
+def test_given_a_throttled_secret_read_then_the_run_checkpoints_and_raises_for_a_retry() -> None:
+    # Given two rejected rows, then a chunk's worth of valid ones
+    s3, state = FakeS3(), StoreState()
+    rows = [{"provider": "oura", "user_id": "not-a-uuid"}, {"provider": "oura"}]
+    rows += [make_row(n) for n in range(10)]
+    s3.put(KEY, encode_rows(rows, "jsonl"))
+    config = settings(MAX_CONCURRENCY="1")
+    post = FakePost()
+
+    # When the API key cannot be read for a throttle
+    with pytest.raises(TransientError, match="Secrets Manager did not answer"):
+        run(s3, state, config, post_chunk=post, secrets=throttled)
+
+    # Then nothing was sent, and a checkpoint with no lease keeps the rejected rows' outcomes
+    assert post.sent == []
+    cp = state.checkpoint
+    assert cp is not None
+    assert (cp.lease, cp.settled_below, cp.next_segment) == (0, 0, 0)
+    assert cp.counts == Counts(rows=2, rejected=2)
+    assert cp.lines_done >= 2
+    assert cp.outcome_parts
+
+    # When Lambda retries the event
+    retried = run(s3, state, config, post_chunk=post)
+
+    # Then the chunk is sent once and the rejected rows are not reported twice
+    assert post.sent_lines == lines(3, 12)
+    by_line = outcomes(s3)
+    assert sorted(by_line) == lines(1, 12)
+    assert [by_line[n]["outcome"] for n in (1, 2)] == ["rejected", "rejected"]
+    assert retried.manifest is not None
+    assert retried.manifest.counts == Counts(rows=12, rejected=2, imported=10)
+
+
+class BrokenRead(FakeS3):
+    """The object's GET breaks after ``cut`` bytes: a dropped connection mid-stream."""
+
+    def __init__(self, cut: int) -> None:
+        super().__init__()
+        self.cut = cut
+        self.broken = True
+
+    def body(self, key: str, data: bytes) -> FakeBody:
+        if key != KEY or not self.broken:
+            return super().body(key, data)
+        return BreakingBody(data[: self.cut])
+
+
+class BreakingBody(FakeBody):
+    def read(self, size: int | None = None) -> bytes:
+        data = super().read(size)
+        if not data:
+            raise ResponseStreamingError(error="Connection broken: IncompleteRead")
+        return data
+
+
+def test_given_s3_breaks_mid_read_then_the_run_checkpoints_its_lease_so_far_and_raises() -> None:
+    # Given a 100-row file whose read breaks after row 47 (the reader, in 2 KiB blocks, has taken
+    # some 46 rows by then: four chunks, and part of a fifth); a lease every 3 chunks
+    rows = [make_row(n) for n in range(100)]
+    data = encode_rows(rows, "jsonl")
+    s3 = BrokenRead(cut=len(encode_rows(rows[:47], "jsonl")))
+    s3.put(KEY, data)
+    state = StoreState()
+    post = FakePost()
+    config = settings(MAX_CONCURRENCY="1", CHECKPOINT_EVERY_CHUNKS="3")
+    small_blocks = Tunables(jsonl_block_bytes=2048)
+
+    # When the file is imported
+    with pytest.raises(TransientError, match=r"S3 failed while reading \(ResponseStreamingError\)"):
+        run(s3, state, config, post_chunk=post, tunables=small_blocks)
+
+    # Then the chunks read before the break were sent and settled, and the checkpoint's lease
+    # is the chunks numbered so far (lease_so_far), not the lease stored ahead of them
+    assert post.sent_lines == lines(1, 40)
+    cp = state.checkpoint
+    assert cp is not None
+    assert (cp.lease, cp.settled_below, cp.settled_extra) == (4, 4, [])
+    assert max(saved.lease for saved in state.saved) == 6
+    assert cp.counts == Counts(rows=40, imported=40)
+
+    # When Lambda retries the event and S3 answers
+    s3.broken = False
+    post_retry = FakePost()
+    retried = run(s3, state, config, post_chunk=post_retry, tunables=small_blocks)
+
+    # Then the rest is sent, nothing twice, and no row is in doubt
+    assert post_retry.sent_lines == lines(41, 100)
+    assert retried.manifest is not None
+    assert retried.manifest.counts == Counts(rows=100, imported=100)
+
+
+def test_given_the_secret_cannot_be_read_at_all_then_the_file_fails_rather_than_retrying() -> None:
+    # The contrast with a throttle: a configuration error is the file's, reported per row
+    s3, state = FakeS3(), StoreState()
+    put_rows(s3, 20)
+    post = FakePost()
+
+    def denied() -> FakeSecrets:
+        return FakeSecrets(error=client_error("AccessDeniedException", "GetSecretValue"))
+
+    result = run(s3, state, settings(MAX_CONCURRENCY="1"), post_chunk=post, secrets=denied)
+
+    assert post.sent == []
+    assert result.manifest is not None
+    assert result.manifest.status == "failed"
+    assert result.manifest.error is not None
+    assert result.manifest.error.type == "ConfigurationError"
+    by_line = outcomes(s3)
+    assert sorted(by_line) == lines(1, 20)
+    assert all(o["detail"].startswith("not sent: ") for o in by_line.values())
