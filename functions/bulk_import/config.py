@@ -7,14 +7,28 @@ name in upper case.
 """
 
 import os
+import re
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Annotated, Self
+from types import MappingProxyType
+from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-PRODUCTION_BASE_URL = "https://api.tryvital.io"
+Region = Literal["us", "eu"]
+Environment = Literal["production", "sandbox"]
+
+# Junction's (Vital's) API hosts, by (VITAL_ENVIRONMENT, VITAL_REGION): the one list of them.
+# VITAL_API_BASE_URL, when set, takes precedence (the tryvital.io hosts, a local stand-in).
+BASE_URLS: Mapping[tuple[Environment, Region], str] = MappingProxyType(
+    {
+        ("production", "us"): "https://api.us.junction.com",
+        ("production", "eu"): "https://api.eu.junction.com",
+        ("sandbox", "us"): "https://api.sandbox.us.junction.com",
+        ("sandbox", "eu"): "https://api.sandbox.eu.junction.com",
+    }
+)
 
 
 def _with_trailing_slash(prefix: str) -> str:
@@ -28,11 +42,25 @@ def _http_base_url(url: str) -> str:
     """An http(s) origin without trailing slash (a plain check: HttpUrl costs ~10 ms of import)."""
     parts = urlsplit(url.strip())
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError("must be an http(s) URL such as https://api.tryvital.io")
+        raise ValueError("must be an http(s) URL such as https://api.us.junction.com")
     return url.strip().rstrip("/")
 
 
 BaseUrl = Annotated[str, AfterValidator(_http_base_url)]
+
+_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+
+
+def _team_id(value: str) -> str:
+    """A Vital team id: a UUID in its 8-4-4-4-12 form, sent in lower case."""
+    value = value.strip()
+    if not _UUID_TEXT.fullmatch(value):
+        # The value is not quoted back: SettingsError names the variable only.
+        raise ValueError("must be a UUID (8-4-4-4-12 hexadecimal digits)")
+    return value.lower()
+
+
+TeamId = Annotated[str, AfterValidator(_team_id)]
 
 
 def _variable(field_name: str) -> str:
@@ -50,9 +78,13 @@ class Settings(BaseModel):
         validate_by_alias=True,
     )
 
-    vital_api_base_url: BaseUrl = PRODUCTION_BASE_URL
+    # Which of BASE_URLS the function talks to, unless VITAL_API_BASE_URL is set.
+    vital_region: Region = "us"
+    vital_environment: Environment = "production"
+    vital_api_base_url: BaseUrl | None = None
     vital_api_key_secret: Annotated[str, Field(min_length=1)]
-    vital_team_id: str | None = None
+    # Sent as the team_id query parameter when set.
+    vital_team_id: TeamId | None = None
     chunk_size: Annotated[int, Field(ge=1, le=5000)] = 500
     # Upper bound for one request body; keeps each POST well under API gateway limits.
     max_body_bytes: Annotated[int, Field(ge=10_000)] = 4_000_000
@@ -95,12 +127,19 @@ class Settings(BaseModel):
         return self
 
     @property
+    def base_url(self) -> str:
+        """VITAL_API_BASE_URL when set, else the host of VITAL_ENVIRONMENT and VITAL_REGION."""
+        if self.vital_api_base_url is not None:
+            return self.vital_api_base_url
+        return BASE_URLS[self.vital_environment, self.vital_region]
+
+    @property
     def bulk_import_url(self) -> str:
-        return self.vital_api_base_url + "/v2/link/bulk_import"
+        return self.base_url + "/v2/link/bulk_import"
 
     @property
     def bulk_op_url(self) -> str:
-        return self.vital_api_base_url + "/v2/link/bulk_op"
+        return self.base_url + "/v2/link/bulk_op"
 
     @classmethod
     def variables(cls) -> frozenset[str]:

@@ -2,9 +2,10 @@
 
 It implements what `DESIGN.md` ("Vital API facts") documents:
 
-* `POST /v2/link/bulk_import` - `x-vital-api-key` auth (401), optional `team_id` query (403 on a
-  mismatch), Link Migration switch (403), FastAPI's own 422 body validation, 200
-  `{"user_ids_imported", "user_ids_failed"}` or 202 with an empty body.
+* `POST /v2/link/bulk_import` - `x-vital-api-key` auth (401), optional `team_id` query (a UUID,
+  else FastAPI's 422; 403 on a mismatch), Link Migration switch (403), FastAPI's own 422 body
+  validation, 200 `{"user_ids_imported", "user_ids_failed"}` or 202 with an empty body (also
+  when `wait_for_completion` is omitted: it defaults to false).
 * `GET /v2/link/bulk_op` - the bulk ops, newest first, paginated with an opaque `next_cursor`.
 * `GET /v2/user/providers/{user_id}` - the providers imported for a known user.
 

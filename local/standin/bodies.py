@@ -34,7 +34,8 @@ class BulkImportBody(BaseModel):
 
     provider: Provider
     connections: list[ConnectionRecipe]
-    wait_for_completion: bool = True
+    # Omitted: enqueued (202), as Vital's own default.
+    wait_for_completion: bool = False
 
 
 _CANONICAL_UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
@@ -95,7 +96,7 @@ def _bulk_import_body(raw: bytes) -> _Accepted:
         return _Accepted(
             fast["provider"],
             [c["user_id"] for c in fast["connections"]],
-            fast.get("wait_for_completion", True),
+            fast.get("wait_for_completion", False),
         )
     try:
         return _accepted(BulkImportBody.model_validate_json(raw))

@@ -18,6 +18,7 @@ from local.standin.contract import (
     USER_PROVIDERS_PATH,
 )
 from local.standin.faults import _SCOPE_FORCE_202
+from local.standin.records import _canon
 
 if TYPE_CHECKING:
     from local.standin.state import StandinState
@@ -33,12 +34,15 @@ def _build_api(state: StandinState) -> FastAPI:
         if not ok:
             raise HTTPException(status_code=401, detail="Invalid or missing API key.")
 
-    async def link_migration_allowed(request: Request) -> None:
+    async def link_migration_allowed(
+        request: Request, team_id: Annotated[UUID | None, Query()] = None
+    ) -> None:
+        # A team_id that is not a UUID is FastAPI's own 422 (loc ["query", "team_id"]), which it
+        # answers before this runs.
         await authenticate(request)
-        requested_team = request.query_params.get("team_id")
         with state._lock:
-            team_id, enabled = state.team_id, state.link_migration_enabled
-        if requested_team and team_id and requested_team != team_id:
+            own_team, enabled = state.team_id, state.link_migration_enabled
+        if team_id and own_team and str(team_id) != _canon(own_team):
             raise HTTPException(status_code=403, detail="The team_id does not match the API key.")
         if not enabled:
             raise HTTPException(status_code=403, detail=MIGRATION_DISABLED_DETAIL)

@@ -33,6 +33,8 @@ API_KEY = "sk_test_local_stack"
 KNOWN_A = str(uuid.UUID(int=0xA))
 KNOWN_B = str(uuid.UUID(int=0xB))
 UNKNOWN = str(uuid.UUID(int=0xC))
+TEAM = "0b4c9e2a-7d31-4f8e-9a6b-1c2d3e4f5a6b"
+OTHER_TEAM = "5f0e6d7c-2b3a-4c1d-8e9f-a0b1c2d3e4f5"
 CLIENT_TIMEOUT = httpx.Timeout(5.0)
 
 
@@ -125,14 +127,36 @@ def test_link_migration_disabled_is_403(vital: VitalStandin, client: httpx.Clien
 
 
 def test_team_id_mismatch_is_403(vital: VitalStandin, client: httpx.Client) -> None:
-    vital.state.team_id = "team-1"
+    vital.state.team_id = TEAM
 
-    other = client.post(BULK_IMPORT_PATH, params={"team_id": "team-2"}, json=bulk_body(KNOWN_A))
-    same = client.post(BULK_IMPORT_PATH, params={"team_id": "team-1"}, json=bulk_body(KNOWN_A))
+    other = client.post(BULK_IMPORT_PATH, params={"team_id": OTHER_TEAM}, json=bulk_body(KNOWN_A))
+    same = client.post(BULK_IMPORT_PATH, params={"team_id": TEAM}, json=bulk_body(KNOWN_A))
+    upper = client.post(BULK_IMPORT_PATH, params={"team_id": TEAM.upper()}, json=bulk_body(KNOWN_A))
     absent = client.post(BULK_IMPORT_PATH, json=bulk_body(KNOWN_A))
 
-    assert (other.status_code, same.status_code, absent.status_code) == (403, 200, 200)
-    assert vital.state.bulk_import_requests()[1].query == {"team_id": "team-1"}
+    statuses = (other.status_code, same.status_code, upper.status_code, absent.status_code)
+    assert statuses == (403, 200, 200, 200)
+    assert vital.state.bulk_import_requests()[1].query == {"team_id": TEAM}
+
+
+@pytest.mark.parametrize("team_id", ["team-1", TEAM[:-1], TEAM + "0", TEAM.replace("0", "g")])
+@pytest.mark.parametrize("path", [BULK_IMPORT_PATH, BULK_OP_PATH])
+def test_malformed_team_id_is_fastapis_422(
+    vital: VitalStandin, client: httpx.Client, team_id: str, path: str
+) -> None:
+    """As FastAPI answers for a ``team_id: UUID | None`` query parameter, whatever the team."""
+    ask = client.post if path == BULK_IMPORT_PATH else client.get
+    kwargs: dict[str, Any] = {"json": bulk_body(KNOWN_A)} if path == BULK_IMPORT_PATH else {}
+
+    response = ask(path, params={"team_id": team_id}, **kwargs)
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["query", "team_id"]
+    assert error["type"] == "uuid_parsing"
+    assert isinstance(error["msg"], str)
+    assert vital.state.posted_connections() == []
+    assert vital.state.bulk_ops() == []
 
 
 def test_bad_uuid_is_422_pointing_at_the_connection(client: httpx.Client) -> None:
@@ -256,6 +280,21 @@ def test_wait_for_completion_false_is_202_with_empty_body(
     assert (op["status"], op["pending"], op["processed"]) == ("success", 0, 2)
     assert op["ended_at"] is not None
     assert len(client.get(f"/v2/user/providers/{KNOWN_A}").json()["providers"]) == 1
+
+
+@pytest.mark.parametrize("user_id", [KNOWN_A, KNOWN_A.upper()])  # the fast and the model parse
+def test_omitted_wait_for_completion_is_enqueued_with_202(
+    vital: VitalStandin, client: httpx.Client, user_id: str
+) -> None:
+    body = bulk_body(user_id, UNKNOWN)
+    del body["wait_for_completion"]
+
+    response = client.post(BULK_IMPORT_PATH, json=body)
+
+    assert (response.status_code, response.content) == (202, b"")
+    [op] = vital.state.bulk_ops()
+    assert (op["provider"], op["pending"]) == ("oura", 2)
+    assert [u.lower() for _, u in vital.state.posted_connections()] == [KNOWN_A, UNKNOWN]
 
 
 def test_force_202_answers_empty_even_when_waiting(
@@ -454,11 +493,11 @@ def test_requests_are_recorded_without_the_api_key(
     vital: VitalStandin, client: httpx.Client
 ) -> None:
     body = bulk_body(KNOWN_A, UNKNOWN, provider="garmin")
-    client.post(BULK_IMPORT_PATH, params={"team_id": "t"}, json=body)
+    client.post(BULK_IMPORT_PATH, params={"team_id": TEAM}, json=body)
     client.get(BULK_OP_PATH, params={"page_size": 3})
 
     first, second = vital.state.recorded()
-    assert (first.method, first.path, first.query) == ("POST", BULK_IMPORT_PATH, {"team_id": "t"})
+    assert (first.method, first.path, first.query) == ("POST", BULK_IMPORT_PATH, {"team_id": TEAM})
     assert first.body == body
     assert (first.status, first.api_key_ok, first.dropped) == (200, True, False)
     assert first.provider == "garmin"

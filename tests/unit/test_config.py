@@ -14,9 +14,17 @@ from botocore.exceptions import (
 )
 from pydantic import ValidationError
 
-from bulk_import.config import PRODUCTION_BASE_URL, Settings, SettingsError, get_settings
+from bulk_import.config import BASE_URLS, Settings, SettingsError, get_settings
 
 ALIASES = sorted(Settings.variables())
+TEAM_ID = "0b4c9e2a-7d31-4f8e-9a6b-1c2d3e4f5a6b"
+# Junction's documented hosts, by (VITAL_ENVIRONMENT, VITAL_REGION).
+DOCUMENTED_BASE_URLS = {
+    ("production", "us"): "https://api.us.junction.com",
+    ("production", "eu"): "https://api.eu.junction.com",
+    ("sandbox", "us"): "https://api.sandbox.us.junction.com",
+    ("sandbox", "eu"): "https://api.sandbox.eu.junction.com",
+}
 
 
 @pytest.fixture
@@ -29,7 +37,9 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def test_defaults() -> None:
     s = Settings.from_env({"VITAL_API_KEY_SECRET": "vital/api-key"})
     expected = {
-        "vital_api_base_url": PRODUCTION_BASE_URL,
+        "vital_region": "us",
+        "vital_environment": "production",
+        "vital_api_base_url": None,
         "vital_api_key_secret": "vital/api-key",
         "vital_team_id": None,
         "chunk_size": 500,
@@ -53,8 +63,9 @@ def test_defaults() -> None:
     dumped = s.model_dump()
     # Settings added later need their own default test; these must not change silently.
     assert {name: dumped[name] for name in expected} == expected
-    assert s.bulk_import_url == "https://api.tryvital.io/v2/link/bulk_import"
-    assert s.bulk_op_url == "https://api.tryvital.io/v2/link/bulk_op"
+    assert s.base_url == "https://api.us.junction.com"
+    assert s.bulk_import_url == "https://api.us.junction.com/v2/link/bulk_import"
+    assert s.bulk_op_url == "https://api.us.junction.com/v2/link/bulk_op"
 
 
 def test_from_env_reads_os_environ_through_get_settings(env: pytest.MonkeyPatch) -> None:
@@ -62,10 +73,10 @@ def test_from_env_reads_os_environ_through_get_settings(env: pytest.MonkeyPatch)
     env.setenv("VITAL_API_BASE_URL", "https://api.sandbox.eu.tryvital.io")
     env.setenv("CHUNK_SIZE", "250")
     env.setenv("WAIT_FOR_COMPLETION", "false")
-    env.setenv("VITAL_TEAM_ID", "team-1")
+    env.setenv("VITAL_TEAM_ID", TEAM_ID)
     s = get_settings()
     assert s is get_settings()  # cached per execution environment
-    assert (s.chunk_size, s.wait_for_completion, s.vital_team_id) == (250, False, "team-1")
+    assert (s.chunk_size, s.wait_for_completion, s.vital_team_id) == (250, False, TEAM_ID)
     assert s.bulk_import_url == "https://api.sandbox.eu.tryvital.io/v2/link/bulk_import"
     env.setenv("CHUNK_SIZE", "10")
     assert get_settings().chunk_size == 250
@@ -96,6 +107,8 @@ def test_empty_strings_are_treated_as_unset() -> None:
         {
             "VITAL_API_KEY_SECRET": "k",
             "VITAL_API_BASE_URL": "",
+            "VITAL_REGION": "",
+            "VITAL_ENVIRONMENT": "",
             "VITAL_TEAM_ID": "",
             "CHUNK_SIZE": "",
             "WAIT_FOR_COMPLETION": "",
@@ -108,6 +121,102 @@ def test_empty_strings_are_treated_as_unset() -> None:
     assert s.vital_team_id is None
     assert s.incoming_prefix == "incoming/"
     assert s.idempotency_table is None
+
+
+@pytest.mark.parametrize(("environment", "region"), sorted(DOCUMENTED_BASE_URLS))
+def test_region_and_environment_pick_the_junction_host(environment: str, region: str) -> None:
+    s = Settings.from_env(
+        {"VITAL_API_KEY_SECRET": "k", "VITAL_ENVIRONMENT": environment, "VITAL_REGION": region}
+    )
+    expected = DOCUMENTED_BASE_URLS[environment, region]
+    assert (s.vital_environment, s.vital_region) == (environment, region)
+    assert s.base_url == expected
+    assert s.bulk_import_url == expected + "/v2/link/bulk_import"
+    assert s.bulk_op_url == expected + "/v2/link/bulk_op"
+
+
+def test_the_hosts_have_one_mapping_covering_every_region_and_environment() -> None:
+    assert dict(BASE_URLS) == DOCUMENTED_BASE_URLS
+
+
+@pytest.mark.parametrize(
+    ("environment", "region", "default"),
+    [
+        ("sandbox", None, "https://api.sandbox.us.junction.com"),
+        (None, "eu", "https://api.eu.junction.com"),
+    ],
+)
+def test_region_and_environment_default_separately(
+    environment: str | None, region: str | None, default: str
+) -> None:
+    environ = {"VITAL_API_KEY_SECRET": "k"}
+    if environment:
+        environ["VITAL_ENVIRONMENT"] = environment
+    if region:
+        environ["VITAL_REGION"] = region
+    assert Settings.from_env(environ).base_url == default
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.tryvital.io",
+        "https://api.eu.tryvital.io",
+        "https://api.sandbox.tryvital.io",
+        "https://api.sandbox.eu.tryvital.io",
+    ],
+)
+@pytest.mark.parametrize(("environment", "region"), sorted(DOCUMENTED_BASE_URLS))
+def test_base_url_takes_precedence_over_region_and_environment(
+    url: str, environment: str, region: str
+) -> None:
+    s = Settings.from_env(
+        {
+            "VITAL_API_KEY_SECRET": "k",
+            "VITAL_API_BASE_URL": url,
+            "VITAL_ENVIRONMENT": environment,
+            "VITAL_REGION": region,
+        }
+    )
+    assert s.base_url == url
+    assert s.bulk_import_url == url + "/v2/link/bulk_import"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (TEAM_ID, TEAM_ID),
+        (TEAM_ID.upper(), TEAM_ID),
+        (f"  {TEAM_ID}\n", TEAM_ID),
+    ],
+)
+def test_team_id_is_a_uuid(value: str, expected: str) -> None:
+    s = Settings.from_env({"VITAL_API_KEY_SECRET": "k", "VITAL_TEAM_ID": value})
+    assert s.vital_team_id == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "team-1",
+        "sk_live_notateamid",
+        TEAM_ID[:-1],
+        TEAM_ID + "0",
+        TEAM_ID.replace("-", ""),
+        "{" + TEAM_ID + "}",
+        "urn:uuid:" + TEAM_ID,
+        TEAM_ID.replace("0", "g"),
+    ],
+)
+def test_malformed_team_id_names_the_variable_without_its_value(value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"VITAL_API_KEY_SECRET": "k", "VITAL_TEAM_ID": value})
+    message = str(info.value)
+    assert message.startswith("invalid configuration: VITAL_TEAM_ID: ")
+    assert "UUID" in message
+    assert value not in message
+    assert message.count(": ") == 2  # one problem, no input echoed
+    assert info.value.__cause__ is None
 
 
 def test_base_url_trailing_slash_does_not_double() -> None:
@@ -142,6 +251,10 @@ def test_missing_api_key_secret_names_the_variable_and_echoes_no_environment() -
     ("name", "value"),
     [
         ("VITAL_API_BASE_URL", "not a url"),
+        ("VITAL_REGION", "ap"),
+        ("VITAL_REGION", "US "),
+        ("VITAL_ENVIRONMENT", "staging"),
+        ("VITAL_ENVIRONMENT", "production-eu"),
         ("MAX_CONCURRENCY", "65"),
         ("WAIT_FOR_COMPLETION", "maybe"),
         ("MAX_ATTEMPTS", "0"),

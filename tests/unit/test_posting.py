@@ -475,8 +475,9 @@ def test_other_4xx_is_not_retried() -> None:
 
 
 def test_team_id_is_sent_as_query_parameter_only_when_set() -> None:
-    _, fake, _ = post(all_imported, make_chunk(1), VITAL_TEAM_ID="team-1")
-    assert fake.params == [{"team_id": "team-1"}]
+    team_id = "0b4c9e2a-7d31-4f8e-9a6b-1c2d3e4f5a6b"
+    _, fake, _ = post(all_imported, make_chunk(1), VITAL_TEAM_ID=team_id)
+    assert fake.params == [{"team_id": team_id}]
     _, fake, _ = post(all_imported, make_chunk(1))
     assert fake.params == [{}]
 

@@ -50,12 +50,12 @@ RESOURCE_WILDCARD_ALLOWED = frozenset(
 MANAGED_POLICIES_ALLOWED: frozenset[str] = frozenset()
 
 PREFIXES = {"incoming/", "results/", "retry/"}
-# Vital's documented base URLs, by the template's VitalEnvironment value.
+# Junction's documented base URLs, by the template's VitalEnvironment and VitalRegion values.
 VITAL_BASE_URLS = {
-    "production": "https://api.tryvital.io",
-    "production-eu": "https://api.eu.tryvital.io",
-    "sandbox": "https://api.sandbox.tryvital.io",
-    "sandbox-eu": "https://api.sandbox.eu.tryvital.io",
+    ("production", "us"): "https://api.us.junction.com",
+    ("production", "eu"): "https://api.eu.junction.com",
+    ("sandbox", "us"): "https://api.sandbox.us.junction.com",
+    ("sandbox", "eu"): "https://api.sandbox.eu.junction.com",
 }
 # Metrics the function emits (Powertools EMF); alarms may only watch these.
 FUNCTION_METRICS = {
@@ -513,25 +513,81 @@ def _holds(condition: dict[str, Any], template: dict[str, Any], overrides: dict[
     raise AssertionError(f"no evaluator for {function}: extend _holds")
 
 
-@pytest.mark.parametrize("vital_environment", sorted(VITAL_BASE_URLS))
-@pytest.mark.parametrize("notify", ["true", "false"])
-def test_deployed_environment_is_valid_settings(
-    source: dict[str, Any], vital_environment: str, notify: str
-) -> None:
+def _deployed_settings(source: dict[str, Any], overrides: dict[str, str]) -> Any:
     settings_cls = importlib.import_module("bulk_import.config").Settings
-    overrides = {"VitalEnvironment": vital_environment, "NotifyOnCompletion": notify}
     environment = {
         name: _resolve(value, source, overrides) for name, value in _environment(source).items()
     }
+    return settings_cls.from_env(environment)
 
-    settings = settings_cls.from_env(environment)
 
-    assert set(source["Parameters"]["VitalEnvironment"]["AllowedValues"]) == set(VITAL_BASE_URLS)
-    assert settings.bulk_import_url == VITAL_BASE_URLS[vital_environment] + "/v2/link/bulk_import"
+def test_vital_parameters_offer_every_environment_and_region(source: dict[str, Any]) -> None:
+    parameters = source["Parameters"]
+
+    assert parameters["VitalEnvironment"]["AllowedValues"] == ["production", "sandbox"]
+    assert parameters["VitalEnvironment"]["Default"] == "production"
+    assert parameters["VitalRegion"]["AllowedValues"] == ["us", "eu"]
+    assert parameters["VitalRegion"]["Default"] == "us"
+    assert parameters["VitalApiBaseUrl"]["Default"] == ""
+    assert {
+        (environment, region)
+        for environment in parameters["VitalEnvironment"]["AllowedValues"]
+        for region in parameters["VitalRegion"]["AllowedValues"]
+    } == set(VITAL_BASE_URLS)
+    # The hosts live in config.BASE_URLS only: the template passes the choice, not a URL.
+    assert "junction.com" not in TEMPLATE.read_text()
+
+
+@pytest.mark.parametrize(("vital_environment", "vital_region"), sorted(VITAL_BASE_URLS))
+@pytest.mark.parametrize("notify", ["true", "false"])
+def test_deployed_environment_is_valid_settings(
+    source: dict[str, Any], vital_environment: str, vital_region: str, notify: str
+) -> None:
+    overrides = {
+        "VitalEnvironment": vital_environment,
+        "VitalRegion": vital_region,
+        "NotifyOnCompletion": notify,
+    }
+
+    settings = _deployed_settings(source, overrides)
+
+    expected = VITAL_BASE_URLS[vital_environment, vital_region]
+    assert settings.bulk_import_url == expected + "/v2/link/bulk_import"
+    assert settings.vital_team_id is None
     assert settings.incoming_prefix == "incoming/"
     assert settings.results_prefix == "results/"
     assert settings.retry_prefix == "retry/"
     assert (settings.notify_topic_arn is not None) == (notify == "true")
+
+
+def test_deployed_base_url_parameter_takes_precedence(source: dict[str, Any]) -> None:
+    overrides = {"VitalEnvironment": "sandbox", "VitalApiBaseUrl": "https://api.eu.tryvital.io"}
+
+    settings = _deployed_settings(source, overrides)
+
+    assert settings.bulk_op_url == "https://api.eu.tryvital.io/v2/link/bulk_op"
+
+
+@pytest.mark.parametrize(
+    ("parameter", "value", "allowed"),
+    [
+        ("VitalApiBaseUrl", "", True),
+        ("VitalApiBaseUrl", "https://api.sandbox.tryvital.io", True),
+        ("VitalApiBaseUrl", "http://api.tryvital.io", False),
+        ("VitalApiBaseUrl", "api.tryvital.io", False),
+        ("VitalTeamId", "", True),
+        ("VitalTeamId", "0b4c9e2a-7d31-4f8e-9a6b-1c2d3e4f5a6b", True),
+        ("VitalTeamId", "team-1", False),
+    ],
+)
+def test_vital_parameters_refuse_malformed_values(
+    source: dict[str, Any], parameter: str, value: str, allowed: bool
+) -> None:
+    pattern = source["Parameters"][parameter]["AllowedPattern"]
+
+    assert (re.fullmatch(pattern, value) is not None) is allowed
+    if allowed:
+        _deployed_settings(source, {parameter: value})  # and Settings take it too
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,8 +60,8 @@ class Stop:
             check = (
                 "lower MAX_BODY_BYTES or CHUNK_SIZE"
                 if fatal.status == 413
-                else "check VITAL_API_BASE_URL and VITAL_TEAM_ID, and that Link Migration is "
-                "enabled for this team"
+                else "check VITAL_ENVIRONMENT and VITAL_REGION (or VITAL_API_BASE_URL) and "
+                "VITAL_TEAM_ID, and that Link Migration is enabled for this team"
             )
             self.reason = ImportAborted(
                 f"Vital refused the first request ({fatal}), so the file stopped rather than "
