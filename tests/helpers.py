@@ -12,7 +12,7 @@ from typing import Any
 
 import zstandard
 
-from bulk_import.model import RECIPE_FIELDS
+from bulk_import.model import OAUTH1_EXPIRES_AT, OAUTH1_PROVIDERS, RECIPE_FIELDS
 
 RECIPE_COLUMNS = ("provider", *RECIPE_FIELDS)
 
@@ -36,7 +36,8 @@ def make_row(n: int, provider: str | None = "oura", **overrides: Any) -> dict[st
         "access_token": access_token(n),
         "refresh_token": refresh_token(n),
         "provider_id": f"provider-user-{n}",
-        "expires_at": 1_893_456_000,
+        # OAuth 1.0 providers (Garmin) take only the constant.
+        "expires_at": OAUTH1_EXPIRES_AT if provider in OAUTH1_PROVIDERS else 1_893_456_000,
         "oauth_scopes": ["daily", "heartrate"],
     }
     if provider is not None:

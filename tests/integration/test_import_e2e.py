@@ -15,7 +15,7 @@ import httpx
 import pytest
 from pydantic_core import to_json
 
-from bulk_import.model import ContinuationMessage, ObjectRef
+from bulk_import.model import OAUTH1_EXPIRES_AT, ContinuationMessage, ObjectRef
 from bulk_import.run.tuning import GC_YOUNG_THRESHOLD, POSTING_SWITCH_INTERVAL_S
 from bulk_import.storage import aws
 from bulk_import.storage.results import ResultWriter
@@ -537,6 +537,67 @@ def test_unprocessable_files_end_failed_and_handler_returns(
     assert manifest["error"]["type"] == error_type
     assert phrase in manifest["error"]["message"]
     assert_invariant(manifest, stack.outcomes("results/" + key.removeprefix("incoming/") + "/"))
+
+
+@pytest.mark.parametrize(
+    ("key", "body"),
+    [
+        ("incoming/oura/none.csv", encode_rows([], "csv")),  # a header alone
+        ("incoming/oura/none.jsonl.gz", compress(b"\n \n\n", "gz")),  # blank lines
+    ],
+)
+def test_a_file_with_no_rows_ends_failed_with_a_reason(stack: Stack, key: str, body: bytes) -> None:
+    stack.put(key, body)
+
+    result = stack.import_keys(key)
+
+    assert result["files"][0]["status"] == "failed"
+    prefix = "results/" + key.removeprefix("incoming/") + "/"
+    manifest = stack.manifest(prefix)
+    assert manifest["status"] == "failed"
+    assert manifest["error"]["type"] == "MalformedFile"
+    assert manifest["error"]["message"].startswith("the file holds no rows")
+    assert "check the export" in manifest["error"]["message"]
+    assert manifest["counts"]["rows"] == 0
+    assert stack.outcomes(prefix) == []
+    assert_invariant(manifest, [])
+    assert stack.vital.bulk_import_requests() == []
+
+
+def test_garmin_rows_take_the_oauth1_expiry_and_another_value_is_rejected(stack: Stack) -> None:
+    # Given a Garmin JSONL file (provider from the key): rows with the constant, rows with no
+    # expiry, and one canonical row with another expiry (which the hot path's block validator
+    # alone would take)
+    rows = [make_row(n, provider=None, expires_at=OAUTH1_EXPIRES_AT) for n in range(6)]
+    for n in (1, 4):
+        del rows[n]["expires_at"]
+    rows[3]["expires_at"] = 1_893_456_000
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put("incoming/garmin/connections.jsonl", encode_rows(rows, "jsonl"))
+
+    result = stack.import_keys("incoming/garmin/connections.jsonl")
+
+    # Then that row is rejected on its line, with a reason naming the field and the constant
+    assert result["files"][0]["status"] == "partial"
+    manifest = stack.manifest("results/garmin/connections.jsonl/")
+    outcomes = stack.outcomes("results/garmin/connections.jsonl/")
+    assert_invariant(manifest, outcomes)
+    assert manifest["counts"]["imported"] == 5
+    (rejected,) = [o for o in outcomes if o["outcome"] == "rejected"]
+    assert (rejected["line"], rejected["provider"], rejected["user_id"]) == (
+        "4",
+        "garmin",
+        user_id(3),
+    )
+    assert rejected["detail"] == (
+        "expires_at: must be 2147483647 for OAuth 1.0 providers (garmin), "
+        "or left empty to have it filled in"
+    )
+    # And every connection Vital received carries the constant
+    received = [c for r in stack.vital.bulk_import_requests() for c in r.connections]
+    assert sorted(c["user_id"] for c in received) == sorted(user_id(n) for n in (0, 1, 2, 4, 5))
+    assert {c["expires_at"] for c in received} == {OAUTH1_EXPIRES_AT}
+    assert {r.body["provider"] for r in stack.vital.bulk_import_requests()} == {"garmin"}
 
 
 def test_missing_object_fails_cleanly(stack: Stack) -> None:

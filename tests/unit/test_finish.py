@@ -103,7 +103,7 @@ def counted(ctx: RunContext, **rows: int) -> None:
         ({"imported": 10}, "succeeded"),
         ({"imported": 5, "enqueued": 5}, "succeeded"),
         ({"imported": 5, "duplicate": 5}, "succeeded"),  # a duplicate is not a failure
-        ({}, "succeeded"),  # an empty file
+        ({}, "succeeded"),  # nothing counted, nothing stopped (a file with no rows fails)
         ({"imported": 9, "rejected": 1}, "partial"),
         ({"imported": 9, "failed": 1}, "partial"),
         ({"imported": 9, "errored": 1}, "partial"),

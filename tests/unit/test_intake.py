@@ -1,18 +1,23 @@
 """Reading a file through the real run (``Run`` with ``Intake``), with fakes at the wiring seam:
 rejected rows, duplicates, rows too large for a request, a resumed run's rows already reported,
-and the deadline check between blocks."""
+the deadline check between blocks, files with no rows, and OAuth 1.0 rows on the hot path."""
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 from typing import Any
 
+import pytest
+import zstandard
+
 from bulk_import.config import Settings
-from bulk_import.model import Checkpoint, Counts, ObjectRef, SourceRef
+from bulk_import.model import OAUTH1_EXPIRES_AT, Checkpoint, Counts, ObjectRef, SourceRef
 from bulk_import.run import replay
 from bulk_import.run.context import FileResult
 from bulk_import.run.importer import Run
+from bulk_import.run.intake import NO_ROWS
 from bulk_import.wiring import Tunables, build
 from local.context import LocalLambdaContext
 from tests.fakes import FakePost, FakeS3, StoreState, offline
@@ -233,3 +238,113 @@ def test_given_no_time_left_then_each_invocation_reads_one_block_past_its_checkp
     assert result.manifest.segments == len(lines_done) + 1
     assert result.manifest.counts == Counts(rows=40, rejected=40)
     assert sorted(outcomes(s3)) == list(range(1, 41))
+
+
+# --- a file with no rows --------------------------------------------------------------------------
+
+CSV_HEADER = b"provider,user_id,access_token,refresh_token,provider_id,expires_at,oauth_scopes\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("a.jsonl", b""),
+        ("a.jsonl", b"\n  \n\r\n\t\n"),  # nothing but blank lines
+        ("a.ndjson", b"\xef\xbb\xbf\n"),  # a BOM, then a blank line
+        ("a.csv", b""),
+        ("a.csv", CSV_HEADER),  # a header alone
+        ("a.csv", b"\xef\xbb\xbf" + CSV_HEADER + b"\r\n\r\n"),  # and blank lines after it
+        ("a.json", b"[]"),
+        ("a.json", b" [ \n ] \n"),
+        ("a.jsonl.gz", gzip.compress(b"")),  # decompresses to nothing
+        ("a.jsonl.gz", gzip.compress(b"\n\n")),
+        ("a.csv.zst", zstandard.ZstdCompressor().compress(CSV_HEADER)),
+        ("a.json.gz", gzip.compress(b"[]")),
+    ],
+)
+def test_given_a_file_with_no_rows_then_it_fails_as_malformed_with_zero_rows(
+    name: str, data: bytes
+) -> None:
+    # Given a file that holds no row at all, in any format
+    s3, state = FakeS3(), StoreState()
+    key = f"incoming/oura/{name}"
+    s3.put(key, data)
+    post = FakePost()
+
+    # When it is imported
+    result = run(s3, state, settings(), ObjectRef(bucket=BUCKET, key=key), post_chunk=post)
+
+    # Then nothing is sent and the file fails with a reason a person can act on, not
+    # "succeeded" with 0 rows
+    assert post.sent == []
+    manifest = result.manifest
+    assert manifest is not None
+    assert manifest.status == "failed"
+    assert manifest.error is not None
+    assert (manifest.error.type, manifest.error.message) == ("MalformedFile", NO_ROWS)
+    assert "check the export" in manifest.error.message
+    assert manifest.counts == Counts()
+    assert parse_outcomes(s3.objects[f"results/oura/{name}/outcomes.csv"]) == []
+
+
+def test_given_a_file_whose_only_rows_are_rejected_then_it_is_not_a_file_with_no_rows() -> None:
+    s3, state = FakeS3(), StoreState()
+    put_lines(s3, "", make_row(0, user_id="not-a-uuid"), "")
+
+    result = run(s3, state, settings(), post_chunk=FakePost())
+
+    assert result.manifest is not None
+    assert (result.manifest.status, result.manifest.error) == ("partial", None)
+    assert result.manifest.counts == Counts(rows=1, rejected=1)
+
+
+# --- OAuth 1.0 rows on the JSONL hot path --------------------------------------------------------
+
+GARMIN_KEY = "incoming/garmin/g.jsonl"
+GARMIN_OUTCOMES = "results/garmin/g.jsonl/outcomes.csv"
+
+
+def test_given_garmin_rows_then_only_the_oauth1_constant_or_none_is_taken() -> None:
+    # Given a Garmin file (provider from the key): rows in canonical form with the constant,
+    # another expiry (which the block validator alone would take), no expiry, and a row of
+    # its own provider with another expiry; a Garmin row with a numeric expiry as text
+    s3, state = FakeS3(), StoreState()
+    rows = [
+        make_row(0, provider=None, expires_at=OAUTH1_EXPIRES_AT),
+        make_row(1, provider=None, expires_at=1_893_456_000),
+        make_row(2, provider=None, expires_at=None),
+        make_row(3, provider="garmin", expires_at=1_893_456_000),
+        make_row(4, provider="oura", expires_at=1_893_456_000),  # OAuth 2.0: any expiry
+        make_row(5, provider=None, expires_at=str(OAUTH1_EXPIRES_AT)),
+        make_row(6, provider=None),
+    ]
+    del rows[6]["expires_at"]
+    s3.put(GARMIN_KEY, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    post = FakePost()
+
+    # When it is imported
+    result = run(s3, state, settings(), ObjectRef(bucket=BUCKET, key=GARMIN_KEY), post_chunk=post)
+
+    # Then the rows with another expiry are rejected, naming the field and the constant
+    by_line = {int(o["line"]): o for o in parse_outcomes(s3.objects[GARMIN_OUTCOMES])}
+    reason = (
+        "expires_at: must be 2147483647 for OAuth 1.0 providers (garmin), "
+        "or left empty to have it filled in"
+    )
+    assert {n for n, o in by_line.items() if o["outcome"] == "rejected"} == {2, 4}
+    assert by_line[2]["detail"] == by_line[4]["detail"] == reason
+    assert by_line[2]["provider"] == "garmin"
+    assert "1893456000" not in s3.objects[GARMIN_OUTCOMES].decode()
+    # And every Garmin row sent carries the constant
+    sent = {row.line: json.loads(row.payload) for chunk in post.sent for row in chunk.rows}
+    assert sorted(sent) == [1, 3, 5, 6, 7]
+    assert {line: r["expires_at"] for line, r in sent.items()} == {
+        1: OAUTH1_EXPIRES_AT,
+        3: OAUTH1_EXPIRES_AT,
+        5: 1_893_456_000,
+        6: OAUTH1_EXPIRES_AT,
+        7: OAUTH1_EXPIRES_AT,
+    }
+    assert {c.provider for c in post.sent for r in c.rows if r.line == 5} == {"oura"}
+    assert result.manifest is not None
+    assert result.manifest.counts == Counts(rows=7, rejected=2, imported=5)

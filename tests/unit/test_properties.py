@@ -28,8 +28,8 @@ from bulk_import.ingest.json_array import read_json_array
 from bulk_import.ingest.jsonl import WIDE_BOMS, jsonl_blocks
 from bulk_import.ingest.validation import context_for, validate_json_row
 from bulk_import.ingest.validation import validate_well_formed as validate_block
+from bulk_import.model import OAUTH1_EXPIRES_AT, OAUTH1_PROVIDERS, ROW_FIELDS, Counts, Outcome
 from bulk_import.model import PROVIDERS as KNOWN_PROVIDERS
-from bulk_import.model import ROW_FIELDS, Counts, Outcome
 from bulk_import.run.tally import Tally
 
 FAST = settings(max_examples=60, deadline=None)
@@ -377,16 +377,22 @@ _field_values: dict[str, st.SearchStrategy[Any]] = {
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.booleans()
     | st.integers(0, 2**40).map(str)
+    | st.sampled_from(
+        [f"{OAUTH1_EXPIRES_AT}", f" {OAUTH1_EXPIRES_AT} ", float(OAUTH1_EXPIRES_AT), ""]
+    )
     | st.none(),
     "oauth_scopes": st.none() | st.lists(_texts, max_size=3) | _texts | st.integers(),
 }
+# Garmin (OAuth 1.0) rows half the time, the constant expiry half the time: Garmin rows with the
+# constant, with another value and (a missing field, below) with none.
 _canonical: dict[str, st.SearchStrategy[Any]] = {
-    "provider": st.sampled_from(sorted(KNOWN_PROVIDERS)),
+    "provider": st.sampled_from(sorted(KNOWN_PROVIDERS))
+    | st.sampled_from(sorted(OAUTH1_PROVIDERS)),
     "user_id": _uuids,
     "access_token": st.text(min_size=1, max_size=8),
     "refresh_token": st.text(min_size=1, max_size=8),
     "provider_id": st.text(min_size=1, max_size=8),
-    "expires_at": st.integers(0, 2**63 - 1),
+    "expires_at": st.integers(0, 2**63 - 1) | st.just(OAUTH1_EXPIRES_AT),
     "oauth_scopes": st.lists(st.text(min_size=1, max_size=5), max_size=3) | st.none(),
 }
 
@@ -414,6 +420,12 @@ def validate_well_formed(raw: bytes) -> tuple[str | None, dict[str, Any]] | None
     return recipe.pop("provider", None), recipe
 
 
+def fast_path_takes(provider: str, recipe: dict[str, Any]) -> bool:
+    """The hot loop's one check past the block validator (``Intake._take_jsonl``): an OAuth 1.0
+    row whose expiry is not the constant goes to the full model."""
+    return provider not in OAUTH1_PROVIDERS or recipe["expires_at"] == OAUTH1_EXPIRES_AT
+
+
 @settings(max_examples=400, deadline=None)
 @given(row=_rows(), default=st.sampled_from([None, "garmin"]), indent=st.sampled_from([None, 1]))
 def test_well_formed_rows_validate_as_the_full_model_does(
@@ -422,14 +434,20 @@ def test_well_formed_rows_validate_as_the_full_model_does(
     raw = json.dumps(row, indent=indent).encode()
     fast = validate_well_formed(raw)
     full = validate_json_row(raw, context_for(default))
-    event("fast path" if fast is not None else "full model only")
     if fast is None:
+        event("full model only")
         return  # the full model decides alone
     own_provider, recipe = fast
     provider = own_provider or default
     if provider is None:
+        event("full model only")
         assert full is None  # no provider anywhere: the full model explains why
         return
+    if not fast_path_takes(provider, recipe):
+        event("OAuth 1.0 row sent to the full model")
+        assert full is None  # another expiry than the constant: rejected
+        return
+    event("fast path: OAuth 1.0" if provider in OAUTH1_PROVIDERS else "fast path")
     assert full is not None, row
     assert (provider, recipe["user_id"], serialise(recipe)) == (
         full.provider,
@@ -457,6 +475,32 @@ def test_canonical_rows_take_the_fast_path() -> None:
     assert validate_well_formed(json.dumps(bare).encode()) == (None, {**bare, "oauth_scopes": None})
     assert validate_well_formed(json.dumps({**row, "expires_at": "1764763117"}).encode()) is None
     assert validate_well_formed(json.dumps({**row, "provider_id": 148151911}).encode()) is None
+
+
+def test_the_block_validator_alone_takes_a_garmin_row_with_any_expiry() -> None:
+    """Why the hot loop checks OAuth 1.0 rows itself: WellFormedRow cannot compare two fields."""
+    row = {
+        "provider": "garmin",
+        "user_id": "c1fa22f9-2917-49aa-9257-afac6e510cd0",
+        "access_token": "a",
+        "refresh_token": "secret",
+        "provider_id": "p",
+        "expires_at": 1764763117,
+    }
+    fast = validate_well_formed(json.dumps(row).encode())
+    assert fast is not None
+    assert not fast_path_takes("garmin", fast[1])
+    assert validate_json_row(json.dumps(row).encode(), context_for(None)) is None
+    constant = {**row, "expires_at": OAUTH1_EXPIRES_AT}
+    fast = validate_well_formed(json.dumps(constant).encode())
+    assert fast is not None
+    assert fast_path_takes("garmin", fast[1])
+    # No expiry at all: not canonical, so the full model fills it in.
+    bare = {k: v for k, v in row.items() if k != "expires_at"}
+    assert validate_well_formed(json.dumps(bare).encode()) is None
+    full = validate_json_row(json.dumps(bare).encode(), context_for(None))
+    assert full is not None
+    assert full.expires_at == OAUTH1_EXPIRES_AT
 
 
 # --- JSONL blocks: the same lines whatever the block size ---------------------------------------

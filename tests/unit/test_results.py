@@ -244,7 +244,7 @@ def test_retry_spool_lines_can_be_uploaded_again_as_jsonl() -> None:
                 "access_token": f"a{i}",
                 "refresh_token": f"r{i}",
                 "provider_id": f"p{i}",
-                "expires_at": 1_700_000_000,
+                "expires_at": 2_147_483_647 if provider == "garmin" else 1_700_000_000,
                 "oauth_scopes": "x y" if i else None,
             }
         )

@@ -9,12 +9,14 @@ import pytest
 
 from bulk_import.ingest.chunking import serialise
 from bulk_import.ingest.validation import (
+    context_for,
     display_provider,
     display_user_id,
+    validate_json_row,
     validate_row,
     validate_well_formed,
 )
-from bulk_import.model import PROVIDERS, ConnectionRow
+from bulk_import.model import OAUTH1_EXPIRES_AT, OAUTH1_PROVIDERS, PROVIDERS, ConnectionRow
 
 USER = "6f1c2c4e-1111-4222-8333-444455556666"
 SECRET = "tok_SECRET_abc123"
@@ -66,7 +68,7 @@ def test_valid_csv_like_row() -> None:
         "access_token": " a ",
         "refresh_token": "r",
         "provider_id": "12345",
-        "expires_at": " 1700000000 ",
+        "expires_at": " 2147483647 ",
         "oauth_scopes": "a b,c ,, d",
     }
     row = valid(data)
@@ -76,7 +78,7 @@ def test_valid_csv_like_row() -> None:
         "access_token": "a",
         "refresh_token": "r",
         "provider_id": "12345",
-        "expires_at": 1_700_000_000,
+        "expires_at": OAUTH1_EXPIRES_AT,
         "oauth_scopes": ["a", "b", "c", "d"],
     }
 
@@ -159,16 +161,17 @@ def test_provider_is_case_insensitive(provider: str) -> None:
 
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
 def test_every_documented_provider_is_accepted(provider: str) -> None:
-    assert valid(json_row(provider=provider)).provider == provider
+    expires_at = OAUTH1_EXPIRES_AT if provider in OAUTH1_PROVIDERS else 1_700_000_000
+    assert valid(json_row(provider=provider, expires_at=expires_at)).provider == provider
 
 
 def test_default_provider_applies_only_when_row_lacks_one() -> None:
-    assert valid(json_row(provider=...), "garmin").provider == "garmin"
-    assert valid(json_row(provider=None), "garmin").provider == "garmin"
-    assert valid(json_row(provider=""), "garmin").provider == "garmin"
-    assert valid(json_row(provider="fitbit"), "garmin").provider == "fitbit"
+    assert valid(json_row(provider=...), "polar").provider == "polar"
+    assert valid(json_row(provider=None), "polar").provider == "polar"
+    assert valid(json_row(provider=""), "polar").provider == "polar"
+    assert valid(json_row(provider="fitbit"), "polar").provider == "fitbit"
     # The row's own (invalid) provider wins over the default: it is not silently replaced.
-    reason = validate_row(json_row(provider="nope"), "garmin")
+    reason = validate_row(json_row(provider="nope"), "polar")
     assert isinstance(reason, str)
     assert reason.startswith("provider: unknown provider; expected one of cronometer, ")
 
@@ -178,6 +181,88 @@ def test_input_dict_is_not_modified() -> None:
     before = dict(data)
     valid(data, "oura")
     assert data == before
+
+
+# --- OAuth 1.0 providers: expires_at is the constant 2147483647 ---------------------------------
+
+OAUTH1_REASON = (
+    "expires_at: must be 2147483647 for OAuth 1.0 providers (garmin), "
+    "or left empty to have it filled in"
+)
+
+
+def test_oauth1_constants_are_the_documented_ones() -> None:
+    assert {"garmin"} == OAUTH1_PROVIDERS
+    assert OAUTH1_EXPIRES_AT == 2147483647
+    assert OAUTH1_PROVIDERS <= PROVIDERS
+
+
+@pytest.mark.parametrize("expires_at", [..., None, "", "  "])
+@pytest.mark.parametrize(("provider", "default"), [("garmin", None), (" Garmin ", "oura")])
+def test_given_a_garmin_row_without_expires_at_then_the_constant_is_filled_in(
+    expires_at: Any, provider: str, default: str | None
+) -> None:
+    row = valid(json_row(provider=provider, expires_at=expires_at), default)
+    assert (row.provider, row.expires_at) == ("garmin", OAUTH1_EXPIRES_AT)
+    assert json.loads(serialise(row))["expires_at"] == OAUTH1_EXPIRES_AT
+
+
+@pytest.mark.parametrize("default", ["garmin", "Garmin"])
+@pytest.mark.parametrize("provider", [..., None, ""])
+def test_given_garmin_from_the_key_or_metadata_then_the_constant_is_filled_in(
+    provider: Any, default: str
+) -> None:
+    data = json_row(provider=provider, expires_at=...)
+    row = valid(data, default)
+    assert (row.provider, row.expires_at) == ("garmin", OAUTH1_EXPIRES_AT)
+    assert "expires_at" not in data  # the caller's dict is left as it was
+
+
+@pytest.mark.parametrize(
+    "expires_at", [OAUTH1_EXPIRES_AT, "2147483647", " 2147483647 ", 2147483647.0]
+)
+def test_given_a_garmin_row_with_the_constant_then_it_is_accepted(expires_at: Any) -> None:
+    assert valid(json_row(provider="garmin", expires_at=expires_at)).expires_at == OAUTH1_EXPIRES_AT
+
+
+@pytest.mark.parametrize(
+    "expires_at",
+    [1_700_000_000, 0, 2147483646, "2147483648", "918273645546372819"],
+)
+@pytest.mark.parametrize(("provider", "default"), [("garmin", None), (..., "garmin")])
+def test_given_a_garmin_row_with_another_expires_at_then_it_is_rejected_naming_the_constant(
+    expires_at: Any, provider: Any, default: str | None
+) -> None:
+    reason = validate_row(json_row(provider=provider, expires_at=expires_at), default)
+    assert reason == OAUTH1_REASON  # the field and the constant, never the value
+
+
+def test_given_a_garmin_row_when_read_as_json_then_the_same_rules_apply() -> None:
+    filled = validate_json_row(
+        json.dumps(json_row(provider=None, expires_at=None)).encode(), context_for("garmin")
+    )
+    assert filled is not None
+    assert filled.expires_at == OAUTH1_EXPIRES_AT
+    other = json.dumps(json_row(provider="garmin", expires_at=1_700_000_000)).encode()
+    assert validate_json_row(other, context_for(None)) is None
+
+
+@pytest.mark.parametrize("expires_at", [..., None, ""])
+@pytest.mark.parametrize(
+    ("provider", "default"), [("oura", None), (..., "oura"), ("oura", "garmin")]
+)
+def test_given_an_oauth2_row_without_expires_at_then_it_is_still_rejected(
+    expires_at: Any, provider: Any, default: str | None
+) -> None:
+    reason = validate_row(json_row(provider=provider, expires_at=expires_at), default)
+    assert isinstance(reason, str)
+    assert reason.startswith("expires_at: ")
+    assert "2147483647" not in reason
+
+
+def test_the_row_schema_names_the_oauth1_constant() -> None:
+    description = ConnectionRow.model_json_schema()["properties"]["expires_at"]["description"]
+    assert "OAuth 1.0 providers (garmin): 2147483647" in description
 
 
 @pytest.mark.parametrize("provider", [..., None, ""])

@@ -12,7 +12,7 @@ from bulk_import.model.manifest import (
     SourceRef,
 )
 from bulk_import.model.outcome import COUNT_FIELD, Counts, Outcome, RowOutcome
-from bulk_import.model.providers import PROVIDERS
+from bulk_import.model.providers import OAUTH1_EXPIRES_AT, OAUTH1_PROVIDERS, PROVIDERS
 from bulk_import.model.row import (
     CANONICAL_UUID,
     DEFAULT_PROVIDER,
@@ -33,6 +33,8 @@ __all__ = [
     "CANONICAL_UUID",
     "COUNT_FIELD",
     "DEFAULT_PROVIDER",
+    "OAUTH1_EXPIRES_AT",
+    "OAUTH1_PROVIDERS",
     "PROVIDERS",
     "RECIPE_FIELDS",
     "ROW_FIELDS",

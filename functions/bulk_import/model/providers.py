@@ -23,3 +23,8 @@ PROVIDERS: frozenset[str] = frozenset(
         "runkeeper",
     }
 )
+
+# OAuth 1.0 providers: their tokens do not expire, so Vital takes the constant OAUTH1_EXPIRES_AT
+# (2**31 - 1) as their `expires_at`, and `refresh_token` holds the token secret.
+OAUTH1_PROVIDERS: frozenset[str] = frozenset({"garmin"})
+OAUTH1_EXPIRES_AT = 2147483647

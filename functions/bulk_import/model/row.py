@@ -18,10 +18,11 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationInfo,
+    model_validator,
     with_config,
 )
 
-from bulk_import.model.providers import PROVIDERS
+from bulk_import.model.providers import OAUTH1_EXPIRES_AT, OAUTH1_PROVIDERS, PROVIDERS
 
 RECIPE_FIELDS: tuple[str, ...] = (
     "user_id",
@@ -59,6 +60,13 @@ DEFAULT_PROVIDER = "default_provider"
 NO_PROVIDER = (
     "missing; add a 'provider' field, put the file under incoming/<provider>/, "
     "or set the object's 'provider' metadata"
+)
+_OAUTH1_NAMES = ", ".join(sorted(OAUTH1_PROVIDERS))
+# Names the field (through the error's location) and the constant, never the value: a value in
+# the wrong place may be a token.
+OAUTH1_EXPIRY = (
+    f"must be {OAUTH1_EXPIRES_AT} for OAuth 1.0 providers ({_OAUTH1_NAMES}), "
+    "or left empty to have it filled in"
 )
 
 
@@ -111,6 +119,17 @@ def _known_provider(value: Any, info: ValidationInfo) -> Any:
         value = value.strip().lower()
         if value not in PROVIDERS:
             raise ValueError("unknown provider; expected one of " + ", ".join(sorted(PROVIDERS)))
+    return value
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _oauth1_expiry(value: int, info: ValidationInfo) -> int:
+    """An OAuth 1.0 provider's tokens never expire: Vital takes only the constant."""
+    if value != OAUTH1_EXPIRES_AT and info.data.get("provider") in OAUTH1_PROVIDERS:
+        raise ValueError(OAUTH1_EXPIRY)
     return value
 
 
@@ -174,11 +193,14 @@ class ConnectionRow(BaseModel):
         NonEmptyStr, BeforeValidator(_provider_id, json_schema_input_type=str | int)
     ] = Field(description="The user's id at the provider (numbers are read as text).")
     expires_at: Annotated[
-        EpochSeconds, BeforeValidator(_expires_at, json_schema_input_type=_EpochInput)
+        EpochSeconds,
+        BeforeValidator(_expires_at, json_schema_input_type=_EpochInput),
+        AfterValidator(_oauth1_expiry),
     ] = Field(
         description=(
-            "Token expiry in UNIX epoch seconds (an integer, also written as text); OAuth 1.0 "
-            "providers: 2147483647."
+            "Token expiry in UNIX epoch seconds (an integer, also written as text). OAuth 1.0 "
+            f"providers ({_OAUTH1_NAMES}): {OAUTH1_EXPIRES_AT}, filled in when absent, empty "
+            "or null; any other value is rejected."
         )
     )
     oauth_scopes: Annotated[
@@ -187,6 +209,20 @@ class ConnectionRow(BaseModel):
         default=None,
         description="Granted scopes: a list, or one string separated by spaces or commas.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _oauth1_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        """An OAuth 1.0 row (its own provider, or the file's default) without an expiry takes
+        the constant Vital expects. Only rows with no expiry pay for the provider look-up."""
+        if not isinstance(data, dict) or not _blank(data.get("expires_at")):
+            return data
+        provider = data.get("provider")
+        if _blank(provider):
+            provider = (info.context or {}).get(DEFAULT_PROVIDER)
+        if isinstance(provider, str) and provider.strip().lower() in OAUTH1_PROVIDERS:
+            return {**data, "expires_at": OAUTH1_EXPIRES_AT}
+        return data
 
 
 @with_config(ConfigDict(strict=True, str_strip_whitespace=True))

@@ -12,9 +12,15 @@ from concurrent.futures import Future
 from typing import IO, TYPE_CHECKING, NamedTuple
 
 from bulk_import import ingest
-from bulk_import.errors import Superseded
+from bulk_import.errors import MalformedFile, Superseded
 from bulk_import.ingest.dedupe import Dedupe
-from bulk_import.model import PROVIDERS, Outcome, RowOutcome
+from bulk_import.model import (
+    OAUTH1_EXPIRES_AT,
+    OAUTH1_PROVIDERS,
+    PROVIDERS,
+    Outcome,
+    RowOutcome,
+)
 from bulk_import.observability import logger
 from bulk_import.redaction import redact_text
 from bulk_import.run.dispatch import DeadlineReached
@@ -25,6 +31,10 @@ if TYPE_CHECKING:
 
 PROGRESS_EVERY_SECONDS = 15.0
 DEADLINE_CHECK_EVERY_RECORDS = 64
+NO_ROWS = (
+    "the file holds no rows (empty, a CSV header alone, an empty JSON array, or nothing but "
+    "blank lines): check the export"
+)
 # PendingRow(...) runs a Python-level __new__; tuple.__new__ builds the same named tuple in C.
 _pending = tuple.__new__
 
@@ -105,6 +115,10 @@ class Intake:
                 self._take_jsonl(stream, default_provider)
             else:
                 self._take_records(stream, fmt, default_provider)
+        if ctx.progress.rows_read == 0:
+            # Read to its end (every invocation reads from the start): nothing to migrate is
+            # an export gone wrong, not a file that succeeded.
+            raise MalformedFile(NO_ROWS)
         self.dispatcher.send(self.chunker.flush())
         ctx.progress.read_to_end = True
 
@@ -137,7 +151,8 @@ class Intake:
         """The hot loop: JSONL in blocks, well-formed rows straight to ``_accept``.
 
         Everything else (blank and over-long lines, lenient spellings, errors) goes through
-        ``_take`` like the other formats' rows.
+        ``_take`` like the other formats' rows; so does an OAuth 1.0 row whose ``expires_at`` is
+        not the constant (WellFormedRow cannot compare two fields): the full model rejects it.
         """
         limit = self.ctx.settings.max_row_bytes
         accept = self._accept
@@ -145,13 +160,18 @@ class Intake:
         progress = self.ctx.progress
         # A default spelled otherwise ("Oura") is normalised, or refused, by the full model.
         default = default_provider if default_provider in PROVIDERS else None
+        oauth1, oauth1_expires_at = OAUTH1_PROVIDERS, OAUTH1_EXPIRES_AT
         block_size = self.ctx.wiring.tunables.jsonl_block_bytes
         for first, lines in ingest.jsonl_blocks(stream, limit, block_size):
             self._between_rows()
             progress.rows_read += len(lines) - lines.count(b"")
             rows = ingest.validate_well_formed(lines)
             for line, raw, row in zip(itertools.count(first), lines, rows, strict=False):
-                if row is not None and (provider := row.pop("provider", None) or default):
+                if (
+                    row is not None
+                    and (provider := row.pop("provider", None) or default)
+                    and (provider not in oauth1 or row["expires_at"] == oauth1_expires_at)
+                ):
                     accept(line, provider, row["user_id"], serialise(row))
                 elif raw:
                     self._take(ingest.Record(line, None, None, raw), default_provider)
