@@ -49,9 +49,10 @@ def _build_api(state: StandinState) -> FastAPI:
 
     @api.post(BULK_IMPORT_PATH, dependencies=[Depends(link_migration_allowed)])
     async def bulk_import(request: Request) -> Response:
-        body = _bulk_import_body(await request.body())
+        raw = await request.body()
+        body = _bulk_import_body(raw)
         user_ids = body.user_ids
-        errors = state._rejections(user_ids)
+        errors = state._rejections(user_ids, raw)
         if errors:
             return JSONResponse({"detail": errors}, status_code=422)
         enqueue = bool(request.scope.get(_SCOPE_FORCE_202)) or not body.wait_for_completion

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hmac
+import json
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -12,6 +13,9 @@ from typing import Any
 from local.standin.contract import DEFAULT_API_KEY, BulkOpStatus, _is_bulk_import
 from local.standin.faults import _NO_FAULTS, _Faults
 from local.standin.records import RecordedRequest, _BulkOp, _canon, _ImportResult, _iso
+
+# How much of a token a 422 echoes when `echo_token_prefix` is on.
+ECHOED_TOKEN_CHARS = 14
 
 
 @dataclass(eq=False)
@@ -47,6 +51,9 @@ class StandinState:
     # False: a recorded body keeps only provider, wait_for_completion and each connection's
     # user_id and provider_id, and drops its bytes (with the tokens) once it is first read.
     record_full_bodies: bool = True
+    # True: a 422's msg echoes the first ECHOED_TOKEN_CHARS characters of the offending
+    # connection's access_token, as a careless API might.
+    echo_token_prefix: bool = False
     # Records.
     requests: list[RecordedRequest] = field(default_factory=list, init=False)
     bulk_import_count: int = field(default=0, init=False)
@@ -175,25 +182,31 @@ class StandinState:
             record.status = 0
             record.dropped = True
 
-    def _rejections(self, user_ids: list[str]) -> list[dict[str, Any]]:
+    def _rejections(self, user_ids: list[str], raw: bytes = b"") -> list[dict[str, Any]]:
         with self._lock:
             unattributed = {_canon(u) for u in self.reject_unattributed}
             rejected = {_canon(u) for u in self.reject_user_ids}
+            echo = self.echo_token_prefix
         if not unattributed and not rejected:
             return []
-        if any(_canon(u) in unattributed for u in user_ids):
+
+        def said(msg: str, index: int) -> str:
+            return msg + _token_prefix(raw, index) if echo else msg
+
+        first = next((i for i, u in enumerate(user_ids) if _canon(u) in unattributed), None)
+        if first is not None:
             return [
                 {
                     "type": "value_error",
                     "loc": ["body"],
-                    "msg": "Value error, the bulk import could not be processed",
+                    "msg": said("Value error, the bulk import could not be processed", first),
                 }
             ]
         return [
             {
                 "type": "value_error",
                 "loc": ["body", "connections", index, "user_id"],
-                "msg": "Value error, user_id cannot be imported",
+                "msg": said("Value error, user_id cannot be imported", index),
                 "input": user_id,
             }
             for index, user_id in enumerate(user_ids)
@@ -254,3 +267,9 @@ class StandinState:
                 "resource_availability": {},
             }
         return list(providers.values())
+
+
+def _token_prefix(raw: bytes, index: int) -> str:
+    """`` (access_token tok-AT-00001…)``: the first characters of a connection's token."""
+    token = json.loads(raw)["connections"][index]["access_token"]
+    return f" (access_token {token[:ECHOED_TOKEN_CHARS]}…)"

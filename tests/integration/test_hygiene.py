@@ -267,10 +267,13 @@ class Hygiene:
         self.secrets.add_rows(rows)
         self.stack.put(key, body)
 
-    def run(self, *keys: str, **fakes: Any) -> dict[str, Any] | None:
-        """Import ``keys`` in one event, Vital's error answers echoing the request."""
+    def run(
+        self, *keys: str, transport: httpx.BaseTransport | None = None, **fakes: Any
+    ) -> dict[str, Any] | None:
+        """Import ``keys`` in one event, Vital's error answers echoing the request (unless
+        ``transport`` says otherwise)."""
         try:
-            return self.stack.import_keys(*keys, transport=EchoingVital(), **fakes)
+            return self.stack.import_keys(*keys, transport=transport or EchoingVital(), **fakes)
         except Exception as exc:  # noqa: BLE001 - searched for tokens, then reported
             self.raised.append("".join(traceback.format_exception(exc)))
             return None
@@ -643,6 +646,80 @@ def test_unattributable_422_echoes_nothing(hygiene: Hygiene) -> None:
     outcomes = hygiene.stack.outcomes("results/unattributed.jsonl/")
     assert {o["user_id"] for o in outcomes if o["outcome"] == "rejected"} == set(refused)
     assert manifest["status"] == "partial"
+
+
+# --- Vital echoes a fragment of a token -------------------------------------------------------
+
+_NOT_HEX = "ghijklmnopqrstuv"
+
+
+def fragment_token(kind: str, n: int) -> str:
+    """``tok-AT-<14 letters>-<12 hex>``: every window of 8 holds a letter or is in the tail, so
+    that one found in the output is the token's, not a UUID's or a request id's."""
+    letters = "".join(_NOT_HEX[int(c, 16)] for c in _tail(f"letters/{kind}/{n}") + "ab")
+    return f"tok-{kind}-{letters}-{_tail(f'{kind}/{n}')}"
+
+
+def fragments(tokens: Iterable[str], text: str, length: int = 8) -> list[str]:
+    """Each window of ``length`` characters of ``tokens`` found in ``text``, in context."""
+    windows = {t[i : i + length] for t in tokens for i in range(len(t) - length + 1)}
+    return [
+        _around(text, i, i + length)
+        for i in range(len(text) - length + 1)
+        if text[i : i + length] in windows
+    ]
+
+
+class RecordingVital(httpx.BaseTransport):
+    """Real HTTP to the stand-in, keeping the body of each 422 answer to bulk_import."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.HTTPTransport()
+        self.refusals: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._inner.handle_request(request)
+        if response.status_code == 422 and request.url.path.endswith("/bulk_import"):
+            self.refusals.append(response.read().decode())
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+@pytest.mark.parametrize("refusal", ["pointed", "unattributed"])
+def test_a_422_echoing_a_token_prefix_leaks_no_fragment(hygiene: Hygiene, refusal: str) -> None:
+    rows = [
+        {
+            **corpus_row(n),
+            "access_token": fragment_token("AT", n),
+            "refresh_token": fragment_token("RT", n),
+        }
+        for n in range(90_000, 90_300)
+    ]
+    originals = put_corpus(hygiene, "incoming/fragments.jsonl", rows)
+    vital = hygiene.stack.vital
+    vital.echo_token_prefix = True
+    if refusal == "pointed":
+        vital.reject_user_ids = {row["user_id"] for line, row in originals.items() if line % 9 == 0}
+    else:
+        vital.reject_unattributed = {originals[line]["user_id"] for line in (40, 250)}
+    spy = RecordingVital()
+
+    hygiene.run("incoming/fragments.jsonl", transport=spy)
+
+    (manifest,) = hygiene.verify({"incoming/fragments.jsonl": originals})
+    tokens = [row[name] for row in rows for name in ("access_token", "refresh_token")]
+    # The stand-in did echo the first 14 characters of the offending tokens ...
+    echoed = {token[:14] for token in tokens if any(token[:14] in r for r in spy.refusals)}
+    assert len(echoed) >= (2 if refusal == "unattributed" else 30), spy.refusals[:3]
+    assert manifest["counts"]["rejected"] > 0
+    # ... and no 8 characters of any token are in a manifest, an outcome, a log line or stdout.
+    outputs = "\n".join([hygiene.stack.everything_written(), *hygiene.logs.lines, *hygiene.raised])
+    assert "outcomes.csv" in outputs
+    assert fragments(tokens, outputs) == []
+    messages = [o["detail"] for o in hygiene.stack.outcomes("results/fragments.jsonl/")]
+    assert any("[REDACTED]" in m for m in messages)
 
 
 @pytest.mark.parametrize("fault", ["5xx", "drop"])
