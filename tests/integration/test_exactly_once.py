@@ -902,10 +902,10 @@ def test_concurrent_duplicate_events_without_a_table_post_each_connection_once(
     broken = [make_row(20_000 + n, user_id="broken") for n in range(3)]
     stack.put("incoming/race-no-table.jsonl", encode_rows(broken + rows, "jsonl"))
     event = s3_event(stack.bucket, ["incoming/race-no-table.jsonl"])
-    statuses: list[str] = []
+    files: list[dict[str, Any]] = []
 
     def run() -> None:
-        statuses.append(stack.invoke(event)["files"][0]["status"])
+        files.append(stack.invoke(event)["files"][0])
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     with s3_keys("PutObject") as keys:
@@ -916,7 +916,10 @@ def test_concurrent_duplicate_events_without_a_table_post_each_connection_once(
             assert not thread.is_alive()
     parts = [k for k in keys["PutObject"] if "/_state/" in k and "checkpoint" not in k]
 
-    assert sorted(statuses) == ["partial", "skipped"]
+    assert sorted(f["status"] for f in files) == ["partial", "skipped"]
+    # The loser says what happened: the same version, not a newer upload
+    (skipped,) = (f for f in files if f["status"] == "skipped")
+    assert skipped["reason"] == "another invocation is importing this version"
     assert_complete(stack, "results/race-no-table.jsonl/", 65)
     assert len(stack.vital.posted_connections()) == 60
     # Both stored a part before the checkpoint told them apart: never under the same name, and
@@ -925,6 +928,57 @@ def test_concurrent_duplicate_events_without_a_table_post_each_connection_once(
     assert len(parts) == len(set(parts))
     for prefix in ("results/race-no-table.jsonl/_state/", "retry/race-no-table.jsonl/_state/"):
         assert stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=prefix)["KeyCount"] == 0
+
+
+def test_a_duplicate_event_that_loses_the_checkpoint_to_the_first_says_another_is_importing(
+    stack: Stack,
+) -> None:
+    # Given two deliveries of one event and no idempotency table: B finds no checkpoint, then
+    # A creates one (and waits there) before B tries to create its own
+    rows = upload(stack, "incoming/both.jsonl", 30)
+    event = s3_event(stack.bucket, ["incoming/both.jsonl"])
+    b_looked, a_saved, b_lost = threading.Event(), threading.Event(), threading.Event()
+
+    class FirstForA(CheckpointStore):
+        def load(self) -> Checkpoint | None:
+            assert b_looked.wait(timeout=30)
+            return super().load()
+
+        def save(self, checkpoint: Checkpoint) -> None:
+            super().save(checkpoint)
+            if not a_saved.is_set():
+                a_saved.set()
+                assert b_lost.wait(timeout=30)
+
+    class LateForB(CheckpointStore):
+        def load(self) -> Checkpoint | None:
+            found = super().load()
+            b_looked.set()
+            return found
+
+        def existing_manifest(self) -> Manifest | None:
+            assert a_saved.wait(timeout=30)
+            return super().existing_manifest()
+
+        def save(self, checkpoint: Checkpoint) -> None:
+            try:
+                super().save(checkpoint)
+            finally:
+                b_lost.set()
+
+    results: dict[str, Any] = {}
+    b = threading.Thread(target=lambda: results.update(B=stack.invoke(event, new_store=LateForB)))
+    b.start()
+    results["A"] = stack.invoke(event, new_store=FirstForA)
+    b.join(timeout=60)
+    assert not b.is_alive()
+
+    # Then B stops before sending anything, saying the same version is being imported
+    assert results["A"]["files"][0]["status"] == "partial"  # the rejected row
+    assert results["B"]["files"][0]["status"] == "skipped"
+    assert results["B"]["files"][0]["reason"] == "another invocation is importing this version"
+    assert_complete(stack, "results/both.jsonl/", len(rows))
+    assert len(stack.vital.posted_connections()) == 30
 
 
 def test_a_duplicate_event_that_finds_no_state_until_the_first_finished_posts_nothing(

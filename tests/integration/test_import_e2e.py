@@ -275,6 +275,30 @@ def test_deeply_nested_scopes_reject_their_row_and_the_rest_goes_on(stack: Stack
     )
 
 
+def test_a_json_element_nested_too_deeply_is_rejected_and_the_rest_is_imported(
+    stack: Stack,
+) -> None:
+    # 100,000 levels in one element (200 KB, within MAX_ROW_BYTES): too deep for json to build;
+    # the element is passed over and rejected by its index, the file goes on.
+    rows = [make_row(i) for i in range(10)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    deep = '{"user_id": "x", "scopes": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    elements = [json.dumps(r) for r in rows]
+    elements.insert(4, deep)  # element 5
+    stack.put("incoming/deep.json", ("[\n" + ",\n".join(elements) + "\n]").encode())
+
+    stack.import_keys("incoming/deep.json")
+
+    manifest = stack.manifest("results/deep.json/")
+    assert manifest["error"] is None
+    assert manifest["status"] == "partial"
+    assert manifest["counts"]["rows"] == 11
+    assert manifest["counts"]["rejected"] == 1
+    assert manifest["counts"]["imported"] == 10
+    (rejected,) = [o for o in stack.outcomes("results/deep.json/") if o["outcome"] == "rejected"]
+    assert (rejected["line"], rejected["detail"]) == ("5", "element is nested too deeply")
+
+
 def test_a_csv_quote_closed_lines_later_at_a_field_end_names_the_lines_it_took(
     stack: Stack,
 ) -> None:

@@ -853,6 +853,56 @@ def test_json_element_over_the_limit_is_passed_over_one_window_at_a_time() -> No
     assert 0 < window.largest < 10_000 + 2 * READ_SIZE
 
 
+DEPTH = 100_000
+
+
+@pytest.mark.parametrize("window", [64, READ_SIZE])
+@pytest.mark.parametrize(
+    ("element", "reason"),
+    [
+        (b"[" * DEPTH + b"]" * DEPTH, "element is nested too deeply"),
+        (b'{"a":' * DEPTH + b"1" + b"}" * DEPTH, "element is nested too deeply"),
+        # Inside an object, strings with brackets: the scanner still finds its end.
+        (
+            b'{"s":"]}", "x":' + b"[" * DEPTH + b'"[{"' + b"]" * DEPTH + b"}",
+            "element is nested too deeply",
+        ),
+        (b'{"n":' + b"9" * 5000 + b"}", "invalid JSON: a number has too many digits"),
+        (b"9" * 5000, "invalid JSON: a number has too many digits"),
+    ],
+    ids=["arrays", "objects", "with-strings", "digits-in-object", "bare-digits"],
+)
+def test_json_element_that_cannot_be_decoded_is_rejected_and_the_rest_goes_on(
+    window: int, element: bytes, reason: str
+) -> None:
+    # Within the size limit, but too deep for json's recursion or with a number over Python's
+    # int limit: the element is passed over unbuilt, and only it is rejected.
+    data = b'[{"a":1}, ' + element + b' ,{"b":2}, {"c":3}]'
+    rows = read_json(data, window, limit=10 * DEPTH)
+    assert rows == [
+        (1, {"a": 1}, None),
+        (2, None, reason),
+        (3, {"b": 2}, None),
+        (4, {"c": 3}, None),
+    ]
+
+
+def test_json_deeply_nested_element_the_file_ends_inside_is_a_malformed_file() -> None:
+    data = b'[{"a":1}, ' + b"[" * DEPTH
+    got, message = records_until_malformed(
+        read_json_array(stream(data), 10 * DEPTH, read_size=1024)
+    )
+    assert got == [(1, {"a": 1}, None)]
+    assert message == "invalid JSON in element 2: the file ends inside it"
+
+
+def test_json_deeply_nested_element_followed_by_broken_text_is_a_malformed_file() -> None:
+    data = b'[{"a":1}, ' + b"[" * DEPTH + b"]" * DEPTH + b' {"b":2}]'
+    got, message = records_until_malformed(read_json_array(stream(data), 10 * DEPTH))
+    assert got == [(1, {"a": 1}, None), (2, None, "element is nested too deeply")]
+    assert message == "invalid JSON after element 2: expected ',' or ']', found '{'"
+
+
 def test_json_window_reads_read_size_characters_at_a_time() -> None:
     """Given ``read_size`` 5, when an array is read, then each read takes 5 characters: the
     window-edge tests above cut the text where they mean to."""

@@ -15,6 +15,9 @@ from bulk_import.ingest.record import Record, object_or_error
 READ_SIZE = 256 * 1024
 _CUT_WINDOW = 16
 _NUMBER_TAIL = re.compile(r"[0-9.eE+-]*")
+# The reasons for an element Python's json cannot build: passed over and rejected.
+TOO_DEEP = "element is nested too deeply"
+TOO_MANY_DIGITS = "invalid JSON: a number has too many digits"
 
 # Makes the window over a text stream: ``(text, read_size) -> TextWindow``.
 type WindowFactory = Callable[[io.TextIOWrapper, int], TextWindow]
@@ -78,11 +81,9 @@ class TextWindow:
                     continue
                 raise MalformedFile(f"invalid JSON in element {index}: {exc.msg}") from None
             except RecursionError:
-                raise MalformedFile(f"element {index} is nested too deeply") from None
+                self._pass_over(index, TOO_DEEP)
             except ValueError:  # json's int limit (JSONDecodeError is handled above)
-                raise MalformedFile(
-                    f"element {index} holds a number with too many digits"
-                ) from None
+                self._pass_over(index, TOO_MANY_DIGITS)
             # A number cut at the window's edge ('1.' of '1.5') may continue in the next read,
             # but not past the limit: a bare number of gigabytes must not be buffered whole.
             if end - self._pos > limit:
@@ -94,9 +95,15 @@ class TextWindow:
 
     def _skip_too_large(self, index: int) -> NoReturn:
         """Pass over an element over the limit, so it is a rejected row, not a failed file."""
+        self._pass_over(index, None)
+
+    def _pass_over(self, index: int, reason: str | None) -> NoReturn:
+        """Pass over an element that cannot be decoded (``reason``; None: over the limit), so
+        it is a rejected row, not a failed file: the value scanner needs no recursion and
+        builds no number. An element the file ends inside still fails the file."""
         if not self._skip_value():
             raise MalformedFile(f"invalid JSON in element {index}: the file ends inside it")
-        raise _ElementTooLarge
+        raise _Rejected(reason)
 
     def _skip_value(self) -> bool:
         """Move past one JSON value without building it, holding one window at a time; False
@@ -147,8 +154,10 @@ def read_json_array(
             index += 1
             try:
                 value = reader.decode_value(decoder, limit, index)
-            except _ElementTooLarge:
-                yield Record(index, None, f"element is larger than {limit} bytes")
+            except _Rejected as rejected:
+                yield Record(
+                    index, None, rejected.reason or f"element is larger than {limit} bytes"
+                )
             else:
                 yield object_or_error(index, value)
             separator = reader.next_significant()
@@ -168,8 +177,13 @@ def read_json_array(
             text.detach()
 
 
-class _ElementTooLarge(Exception):
-    """A JSON array element over MAX_ROW_BYTES, already passed over."""
+class _Rejected(Exception):
+    """A JSON array element already passed over: over MAX_ROW_BYTES (``reason`` None), nested
+    too deeply, or holding a number with too many digits."""
+
+    def __init__(self, reason: str | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 _OUTSIDE_STRING = re.compile(r'[\[\]{}",]')

@@ -25,6 +25,18 @@ class ObjectRef(BaseModel):
     segment: int = Field(default=0, ge=0)
 
 
+def same_upload(mine: ObjectRef | SourceRef, theirs: SourceRef) -> bool:
+    """Same upload: by version id, else by S3's per-upload sequencer, else by ETag."""
+    for a, b in (
+        (mine.version_id, theirs.version_id),
+        (mine.sequencer, theirs.sequencer),
+        (mine.etag, theirs.etag),
+    ):
+        if a and b:
+            return a == b
+    return False
+
+
 class ContinuationMessage(BaseModel):
     """The SQS message that hands the rest of a file to a fresh invocation (no tokens)."""
 

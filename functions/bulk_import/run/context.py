@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from bulk_import.errors import Superseded
 from bulk_import.model import Manifest, ObjectRef, SourceRef
+from bulk_import.model.checkpoint import same_upload
 from bulk_import.run import replay
 from bulk_import.run.ledger import Ledger
 from bulk_import.run.stop import Stop
@@ -47,14 +48,7 @@ def now() -> str:
 
 def same_object(ref: ObjectRef, other: SourceRef) -> bool:
     """Same upload: by version id, else by S3's per-upload sequencer, else by ETag."""
-    for mine, theirs in (
-        (ref.version_id, other.version_id),
-        (ref.sequencer, other.sequencer),
-        (ref.etag, other.etag),
-    ):
-        if mine and theirs:
-            return mine == theirs
-    return False
+    return same_upload(ref, other)
 
 
 def older_than(ref: ObjectRef, other: SourceRef) -> bool:

@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 
 from bulk_import.errors import Superseded, aws_error_code
 from bulk_import.model import Checkpoint, Manifest
+from bulk_import.model.checkpoint import same_upload
 from bulk_import.storage.keys import (
     CHECKPOINT_NAME,
     MANIFEST_NAME,
@@ -92,10 +93,21 @@ class CheckpointStore:
                 # in flight at S3). Not a takeover; the invocation fails and Lambda's retry
                 # resumes from whichever is stored (nothing was sent past either's lease).
                 raise
-            raise Superseded(
-                "another import of this key took over (a newer upload replaced the file)"
-            ) from None
+            raise Superseded(self._taken_by(stored[0] if stored else None, checkpoint)) from None
         self._etag = response["ETag"]
+
+    def _taken_by(self, stored: Checkpoint | None, mine: Checkpoint) -> str:
+        """Why a conditional write lost: whose checkpoint S3 holds instead of this run's."""
+        if stored is not None and same_upload(mine.source, stored.source):
+            # The same event delivered twice at once (no idempotency table): the other run
+            # goes on importing this version.
+            return "another invocation is importing this version"
+        if stored is not None:
+            return "another import of this key took over (a newer upload replaced the file)"
+        manifest = self.existing_manifest()
+        if manifest is not None and same_upload(mine.source, manifest.source):
+            return "another delivery of this event imported the object meanwhile"
+        return "another import of this key took over"
 
     def named_parts(self) -> set[str]:
         """The parts the stored checkpoint names, whoever wrote it (for a run that lost it)."""
