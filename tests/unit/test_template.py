@@ -148,6 +148,23 @@ def _one(template: dict[str, Any], resource_type: str) -> tuple[str, dict[str, A
     return name, resource.get("Properties", {})
 
 
+def _import_bucket(template: dict[str, Any]) -> dict[str, Any]:
+    """The import bucket's properties (the stack has a second bucket: its access logs)."""
+    return template["Resources"]["ImportBucket"]["Properties"]
+
+
+def _bucket_policy(template: dict[str, Any], bucket: str) -> dict[str, Any]:
+    """The properties of the one bucket policy of the named bucket."""
+    (policy,) = [
+        props
+        for props in (
+            r["Properties"] for r in _resources(template, "AWS::S3::BucketPolicy").values()
+        )
+        if props["Bucket"] == {"Ref": bucket}
+    ]
+    return policy
+
+
 def _function(source: dict[str, Any]) -> dict[str, Any]:
     """The function's properties with the Globals merged in (what SAM does)."""
     _, props = _one(source, "AWS::Serverless::Function")
@@ -405,7 +422,7 @@ def test_s3_event_fires_only_under_incoming(source: dict[str, Any]) -> None:
 
 
 def test_rendered_bucket_notifies_only_for_incoming(rendered: dict[str, Any]) -> None:
-    _, bucket = _one(rendered, "AWS::S3::Bucket")
+    bucket = _import_bucket(rendered)
     notifications = bucket["NotificationConfiguration"]
 
     assert set(notifications) == {"LambdaConfigurations"}
@@ -596,7 +613,7 @@ def test_vital_parameters_refuse_malformed_values(
 
 
 def test_bucket_policy_denies_plain_http(source: dict[str, Any]) -> None:
-    _, policy = _one(source, "AWS::S3::BucketPolicy")
+    policy = _bucket_policy(source, "ImportBucket")
     statements = _items(policy["PolicyDocument"]["Statement"])
 
     tls = [
@@ -617,7 +634,7 @@ def test_bucket_policy_denies_plain_http(source: dict[str, Any]) -> None:
 
 def test_bucket_policy_refuses_the_aws_managed_key(source: dict[str, Any]) -> None:
     """``--sse aws:kms`` without a key id puts the object under aws/s3, not the bucket's key."""
-    _, policy = _one(source, "AWS::S3::BucketPolicy")
+    policy = _bucket_policy(source, "ImportBucket")
     statements = _items(policy["PolicyDocument"]["Statement"])
 
     refusing = [
@@ -636,7 +653,7 @@ def test_bucket_policy_refuses_the_aws_managed_key(source: dict[str, Any]) -> No
 
 
 def test_bucket_blocks_public_access(source: dict[str, Any]) -> None:
-    _, bucket = _one(source, "AWS::S3::Bucket")
+    bucket = _import_bucket(source)
 
     assert bucket["PublicAccessBlockConfiguration"] == {
         "BlockPublicAcls": True,
@@ -649,7 +666,7 @@ def test_bucket_blocks_public_access(source: dict[str, Any]) -> None:
 
 
 def test_bucket_is_encrypted_with_its_own_rotating_key(source: dict[str, Any]) -> None:
-    _, bucket = _one(source, "AWS::S3::Bucket")
+    bucket = _import_bucket(source)
     (rule,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
     default = rule["ServerSideEncryptionByDefault"]
     key_name = default["KMSMasterKeyID"]["Fn::GetAtt"][0]
@@ -663,7 +680,7 @@ def test_bucket_is_encrypted_with_its_own_rotating_key(source: dict[str, Any]) -
 
 def test_bucket_name_needs_no_reference_to_the_bucket(source: dict[str, Any]) -> None:
     # The role names the bucket by the same !Sub; a Ref would close a dependency cycle.
-    _, bucket = _one(source, "AWS::S3::Bucket")
+    bucket = _import_bucket(source)
     name_template, variables = bucket["BucketName"]["Fn::Sub"]
     role_resources = [
         r["Fn::Sub"]
@@ -679,7 +696,7 @@ def test_bucket_name_needs_no_reference_to_the_bucket(source: dict[str, Any]) ->
 
 
 def test_lifecycle_expires_each_prefix(source: dict[str, Any]) -> None:
-    _, bucket = _one(source, "AWS::S3::Bucket")
+    bucket = _import_bucket(source)
     rules = bucket["LifecycleConfiguration"]["Rules"]
 
     expiry = {r["Prefix"]: r["ExpirationInDays"] for r in rules if "Prefix" in r}
@@ -778,3 +795,193 @@ def test_template_holds_no_api_key(source: dict[str, Any]) -> None:
     assert not {n for n in environment_names if "API_KEY" in n} - {"VITAL_API_KEY_SECRET"}
     assert _environment(source)["VITAL_API_KEY_SECRET"] == {"Ref": "VitalApiKeySecretName"}
     assert not [p for p in source["Parameters"] if re.fullmatch(r"(?i).*api_?key", p)]
+
+
+# --------------------------------------------------------------------------------------------
+# Transport, encryption and scoping of what the stack deploys
+# --------------------------------------------------------------------------------------------
+
+
+def _denies_plain_http(statement: dict[str, Any], service: str) -> bool:
+    return (
+        statement["Effect"] == "Deny"
+        and statement["Principal"] in ("*", {"AWS": "*"})
+        and f"{service}:*" in _items(statement["Action"])
+        and statement.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}
+    )
+
+
+def test_s3_invoke_permission_is_for_this_account(rendered: dict[str, Any]) -> None:
+    """SAM generates the S3 invoke permission with SourceAccount and without SourceArn (the
+    bucket depends on the permission, so naming the bucket there would be a cycle)."""
+    permissions = [
+        props
+        for props in (
+            r["Properties"] for r in _resources(rendered, "AWS::Lambda::Permission").values()
+        )
+        if props["Principal"] == "s3.amazonaws.com"
+    ]
+
+    assert permissions
+    for permission in permissions:
+        assert permission["SourceAccount"] == {"Ref": "AWS::AccountId"}
+        assert permission["FunctionName"] == {"Ref": "ImportFunction"}
+
+
+def test_kms_grants_go_through_the_services_that_use_the_key(source: dict[str, Any]) -> None:
+    # The key encrypts the bucket (S3) and the topics (SNS); the log group is CloudWatch Logs'
+    # business (the key policy), and the queues, the table and the secret use other keys.
+    grants = [
+        statement
+        for _, statement in _statements(source)
+        if any(str(a).startswith("kms:") for a in _items(statement["Action"]))
+    ]
+
+    assert grants
+    for grant in grants:
+        assert grant["Effect"] == "Allow"
+        assert _items(grant["Resource"]) == [{"Fn::GetAtt": ["ImportKey", "Arn"]}]
+        assert grant["Condition"] == {
+            "StringEquals": {
+                "kms:ViaService": [
+                    {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"},
+                    {"Fn::Sub": "sns.${AWS::Region}.amazonaws.com"},
+                ]
+            }
+        }
+
+
+def test_queues_and_topics_refuse_plain_http(source: dict[str, Any]) -> None:
+    resources = source["Resources"]
+    covered: dict[str, list[str]] = {}
+    for policy_type, targets, service in (
+        ("AWS::SQS::QueuePolicy", "Queues", "sqs"),
+        ("AWS::SNS::TopicPolicy", "Topics", "sns"),
+    ):
+        for name, policy in _resources(source, policy_type).items():
+            props = policy["Properties"]
+            tls = [
+                s
+                for s in _items(props["PolicyDocument"]["Statement"])
+                if _denies_plain_http(s, service)
+            ]
+            assert len(tls) == 1, name
+            for target in _items(props[targets]):
+                covered.setdefault(target["Ref"], []).append(name)
+                # The Deny names the queue's or the topic's own ARN.
+                own_arn = {"Fn::GetAtt": [target["Ref"], "Arn"]} if service == "sqs" else target
+                assert own_arn in _items(tls[0]["Resource"])
+                # A topic's policy exists exactly when its topic does.
+                assert policy.get("Condition") == resources[target["Ref"]].get("Condition")
+
+    queues_and_topics = {
+        name for name, r in resources.items() if r["Type"] in {"AWS::SQS::Queue", "AWS::SNS::Topic"}
+    }
+    assert set(covered) == queues_and_topics
+    assert all(len(policies) == 1 for policies in covered.values())
+
+
+def test_alarm_topic_takes_this_accounts_alarms(source: dict[str, Any]) -> None:
+    # A topic policy replaces SNS's default one, which is what let CloudWatch alarms publish.
+    policy = source["Resources"]["AlarmTopicPolicy"]["Properties"]["PolicyDocument"]
+    (allow,) = [s for s in _items(policy["Statement"]) if s["Effect"] == "Allow"]
+
+    assert allow["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert _items(allow["Action"]) == ["sns:Publish"]
+    assert allow["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    assert allow["Condition"]["ArnLike"] == {
+        "aws:SourceArn": {
+            "Fn::Sub": "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:*"
+        }
+    }
+
+
+def test_log_group_is_encrypted_with_the_stack_key_and_expires(source: dict[str, Any]) -> None:
+    log_group = source["Resources"]["ImportLogGroup"]["Properties"]
+    key_policy = source["Resources"]["ImportKey"]["Properties"]["KeyPolicy"]
+    logs = [
+        s
+        for s in _items(key_policy["Statement"])
+        if s.get("Principal") == {"Service": {"Fn::Sub": "logs.${AWS::Region}.amazonaws.com"}}
+    ]
+    log_group_arn = (
+        "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:"
+        + log_group["LogGroupName"]["Fn::Sub"]
+    )
+
+    assert _function(source)["LoggingConfig"]["LogGroup"] == {"Ref": "ImportLogGroup"}
+    assert log_group["KmsKeyId"] == {"Fn::GetAtt": ["ImportKey", "Arn"]}
+    assert log_group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    # CloudWatch Logs may use the key for this one log group only.
+    assert len(logs) == 1
+    assert logs[0]["Effect"] == "Allow"
+    assert logs[0]["Condition"] == {
+        "ArnEquals": {"kms:EncryptionContext:aws:logs:arn": {"Fn::Sub": log_group_arn}}
+    }
+
+
+def test_list_bucket_is_limited_to_the_function_prefixes(source: dict[str, Any]) -> None:
+    from bulk_import.storage.keys import STATE_DIR, results_prefix  # noqa: PLC0415
+
+    lists = [
+        statement
+        for _, statement in _statements(source)
+        if "s3:ListBucket" in _items(statement["Action"])
+    ]
+    # What CheckpointStore.stored_parts lists for an upload under incoming/.
+    listed = [
+        results_prefix("incoming/acme/file.csv", "incoming/", prefix) + STATE_DIR
+        for prefix in ("results/", "retry/")
+    ]
+
+    assert len(lists) == 1
+    # IfExists: S3's 404-or-403 check of a missing key (a first import's checkpoint) has no
+    # s3:prefix, and must still count as allowed for the key to answer 404 NoSuchKey.
+    patterns = _items(lists[0]["Condition"]["StringLikeIfExists"]["s3:prefix"])
+    assert set(lists[0]["Condition"]) == {"StringLikeIfExists"}
+    assert set(patterns) == {p + "*" for p in PREFIXES}
+    for prefix in listed:
+        assert any(re.fullmatch(re.escape(p).replace(r"\*", ".*"), prefix) for p in patterns)
+    assert not any(re.fullmatch(re.escape(p).replace(r"\*", ".*"), "") for p in patterns)
+
+
+def test_import_bucket_access_is_logged_to_a_private_bucket(source: dict[str, Any]) -> None:
+    logging = _import_bucket(source)["LoggingConfiguration"]
+    target = logging["DestinationBucketName"]["Ref"]
+    logs_bucket = source["Resources"][target]
+    props = logs_bucket["Properties"]
+    policy = _bucket_policy(source, target)["PolicyDocument"]
+    statements = _items(policy["Statement"])
+    delivery = [s for s in statements if s["Effect"] == "Allow"]
+
+    assert target != "ImportBucket"
+    # S3 delivers access logs to SSE-S3 buckets only (SSE-KMS is not supported there).
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"] == [
+        {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+    ]
+    assert (
+        props["PublicAccessBlockConfiguration"]
+        == _import_bucket(source)["PublicAccessBlockConfiguration"]
+    )
+    assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    assert "LoggingConfiguration" not in props
+    rules = props["LifecycleConfiguration"]["Rules"]
+    assert [r["ExpirationInDays"] for r in rules if r["Status"] == "Enabled"] == [
+        {"Ref": "ResultsRetentionDays"}
+    ]
+    assert len([s for s in statements if _denies_plain_http(s, "s3")]) == 1
+    # Only S3's logging service writes, only under the log prefix, only for the import bucket.
+    assert len(delivery) == 1
+    assert delivery[0]["Principal"] == {"Service": "logging.s3.amazonaws.com"}
+    assert _items(delivery[0]["Action"]) == ["s3:PutObject"]
+    assert delivery[0]["Resource"] == {
+        "Fn::Sub": "${" + target + ".Arn}/" + logging["LogFilePrefix"] + "*"
+    }
+    source_arn = delivery[0]["Condition"]["ArnEquals"]["aws:SourceArn"]["Fn::Sub"]
+    assert (
+        source_arn[0]
+        == "arn:${AWS::Partition}:s3:::" + _import_bucket(source)["BucketName"]["Fn::Sub"][0]
+    )
+    assert delivery[0]["Condition"]["StringEquals"] == {
+        "aws:SourceAccount": {"Ref": "AWS::AccountId"}
+    }
