@@ -102,6 +102,12 @@ class Settings(BaseModel):
     max_row_bytes: Annotated[int, Field(ge=1024)] = 1_000_000
     # Stop the file once this share of posted rows failed or errored (after a warm-up).
     failure_threshold_percent: Annotated[float, Field(ge=0, le=100)] = 100.0
+    # Stop reading a file whose first this many rows (or more: checked between blocks of rows)
+    # were all rejected; 0: never.
+    rejected_stop_after_rows: Annotated[int, Field(ge=0)] = 1000
+    # Stop reading a file once more than this share of its rows were rejected, judged from
+    # 10,000 rows on; 100: never.
+    rejected_stop_percent: Annotated[float, Field(ge=0, le=100)] = 50.0
     # Seconds of Lambda time kept in reserve to finish in-flight chunks and checkpoint.
     safety_margin_seconds: Annotated[float, Field(ge=0)] = 60.0
     # Chunks sent between two checkpoints (0: twice MAX_CONCURRENCY, or ~2 s worth when faster).

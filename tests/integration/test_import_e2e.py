@@ -588,6 +588,38 @@ def test_a_file_with_no_rows_ends_failed_with_a_reason(stack: Stack, key: str, b
     assert stack.vital.bulk_import_requests() == []
 
 
+def test_a_file_of_garbage_stops_at_the_rejection_threshold_and_sends_nothing(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 5,000 lines that are not JSON, gzipped (more than one 64 KiB block once unpacked),
+    # and a threshold of 100 rows all rejected
+    monkeypatch.setenv("REJECTED_STOP_AFTER_ROWS", "100")
+    key = "incoming/oura/garbage.jsonl.gz"
+    stack.put(key, compress(b"".join(b"garbage line %05d\n" % n for n in range(5000)), "gz"))
+
+    # When the handler runs
+    result = stack.import_keys(key)
+
+    # Then the file stopped after its first block: failed, saying why, every row read so far
+    # rejected in outcomes.csv, the rest unread, nothing sent
+    assert result["files"][0]["status"] == "failed"
+    prefix = "results/oura/garbage.jsonl.gz/"
+    manifest = stack.manifest(prefix)
+    assert manifest["status"] == "failed"
+    assert manifest["error"]["type"] == "ImportAborted"
+    rows = manifest["counts"]["rows"]
+    assert 100 <= rows < 5000
+    assert manifest["error"]["message"] == (
+        f"{rows:,} of the first {rows:,} rows were rejected (REJECTED_STOP_AFTER_ROWS=100): "
+        "this does not look like a connection file; see outcomes.csv for the reasons"
+    )
+    outcomes = stack.outcomes(prefix)
+    assert [int(o["line"]) for o in outcomes] == list(range(1, rows + 1))
+    assert {o["outcome"] for o in outcomes} == {"rejected"}
+    assert_invariant(manifest, outcomes)
+    assert stack.vital.bulk_import_requests() == []
+
+
 def test_garmin_rows_take_the_oauth1_expiry_and_another_value_is_rejected(stack: Stack) -> None:
     # Given a Garmin JSONL file (provider from the key): rows with the constant, rows with no
     # expiry, and one canonical row with another expiry (which the hot path's block validator

@@ -260,6 +260,8 @@ def test_missing_api_key_secret_names_the_variable_and_echoes_no_environment() -
         ("MAX_ATTEMPTS", "0"),
         ("FAILURE_THRESHOLD_PERCENT", "101"),
         ("MAX_ROW_BYTES", "10"),
+        ("REJECTED_STOP_AFTER_ROWS", "-1"),
+        ("REJECTED_STOP_PERCENT", "101"),
     ],
 )
 def test_other_invalid_values_name_their_variable(name: str, value: str) -> None:
@@ -267,6 +269,23 @@ def test_other_invalid_values_name_their_variable(name: str, value: str) -> None
         Settings.from_env({"VITAL_API_KEY_SECRET": "k", name: value})
     assert str(info.value).startswith(f"invalid configuration: {name}: ")
     assert str(info.value).count(": ") == 2  # one problem, no input echoed
+
+
+def test_rejection_threshold_defaults_to_a_thousand_rows_or_half_of_them() -> None:
+    s = Settings.from_env({"VITAL_API_KEY_SECRET": "k"})
+    assert (s.rejected_stop_after_rows, s.rejected_stop_percent) == (1000, 50.0)
+
+
+def test_rejection_threshold_is_set_by_its_variables_zero_rows_or_100_percent_off() -> None:
+    s = Settings.from_env(
+        {
+            "VITAL_API_KEY_SECRET": "k",
+            "REJECTED_STOP_AFTER_ROWS": "0",
+            "REJECTED_STOP_PERCENT": "100",
+        }
+    )
+    assert (s.rejected_stop_after_rows, s.rejected_stop_percent) == (0, 100.0)
+    assert {"REJECTED_STOP_AFTER_ROWS", "REJECTED_STOP_PERCENT"} <= Settings.variables()
 
 
 def test_settings_are_frozen() -> None:

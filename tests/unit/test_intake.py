@@ -348,3 +348,182 @@ def test_given_garmin_rows_then_only_the_oauth1_constant_or_none_is_taken() -> N
     assert {c.provider for c in post.sent for r in c.rows if r.line == 5} == {"oura"}
     assert result.manifest is not None
     assert result.manifest.counts == Counts(rows=7, rejected=2, imported=5)
+
+
+# --- the rejection threshold ----------------------------------------------------------------------
+
+GARBAGE_BLOCKS = Tunables(jsonl_block_bytes=200)  # 11 or 12 lines of garbage a block
+
+
+def garbage(n: int) -> str:
+    return f"garbage line {n:03d}"
+
+
+def test_given_a_file_of_garbage_then_it_stops_reading_once_its_first_rows_are_all_rejected() -> (
+    None
+):
+    # Given 100 lines that are not JSON, read in blocks of 11 or 12, and a threshold of 20 rows
+    s3, state = FakeS3(), StoreState()
+    put_lines(s3, *(garbage(n) for n in range(100)))
+    post = FakePost()
+
+    # When the file is imported
+    result = run(
+        s3,
+        state,
+        settings(REJECTED_STOP_AFTER_ROWS="20"),
+        tunables=GARBAGE_BLOCKS,
+        post_chunk=post,
+    )
+
+    # Then it stopped at the first block boundary past 20 rows: failed, saying why, the rows
+    # read so far rejected, the rest never read, nothing sent
+    manifest = result.manifest
+    assert manifest is not None
+    assert manifest.status == "failed"
+    assert manifest.error is not None
+    assert manifest.error.type == "ImportAborted"
+    assert manifest.error.message == (
+        "23 of the first 23 rows were rejected (REJECTED_STOP_AFTER_ROWS=20): this does not "
+        "look like a connection file; see outcomes.csv for the reasons"
+    )
+    assert manifest.counts == Counts(rows=23, rejected=23)
+    by_line = outcomes(s3)
+    assert sorted(by_line) == list(range(1, 24))
+    assert {o["outcome"] for o in by_line.values()} == {"rejected"}
+    assert post.sent == []
+
+
+def test_given_garbage_after_valid_rows_then_the_rows_waiting_in_a_chunk_are_not_sent() -> None:
+    # Given 5 valid rows (in a chunk of up to 10 still being filled), then garbage
+    s3, state = FakeS3(), StoreState()
+    put_lines(s3, *(make_row(n) for n in range(5)), *(garbage(n) for n in range(200)))
+    post = FakePost()
+    threshold = settings(REJECTED_STOP_PERCENT="50")
+
+    # When the file is imported (the share from 40 rows on, not 10,000, for a short file)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("bulk_import.run.stop.REJECTED_PERCENT_FROM_ROWS", 40)
+        result = run(s3, state, threshold, tunables=GARBAGE_BLOCKS, post_chunk=post)
+
+    # Then it stopped past 40 rows: nothing sent, the valid rows "not sent", the rest rejected
+    manifest = result.manifest
+    assert manifest is not None
+    assert (manifest.status, manifest.error is not None) == ("failed", True)
+    assert manifest.error is not None
+    assert manifest.error.type == "ImportAborted"
+    assert "more than REJECTED_STOP_PERCENT=50%" in manifest.error.message
+    assert post.sent == []
+    by_line = outcomes(s3)
+    rows = manifest.counts.rows
+    assert 40 <= rows < 60
+    assert sorted(by_line) == list(range(1, rows + 1))
+    assert {by_line[n]["outcome"] for n in range(1, 6)} == {"errored"}
+    assert all(by_line[n]["detail"].startswith("not sent: ") for n in range(1, 6))
+    assert {by_line[n]["outcome"] for n in range(6, rows + 1)} == {"rejected"}
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"REJECTED_STOP_AFTER_ROWS": "0"},  # off
+        {"REJECTED_STOP_AFTER_ROWS": "101"},  # more rows than the file holds
+    ],
+)
+def test_given_the_threshold_off_or_not_reached_then_a_file_of_garbage_is_read_to_its_end(
+    env: dict[str, str],
+) -> None:
+    s3, state = FakeS3(), StoreState()
+    put_lines(s3, *(garbage(n) for n in range(100)))
+
+    result = run(s3, state, settings(**env), tunables=GARBAGE_BLOCKS, post_chunk=FakePost())
+
+    assert result.manifest is not None
+    assert (result.manifest.status, result.manifest.error) == ("partial", None)
+    assert result.manifest.counts == Counts(rows=100, rejected=100)
+
+
+def test_given_a_file_of_garbage_in_one_block_then_its_end_is_judged_too() -> None:
+    # Given 30 lines of garbage, all in the one block, and a threshold of 20 rows
+    s3, state = FakeS3(), StoreState()
+    put_lines(s3, *(garbage(n) for n in range(30)))
+
+    result = run(s3, state, settings(REJECTED_STOP_AFTER_ROWS="20"), post_chunk=FakePost())
+
+    # Then the file fails as the same file read in smaller blocks would
+    assert result.manifest is not None
+    assert result.manifest.error is not None
+    assert result.manifest.error.message.startswith("30 of the first 30 rows were rejected")
+    assert result.manifest.counts == Counts(rows=30, rejected=30)
+
+
+def test_given_a_csv_file_of_garbage_then_it_stops_between_records() -> None:
+    s3, state = FakeS3(), StoreState()
+    key = "incoming/oura/a.csv"
+    body = CSV_HEADER + b"".join(b"oura,not-a-uuid-%d,,,,,\n" % n for n in range(500))
+    s3.put(key, body)
+    ref = ObjectRef(bucket=BUCKET, key=key, sequencer="0A")
+
+    result = run(s3, state, settings(REJECTED_STOP_AFTER_ROWS="100"), ref, post_chunk=FakePost())
+
+    # Then it stopped at the first check past 100 records (every 64)
+    assert result.manifest is not None
+    assert result.manifest.error is not None
+    assert result.manifest.error.type == "ImportAborted"
+    assert result.manifest.counts == Counts(rows=128, rejected=128)
+
+
+@pytest.mark.parametrize("percent_from_rows", [None, 40])
+def test_given_invocations_that_run_out_of_time_then_they_stop_where_one_would(
+    percent_from_rows: int | None,
+) -> None:
+    # Given valid rows among garbage (rules: 30 rows all rejected, or from 40 rows on more
+    # than half), read in blocks of a few lines
+    s3 = FakeS3()
+    lines: list[dict[str, Any] | str] = [garbage(n) for n in range(200)]
+    if percent_from_rows is not None:
+        lines[:20] = [make_row(n) for n in range(20)]
+    put_lines(s3, *lines)
+    config = settings(REJECTED_STOP_AFTER_ROWS="30", CHECKPOINT_EVERY_CHUNKS="1")
+
+    def import_file(deadline: bool) -> tuple[FileResult, FakePost, dict[int, dict[str, str]]]:
+        s3.objects.pop(OUTCOMES, None)
+        state, post, ref = StoreState(), FakePost(), REF
+        remaining = (lambda: 0.0) if deadline else (lambda: 900.0)
+        for _ in range(100):
+            result = run(
+                s3, state, config, ref, tunables=GARBAGE_BLOCKS, post_chunk=post,
+                remaining_seconds=remaining,
+            )  # fmt: skip
+            if result.continuation is None:
+                return result, post, outcomes(s3)
+            ref = result.continuation
+        raise AssertionError("the file never ended")
+
+    # When the file is imported in one invocation, and in one per block
+    with pytest.MonkeyPatch.context() as mp:
+        if percent_from_rows is not None:
+            mp.setattr("bulk_import.run.stop.REJECTED_PERCENT_FROM_ROWS", percent_from_rows)
+        one, one_post, one_outcomes = import_file(deadline=False)
+        many, many_post, many_outcomes = import_file(deadline=True)
+
+    # Then both stop at the same row with the same reason and the same rows rejected (whether
+    # a chunk cut before the stop went out depends on the posting threads, as for any stop)
+    assert many.manifest is not None
+    assert one.manifest is not None
+    assert many.manifest.segments > 3
+    assert one.manifest.error is not None
+    assert many.manifest.error == one.manifest.error
+    assert many.manifest.counts.rows == one.manifest.counts.rows
+    assert many.manifest.counts.rejected == one.manifest.counts.rejected
+    assert (
+        sorted(many_outcomes)
+        == sorted(one_outcomes)
+        == list(range(1, one.manifest.counts.rows + 1))
+    )
+
+    def rejected(by_line: dict[int, dict[str, str]]) -> dict[int, dict[str, str]]:
+        return {n: o for n, o in by_line.items() if o["outcome"] == "rejected"}
+
+    assert rejected(many_outcomes) == rejected(one_outcomes)
+    assert set(many_post.sent_lines) | set(one_post.sent_lines) <= set(range(1, 21))

@@ -12,7 +12,7 @@ from bulk_import.errors import (
     VitalClientError,
 )
 from bulk_import.model import Outcome
-from bulk_import.run.stop import Stop
+from bulk_import.run.stop import Stop, too_many_rejected
 from bulk_import.run.tally import Tally
 
 
@@ -226,3 +226,43 @@ def test_not_sent_names_the_reason() -> None:
     stop = Stop()
     stop.stop(ImportAborted("the API key was rejected"))
     assert stop.not_sent() == "not sent: the API key was rejected"
+
+
+# --- the rejection threshold ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rejected", "rows", "after_rows", "percent", "stops"),
+    [
+        (999, 999, 1000, 50, False),  # not yet a thousand rows
+        (1000, 1000, 1000, 50, True),
+        (4096, 4096, 1000, 50, True),  # read in blocks: all of more than the thousand
+        (4095, 4096, 1000, 50, False),  # one row taken: the first rows were not all rejected
+        (5000, 5000, 0, 50, False),  # 0: off (and under 10,000 rows, no share is judged)
+        (9999, 10_000, 0, 50, True),  # the share, from 10,000 rows on
+        (5000, 10_000, 1000, 50, False),  # half is not more than half
+        (5001, 10_000, 1000, 50, True),
+        (6000, 9999, 1000, 50, False),  # the share is judged from 10,000 rows on only
+        (10_000, 10_000, 0, 100, False),  # both off
+    ],
+)
+def test_rejection_threshold(
+    rejected: int, rows: int, after_rows: int, percent: float, stops: bool
+) -> None:
+    assert (too_many_rejected(rejected, rows, after_rows, percent) is not None) is stops
+
+
+def test_rejection_threshold_says_why_and_what_to_do() -> None:
+    first = too_many_rejected(1000, 1000, 1000, 50)
+    share = too_many_rejected(6000, 10_000, 0, 50)
+
+    assert isinstance(first, ImportAborted)
+    assert str(first) == (
+        "1,000 of the first 1,000 rows were rejected (REJECTED_STOP_AFTER_ROWS=1000): "
+        "this does not look like a connection file; see outcomes.csv for the reasons"
+    )
+    assert isinstance(share, ImportAborted)
+    assert str(share) == (
+        "6,000 of the first 10,000 rows were rejected, more than REJECTED_STOP_PERCENT=50%: "
+        "this does not look like a connection file; see outcomes.csv for the reasons"
+    )

@@ -24,6 +24,7 @@ from bulk_import.model import (
 from bulk_import.observability import logger
 from bulk_import.redaction import redact_text
 from bulk_import.run.dispatch import DeadlineReached
+from bulk_import.run.stop import too_many_rejected
 
 if TYPE_CHECKING:
     from bulk_import.run.context import RunContext
@@ -54,6 +55,9 @@ class Intake:
         self.chunker = ingest.Chunker(ctx.settings.chunk_size, ctx.settings.max_body_bytes)
         self.last_progress = ctx.wiring.clock()
         self.context = ingest.context_for(None)  # the file's, once its default provider is known
+        # Rows rejected from the file's start, those of a resumed run's earlier invocations too
+        # (its tally counts Vital's rejections as well): the rejection threshold's count.
+        self.rejected = 0
         # HEAD and GET the object on a posting thread while this one reads the checkpoint: a
         # failure is raised where the stream is taken; a run that turns out not to need the
         # object closes it unread.
@@ -119,6 +123,7 @@ class Intake:
             # Read to its end (every invocation reads from the start): nothing to migrate is
             # an export gone wrong, not a file that succeeded.
             raise MalformedFile(NO_ROWS)
+        self._check_rejected()  # a whole file of them, read in fewer blocks than the threshold
         self.dispatcher.send(self.chunker.flush())
         ctx.progress.read_to_end = True
 
@@ -139,6 +144,9 @@ class Intake:
         # Only after progress past the checkpoint, so every invocation moves on.
         if ctx.progress.line > ctx.ledger.lines_done and not self.dispatcher.time_left():
             raise DeadlineReached
+        # From the checkpoint on: the invocations before judged the rows before it.
+        if self.rejected and ctx.progress.line >= ctx.ledger.lines_done:
+            self._check_rejected()
         if ctx.wiring.clock() - self.last_progress > PROGRESS_EVERY_SECONDS:
             self.log_progress()
         if ctx.ledger.unsaved_bytes > ctx.wiring.tunables.unsaved_spool_bytes:
@@ -146,6 +154,18 @@ class Intake:
             # own: without one, their outcomes would pile up in /tmp, and a retry would not know
             # of the stop.
             ctx.save_checkpoint(next_segment=ctx.ref.segment, lease=self.dispatcher.lease_so_far())
+
+    def _check_rejected(self) -> None:
+        """Stop reading a file that is plainly not a connection file (see ``too_many_rejected``):
+        the rows read so far keep their outcomes, nothing more is sent."""
+        settings = self.ctx.settings
+        rows = self.ctx.progress.rows_read
+        error = too_many_rejected(
+            self.rejected, rows, settings.rejected_stop_after_rows, settings.rejected_stop_percent
+        )
+        if error is not None:
+            logger.error("too many rows rejected; file stopped", extra={"rows_read": rows})
+            raise error
 
     def _take_jsonl(self, stream: IO[bytes], default_provider: str | None) -> None:
         """The hot loop: JSONL in blocks, well-formed rows straight to ``_accept``.
@@ -199,6 +219,7 @@ class Intake:
     def _reject(
         self, line: int, data: dict[str, object] | None, default: str | None, reason: str
     ) -> None:
+        self.rejected += 1
         ledger = self.ctx.ledger
         if line <= ledger.lines_done:
             return  # stored before the checkpoint this run resumed from

@@ -1,5 +1,6 @@
-"""Why a file stops, decided in one place: a refused request, the failure threshold, a file
-error or a bug. Once stopped, nothing more is sent; every row still gets an outcome."""
+"""Why a file stops, decided in one place: a refused request, the failure threshold, the
+rejection threshold, a file error or a bug. Once stopped, nothing more is sent; every row still
+gets an outcome."""
 
 from __future__ import annotations
 
@@ -20,6 +21,34 @@ if TYPE_CHECKING:
 
 # The failure threshold is judged only after this many rows came back from Vital.
 THRESHOLD_WARMUP_ROWS = 100
+# REJECTED_STOP_PERCENT is judged only once this many rows were read.
+REJECTED_PERCENT_FROM_ROWS = 10_000
+NOT_A_CONNECTION_FILE = (
+    "this does not look like a connection file; see outcomes.csv for the reasons"
+)
+
+
+def too_many_rejected(
+    rejected: int, rows: int, stop_after_rows: int, stop_percent: float
+) -> ImportAborted | None:
+    """Why a file stops reading because its rows are rejected, or None to read on.
+
+    ``rejected`` of the first ``rows`` rows of the file (counted from its start on every
+    invocation, so a resumed one judges alike): every one of at least ``stop_after_rows`` (0:
+    never), or more than ``stop_percent`` percent of them once ``REJECTED_PERCENT_FROM_ROWS``
+    were read (100: never).
+    """
+    if 0 < stop_after_rows <= rows == rejected:
+        return ImportAborted(
+            f"{rejected:,} of the first {rows:,} rows were rejected "
+            f"(REJECTED_STOP_AFTER_ROWS={stop_after_rows}): {NOT_A_CONNECTION_FILE}"
+        )
+    if rows >= REJECTED_PERCENT_FROM_ROWS and rejected * 100 > stop_percent * rows:
+        return ImportAborted(
+            f"{rejected:,} of the first {rows:,} rows were rejected, more than "
+            f"REJECTED_STOP_PERCENT={stop_percent:g}%: {NOT_A_CONNECTION_FILE}"
+        )
+    return None
 
 
 class Stop:
