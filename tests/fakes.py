@@ -20,14 +20,20 @@ import httpx
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 from botocore.exceptions import ClientError
 
-from bulk_import.model import Checkpoint, Manifest, Outcome
+from bulk_import.model import Checkpoint, Manifest, ObjectRef, Outcome
+from bulk_import.run.importer import Run
 from bulk_import.storage.keys import outcome_part_key, retry_part_key
 from bulk_import.vital import ChunkReport, Hold
+from bulk_import.wiring import build
+from local.context import LocalLambdaContext
+from tests.helpers import parse_outcomes
 
 if TYPE_CHECKING:
     import pytest
 
+    from bulk_import.config import Settings
     from bulk_import.ingest import Chunk
+    from bulk_import.run.context import FileResult
 
 # What boto3 needs to build clients that moto's in-process mock (``moto.mock_aws``) answers.
 AWS_TEST_ENV = {
@@ -290,3 +296,19 @@ def imported(chunk: Chunk, probe: bool = False) -> ChunkReport:
     report = ChunkReport(chunk)
     report.add(chunk, Outcome.IMPORTED, "")
     return report
+
+
+def run_offline(
+    s3: FakeS3, state: StoreState, config: Settings, ref: ObjectRef, **overrides: Any
+) -> FileResult:
+    """One invocation of the import of ``ref``, its collaborators faked at the wiring seam."""
+    wiring = build(config, LocalLambdaContext(900), **offline(s3, state, **overrides))
+    return Run(ref, wiring).execute()
+
+
+def outcomes_by_line(s3: FakeS3, key: str) -> dict[int, dict[str, str]]:
+    """The outcomes.csv at ``key`` by line; fails if a line has two outcomes."""
+    rows = parse_outcomes(s3.objects[key])
+    by_line = {int(o["line"]): o for o in rows}
+    assert len(by_line) == len(rows), "a line has two outcomes"
+    return by_line

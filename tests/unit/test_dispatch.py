@@ -18,11 +18,9 @@ from bulk_import.ingest import Chunk
 from bulk_import.model import Checkpoint, Counts, ObjectRef, SourceRef
 from bulk_import.run import replay
 from bulk_import.run.context import FileResult
-from bulk_import.run.importer import Run
 from bulk_import.run.ledger import IN_DOUBT_DETAIL
 from bulk_import.vital import Hold, post_chunk
-from bulk_import.wiring import Tunables, build
-from local.context import LocalLambdaContext
+from bulk_import.wiring import Tunables
 from tests.fakes import (
     FakeBody,
     FakePost,
@@ -31,9 +29,10 @@ from tests.fakes import (
     FakeStore,
     StoreState,
     client_error,
-    offline,
+    outcomes_by_line,
+    run_offline,
 )
-from tests.helpers import encode_rows, make_row, parse_outcomes, user_id
+from tests.helpers import encode_rows, make_row, user_id
 
 BUCKET = "bucket-a"
 KEY = "incoming/oura/a.jsonl"
@@ -59,15 +58,11 @@ def run(
     **overrides: Any,
 ) -> FileResult:
     """One invocation of the import of ``ref``, its collaborators faked at the wiring seam."""
-    wiring = build(config, LocalLambdaContext(900), **offline(s3, state, **overrides))
-    return Run(ref, wiring).execute()
+    return run_offline(s3, state, config, ref, **overrides)
 
 
 def outcomes(s3: FakeS3) -> dict[int, dict[str, str]]:
-    rows = parse_outcomes(s3.objects[OUTCOMES])
-    by_line = {int(o["line"]): o for o in rows}
-    assert len(by_line) == len(rows), "a line has two outcomes"
-    return by_line
+    return outcomes_by_line(s3, OUTCOMES)
 
 
 def seq_of(chunk: Chunk) -> int:

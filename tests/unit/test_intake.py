@@ -16,11 +16,9 @@ from bulk_import.config import Settings
 from bulk_import.model import OAUTH1_EXPIRES_AT, Checkpoint, Counts, ObjectRef, SourceRef
 from bulk_import.run import replay
 from bulk_import.run.context import FileResult
-from bulk_import.run.importer import Run
 from bulk_import.run.intake import NO_ROWS
-from bulk_import.wiring import Tunables, build
-from local.context import LocalLambdaContext
-from tests.fakes import FakePost, FakeS3, StoreState, offline
+from bulk_import.wiring import Tunables
+from tests.fakes import FakePost, FakeS3, StoreState, outcomes_by_line, run_offline
 from tests.helpers import make_row, parse_outcomes, user_id
 
 BUCKET = "bucket-a"
@@ -45,15 +43,11 @@ def put_lines(s3: FakeS3, *lines: dict[str, Any] | str) -> None:
 def run(
     s3: FakeS3, state: StoreState, config: Settings, ref: ObjectRef = REF, **overrides: Any
 ) -> FileResult:
-    wiring = build(config, LocalLambdaContext(900), **offline(s3, state, **overrides))
-    return Run(ref, wiring).execute()
+    return run_offline(s3, state, config, ref, **overrides)
 
 
 def outcomes(s3: FakeS3) -> dict[int, dict[str, str]]:
-    rows = parse_outcomes(s3.objects[OUTCOMES])
-    by_line = {int(o["line"]): o for o in rows}
-    assert len(by_line) == len(rows), "a line has two outcomes"
-    return by_line
+    return outcomes_by_line(s3, OUTCOMES)
 
 
 def checkpoint(config: Settings, **fields: Any) -> Checkpoint:
