@@ -54,9 +54,22 @@ def test_sam_cli_runs_at_pinned_versions() -> None:
     pins = _lines((ROOT / "local" / "sam-cli.txt").read_text())
     named = {line.split("==")[0] for line in pins}
     wanted = _lines((ROOT / "local" / "sam-cli.in").read_text())
-    assert set(wanted) <= set(pins), "local/sam-cli.in changed: run `make sam-cli-lock`"
+    assert set(wanted) <= set(pins), "local/sam-cli.in changed: run `make tools-lock`"
     assert {"aws-sam-cli", "aws-sam-translator", "boto3", "cfn-lint"} <= named
     assert all("==" in line for line in pins)
     users = [ROOT / "Makefile", ROOT / "local" / "package.sh"]
     for path in users:
         assert "--constraints local/sam-cli.txt --from aws-sam-cli " in path.read_text(), path
+
+
+def test_scanners_run_at_pinned_versions_in_make_test() -> None:
+    """checkov and bandit run under local/scanners.txt, and `make test` (what CI runs) runs them."""
+    pins = _lines((ROOT / "local" / "scanners.txt").read_text())
+    wanted = _lines((ROOT / "local" / "scanners.in").read_text())
+    assert set(wanted) <= set(pins), "local/scanners.in changed: run `make tools-lock`"
+    assert {"checkov", "bandit"} <= {line.split("==")[0] for line in pins}
+    assert all("==" in line for line in pins)
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--constraints local/scanners.txt" in makefile
+    test_target = next(line for line in makefile.splitlines() if line.startswith("test:"))
+    assert " scan " in f"{test_target} "

@@ -233,9 +233,11 @@ class Dispatcher:
         them. The reading thread goes on meanwhile, so the threads start together once it is in.
         The probe is never gated and went into the queue first, so it cannot wait on a gate.
         """
-        assert self.probe is not None  # noqa: S101 - gates are only given after the probe
+        probe = self.probe
+        if probe is None:  # gates are only given after the probe: nothing to wait for
+            return None
         stop = self.ctx.stop
-        if self.probe.exception() is not None or self.probe.result().fatal is not None:
+        if probe.exception() is not None or probe.result().fatal is not None:
             return Hold.STOPPED  # as the reading thread will have it once it takes the answer
         if stop.reason is not None or stop.refusal is not None:
             return Hold.STOPPED
