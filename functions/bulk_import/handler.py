@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from typing import TYPE_CHECKING, Any
 
 from bulk_import import events, wiring
-from bulk_import.config import Settings, get_settings
+from bulk_import.config import get_settings
 from bulk_import.observability import logger, metrics, tracer
 from bulk_import.run.invocation import handle
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+    from bulk_import.config import Settings
 
 type Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
 type Builder = Callable[[Settings, LambdaContext], wiring.Wiring]

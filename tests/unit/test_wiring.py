@@ -170,7 +170,7 @@ OVERRIDES: dict[str, object] = {
 
 
 def test_every_part_of_the_wiring_can_be_overridden() -> None:
-    names = {f.name for f in dataclasses.fields(Wiring)}
+    names = set(Wiring._fields)
     assert names - {"settings"} == set(OVERRIDES)
 
 
@@ -179,22 +179,22 @@ def test_an_override_replaces_exactly_the_named_part(name: str) -> None:
     plain = build(SETTINGS, FixedContext(), s3=S3)
     changed = build(SETTINGS, FixedContext(), **{"s3": S3, name: OVERRIDES[name]})
     assert getattr(changed, name) is OVERRIDES[name]
-    for f in dataclasses.fields(Wiring):
-        if f.name in {name, "remaining_seconds", "guard"}:
+    for part in Wiring._fields:
+        if part in {name, "remaining_seconds", "guard"}:
             continue
-        assert getattr(changed, f.name) == getattr(plain, f.name), f.name
+        assert getattr(changed, part) == getattr(plain, part), part
     if name != "remaining_seconds":
         assert changed.remaining_seconds() == 42.5
 
 
 def test_an_override_of_no_part_fails_loudly() -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="clocks"):
         build(SETTINGS, FixedContext(), s3=S3, clocks=lambda: 0.0)
 
 
 def test_the_wiring_is_frozen() -> None:
     w = build(SETTINGS, FixedContext(), s3=S3)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         w.clock = lambda: 0.0  # type: ignore[misc]
 
 

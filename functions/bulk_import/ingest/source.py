@@ -7,8 +7,7 @@ import io
 import re
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, cast
 
 from aws_lambda_powertools.utilities.streaming import S3Object
 from botocore.exceptions import ClientError
@@ -30,8 +29,7 @@ _QUOTED_BYTES = re.compile(r"\s*\(b(['\"]).*\1\)")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-@dataclass(frozen=True, slots=True)
-class SourceObject:
+class SourceObject(NamedTuple):
     ref: SourceRef
     metadata: dict[str, str]
 

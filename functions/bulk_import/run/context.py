@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from bulk_import.errors import Superseded
 from bulk_import.model import Manifest, ObjectRef, SourceRef
@@ -20,8 +20,7 @@ if TYPE_CHECKING:
     from bulk_import.wiring import Wiring
 
 
-@dataclass(frozen=True, slots=True)
-class FileResult:
+class FileResult(NamedTuple):
     """A finished file (``manifest``), a hand-off (``continuation``) or a ``skipped`` duplicate."""
 
     ref: ObjectRef

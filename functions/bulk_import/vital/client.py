@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import httpx
 from pydantic_core import ValidationError
@@ -34,8 +34,7 @@ from bulk_import.vital.retry import MIN_ATTEMPT_SECONDS, Call, RetryPolicy
 CONNECT_TIMEOUT_SECONDS = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class PostResult:
+class PostResult(NamedTuple):
     status: int
     # None for a 202 without the 200 shape's lists (enqueued; the body may well be empty).
     body: BulkImportResponse | None
