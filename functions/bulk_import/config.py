@@ -108,6 +108,9 @@ class Settings(BaseModel):
     # Stop reading a file once more than this share of its rows were rejected, judged from
     # 10,000 rows on; 100: never.
     rejected_stop_percent: Annotated[float, Field(ge=0, le=100)] = 50.0
+    # Invocations that may read one file; the one after fails it with what was read so far. A
+    # file this slow to read is mostly blank lines or a bigger import than a day of Lambda time.
+    max_invocations_per_file: Annotated[int, Field(ge=1)] = 100
     # Seconds of Lambda time kept in reserve to finish in-flight chunks and checkpoint.
     safety_margin_seconds: Annotated[float, Field(ge=0)] = 60.0
     # Chunks sent between two checkpoints (0: twice MAX_CONCURRENCY, or ~2 s worth when faster).

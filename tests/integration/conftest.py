@@ -121,6 +121,31 @@ class Stack:
         return "\n".join([*texts, *self.log_lines, *self.stdout])
 
 
+def drain_queue(stack: Stack, queue_url: str, timeout_seconds: float, limit: int = 50) -> int:
+    """Invoke the handler with every continuation message until none is left."""
+    sqs = boto3.client("sqs")
+    for invocations in range(limit):
+        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1).get(
+            "Messages", []
+        )
+        if not messages:
+            return invocations
+        (message,) = messages
+        event = {"Records": [{"eventSource": "aws:sqs", "body": message["Body"]}]}
+        stack.invoke(event, timeout_seconds=timeout_seconds)
+        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+    pytest.fail("continuations did not converge")
+
+
+@pytest.fixture
+def continuation_queue(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> str:
+    url: str = boto3.client("sqs").create_queue(QueueName=f"cont-{uuid.uuid4().hex[:8]}")[
+        "QueueUrl"
+    ]
+    monkeypatch.setenv("CONTINUATION_QUEUE_URL", url)
+    return url
+
+
 class _Collect(logging.Handler):
     def __init__(self, sink: list[str]) -> None:
         super().__init__(logging.DEBUG)

@@ -31,7 +31,7 @@ from bulk_import.storage.spool import OutcomeSpool, RetrySpool, outcomes_header
 from bulk_import.wiring import Tunables
 from local.events import s3_event
 from tests.helpers import encode_rows, failing_at, make_row, user_id
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, drain_queue
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,15 +49,6 @@ def idempotency_table(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> str:
     )
     monkeypatch.setenv("IDEMPOTENCY_TABLE", name)
     return name
-
-
-@pytest.fixture
-def continuation_queue(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> str:
-    url: str = boto3.client("sqs").create_queue(QueueName=f"cont-{uuid.uuid4().hex[:8]}")[
-        "QueueUrl"
-    ]
-    monkeypatch.setenv("CONTINUATION_QUEUE_URL", url)
-    return url
 
 
 def upload(
@@ -124,22 +115,6 @@ def kill_mid_run(stack: Stack, event: dict[str, Any], **env: str) -> None:
     finally:
         child.kill()
         child.wait(timeout=30)
-
-
-def drain_queue(stack: Stack, queue_url: str, timeout_seconds: float, limit: int = 50) -> int:
-    """Invoke the handler with every continuation message until none is left."""
-    sqs = boto3.client("sqs")
-    for invocations in range(limit):
-        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1).get(
-            "Messages", []
-        )
-        if not messages:
-            return invocations
-        (message,) = messages
-        event = {"Records": [{"eventSource": "aws:sqs", "body": message["Body"]}]}
-        stack.invoke(event, timeout_seconds=timeout_seconds)
-        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-    pytest.fail("continuations did not converge")
 
 
 def test_an_import_finished_in_one_invocation_reads_none_of_its_parts_back(

@@ -531,7 +531,7 @@ _line_bytes = st.sampled_from(
 @settings(max_examples=300, deadline=None)
 @given(
     lines=st.lists(
-        _line_bytes | st.binary(max_size=12).filter(lambda b: b"\n" not in b), max_size=9
+        _line_bytes | st.binary(max_size=12).filter(lambda b: b"\n" not in b), max_size=30
     ),
     newline=st.sampled_from([b"\n", b"\r\n"]),
     final_newline=st.booleans(),
@@ -547,6 +547,15 @@ _line_bytes = st.sampled_from(
 @example(
     lines=[b"\x00\x00\x00\x00\r", b"{}"], newline=b"\r\n", final_newline=False, limit=4, block=20
 )
+# Whole blocks of blank lines (counted, not split), between rows and after the last one.
+@example(
+    lines=[b"{}", *[b""] * 12, b"  ", b"{}", b"", b""],
+    newline=b"\r\n",
+    final_newline=True,
+    limit=4,
+    block=5,
+)
+@example(lines=[b"x" * 9, *[b""] * 9, b" "], newline=b"\n", final_newline=False, limit=3, block=2)
 def test_jsonl_blocks_match_reading_line_by_line(
     lines: list[bytes], newline: bytes, final_newline: bool, limit: int, block: int
 ) -> None:

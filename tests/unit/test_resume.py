@@ -359,6 +359,24 @@ def test_given_the_settings_changed_since_the_checkpoint_when_resumed_then_the_f
     assert ctx.ledger.checkpoint is cp
 
 
+@pytest.mark.parametrize(("segment", "stops"), [(99, False), (100, True)])
+def test_given_max_invocations_have_read_the_file_when_the_next_resumes_then_it_fails_the_file(
+    make_context: MakeContext, segment: int, stops: bool
+) -> None:
+    assert SETTINGS.max_invocations_per_file == 100  # segments 0-99 read the file
+    cp = checkpoint(source(version_id="v1"), next_segment=segment, lines_done=7)
+    ctx = make_context(ref(segment=segment, version_id="v1"), StoreState(checkpoint=cp))
+    assert resume.prepare(ctx) is None
+    assert ctx.ledger.checkpoint is cp  # the rows already reported are kept
+    if stops:
+        assert isinstance(ctx.stop.error, ImportAborted)
+        assert str(ctx.stop.error).startswith(
+            "not finished after 100 invocations (MAX_INVOCATIONS_PER_FILE)"
+        )
+    else:
+        assert ctx.stop.error is None
+
+
 def test_given_a_checkpoint_from_other_code_when_resumed_then_the_file_fails(
     make_context: MakeContext,
 ) -> None:

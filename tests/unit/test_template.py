@@ -766,6 +766,11 @@ def test_operational_alarms_exist(source: dict[str, Any]) -> None:
     assert "FilesFailed" in FUNCTION_METRICS
     dlq_alarm = alarms["ImportDLQAlarm"]["Properties"]
     assert dlq_alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["ImportDLQ", "QueueName"]}
+    # A continuation chain that stalls in its queue (throttled, or failing before the redrive).
+    age = alarms["ContinuationQueueAgeAlarm"]["Properties"]
+    assert age["MetricName"] == "ApproximateAgeOfOldestMessage"
+    assert age["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["ContinuationQueue", "QueueName"]}
+    assert age["Threshold"] > 900  # longer than the longest delay a second look is sent with
 
 
 # Shapes of secrets: Vital API keys (sk_/pk_...), AWS access key ids, and long random-looking

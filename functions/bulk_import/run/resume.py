@@ -61,8 +61,18 @@ def prepare(ctx: RunContext) -> FileResult | None:  # noqa: PLR0911 - a table of
     changed = replay.changes(checkpoint.fingerprint, replay.fingerprint(ctx.settings))
     if changed:
         ctx.stop.error = errors.ConfigurationError(replay.describe(changed))
+    elif ref.segment >= ctx.settings.max_invocations_per_file:
+        ctx.stop.error = errors.ImportAborted(too_many_invocations(ref.segment))
     restore(ctx, checkpoint)
     return None
+
+
+def too_many_invocations(invocations: int) -> str:
+    return (
+        f"not finished after {invocations} invocations (MAX_INVOCATIONS_PER_FILE): the rows "
+        "without a line in outcomes.csv were not sent. A file this slow to read is mostly "
+        "blank lines, or too big for one import: split it, or raise MAX_INVOCATIONS_PER_FILE"
+    )
 
 
 def restore(ctx: RunContext, cp: Checkpoint) -> None:
