@@ -14,7 +14,17 @@ from types import MappingProxyType
 from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from bulk_import.model.providers import PROVIDERS, provider_list
 
 Region = Literal["us", "eu"]
 Environment = Literal["production", "sandbox"]
@@ -63,6 +73,13 @@ def _team_id(value: str) -> str:
 TeamId = Annotated[str, AfterValidator(_team_id)]
 
 
+def _slugs(value: object) -> object:
+    return provider_list(value) if isinstance(value, str) else value
+
+
+ProviderSlugs = Annotated[frozenset[str], BeforeValidator(_slugs)]
+
+
 def _variable(field_name: str) -> str:
     return field_name.upper()
 
@@ -85,6 +102,8 @@ class Settings(BaseModel):
     vital_api_key_secret: Annotated[str, Field(min_length=1)]
     # Sent as the team_id query parameter when set.
     vital_team_id: TeamId | None = None
+    # Provider slugs Vital takes beyond those this release knows (comma-separated).
+    extra_providers: ProviderSlugs = frozenset()
     chunk_size: Annotated[int, Field(ge=1, le=5000)] = 500
     # Upper bound for one request body; keeps each POST well under API gateway limits.
     max_body_bytes: Annotated[int, Field(ge=10_000)] = 4_000_000
@@ -136,6 +155,11 @@ class Settings(BaseModel):
         return self
 
     @property
+    def providers(self) -> frozenset[str]:
+        """The providers rows may name: those Vital documents, and EXTRA_PROVIDERS."""
+        return PROVIDERS | self.extra_providers
+
+    @property
     def base_url(self) -> str:
         """VITAL_API_BASE_URL when set, else the host of VITAL_ENVIRONMENT and VITAL_REGION."""
         if self.vital_api_base_url is not None:
@@ -173,7 +197,8 @@ class SettingsError(ValueError):
 
     def __init__(self, exc: ValidationError) -> None:
         problems = [
-            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
+            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: "
+            + error["msg"].removeprefix("Value error, ")
             for error in exc.errors(include_url=False, include_input=False, include_context=False)
         ]
         super().__init__("invalid configuration: " + "; ".join(problems))

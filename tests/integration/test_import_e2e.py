@@ -216,6 +216,39 @@ def test_provider_from_object_metadata(stack: Stack) -> None:
     )
 
 
+@pytest.mark.parametrize("extra", ["", "acme_ring,zeta2"])
+def test_a_provider_named_in_extra_providers_is_imported_without_a_release(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, extra: str
+) -> None:
+    # Given a file under incoming/acme_ring/: rows without a provider, one naming it in another
+    # spelling (the full model takes it), and an oura row
+    rows = [make_row(n, provider=None) for n in range(3)]
+    rows.append(make_row(3, provider="Acme_Ring"))
+    rows.append(make_row(4, provider="oura"))
+    stack.vital.add_known_users(*(r["user_id"] for r in rows))
+    stack.put("incoming/acme_ring/export.jsonl", encode_rows(rows, "jsonl"))
+    monkeypatch.setenv("EXTRA_PROVIDERS", extra)  # the function's and the stand-in's list
+
+    stack.import_keys("incoming/acme_ring/export.jsonl")
+
+    manifest = stack.manifest("results/acme_ring/export.jsonl/")
+    outcomes = stack.outcomes("results/acme_ring/export.jsonl/")
+    if extra:
+        # Then every row is imported, and Vital was asked with the new slug
+        assert manifest["counts"]["imported"] == 5
+        assert set(manifest["providers"]) == {"acme_ring", "oura"}
+        assert sorted(stack.vital.posted_connections()) == sorted(
+            [("acme_ring", r["user_id"]) for r in rows[:4]] + [("oura", rows[4]["user_id"])]
+        )
+    else:
+        # Without it, the rows that name no known provider are rejected, saying which are known
+        assert manifest["counts"]["rejected"] == 4
+        assert manifest["counts"]["imported"] == 1
+        reasons = {o["detail"] for o in outcomes if o["outcome"] == "rejected"}
+        assert any(r.startswith("provider: unknown provider; expected one of") for r in reasons)
+        assert stack.vital.posted_connections() == [("oura", rows[4]["user_id"])]
+
+
 @pytest.mark.parametrize(("metadata", "expected"), [(" Oura ", "oura"), ("", None)])
 def test_metadata_provider_spelled_loosely(
     stack: Stack, metadata: str, expected: str | None

@@ -15,6 +15,7 @@ from botocore.exceptions import (
 from pydantic import ValidationError
 
 from bulk_import.config import BASE_URLS, Settings, SettingsError, get_settings
+from bulk_import.model import PROVIDERS
 
 ALIASES = sorted(Settings.variables())
 TEAM_ID = "0b4c9e2a-7d31-4f8e-9a6b-1c2d3e4f5a6b"
@@ -217,6 +218,24 @@ def test_malformed_team_id_names_the_variable_without_its_value(value: str) -> N
     assert value not in message
     assert message.count(": ") == 2  # one problem, no input echoed
     assert info.value.__cause__ is None
+
+
+def test_extra_providers_add_to_the_documented_ones() -> None:
+    s = Settings.from_env({"VITAL_API_KEY_SECRET": "k", "EXTRA_PROVIDERS": " Acme_Ring, ,zeta2 "})
+    assert s.extra_providers == {"acme_ring", "zeta2"}
+    assert s.providers == PROVIDERS | {"acme_ring", "zeta2"}
+    assert Settings.from_env({"VITAL_API_KEY_SECRET": "k"}).providers == PROVIDERS
+
+
+@pytest.mark.parametrize("value", ["oura,acme-ring", "oura,2fit", "oura,sk_live_0123456789abc="])
+def test_a_malformed_extra_provider_names_the_variable_and_the_entry_not_its_text(
+    value: str,
+) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"VITAL_API_KEY_SECRET": "k", "EXTRA_PROVIDERS": value})
+    message = str(info.value)
+    assert message.startswith("invalid configuration: EXTRA_PROVIDERS: entry 2 is not a provider")
+    assert value.split(",")[1] not in message
 
 
 def test_base_url_trailing_slash_does_not_double() -> None:

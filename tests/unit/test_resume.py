@@ -377,6 +377,18 @@ def test_given_max_invocations_have_read_the_file_when_the_next_resumes_then_it_
         assert ctx.stop.error is None
 
 
+def test_given_extra_providers_changed_since_the_checkpoint_when_resumed_then_the_file_fails(
+    make_context: MakeContext,
+) -> None:
+    # Which rows are valid depends on the list: a replay would cut other chunks.
+    other = Settings.from_env({"VITAL_API_KEY_SECRET": "vital-key", "EXTRA_PROVIDERS": "acme"})
+    cp = checkpoint(source(version_id="v1"), fingerprint=replay.fingerprint(other))
+    ctx = make_context(ref(version_id="v1"), StoreState(checkpoint=cp))
+    assert resume.prepare(ctx) is None
+    assert isinstance(ctx.stop.error, ConfigurationError)
+    assert str(ctx.stop.error).startswith("EXTRA_PROVIDERS changed")
+
+
 def test_given_a_checkpoint_from_other_code_when_resumed_then_the_file_fails(
     make_context: MakeContext,
 ) -> None:

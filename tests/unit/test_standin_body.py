@@ -112,3 +112,29 @@ def test_ids_come_back_canonical(user_id: str) -> None:
     raw = json.dumps({"provider": "oura", "connections": [{**GOOD, "user_id": user_id}]})
 
     assert _bulk_import_body(raw.encode()).user_ids == [CANONICAL]
+
+
+def test_the_provider_enum_is_the_importers_list_and_its_extra_providers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = {
+        "provider": "acme_ring",
+        "connections": [
+            {
+                "user_id": str(uuid.uuid4()),
+                "access_token": "a",
+                "refresh_token": "r",
+                "provider_id": "1",
+                "expires_at": 1,
+            }
+        ],
+    }
+    raw = json.dumps(body).encode()
+    monkeypatch.delenv("EXTRA_PROVIDERS", raising=False)
+    with pytest.raises(RequestValidationError) as refused:
+        _bulk_import_body(raw)
+    (error,) = refused.value.errors()
+    assert (error["type"], error["loc"]) == ("literal_error", ("body", "provider"))
+    assert error["msg"].startswith("Input should be 'cronometer', ")
+    monkeypatch.setenv("EXTRA_PROVIDERS", "acme_ring")
+    assert _bulk_import_body(raw).provider == "acme_ring"

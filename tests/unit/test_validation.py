@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from bulk_import.ingest.chunking import serialise
+from bulk_import.ingest.chunking import Chunker, serialise
+from bulk_import.ingest.source import provider_from_key
 from bulk_import.ingest.validation import (
     context_for,
     display_provider,
@@ -390,3 +391,45 @@ def test_a_block_of_lines_is_validated_line_by_line() -> None:
     got = validate_well_formed(lines)
     expected = {**row, "oauth_scopes": None}
     assert got == [expected, None, None, None, None, None, expected]
+
+
+# --- EXTRA_PROVIDERS: the run's list, through every check -----------------------------------
+
+EXTRA = PROVIDERS | {"acme_ring"}
+
+
+def test_a_provider_in_the_runs_list_is_accepted_and_one_outside_it_is_not() -> None:
+    row = json_row(provider="Acme_Ring")
+    accepted = validate_row(row, None, EXTRA)
+    assert isinstance(accepted, ConnectionRow)
+    assert accepted.provider == "acme_ring"
+    assert validate_row(json_row(provider=...), "acme_ring", EXTRA) == accepted
+    reason = validate_row(row, None)
+    assert isinstance(reason, str)
+    assert reason.startswith("provider: unknown provider; expected one of ")
+    assert "acme_ring" not in reason
+    assert "acme_ring" in str(validate_row(json_row(provider="nope"), None, EXTRA))
+
+
+def test_the_fast_path_takes_the_runs_providers_and_no_others() -> None:
+    line = json.dumps(json_row(provider="acme_ring")).encode()
+    documented = json.dumps(json_row(provider="oura")).encode()
+    (fast,) = validate_well_formed([line], EXTRA)
+    assert fast is not None
+    assert fast["provider"] == "acme_ring"
+    assert validate_well_formed([line]) == [None]  # on to the full model, which says why
+    assert validate_well_formed([documented], EXTRA) == validate_well_formed([documented])
+
+
+def test_the_key_and_the_rejected_rows_display_name_the_runs_providers() -> None:
+    assert provider_from_key("incoming/acme_ring/x.csv", "incoming/", EXTRA) == "acme_ring"
+    assert provider_from_key("incoming/acme_ring/x.csv", "incoming/") is None
+    assert display_provider({"provider": "ACME_RING"}, None, EXTRA) == "acme_ring"
+    assert display_provider({"provider": "ACME_RING"}, None) == ""
+
+
+def test_no_payload_over_fits_any_is_sent_for_a_longer_extra_provider_name() -> None:
+    long_name = "a" * 60
+    chunker = Chunker(10, 10_000, PROVIDERS | {long_name})
+    assert chunker.fits_alone(long_name, b"x" * chunker.fits_any)
+    assert chunker.fits_any < Chunker(10, 10_000).fits_any

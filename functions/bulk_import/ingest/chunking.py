@@ -134,13 +134,15 @@ class Chunker:
     one dict lookup, two comparisons and an append, and returns a shared empty tuple.
     """
 
-    def __init__(self, max_rows: int, max_bytes: int) -> None:
+    def __init__(
+        self, max_rows: int, max_bytes: int, providers: frozenset[str] = PROVIDERS
+    ) -> None:
         self._max_rows = max_rows
         self._max_bytes = max_bytes
         self._open: dict[str, Chunk] = {}
         self._room: dict[str, int] = {}  # provider -> bytes of a body left for connections
         # A payload this size or smaller fits alone in a body for any known provider.
-        self.fits_any = max_bytes - max(map(body_overhead, PROVIDERS))
+        self.fits_any = max_bytes - max(map(body_overhead, providers))
 
     def _room_for(self, provider: str) -> int:
         room = self._room.get(provider)

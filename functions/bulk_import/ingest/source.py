@@ -299,11 +299,13 @@ class ZstdFraming:
         self._state, self._want = state, size
 
 
-def provider_from_key(key: str, incoming_prefix: str) -> str | None:
+def provider_from_key(
+    key: str, incoming_prefix: str, providers: frozenset[str] = PROVIDERS
+) -> str | None:
     """``incoming/oura/export.csv`` → ``oura``; None when that segment is not a provider."""
     if not key.startswith(incoming_prefix):
         return None
     rest = key[len(incoming_prefix) :]
     segment, sep, _ = rest.partition("/")
     candidate = segment.strip().lower()
-    return candidate if sep and candidate in PROVIDERS else None
+    return candidate if sep and candidate in providers else None

@@ -12,14 +12,22 @@ from bulk_import.model.manifest import (
     SourceRef,
 )
 from bulk_import.model.outcome import COUNT_FIELD, Counts, Outcome, RowOutcome
-from bulk_import.model.providers import OAUTH1_EXPIRES_AT, OAUTH1_PROVIDERS, PROVIDERS
+from bulk_import.model.providers import (
+    OAUTH1_EXPIRES_AT,
+    OAUTH1_PROVIDERS,
+    PROVIDERS,
+    provider_list,
+)
 from bulk_import.model.row import (
     CANONICAL_UUID,
     DEFAULT_PROVIDER,
+    KNOWN_PROVIDERS,
+    PROVIDER_PATTERN,
     RECIPE_FIELDS,
     ROW_FIELDS,
     ConnectionRow,
     WellFormedRow,
+    provider_pattern,
 )
 from bulk_import.model.vital_api import (
     BulkImportResponse,
@@ -33,9 +41,11 @@ __all__ = [
     "CANONICAL_UUID",
     "COUNT_FIELD",
     "DEFAULT_PROVIDER",
+    "KNOWN_PROVIDERS",
     "OAUTH1_EXPIRES_AT",
     "OAUTH1_PROVIDERS",
     "PROVIDERS",
+    "PROVIDER_PATTERN",
     "RECIPE_FIELDS",
     "ROW_FIELDS",
     "SCHEMA_VERSION",
@@ -57,4 +67,6 @@ __all__ = [
     "ValidationErrorBody",
     "ValidationIssue",
     "WellFormedRow",
+    "provider_list",
+    "provider_pattern",
 ]

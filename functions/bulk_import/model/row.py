@@ -44,7 +44,14 @@ CANONICAL_UUID = re.compile(
 USER_ID_FORM = "must be a Vital user id (a UUID written 8-4-4-4-12)"
 _INT_TEXT = re.compile(r"[+-]?\d+")
 _CANONICAL_LOWER_UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
-_PROVIDER_NAME = "^(" + "|".join(sorted(PROVIDERS)) + ")$"
+
+
+def provider_pattern(names: frozenset[str]) -> str:
+    """A regular expression that takes exactly these slugs."""
+    return "^(" + "|".join(sorted(names)) + ")$"
+
+
+PROVIDER_PATTERN = provider_pattern(PROVIDERS)
 # The same names in any case, for the JSON Schema (whose regexes take no case-insensitive flag).
 _ANY_CASE_PROVIDER = (
     r"^\s*("
@@ -55,8 +62,10 @@ _ANY_CASE_PROVIDER = (
     + r")\s*$"
 )
 
-# Validation context key: the provider named by the object's key or metadata.
+# Validation context keys: the provider named by the object's key or metadata, and the
+# providers the run knows (PROVIDERS and EXTRA_PROVIDERS; PROVIDERS when absent).
 DEFAULT_PROVIDER = "default_provider"
+KNOWN_PROVIDERS = "known_providers"
 NO_PROVIDER = (
     "missing; add a 'provider' field, put the file under incoming/<provider>/, "
     "or set the object's 'provider' metadata"
@@ -111,14 +120,16 @@ def _provider_id(value: Any) -> Any:
 
 def _known_provider(value: Any, info: ValidationInfo) -> Any:
     """Rows without a provider take the file's default from the validation context."""
+    context = info.context or {}
     if value is None or (isinstance(value, str) and not value.strip()):
-        value = (info.context or {}).get(DEFAULT_PROVIDER)
+        value = context.get(DEFAULT_PROVIDER)
         if value is None:
             raise ValueError(NO_PROVIDER)
     if isinstance(value, str):
         value = value.strip().lower()
-        if value not in PROVIDERS:
-            raise ValueError("unknown provider; expected one of " + ", ".join(sorted(PROVIDERS)))
+        known: frozenset[str] = context.get(KNOWN_PROVIDERS, PROVIDERS)
+        if value not in known:
+            raise ValueError("unknown provider; expected one of " + ", ".join(sorted(known)))
     return value
 
 
@@ -175,7 +186,8 @@ class ConnectionRow(BaseModel):
         validate_default=True,
         description=(
             "Provider slug, any case; when absent, the provider named by the key "
-            "(incoming/<provider>/...) or by the object's 'provider' metadata."
+            "(incoming/<provider>/...) or by the object's 'provider' metadata. A deployment "
+            "may take more slugs (EXTRA_PROVIDERS) than this schema lists."
         ),
         examples=sorted(PROVIDERS),
         json_schema_extra=_provider_schema,
@@ -236,7 +248,7 @@ class WellFormedRow(TypedDict):
     recipe in ConnectionRow's field order (``oauth_scopes`` is filled in when absent).
     """
 
-    provider: NotRequired[Annotated[str, StringConstraints(pattern=_PROVIDER_NAME)] | None]
+    provider: NotRequired[Annotated[str, StringConstraints(pattern=PROVIDER_PATTERN)] | None]
     user_id: Annotated[str, StringConstraints(pattern=_CANONICAL_LOWER_UUID)]
     access_token: NonEmptyStr
     refresh_token: NonEmptyStr

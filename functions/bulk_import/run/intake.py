@@ -17,7 +17,6 @@ from bulk_import.ingest.dedupe import Dedupe
 from bulk_import.model import (
     OAUTH1_EXPIRES_AT,
     OAUTH1_PROVIDERS,
-    PROVIDERS,
     Outcome,
     RowOutcome,
 )
@@ -52,9 +51,13 @@ class Intake:
         self.ctx = ctx
         self.dispatcher = dispatcher
         self.seen = Dedupe()
-        self.chunker = ingest.Chunker(ctx.settings.chunk_size, ctx.settings.max_body_bytes)
+        self.providers = providers = ctx.settings.providers
+        self.chunker = ingest.Chunker(
+            ctx.settings.chunk_size, ctx.settings.max_body_bytes, providers
+        )
         self.last_progress = ctx.wiring.clock()
-        self.context = ingest.context_for(None)  # the file's, once its default provider is known
+        # The file's, once its default provider is known.
+        self.context = ingest.context_for(None, providers)
         # Rows rejected from the file's start, those of a resumed run's earlier invocations too
         # (its tally counts Vital's rejections as well): the rejection threshold's count.
         self.rejected = 0
@@ -102,9 +105,9 @@ class Intake:
             stream.close()
             raise Superseded("the object was replaced since this import started")
         default_provider = ingest.provider_from_key(
-            ctx.source.key, ctx.settings.incoming_prefix
+            ctx.source.key, ctx.settings.incoming_prefix, self.providers
         ) or described.metadata.get("provider")
-        self.context = ingest.context_for(default_provider)
+        self.context = ingest.context_for(default_provider, self.providers)
         logger.info(
             "reading file",
             extra={
@@ -179,7 +182,8 @@ class Intake:
         serialise = self.ctx.wiring.serialise
         progress = self.ctx.progress
         # A default spelled otherwise ("Oura") is normalised, or refused, by the full model.
-        default = default_provider if default_provider in PROVIDERS else None
+        providers = self.providers
+        default = default_provider if default_provider in providers else None
         oauth1, oauth1_expires_at = OAUTH1_PROVIDERS, OAUTH1_EXPIRES_AT
         block_size = self.ctx.wiring.tunables.jsonl_block_bytes
         for first, lines in ingest.jsonl_blocks(stream, limit, block_size):
@@ -189,7 +193,7 @@ class Intake:
                 progress.line = first + blank - 1
                 continue
             progress.rows_read += len(lines) - blank
-            rows = ingest.validate_well_formed(lines)
+            rows = ingest.validate_well_formed(lines, providers)
             for line, raw, row in zip(itertools.count(first), lines, rows, strict=False):
                 if (
                     row is not None
@@ -214,7 +218,7 @@ class Intake:
         if record.data is None:
             self._reject(record.line, None, default_provider, record.error or "unreadable row")
             return
-        row = ingest.validate_row(record.data, default_provider)
+        row = ingest.validate_row(record.data, default_provider, self.providers)
         if isinstance(row, str):
             self._reject(record.line, record.data, default_provider, row)
             return
@@ -227,7 +231,7 @@ class Intake:
         ledger = self.ctx.ledger
         if line <= ledger.lines_done:
             return  # stored before the checkpoint this run resumed from
-        provider = ingest.display_provider(data, default)
+        provider = ingest.display_provider(data, default, self.providers)
         user_id = ingest.display_user_id(data)
         ledger.write([RowOutcome(line, user_id, provider, Outcome.REJECTED, redact_text(reason))])
 

@@ -27,6 +27,7 @@ def fingerprint(settings: Settings) -> str:
         "MAX_BODY_BYTES": settings.max_body_bytes,
         "MAX_ROW_BYTES": settings.max_row_bytes,
         "INCOMING_PREFIX": settings.incoming_prefix,  # the default provider comes from the key
+        "EXTRA_PROVIDERS": ",".join(sorted(settings.extra_providers)),  # which rows are valid
         CODE: code_version(),
     }
     return json.dumps(basis, sort_keys=True, separators=(",", ":"))
