@@ -409,15 +409,16 @@ def test_handler_names_a_function_under_code_uri(source: dict[str, Any]) -> None
 
 def test_s3_event_fires_only_under_incoming(source: dict[str, Any]) -> None:
     _, props = _one(source, "AWS::Serverless::Function")
-    s3_events = [e["Properties"] for e in props["Events"].values() if e["Type"] == "S3"]
+    bucket = source["Resources"]["ImportBucket"]
+    (notification,) = bucket["Properties"]["NotificationConfiguration"]["LambdaConfigurations"]
 
-    assert s3_events == [
-        {
-            "Bucket": {"Ref": "ImportBucket"},
-            "Events": "s3:ObjectCreated:*",
-            "Filter": {"S3Key": {"Rules": [{"Name": "prefix", "Value": "incoming/"}]}},
-        }
-    ]
+    assert [e for e in props["Events"].values() if e["Type"] == "S3"] == []
+    assert notification == {
+        "Event": "s3:ObjectCreated:*",
+        "Function": {"Fn::GetAtt": ["ImportFunction", "Arn"]},
+        "Filter": {"S3Key": {"Rules": [{"Name": "prefix", "Value": "incoming/"}]}},
+    }
+    assert "ImportFunctionS3Permission" in bucket["DependsOn"]
     assert _environment(source)["INCOMING_PREFIX"] == "incoming/"
 
 
@@ -816,9 +817,11 @@ def _denies_plain_http(statement: dict[str, Any], service: str) -> bool:
     )
 
 
-def test_s3_invoke_permission_is_for_this_account(rendered: dict[str, Any]) -> None:
-    """SAM generates the S3 invoke permission with SourceAccount and without SourceArn (the
-    bucket depends on the permission, so naming the bucket there would be a cycle)."""
+def test_s3_invoke_permission_is_for_this_bucket_in_this_account(
+    source: dict[str, Any], rendered: dict[str, Any]
+) -> None:
+    """The only S3 invoke permission names the bucket (by the !Sub name the bucket takes) and
+    the account: no other bucket, whoever owns it, can invoke the function."""
     permissions = [
         props
         for props in (
@@ -826,11 +829,11 @@ def test_s3_invoke_permission_is_for_this_account(rendered: dict[str, Any]) -> N
         )
         if props["Principal"] == "s3.amazonaws.com"
     ]
-
-    assert permissions
-    for permission in permissions:
-        assert permission["SourceAccount"] == {"Ref": "AWS::AccountId"}
-        assert permission["FunctionName"] == {"Ref": "ImportFunction"}
+    (permission,) = permissions
+    assert permission["SourceAccount"] == {"Ref": "AWS::AccountId"}
+    assert permission["FunctionName"] == {"Ref": "ImportFunction"}
+    name, suffix = source["Resources"]["ImportBucket"]["Properties"]["BucketName"]["Fn::Sub"]
+    assert permission["SourceArn"] == {"Fn::Sub": ["arn:${AWS::Partition}:s3:::" + name, suffix]}
 
 
 def test_kms_grants_go_through_the_services_that_use_the_key(source: dict[str, Any]) -> None:
