@@ -137,6 +137,7 @@ class StoreState:
     deleted: list[list[str]] = field(default_factory=list)
     finished: list[list[str]] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
+    superseded: list[Manifest] = field(default_factory=list)
 
 
 class FakeStore:
@@ -171,6 +172,10 @@ class FakeStore:
         return self.state.manifest
 
     def still_mine(self) -> bool:
+        return True
+
+    def record_superseded(self, manifest: Manifest) -> bool:
+        self.state.superseded.append(manifest)
         return True
 
     def named_parts(self) -> set[str]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     from botocore.exceptions import ClientError
 
-    from bulk_import.model import ErrorInfo, ValidationIssue
+    from bulk_import.model import ErrorInfo, SourceRef, ValidationIssue
 
 
 class BulkImportError(Exception):
@@ -88,7 +88,15 @@ class ImportStillRunning(TransientError):
 
 
 class Superseded(BulkImportError):
-    """Another import of this key replaced the checkpoint since this run last wrote it."""
+    """Another import of this key replaced the checkpoint since this run last wrote it.
+
+    ``newer``: the upload that took the key over, when it is another one (not this upload's
+    second delivery): the run then leaves a ``superseded`` manifest naming it.
+    """
+
+    def __init__(self, message: str, newer: SourceRef | None = None) -> None:
+        super().__init__(message)
+        self.newer = newer
 
 
 class AlreadyInProgress(BulkImportError):

@@ -542,6 +542,31 @@ def test_a_new_upload_during_an_import_takes_the_key_over(
     assert len(posted) - 60 < 100  # A stopped before the end of its file
     state = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="results/replaced.jsonl/_state/")
     assert "checkpoint.json" not in {o["Key"].rsplit("/", 1)[-1] for o in state.get("Contents", [])}
+    # And A left its record, kept by the bucket's versioning under B's manifest: superseded
+    # by B, with A's counts so far (every row it had an answer for) and no outcomes of its own
+    records = manifest_versions(stack, "results/replaced.jsonl/manifest.json")
+    assert records[0]["status"] == "succeeded"  # the current one, B's
+    superseded = next(m for m in records if m["status"] == "superseded")
+    assert superseded["source"]["version_id"] == va
+    assert superseded["superseded_by"]["version_id"] == vb
+    assert superseded["outcomes_key"] is None
+    counts = superseded["counts"]
+    assert 0 < counts["rows"] == counts["imported"] <= len(posted) - 60
+
+
+def manifest_versions(stack: Stack, key: str) -> list[dict[str, Any]]:
+    """Every version of ``key``, newest first, as JSON."""
+    listed = stack.s3.list_object_versions(Bucket=stack.bucket, Prefix=key).get("Versions", [])
+    newest_first = sorted(listed, key=lambda v: v["LastModified"], reverse=True)
+    return [
+        json.loads(
+            stack.s3.get_object(Bucket=stack.bucket, Key=key, VersionId=v["VersionId"])[
+                "Body"
+            ].read()
+        )
+        for v in newest_first
+        if v["Key"] == key
+    ]
 
 
 def test_a_run_that_lost_its_key_deletes_the_parts_it_stored_for_the_losing_checkpoint(
@@ -1263,12 +1288,23 @@ def test_a_continuation_stops_if_an_unversioned_key_was_uploaded_again_meanwhile
     monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "0")
     drain_queue(stack, continuation_queue, timeout_seconds=900)
 
-    # Then the continuation sends nothing and writes no results mixing the two uploads
+    # Then the continuation sends nothing and writes no results mixing the two uploads: only
+    # the record of the first, superseded by the second (told apart by its ETag)
     assert len(stack.vital.bulk_import_requests()) == sent
     listed = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="results/overwritten.jsonl/")
-    assert "results/overwritten.jsonl/manifest.json" not in {
+    assert "results/overwritten.jsonl/outcomes.csv" not in {
         o["Key"] for o in listed.get("Contents", [])
     }
+    record = stack.manifest("results/overwritten.jsonl/")
+    assert record["status"] == "superseded"
+    assert record["outcomes_key"] is None
+    newer = stack.s3.head_object(Bucket=stack.bucket, Key="incoming/overwritten.jsonl")
+    assert record["superseded_by"]["etag"] == newer["ETag"].strip('"')
+    assert record["source"]["etag"] != record["superseded_by"]["etag"]
+    assert 0 < record["counts"]["rows"] < 402
+    assert record["counts"]["rows"] == sum(
+        n for name, n in record["counts"].items() if name != "rows"
+    )
 
 
 def test_a_chunk_that_waited_too_long_for_a_thread_goes_to_the_next_invocation(

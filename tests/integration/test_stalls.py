@@ -57,8 +57,8 @@ def test_a_file_unfinished_after_max_invocations_fails_with_what_was_read(
     assert first["files"][0]["status"] == "continued"
     continuations = drain_queue(stack, continuation_queue, timeout_seconds=3.0, limit=5)
 
-    # Then the third invocation fails the file, saying why and where it stopped, and every
-    # row the two before it read has its one outcome; nothing more was sent
+    # Then the third invocation fails the file, saying why; every row sent has its one outcome,
+    # and nothing more was sent
     assert continuations == 2
     manifest = stack.manifest("results/slow.jsonl/")
     assert manifest["status"] == "failed"
@@ -69,12 +69,16 @@ def test_a_file_unfinished_after_max_invocations_fails_with_what_was_read(
     read = manifest["counts"]["rows"]
     assert 0 < read < len(rows)
     assert "rows without a line in outcomes.csv were not sent" in message
-    assert sorted(int(o["line"]) for o in outcomes) == list(range(1, read + 1))
+    lines = [int(o["line"]) for o in outcomes]
+    assert len(lines) == len(set(lines)) == read
+    assert set(lines) <= set(range(1, len(rows) + 1))
     assert manifest["counts"]["rows"] == sum(
         n for name, n in manifest["counts"].items() if name != "rows"
     )
     posted = stack.vital.posted_connections()
     assert len(posted) == len(set(posted)) == manifest["counts"]["imported"]
+    imported = {o["user_id"] for o in outcomes if o["outcome"] == "imported"}
+    assert {user for _, user in posted} == imported
 
 
 def test_raising_the_ceiling_lets_the_same_file_finish(

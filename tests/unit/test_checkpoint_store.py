@@ -325,3 +325,77 @@ def test_existing_manifest_reads_a_stored_manifest(s3: Any) -> None:
 def test_existing_manifest_ignores_an_unreadable_manifest(s3: Any, body: bytes) -> None:
     s3.put_object(Bucket=BUCKET, Key=RESULTS + "manifest.json", Body=body)
     assert store(s3).existing_manifest() is None
+
+
+# --- record_superseded ------------------------------------------------------------------------
+
+
+def _manifest(source: SourceRef, status: str = "succeeded", **fields: object) -> Manifest:
+    return Manifest.model_validate(
+        {
+            "source": source,
+            "status": status,
+            "started_at": "2026-01-01T00:00:00.000Z",
+            "finished_at": "2026-01-01T00:01:00.000Z",
+            "counts": Counts(rows=3, imported=3),
+            "outcomes_key": RESULTS + "outcomes.csv",
+            **fields,
+        }
+    )
+
+
+OLD = SOURCE.model_copy(update={"version_id": "v1", "sequencer": "0A"})
+NEW = SOURCE.model_copy(update={"version_id": "v2", "sequencer": "0B"})
+RECORD = _manifest(OLD, "superseded", outcomes_key=None, superseded_by=NEW)
+
+
+def _current(s3: Any) -> Manifest:
+    body = s3.get_object(Bucket=BUCKET, Key=RESULTS + "manifest.json")["Body"].read()
+    return Manifest.model_validate_json(body)
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        None,  # the first import of the key
+        _manifest(SOURCE.model_copy(update={"version_id": "v0", "sequencer": "09"})),  # older
+        _manifest(OLD, "superseded", outcomes_key=None, superseded_by=NEW),  # its own, earlier
+    ],
+)
+def test_a_superseded_record_replaces_no_manifest_an_older_ones_or_its_own(
+    s3: Any, before: Manifest | None
+) -> None:
+    if before is not None:
+        s3.put_object(Bucket=BUCKET, Key=RESULTS + "manifest.json", Body=before.model_dump_json())
+    assert store(s3).record_superseded(RECORD)
+    assert _current(s3) == RECORD
+
+
+@pytest.mark.parametrize(
+    "newer",
+    [NEW, NEW.model_copy(update={"sequencer": None})],  # newer, or of no known order
+)
+def test_a_superseded_record_never_replaces_a_newer_imports_manifest(
+    s3: Any, newer: SourceRef
+) -> None:
+    theirs = _manifest(newer)
+    s3.put_object(Bucket=BUCKET, Key=RESULTS + "manifest.json", Body=theirs.model_dump_json())
+    assert not store(s3).record_superseded(RECORD)
+    assert _current(s3) == theirs
+
+
+def test_a_manifest_written_between_the_read_and_the_record_is_kept(s3: Any) -> None:
+    # The newer import finishes between the record's read and its write: the conditional
+    # write fails, and the newer manifest stays.
+    theirs = _manifest(NEW)
+
+    def finish_first(**_: Any) -> None:
+        s3.meta.events.unregister("before-call.s3.PutObject", finish_first)
+        s3.put_object(Bucket=BUCKET, Key=RESULTS + "manifest.json", Body=theirs.model_dump_json())
+
+    s3.meta.events.register("before-call.s3.PutObject", finish_first)
+    try:
+        assert not store(s3).record_superseded(RECORD)
+    finally:
+        s3.meta.events.unregister("before-call.s3.PutObject", finish_first)
+    assert _current(s3) == theirs

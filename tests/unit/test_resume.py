@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from bulk_import.config import Settings
 from bulk_import.errors import ConfigurationError, ImportAborted
 from bulk_import.model import Checkpoint, Counts, ErrorInfo, Manifest, ObjectRef, SourceRef
+from bulk_import.model.checkpoint import older_than
 from bulk_import.run import replay, resume
-from bulk_import.run.context import FileResult, RunContext, older_than, same_object
+from bulk_import.run.context import FileResult, RunContext, same_object
 from bulk_import.run.ledger import Replay
 from bulk_import.wiring import build
 from local.context import LocalLambdaContext
@@ -233,7 +234,8 @@ def test_given_a_newer_upload_is_importing_when_an_older_ones_event_arrives_then
 def test_given_an_unfinished_import_when_a_newer_upload_arrives_then_the_old_state_is_deleted(
     make_context: MakeContext, old: dict[str, str], new: dict[str, str]
 ) -> None:
-    state = StoreState(checkpoint=checkpoint(source(**old), lease=4, next_segment=1))
+    counts = Counts(rows=40, imported=39, rejected=1)
+    state = StoreState(checkpoint=checkpoint(source(**old), lease=4, next_segment=1, counts=counts))
     ctx = make_context(ref(**new), state)
     assert resume.prepare(ctx) is None
     assert state.deleted == [PARTS[0] + PARTS[1]]
@@ -241,6 +243,18 @@ def test_given_an_unfinished_import_when_a_newer_upload_arrives_then_the_old_sta
     # It starts fresh: nothing of the old import is replayed
     assert ctx.ledger.checkpoint is None
     assert ctx.ledger.replay(0) is Replay.NEW
+    # And the old import leaves its record: superseded, its counts so far, by this upload
+    (record,) = state.superseded
+    assert record.status == "superseded"
+    assert record.source == source(**old)
+    assert record.counts == counts
+    assert record.outcomes_key is None
+    assert record.superseded_by is not None
+    assert (record.superseded_by.version_id, record.superseded_by.etag) == (
+        new.get("version_id"),
+        new.get("etag"),
+    )
+    assert record.segments == 2
 
 
 def test_given_an_unfinished_import_when_a_continuation_of_another_upload_comes_then_it_is_skipped(

@@ -37,6 +37,16 @@ def same_upload(mine: ObjectRef | SourceRef, theirs: SourceRef) -> bool:
     return False
 
 
+def older_than(mine: ObjectRef | SourceRef, theirs: SourceRef) -> bool:
+    """Whether S3 sent this upload's event before ``theirs``'s (its sequencer is lower); False
+    when either has none, as for a manual invocation."""
+    a, b = mine.sequencer, theirs.sequencer
+    if not a or not b:
+        return False
+    width = max(len(a), len(b))
+    return a.upper().rjust(width, "0") < b.upper().rjust(width, "0")
+
+
 class ContinuationMessage(BaseModel):
     """The SQS message that hands the rest of a file to a fresh invocation (no tokens)."""
 

@@ -8,7 +8,7 @@ from bulk_import.model.outcome import Counts
 from bulk_import.model.vital_api import BulkOp
 
 SCHEMA_VERSION = 1
-FileStatus = Literal["succeeded", "partial", "failed"]
+FileStatus = Literal["succeeded", "partial", "failed", "superseded"]
 _CONFIG = ConfigDict(defer_build=True)
 
 
@@ -67,10 +67,16 @@ class Manifest(BaseModel):
     bulk_ops: list[BulkOp] = Field(
         default_factory=list, description="Vital's bulk ops matched to this run after 202s."
     )
-    outcomes_key: str
+    outcomes_key: str | None = Field(
+        description="outcomes.csv; null for a superseded import, whose outcomes were not written."
+    )
     # Where the original rows of failed and errored rows are, to fix and upload again.
     retry_key: str | None = None
     segments: int = Field(
         default=1, description="Invocations the import took (long files continue in fresh ones)."
     )
     error: ErrorInfo | None = None
+    superseded_by: SourceRef | None = Field(
+        default=None,
+        description="The newer upload of the key that took this import over (status superseded).",
+    )

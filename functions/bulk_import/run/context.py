@@ -50,16 +50,6 @@ def same_object(ref: ObjectRef, other: SourceRef) -> bool:
     return same_upload(ref, other)
 
 
-def older_than(ref: ObjectRef, other: SourceRef) -> bool:
-    """Whether S3 sent this upload's event before ``other``'s (its sequencer is lower); False
-    when either has none, as for a manual invocation."""
-    mine, theirs = ref.sequencer, other.sequencer
-    if not mine or not theirs:
-        return False
-    width = max(len(mine), len(theirs))
-    return mine.upper().rjust(width, "0") < theirs.upper().rjust(width, "0")
-
-
 class RunContext:
     """One run's shared state; the steps (resume, intake, dispatch, finish) each take it."""
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from bulk_import import errors
 from bulk_import.errors import FileError, InternalError, Superseded
-from bulk_import.model import BulkOp, FileStatus, Manifest, Outcome
+from bulk_import.model import BulkOp, Checkpoint, FileStatus, Manifest, Outcome, SourceRef
 from bulk_import.observability import logger
 from bulk_import.run.context import FileResult, now
 from bulk_import.storage.keys import MANIFEST_NAME, OUTCOMES_NAME, RETRY_NAME
@@ -123,6 +123,40 @@ def check_every_row_counted(ctx: RunContext) -> None:
     ctx.stop.error = ctx.stop.error or InternalError(
         f"internal error: {rows_read} rows read, {recorded} outcomes recorded; "
         "see the function's logs"
+    )
+
+
+def superseded(cp: Checkpoint, newer: SourceRef) -> Manifest:
+    """The manifest of an import a newer upload took over: its counts so far, no outcomes.csv
+    (the key's is the newer import's to write), and the upload that replaced it."""
+    return Manifest(
+        source=cp.source,
+        status="superseded",
+        started_at=cp.started_at,
+        finished_at=now(),
+        counts=cp.counts,
+        providers=cp.providers,
+        chunks=cp.chunks,
+        outcomes_key=None,
+        segments=cp.next_segment + 1,
+        superseded_by=newer,
+    )
+
+
+def superseded_here(ctx: RunContext, newer: SourceRef) -> Manifest:
+    """``superseded`` for the run that found itself taken over: its books as they stand."""
+    ledger = ctx.ledger
+    return Manifest(
+        source=ctx.source,
+        status="superseded",
+        started_at=ctx.started_at,
+        finished_at=now(),
+        counts=ledger.tally.counts(),
+        providers=ledger.tally.providers(),
+        chunks=list(ledger.chunk_records),
+        outcomes_key=None,
+        segments=ctx.ref.segment + 1,
+        superseded_by=newer,
     )
 
 

@@ -144,4 +144,6 @@ class Run:
         listed |= ctx.store.named_parts()
         orphans = [k for k in ctx.ledger.all_parts() if k not in listed]
         ctx.store.delete_parts(orphans)
+        if exc.newer is not None:
+            resume.leave_record(ctx, finish.superseded_here(ctx, exc.newer))
         return resume.skip(ctx, str(exc))

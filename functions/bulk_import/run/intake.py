@@ -103,7 +103,7 @@ class Intake:
             # against it would send other rows under its chunk numbers. The new upload's own
             # event imports it.
             stream.close()
-            raise Superseded("the object was replaced since this import started")
+            raise Superseded("the object was replaced since this import started", described.ref)
         default_provider = ingest.provider_from_key(
             ctx.source.key, ctx.settings.incoming_prefix, self.providers
         ) or described.metadata.get("provider")

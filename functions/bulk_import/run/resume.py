@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bulk_import import errors
+from bulk_import.model import Manifest, SourceRef
+from bulk_import.model.checkpoint import older_than
 from bulk_import.observability import logger
-from bulk_import.run import replay
-from bulk_import.run.context import FileResult, older_than, same_object
+from bulk_import.run import finish, replay
+from bulk_import.run.context import FileResult, same_object
 
 if TYPE_CHECKING:
     from bulk_import.model import Checkpoint
@@ -33,6 +35,14 @@ def prepare(ctx: RunContext) -> FileResult | None:  # noqa: PLR0911 - a table of
             return skip(ctx, "a newer upload of this key replaced the file being imported")
         logger.warning("a new upload replaces an unfinished import of this key")
         store.delete(checkpoint.outcome_parts + checkpoint.retry_parts)
+        newer = SourceRef(
+            bucket=ref.bucket,
+            key=ref.key,
+            version_id=ref.version_id,
+            etag=ref.etag,
+            sequencer=ref.sequencer,
+        )
+        leave_record(ctx, finish.superseded(checkpoint, newer))
         checkpoint = None
     manifest = store.existing_manifest()
     finished = manifest is not None and same_object(ref, manifest.source)
@@ -73,6 +83,15 @@ def too_many_invocations(invocations: int) -> str:
         "without a line in outcomes.csv were not sent. A file this slow to read is mostly "
         "blank lines, or too big for one import: split it, or raise MAX_INVOCATIONS_PER_FILE"
     )
+
+
+def leave_record(ctx: RunContext, manifest: Manifest) -> None:
+    """The superseded import's manifest, unless a newer import's is already there."""
+    if ctx.store.record_superseded(manifest):
+        logger.info(
+            "superseded import recorded",
+            extra={"counts": manifest.counts.model_dump(), "manifest": ctx.manifest_key},
+        )
 
 
 def restore(ctx: RunContext, cp: Checkpoint) -> None:

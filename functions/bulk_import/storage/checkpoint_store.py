@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 
 from bulk_import.errors import Superseded, aws_error_code
 from bulk_import.model import Checkpoint, Manifest
-from bulk_import.model.checkpoint import same_upload
+from bulk_import.model.checkpoint import older_than, same_upload
 from bulk_import.storage.keys import (
     CHECKPOINT_NAME,
     MANIFEST_NAME,
@@ -93,7 +93,12 @@ class CheckpointStore:
                 # in flight at S3). Not a takeover; the invocation fails and Lambda's retry
                 # resumes from whichever is stored (nothing was sent past either's lease).
                 raise
-            raise Superseded(self._taken_by(stored[0] if stored else None, checkpoint)) from None
+            newer = stored[0].source if stored is not None else None
+            if newer is not None and same_upload(checkpoint.source, newer):
+                newer = None  # this upload's other delivery: nothing supersedes it
+            raise Superseded(
+                self._taken_by(stored[0] if stored else None, checkpoint), newer
+            ) from None
         self._etag = response["ETag"]
 
     def _taken_by(self, stored: Checkpoint | None, mine: Checkpoint) -> str:
@@ -143,6 +148,44 @@ class CheckpointStore:
             return Manifest.model_validate_json(body)
         except ValueError:
             return None
+
+    def record_superseded(self, manifest: Manifest) -> bool:
+        """Write a superseded import's manifest, unless the key's manifest is another upload's
+        that is not older: conditional on what was read, so that a newer import finishing
+        meanwhile keeps its own. Its own final manifest replaces this one in turn (the bucket's
+        versioning keeps it). True when written."""
+        key = self._results + MANIFEST_NAME
+        condition: dict[str, str] = {"IfNoneMatch": "*"}
+        try:
+            response = self.s3.get_object(Bucket=self._bucket, Key=key)
+        except ClientError as exc:
+            if aws_error_code(exc) not in {"NoSuchKey", "404"}:
+                raise
+        else:
+            try:
+                current = Manifest.model_validate_json(response["Body"].read())
+            except ValueError:
+                current = None
+            if (
+                current is not None
+                and not same_upload(manifest.source, current.source)
+                and not older_than(current.source, manifest.source)
+            ):
+                return False  # a newer import's (or one S3 gave no order for)
+            condition = {"IfMatch": response["ETag"]}
+        try:
+            self.s3.put_object(
+                Bucket=self._bucket,
+                Key=key,
+                Body=manifest.model_dump_json(indent=2),
+                ContentType="application/json",
+                **condition,  # type: ignore[arg-type]
+            )
+        except ClientError as exc:
+            if aws_error_code(exc) in _LOST:
+                return False  # a newer import wrote its manifest between the read and this
+            raise
+        return True
 
     def outcome_part_key(self, n: int) -> str:
         return outcome_part_key(self._results, self._run, n)
