@@ -317,3 +317,24 @@ def outcomes_by_line(s3: FakeS3, key: str) -> dict[int, dict[str, str]]:
     by_line = {int(o["line"]): o for o in rows}
     assert len(by_line) == len(rows), "a line has two outcomes"
     return by_line
+
+
+@dataclass
+class FakeVital:
+    """Vital's read side: a user's providers and the bulk ops, or no answer at all."""
+
+    providers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    ops: list[dict[str, Any]] = field(default_factory=list)
+    down: bool = False
+    asked: list[str] = field(default_factory=list)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.asked.append(request.url.path)
+        if self.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path == "/v2/link/bulk_op":
+            return httpx.Response(200, json={"data": self.ops, "next_cursor": None})
+        user = request.url.path.rsplit("/", 1)[-1]
+        if user not in self.providers:
+            return httpx.Response(404, json={"detail": "user not found"})
+        return httpx.Response(200, json={"providers": self.providers[user]})

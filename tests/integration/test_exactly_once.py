@@ -28,6 +28,7 @@ from bulk_import.storage.checkpoint_store import CheckpointStore
 from bulk_import.storage.idempotency import Work
 from bulk_import.storage.results import ResultWriter
 from bulk_import.storage.spool import OutcomeSpool, RetrySpool, outcomes_header
+from bulk_import.vital.settle import CONFIRMED_DETAIL
 from bulk_import.wiring import Tunables
 from local.events import s3_event
 from tests.helpers import encode_rows, failing_at, make_row, user_id
@@ -253,11 +254,16 @@ def test_a_run_killed_right_after_its_early_save_resumes_from_it_sending_nothing
     # When Lambda's retry resumes from that checkpoint
     stack.invoke(event)
 
-    # Then the chunks that were out are in doubt, not sent again, and the rest stand
+    # Then the chunks that were out are settled by asking Vital: those it holds are imported
+    # (confirmed by the lookup), those it never got are sent now; nothing is sent twice
     assert out
     manifest = assert_complete(stack, "results/killed-early.jsonl/", 62)
-    assert manifest["counts"]["errored"] == 10 * len(out)
-    assert manifest["counts"]["imported"] == 60 - 10 * len(out)
+    assert manifest["counts"]["errored"] == 0
+    assert manifest["counts"]["imported"] == 60
+    confirmed = [
+        o for o in stack.outcomes("results/killed-early.jsonl/") if o["detail"] == CONFIRMED_DETAIL
+    ]
+    assert 0 < len(confirmed) <= 10 * len(out)
 
 
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the failed cleanup
@@ -1017,9 +1023,12 @@ def test_a_duplicate_event_that_finds_no_state_until_the_first_finished_posts_no
 
 
 def test_killed_process_resumes_without_resending(stack: Stack, stack_env: dict[str, str]) -> None:
-    # Given a slow Vital and a run that is really killed after a few chunks
+    # Given a slow Vital, users it does not know among the rows (their imports fail), and a run
+    # that is really killed after a few chunks, with chunks out
     stack.vital.latency_seconds = 0.15
     rows = upload(stack, "incoming/crash.jsonl", 200)
+    unknown = {r["user_id"] for r in rows[::7]}
+    stack.vital.known_users -= unknown
     event = s3_event(stack.bucket, ["incoming/crash.jsonl"])
     kill_mid_run(stack, event, CHECKPOINT_EVERY_CHUNKS="2")
     sent_before_crash = set(stack.vital.posted_connections())
@@ -1027,29 +1036,44 @@ def test_killed_process_resumes_without_resending(stack: Stack, stack_env: dict[
     listing = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="results/crash.jsonl/manifest")
     assert "Contents" not in listing, "the killed run must not have finished"
 
-    # When the event is delivered again (Lambda's retry)
-    stack.vital.latency_seconds = 0
+    # When the event is delivered again (Lambda's retry), Vital still slow
     result = stack.invoke(event)
 
-    # Then every row has one outcome, nothing was sent twice, in-doubt rows are in retry.jsonl
-    assert result["files"][0]["status"] in {"partial", "succeeded"}
-    manifest = assert_complete(stack, "results/crash.jsonl/", len(rows))
+    # Then every row has one outcome and none is left in doubt: what the chunks out at the kill
+    # became was asked of Vital
+    assert result["files"][0]["status"] == "partial"
     outcomes = stack.outcomes("results/crash.jsonl/")
     tally = Counter(o["outcome"] for o in outcomes)
-    assert tally["rejected"] == 1
-    assert tally["duplicate"] == 1
-    assert tally["imported"] + tally["errored"] == 200
-    in_doubt = {o["user_id"] for o in outcomes if o["outcome"] == "errored"}
-    assert all("in doubt" in o["detail"] for o in outcomes if o["outcome"] == "errored")
-    imported = {o["user_id"] for o in outcomes if o["outcome"] == "imported"}
-    assert {u for _, u in sent_before_crash} <= imported | in_doubt
-    if in_doubt:
-        retry = stack.get("retry/crash.jsonl/retry.jsonl").decode().splitlines()
-        assert {json.loads(line)["user_id"] for line in retry} == in_doubt
-    assert manifest["segments"] == 1
+    assert (tally["rejected"], tally["duplicate"], tally["errored"]) == (1, 1, 0)
+    assert tally["imported"] + tally["failed"] == 200
+    # Each outcome is what Vital holds: imported users are connected, failed ones unknown
+    holds = vital_holds(stack_env, stack.vital.api_key, [o["user_id"] for o in outcomes])
+    for o in outcomes:
+        if o["outcome"] in {"imported", "failed"}:
+            assert (o["outcome"] == "imported") is (holds[o["user_id"]] == "connected"), o
+            assert (o["outcome"] == "failed") is (o["user_id"] in unknown), o
+    # Rows sent twice: at most those of the chunks out at the kill (2 threads, 2 chunks each)
+    posted = Counter(stack.vital.posted_connections())
+    assert sum(n - 1 for n in posted.values()) <= 2 * 2 * 10
+    assert stack.manifest("results/crash.jsonl/")["segments"] == 1
     # And the checkpoint state is cleaned up
     leftovers = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="results/crash.jsonl/_state/")
     assert "Contents" not in leftovers
+
+
+def vital_holds(stack_env: dict[str, str], api_key: str, user_ids: list[str]) -> dict[str, str]:
+    """What the stand-in lists for each user (``GET /v2/user/providers``): a status, or ""."""
+    held: dict[str, str] = {}
+    with httpx.Client(
+        base_url=stack_env["VITAL_API_BASE_URL"], headers={"x-vital-api-key": api_key}
+    ) as http:
+        for user in user_ids:
+            if not user:
+                continue
+            answer = http.get(f"/v2/user/providers/{user}")
+            listed = answer.json()["providers"] if answer.status_code == 200 else []
+            held[user] = next((p["status"] for p in listed), "")
+    return held
 
 
 class _Died(BaseException):
@@ -1093,6 +1117,21 @@ def test_parts_of_a_run_that_died_before_its_checkpoint_are_swept_at_the_end(
 
 
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the run that died
+class NoLookups(httpx.BaseTransport):
+    """Vital, but for its user-provider lookups, which never connect."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/v2/user/providers/"):
+            raise httpx.ConnectError("connection refused", request=request)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def test_rows_in_doubt_after_a_crash_do_not_trip_the_failure_threshold(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1107,8 +1146,9 @@ def test_rows_in_doubt_after_a_crash_do_not_trip_the_failure_threshold(
     event = s3_event(stack.bucket, ["incoming/doubt.jsonl"])
     die_at_third_checkpoint(stack, event)
 
-    # When Lambda's retry resumes, reporting the chunks under the lease in doubt
-    stack.invoke(event)
+    # When Lambda's retry resumes, and Vital cannot be asked about the chunks under the lease
+    # (they stay in doubt, errored)
+    stack.invoke(event, transport=NoLookups())
 
     # Then the rest is imported: Vital failed nothing, so the in-doubt rows must not count as
     # failures (they alone would stop the file at the resume's first answer).
@@ -1118,6 +1158,8 @@ def test_rows_in_doubt_after_a_crash_do_not_trip_the_failure_threshold(
     assert counts["imported"] + counts["errored"] == 300
     assert manifest["error"] is None
     assert manifest["status"] == "partial"
+    errored = [o for o in stack.outcomes("results/doubt.jsonl/") if o["outcome"] == "errored"]
+    assert all("could not be asked whether it arrived" in o["detail"] for o in errored)
 
 
 def test_a_resume_never_stores_a_lease_below_the_one_it_resumed_from(

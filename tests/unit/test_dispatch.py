@@ -18,7 +18,6 @@ from bulk_import.ingest import Chunk
 from bulk_import.model import Checkpoint, Counts, ObjectRef, SourceRef
 from bulk_import.run import replay
 from bulk_import.run.context import FileResult
-from bulk_import.run.ledger import IN_DOUBT_DETAIL
 from bulk_import.vital import Hold, post_chunk
 from bulk_import.wiring import Tunables
 from tests.fakes import (
@@ -27,6 +26,7 @@ from tests.fakes import (
     FakeS3,
     FakeSecrets,
     FakeStore,
+    FakeVital,
     StoreState,
     client_error,
     outcomes_by_line,
@@ -198,9 +198,10 @@ def test_given_too_little_time_from_the_start_then_the_probe_goes_and_reading_st
 # --- resuming: settled and in-doubt chunks --------------------------------------------------------
 
 
-def test_given_a_resume_when_a_leased_chunk_is_not_settled_then_it_is_in_doubt_not_sent() -> None:
+def test_given_a_resume_when_a_leased_chunk_is_not_settled_then_vital_is_asked_not_sent() -> None:
     # Given a checkpoint: chunks 0 and 2 settled (their 20 rows imported), chunk 1 leased and
-    # not settled (the run before may have sent it), chunks 3 and 4 never leased
+    # not settled (the run before may have sent it), chunks 3 and 4 never leased; and Vital
+    # that does not answer its lookups
     s3 = FakeS3()
     put_rows(s3, 50)
     config = settings(MAX_CONCURRENCY="1")
@@ -218,18 +219,21 @@ def test_given_a_resume_when_a_leased_chunk_is_not_settled_then_it_is_in_doubt_n
     )
     state = StoreState(checkpoint=cp)
     post = FakePost()
+    vital = FakeVital(down=True)
 
     # When the run resumes
-    result = run(s3, state, config, post_chunk=post)
+    result = run(s3, state, config, post_chunk=post, transport=httpx.MockTransport(vital))
 
-    # Then only the never-leased chunks are sent
+    # Then only the never-leased chunks are sent; the in-doubt chunk's users were looked up
     assert post.sent_lines == lines(31, 50)
-    # The in-doubt chunk is reported once, errored, and goes to retry.jsonl; the settled ones
-    # get no outcome again
+    assert vital.asked[:1] == [f"/v2/user/providers/{user_id(10)}"]
+    # It is reported once, errored with what to check, and goes to retry.jsonl; the settled
+    # ones get no outcome again (test_settle.py: what Vital's answers decide)
     by_line = outcomes(s3)
     assert sorted(by_line) == lines(11, 20) + lines(31, 50)
     assert {by_line[n]["outcome"] for n in lines(11, 20)} == {"errored"}
-    assert {by_line[n]["detail"] for n in lines(11, 20)} == {IN_DOUBT_DETAIL}
+    (detail,) = {by_line[n]["detail"] for n in lines(11, 20)}
+    assert detail.startswith("in doubt: ")
     assert {by_line[n]["outcome"] for n in lines(31, 50)} == {"imported"}
     retried = [json.loads(line)["user_id"] for line in s3.objects[RETRY].splitlines()]
     assert retried == [user_id(n) for n in range(10, 20)]

@@ -73,6 +73,7 @@ def save(books: Ledger, store: FakeStore, **fields: object) -> bool:
         "lease": 0,
         "line": 0,
         "stop_reason": None,
+        "at": "2026-01-01T00:00:05.000Z",
         **fields,
     }
     return books.save(store, **args)  # type: ignore[arg-type]
@@ -420,3 +421,20 @@ def test_unsaved_bytes_count_lines_since_the_last_save(ledger: Ledger) -> None:
     assert ledger.unsaved_bytes > 0
     save(ledger, new_store())
     assert ledger.unsaved_bytes == 0
+
+
+def test_each_raise_of_the_lease_is_marked_until_its_chunks_are_settled(ledger: Ledger) -> None:
+    # A chunk in doubt was sent after the lease was raised past it: the bulk op that took it,
+    # if any, started no earlier (vital.settle).
+    books, store = ledger, FakeStore(FakeS3(), "bucket-a", RESULTS, RETRY, "0000000a")
+    save(books, store, lease=4, at="T1")
+    save(books, store, lease=4, at="T2")  # not raised: no mark
+    save(books, store, lease=8, at="T3")
+    assert [(m.lease, m.at) for m in books.lease_marks] == [(4, "T1"), (8, "T3")]
+    assert [books.sent_after(seq) for seq in (0, 3, 4, 7, 8)] == ["T1", "T1", "T3", "T3", None]
+    for seq in range(4):
+        books.settle(seq)
+    save(books, store, lease=8, at="T4")
+    assert [(m.lease, m.at) for m in books.lease_marks] == [(8, "T3")]
+    assert store.state.checkpoint is not None
+    assert store.state.checkpoint.lease_marks == books.lease_marks

@@ -2,7 +2,7 @@
 work items, and Vital's answers. Each builds its schema on first use (``defer_build``): a cold
 start pays only for the models its invocation touches."""
 
-from bulk_import.model.checkpoint import Checkpoint, ContinuationMessage, ObjectRef
+from bulk_import.model.checkpoint import Checkpoint, ContinuationMessage, LeaseMark, ObjectRef
 from bulk_import.model.manifest import (
     SCHEMA_VERSION,
     ChunkRecord,
@@ -33,6 +33,8 @@ from bulk_import.model.vital_api import (
     BulkImportResponse,
     BulkOp,
     BulkOpPage,
+    UserProvider,
+    UserProviders,
     ValidationErrorBody,
     ValidationIssue,
 )
@@ -59,11 +61,14 @@ __all__ = [
     "Counts",
     "ErrorInfo",
     "FileStatus",
+    "LeaseMark",
     "Manifest",
     "ObjectRef",
     "Outcome",
     "RowOutcome",
     "SourceRef",
+    "UserProvider",
+    "UserProviders",
     "ValidationErrorBody",
     "ValidationIssue",
     "WellFormedRow",

@@ -56,6 +56,16 @@ class ContinuationMessage(BaseModel):
     ref: ObjectRef
 
 
+class LeaseMark(BaseModel):
+    """When the lease was raised to ``lease``: chunks below it and at or above the mark before
+    were sent after ``at``. Bulk ops that took one of them started no earlier."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    lease: int
+    at: str
+
+
 class Checkpoint(BaseModel):
     """What a later invocation needs to resume a file without re-sending any chunk.
 
@@ -77,6 +87,8 @@ class Checkpoint(BaseModel):
     started_at: str
     next_segment: int
     lease: int = 0
+    # The raises of the lease whose chunks are not all settled yet, in order.
+    lease_marks: list[LeaseMark] = Field(default_factory=list)
     settled_below: int = 0
     settled_extra: list[int] = Field(default_factory=list)
     lines_done: int = 0

@@ -46,6 +46,26 @@ class BulkOp(BaseModel):
     ended_at: str | None = None
 
 
+class UserProvider(BaseModel):
+    """One provider connection of a user, as ``GET /v2/user/providers/{user_id}`` lists it."""
+
+    model_config = _CONFIG
+
+    slug: str
+    status: str | None = None
+    name: str | None = None
+    created_on: str | None = None
+    error_details: object | None = None
+
+
+class UserProviders(BaseModel):
+    """The body of ``GET /v2/user/providers/{user_id}``."""
+
+    model_config = _CONFIG
+
+    providers: list[UserProvider] = Field(default_factory=list)
+
+
 class BulkOpPage(BaseModel):
     """A page of ``GET /v2/link/bulk_op``."""
 

@@ -90,6 +90,7 @@ class RunContext:
             lease=lease,
             line=self.progress.line,
             stop_reason=self.stop.reason,
+            at=now(),
             final=final,
         )
         if created:

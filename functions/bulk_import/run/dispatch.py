@@ -11,20 +11,33 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bulk_import.errors import FileError, TransientError
 from bulk_import.model import (
     BulkImportResponse,
+    BulkOp,
+    BulkOpPage,
     ChunkRecord,
     Outcome,
     SourceRef,
+    UserProvider,
+    UserProviders,
     ValidationErrorBody,
     ValidationIssue,
 )
 from bulk_import.observability import logger
 from bulk_import.run.ledger import Replay
-from bulk_import.vital import ChunkReport, Hold, VitalClient, start_seconds
+from bulk_import.vital import (
+    BulkOpClaims,
+    ChunkReport,
+    Hold,
+    VitalClient,
+    parse_time,
+    settle_chunk,
+    start_seconds,
+)
 
 if TYPE_CHECKING:
     from bulk_import.ingest import Chunk
@@ -34,15 +47,20 @@ if TYPE_CHECKING:
 QUEUED_PER_THREAD = 2
 # Checkpoints are spaced at least about this far apart when chunks go out quickly.
 CHECKPOINT_SECONDS = 2.0
+EPOCH = datetime.fromtimestamp(0, UTC)  # no lower bound on when a chunk in doubt was sent
 
 
 # Models first used on the posting threads: answers, chunk records, 422 bodies, the object's
-# description. pydantic builds a deferred model on first use without a lock, and two threads at
-# it at once can find the class half built (pydantic#13438): they are built here, on the
-# reading thread, before any posting thread starts.
+# description, the lookups that settle chunks in doubt. pydantic builds a deferred model on
+# first use without a lock, and two threads at it at once can find the class half built
+# (pydantic#13438): they are built here, on the reading thread, before any posting thread.
 POSTING_THREAD_MODELS = (
     BulkImportResponse,
+    BulkOp,
+    BulkOpPage,
     ChunkRecord,
+    UserProvider,
+    UserProviders,
     SourceRef,
     ValidationErrorBody,
     ValidationIssue,
@@ -76,7 +94,7 @@ class Dispatcher:
         # Nearly every run needs the client: the API key is a Secrets Manager call and the TLS
         # context loads CA certificates without holding the GIL, ~50 ms that overlap S3's
         # answers. A failure surfaces where the client is first needed.
-        self.client_future: Future[VitalClient] | None = self.executor.submit(self._new_client)
+        self.client_future: Future[VitalClient] | None = self.executor.submit(_new_client, ctx)
         self.in_flight: dict[Future[ChunkReport], tuple[int, Chunk]] = {}
         # Cut and not handed to a posting thread yet, or handed and not sent because it failed
         # (its lease could not be saved): ``send``, and ``report_unsent`` if the run stops.
@@ -91,6 +109,7 @@ class Dispatcher:
         self.margin = max(settings.safety_margin_seconds, start_seconds(settings))
         self.last_lease_at = ctx.wiring.clock()
         self.last_lease_seq = 0
+        self.claims = BulkOpClaims()  # Vital's bulk ops, matched to the chunks settled
 
     def submit[T](self, work: Callable[..., T], *args: Any) -> Future[T]:
         """Run ``work`` on a posting thread (opening the object while the checkpoint is read)."""
@@ -128,9 +147,7 @@ class Dispatcher:
             ledger.settle(seq)  # outcomes already stored
             return
         if replayed is Replay.IN_DOUBT:
-            logger.warning("chunk in doubt after an interrupted run", extra={"chunk": seq})
-            ledger.write_in_doubt(chunk)
-            ledger.settle(seq)
+            self._settle(seq, chunk)
             return
         if not self._may_send(seq, chunk):
             return
@@ -157,6 +174,43 @@ class Dispatcher:
                 self.next_seq = seq  # not sent: a retry rebuilds this chunk and sends it
                 raise
         self._submit(seq, chunk, client)
+
+    def _settle(self, seq: int, chunk: Chunk) -> None:
+        """A chunk an interrupted invocation may have sent: Vital is asked what it holds of it
+        (``vital.settle``) on a posting thread; once the run has stopped, it is reported."""
+        ctx, ledger = self.ctx, self.ctx.ledger
+        logger.warning("chunk in doubt after an interrupted run", extra={"chunk": seq})
+        client = None
+        if not ctx.stop.stopped:
+            try:
+                client = self.vital()
+            except FileError as exc:
+                ctx.stop.stop(exc)
+            except TransientError:
+                self.next_seq = seq  # Lambda's retry rebuilds this chunk and settles it
+                raise
+        if client is None:
+            ledger.write_in_doubt(chunk)
+            ledger.settle(seq)
+            return
+        self.collect(block=False)
+        while len(self.in_flight) >= QUEUED_PER_THREAD * ctx.settings.max_concurrency:
+            self.collect()
+        sent_after = parse_time(ledger.sent_after(seq) or ctx.started_at) or EPOCH
+        future = self.executor.submit(
+            settle_chunk,
+            client,
+            chunk,
+            ctx.settings.wait_for_completion,
+            sent_after=sent_after,
+            claims=self.claims,
+            post=ctx.wiring.post_chunk,
+        )
+        self.submitted = chunk
+        future.add_done_callback(self._note_refusal)
+        self.probe = self.probe or future
+        self.in_flight[future] = (seq, chunk)
+        self.posted_here += 1
 
     def _may_send(self, seq: int, chunk: Chunk) -> bool:
         """False (the chunk reported, not sent) once the run has stopped."""
@@ -210,17 +264,11 @@ class Dispatcher:
         rate = sent / elapsed
         return max(self.lease_step, min(int(rate * CHECKPOINT_SECONDS), 64 * self.lease_step))
 
-    def _new_client(self) -> VitalClient:
-        wiring = self.ctx.wiring
-        return VitalClient(
-            self.ctx.settings, wiring.api_key(), wiring.remaining_seconds, wiring.transport
-        )
-
     def vital(self) -> VitalClient:
         """The Vital client, once built (raises what building it raised)."""
         if self.client is None:
             if self.client_future is None:
-                self.client_future = self.executor.submit(self._new_client)
+                self.client_future = self.executor.submit(_new_client, self.ctx)
             self.client = self.client_future.result()
         return self.client
 
@@ -303,6 +351,7 @@ class Dispatcher:
             ledger.write_chunk(report.chunk, Outcome.ERRORED, stop.not_sent())
             return
         ledger.chunk_records.extend(report.records)
+        ledger.in_doubt += report.in_doubt
         if report.shared is not None:
             ledger.write_chunk(report.chunk, *report.shared)
         else:
@@ -331,6 +380,11 @@ class Dispatcher:
         self.executor.shutdown(wait=False)
         if self.client_future is not None:
             self.client_future.add_done_callback(_close_client)
+
+
+def _new_client(ctx: RunContext) -> VitalClient:
+    wiring = ctx.wiring
+    return VitalClient(ctx.settings, wiring.api_key(), wiring.remaining_seconds, wiring.transport)
 
 
 def _close_client(future: Future[VitalClient]) -> None:

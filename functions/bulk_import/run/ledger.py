@@ -14,7 +14,14 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from bulk_import import errors
-from bulk_import.model import Checkpoint, ChunkRecord, Outcome, RowOutcome, SourceRef
+from bulk_import.model import (
+    Checkpoint,
+    ChunkRecord,
+    LeaseMark,
+    Outcome,
+    RowOutcome,
+    SourceRef,
+)
 from bulk_import.run.tally import Tally
 
 if TYPE_CHECKING:
@@ -53,6 +60,7 @@ class Ledger:
         self.outcome_parts_to_read = 0
         self.retry_parts_to_read = 0
         self.lease = 0
+        self.lease_marks: list[LeaseMark] = []
         self.settled: set[int] = set()
         self.settled_below = 0
         self.lines_done = 0  # reject/duplicate outcomes up to here are already stored
@@ -74,6 +82,7 @@ class Ledger:
         self.outcome_parts_to_read = len(cp.outcome_parts)
         self.retry_parts_to_read = len(cp.retry_parts)
         self.lease = self.replay_lease = cp.lease
+        self.lease_marks = list(cp.lease_marks)
         self.settled_below = self.replay_below = cp.settled_below
         self.settled = set(cp.settled_extra)
         self.replay_settled = set(cp.settled_extra)
@@ -84,6 +93,10 @@ class Ledger:
         if seq < self.replay_below or seq in self.replay_settled:
             return Replay.SETTLED
         return Replay.IN_DOUBT if seq < self.replay_lease else Replay.NEW
+
+    def sent_after(self, seq: int) -> str | None:
+        """When chunk ``seq`` was sent at the earliest: when the lease was raised past it."""
+        return next((mark.at for mark in self.lease_marks if mark.lease > seq), None)
 
     def settle(self, seq: int) -> None:
         if seq < self.settled_below:
@@ -133,6 +146,7 @@ class Ledger:
         lease: int,
         line: int,
         stop_reason: errors.FileError | None,
+        at: str,
         final: bool = False,
     ) -> bool:
         """Store the spooled lines as parts, then the checkpoint that makes them count.
@@ -143,13 +157,19 @@ class Ledger:
         self._store_parts(store, source.bucket, final)
         # Never below the lease this run resumed from: the chunks under it that the replay has
         # not reached yet may have been sent by the run before, and must stay in doubt.
-        self.lease = max(lease, self.replay_lease)
+        raised = max(lease, self.replay_lease)
+        if raised > self.lease:
+            self.lease_marks.append(LeaseMark(lease=raised, at=at))
+        self.lease = raised
+        # Marks of chunks all settled are of no more use (``sent_after``).
+        self.lease_marks = [m for m in self.lease_marks if m.lease > self.settled_below]
         checkpoint = Checkpoint(
             source=source,
             fingerprint=fingerprint,
             started_at=started_at,
             next_segment=next_segment,
             lease=self.lease,
+            lease_marks=list(self.lease_marks),
             settled_below=self.settled_below,
             settled_extra=sorted(self.settled),
             lines_done=max(line, self.lines_done),

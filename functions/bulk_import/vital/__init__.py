@@ -1,5 +1,6 @@
 """Talking to Vital: the pooled httpx client with its retry policy and circuit breaker, posting
-one chunk and mapping the answer back to rows, and the bulk-ops lookups."""
+one chunk and mapping the answer back to rows, the bulk-ops and user-provider lookups, and the
+settlement of chunks in doubt."""
 
 from bulk_import.vital.breaker import CircuitBreaker
 from bulk_import.vital.bulk_ops import (
@@ -11,14 +12,17 @@ from bulk_import.vital.bulk_ops import (
     wait_for_bulk_ops,
 )
 from bulk_import.vital.client import CallStats, PostResult, VitalClient
+from bulk_import.vital.lookups import user_providers
 from bulk_import.vital.posting import ChunkReport, Hold, post_chunk
 from bulk_import.vital.retry import start_seconds
+from bulk_import.vital.settle import BulkOpClaims, settle_chunk
 
 __all__ = [
     "BULK_OP_FAILED",
     "BULK_OP_MAX_WAIT_SECONDS",
     "BULK_OP_POLL_SECONDS",
     "BULK_OP_SKEW",
+    "BulkOpClaims",
     "CallStats",
     "ChunkReport",
     "CircuitBreaker",
@@ -27,6 +31,8 @@ __all__ = [
     "VitalClient",
     "parse_time",
     "post_chunk",
+    "settle_chunk",
     "start_seconds",
+    "user_providers",
     "wait_for_bulk_ops",
 ]

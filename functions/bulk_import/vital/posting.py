@@ -57,6 +57,9 @@ class ChunkReport:
     # An answer that stops the file: 401/403, or any other 4xx to the invocation's first request.
     fatal: VitalAuthError | VitalClientError | None = None
     held: Hold | None = None  # not sent (nothing else is set then)
+    # Rows left errored because whether an interrupted run sent them is unknown: Vital failed
+    # none of them (the failure threshold leaves them out).
+    in_doubt: int = 0
 
     @property
     def outcomes(self) -> list[RowOutcome]:

@@ -1,0 +1,179 @@
+"""Chunks in doubt after an interrupted run, settled by asking Vital what it holds.
+
+A resumed run whose checkpoint leased chunk 1 (lines 11-20) without settling it: the run before
+may have sent it. Vital's answers to ``GET /v2/user/providers/{user_id}`` and
+``GET /v2/link/bulk_op`` come from a fake transport; a chunk that must be sent goes to
+``FakePost`` (the wiring's ``post_chunk`` seam).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from bulk_import.config import Settings
+from bulk_import.model import Checkpoint, Counts, LeaseMark, ObjectRef, SourceRef
+from bulk_import.run import replay
+from bulk_import.run.context import FileResult
+from bulk_import.vital.settle import (
+    AMBIGUOUS_DETAIL,
+    CONFIRMED_DETAIL,
+    NOT_CONNECTED_DETAIL,
+)
+from tests.fakes import FakePost, FakeS3, FakeVital, StoreState, outcomes_by_line, run_offline
+from tests.helpers import encode_rows, make_row, user_id
+
+BUCKET = "bucket-a"
+KEY = "incoming/oura/a.jsonl"
+REF = ObjectRef(bucket=BUCKET, key=KEY, sequencer="0A")
+OUTCOMES = "results/oura/a.jsonl/outcomes.csv"
+RETRY = "retry/oura/a.jsonl/retry.jsonl"
+CONFIG = Settings.from_env(
+    {"VITAL_API_KEY_SECRET": "vital-key", "CHUNK_SIZE": "10", "MAX_CONCURRENCY": "1"}
+)
+LEASED_AT = "2026-01-01T00:00:10.000Z"
+IN_DOUBT = range(10, 20)  # the rows of chunk 1
+
+
+def connected(slug: str = "oura", status: str = "connected", **extra: Any) -> dict[str, Any]:
+    return {"name": slug.title(), "slug": slug, "logo": "", "created_on": "", "status": status}
+
+
+def op(size: int = 10, status: str = "in_progress", started: str = "2026-01-01T00:00:11Z") -> Any:
+    return {
+        "type": "link_bulk_import",
+        "status": status,
+        "provider": "oura",
+        "pending": size if status == "in_progress" else 0,
+        "processed": 0 if status == "in_progress" else size,
+        "started_at": started,
+    }
+
+
+def resume(vital: FakeVital, post: FakePost | None = None) -> tuple[FakeS3, FileResult]:
+    """Resume the import of 30 rows: chunks 0 and 2 settled, chunk 1 in doubt."""
+    s3 = FakeS3()
+    s3.put(KEY, encode_rows([make_row(n) for n in range(30)], "jsonl"))
+    cp = Checkpoint(
+        source=SourceRef(bucket=BUCKET, key=KEY, sequencer="0A"),
+        fingerprint=replay.fingerprint(CONFIG),
+        started_at="2026-01-01T00:00:00.000Z",
+        next_segment=0,
+        lease=3,
+        lease_marks=[LeaseMark(lease=3, at=LEASED_AT)],
+        settled_below=1,
+        settled_extra=[2],
+        lines_done=30,
+        counts=Counts(rows=20, imported=20),
+        providers={"oura": Counts(rows=20, imported=20)},
+    )
+    result = run_offline(
+        s3,
+        StoreState(checkpoint=cp),
+        CONFIG,
+        REF,
+        transport=httpx.MockTransport(vital),
+        post_chunk=post or FakePost(),
+        # Moves 10 s a reading: waiting on an op that stays in progress ends at its deadline.
+        clock=itertools.count(0, 10).__next__,
+    )
+    return s3, result
+
+
+def in_doubt_outcomes(s3: FakeS3) -> list[tuple[str, str]]:
+    by_line = outcomes_by_line(s3, OUTCOMES)
+    assert sorted(by_line) == list(range(11, 21))  # the settled chunks get no outcome again
+    return [(by_line[n + 1]["outcome"], by_line[n + 1]["detail"]) for n in IN_DOUBT]
+
+
+def retried(s3: FakeS3) -> list[str]:
+    return [json.loads(line)["user_id"] for line in s3.objects.get(RETRY, b"").splitlines()]
+
+
+def test_users_vital_lists_as_connected_are_imported_and_nothing_is_sent() -> None:
+    vital = FakeVital(providers={user_id(n): [connected()] for n in IN_DOUBT})
+    post = FakePost()
+    s3, result = resume(vital, post)
+    assert post.sent == []
+    assert set(in_doubt_outcomes(s3)) == {("imported", CONFIRMED_DETAIL)}
+    assert retried(s3) == []
+    assert result.manifest is not None
+    assert result.manifest.counts == Counts(rows=30, imported=30)
+    assert result.manifest.status == "succeeded"
+
+
+def test_a_connection_vital_lists_with_an_error_is_failed_with_the_error_redacted() -> None:
+    token_echo = "at_" + "x" * 30
+    error = connected(status="error") | {"error_details": {"message": f"Bearer {token_echo}"}}
+    vital = FakeVital(providers={user_id(n): [connected()] for n in IN_DOUBT})
+    vital.providers[user_id(12)] = [connected("fitbit"), error]
+    s3, _ = resume(vital)
+    got = in_doubt_outcomes(s3)
+    assert got[2][0] == "failed"
+    assert got[2][1].startswith("Vital lists this connection as error: ")
+    assert token_echo not in got[2][1]
+    assert {o for i, (o, _) in enumerate(got) if i != 2} == {"imported"}
+    assert retried(s3) == [user_id(12)]
+
+
+def test_users_missing_from_a_chunk_that_reached_vital_are_failed() -> None:
+    vital = FakeVital(providers={user_id(n): [connected()] for n in IN_DOUBT if n % 2})
+    post = FakePost()
+    s3, _ = resume(vital, post)
+    assert post.sent == []
+    got = in_doubt_outcomes(s3)
+    assert got[1::2] == [("imported", CONFIRMED_DETAIL)] * 5
+    assert got[0::2] == [("failed", NOT_CONNECTED_DETAIL)] * 5
+
+
+def test_a_chunk_vital_holds_nothing_of_is_sent() -> None:
+    vital = FakeVital(ops=[op(size=10, started="2026-01-01T00:00:01Z")])  # before the lease
+    post = FakePost()
+    s3, result = resume(vital, post)
+    assert post.sent_lines == list(range(11, 21))
+    assert {o for o, _ in in_doubt_outcomes(s3)} == {"imported"}
+    assert result.manifest is not None
+    assert result.manifest.counts.imported == 30
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"), [("in_progress", "enqueued"), ("failure", "failed")]
+)
+def test_a_bulk_op_of_the_chunk_at_vital_decides_its_rows(status: str, outcome: str) -> None:
+    other_size = op(size=7)
+    other_provider = op() | {"provider": "fitbit"}
+    vital = FakeVital(ops=[op(status=status), other_size, other_provider])
+    post = FakePost()
+    s3, _ = resume(vital, post)
+    assert post.sent == []
+    assert {o for o, _ in in_doubt_outcomes(s3)} == {outcome}
+
+
+def test_two_bulk_ops_that_could_each_be_the_chunks_leave_it_errored_with_the_reason() -> None:
+    vital = FakeVital(ops=[op(), op(started="2026-01-01T00:00:12Z")])
+    post = FakePost()
+    s3, _ = resume(vital, post)
+    assert post.sent == []
+    assert set(in_doubt_outcomes(s3)) == {("errored", AMBIGUOUS_DETAIL.format(count=2))}
+    assert retried(s3) == [user_id(n) for n in IN_DOUBT]
+
+
+def test_when_vital_cannot_be_asked_the_rows_stay_errored_saying_what_to_check() -> None:
+    vital = FakeVital(down=True)
+    post = FakePost()
+    s3, result = resume(vital, post)
+    assert post.sent == []
+    got = set(in_doubt_outcomes(s3))
+    assert len(got) == 1
+    ((outcome, detail),) = got
+    assert outcome == "errored"
+    assert detail.startswith("in doubt: the function stopped while this chunk was being sent")
+    assert "could not be asked whether it arrived" in detail
+    assert "GET /v2/user/providers/{user_id}" in detail
+    assert retried(s3) == [user_id(n) for n in IN_DOUBT]
+    assert result.manifest is not None
+    assert result.manifest.status == "partial"
