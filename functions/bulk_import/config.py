@@ -109,6 +109,8 @@ class Settings(BaseModel):
     max_body_bytes: Annotated[int, Field(ge=10_000)] = 4_000_000
     max_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
     wait_for_completion: bool = True
+    # Once a file is done, look up every imported or enqueued row's user (one GET each).
+    verify_after_import: bool = False
     incoming_prefix: Prefix = "incoming/"
     results_prefix: Prefix = "results/"
     retry_prefix: Prefix = "retry/"

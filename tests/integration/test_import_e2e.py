@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import gc
+import io
 import json
 import sys
 import threading
@@ -981,3 +983,39 @@ def test_the_object_is_opened_while_the_checkpoint_is_read(stack: Stack) -> None
 
     assert waited == [True]
     assert stack.manifest("results/one.jsonl/")["counts"]["imported"] == 1
+
+
+def test_the_verification_pass_looks_up_every_imported_and_enqueued_user(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given rows Vital imports and rows of users it does not know (failed: not looked up)
+    rows = [make_row(n) for n in range(12)]
+    stack.vital.add_known_users(*(r["user_id"] for r in rows[:9]))
+    stack.put("incoming/verified.jsonl", encode_rows(rows, "jsonl"))
+    monkeypatch.setenv("VERIFY_AFTER_IMPORT", "true")
+
+    # When they are imported
+    stack.import_keys("incoming/verified.jsonl")
+
+    # Then verification.csv holds one line per imported row, connected, and the manifest
+    # counts them
+    manifest = stack.manifest("results/verified.jsonl/")
+    assert manifest["counts"]["imported"] == 9
+    assert manifest["verification"] == {
+        "key": "results/verified.jsonl/verification.csv",
+        "connected": 9,
+        "error": 0,
+        "missing": 0,
+        "unchecked": 0,
+    }
+    checked = parse_csv(stack.get("results/verified.jsonl/verification.csv"))
+    assert list(checked[0]) == ["line", "user_id", "provider", "status", "detail"]
+    assert sorted((r["user_id"], r["status"]) for r in checked) == sorted(
+        (r["user_id"], "connected") for r in rows[:9]
+    )
+    lookups = [r for r in stack.vital.requests if r.path.startswith("/v2/user/providers/")]
+    assert len(lookups) == 9  # one GET per imported user, none for the failed ones
+
+
+def parse_csv(data: bytes) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(data.decode())))

@@ -25,7 +25,7 @@ from bulk_import.vital.settle import (
     NOT_CONNECTED_DETAIL,
 )
 from tests.fakes import FakePost, FakeS3, FakeVital, StoreState, outcomes_by_line, run_offline
-from tests.helpers import encode_rows, make_row, user_id
+from tests.helpers import access_token, encode_rows, make_row, user_id
 
 BUCKET = "bucket-a"
 KEY = "incoming/oura/a.jsonl"
@@ -107,8 +107,8 @@ def test_users_vital_lists_as_connected_are_imported_and_nothing_is_sent() -> No
 
 
 def test_a_connection_vital_lists_with_an_error_is_failed_with_the_error_redacted() -> None:
-    token_echo = "at_" + "x" * 30
-    error = connected(status="error") | {"error_details": {"message": f"Bearer {token_echo}"}}
+    token_echo = access_token(12)[:14]  # the row's own token, quoted in part
+    error = connected(status="error") | {"error_details": {"message": f"token {token_echo}…"}}
     vital = FakeVital(providers={user_id(n): [connected()] for n in IN_DOUBT})
     vital.providers[user_id(12)] = [connected("fitbit"), error]
     s3, _ = resume(vital)

@@ -10,6 +10,7 @@ from bulk_import.model.manifest import (
     FileStatus,
     Manifest,
     SourceRef,
+    Verification,
 )
 from bulk_import.model.outcome import COUNT_FIELD, Counts, Outcome, RowOutcome
 from bulk_import.model.providers import (
@@ -71,6 +72,7 @@ __all__ = [
     "UserProviders",
     "ValidationErrorBody",
     "ValidationIssue",
+    "Verification",
     "WellFormedRow",
     "provider_list",
     "provider_pattern",

@@ -51,6 +51,21 @@ class ErrorInfo(BaseModel):
     message: str
 
 
+class Verification(BaseModel):
+    """The verification pass (VERIFY_AFTER_IMPORT): imported and enqueued rows' users looked up
+    once the file was done."""
+
+    model_config = _CONFIG
+
+    key: str | None = Field(default=None, description="verification.csv, when written.")
+    connected: int = 0
+    error: int = 0
+    missing: int = 0
+    unchecked: int = Field(
+        default=0, description="Rows not looked up: no time left, or Vital could not be asked."
+    )
+
+
 class Manifest(BaseModel):
     """The result of one file: its status, the counts, every request made."""
 
@@ -76,6 +91,7 @@ class Manifest(BaseModel):
         default=1, description="Invocations the import took (long files continue in fresh ones)."
     )
     error: ErrorInfo | None = None
+    verification: Verification | None = None
     superseded_by: SourceRef | None = Field(
         default=None,
         description="The newer upload of the key that took this import over (status superseded).",

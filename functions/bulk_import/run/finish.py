@@ -3,14 +3,25 @@ and the manifest written, and the import's state cleared."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from bulk_import import errors
 from bulk_import.errors import FileError, InternalError, Superseded
-from bulk_import.model import BulkOp, Checkpoint, FileStatus, Manifest, Outcome, SourceRef
+from bulk_import.model import (
+    BulkOp,
+    Checkpoint,
+    FileStatus,
+    Manifest,
+    Outcome,
+    SourceRef,
+    Verification,
+)
 from bulk_import.observability import logger
+from bulk_import.run import verify
 from bulk_import.run.context import FileResult, now
 from bulk_import.storage.keys import MANIFEST_NAME, OUTCOMES_NAME, RETRY_NAME
 from bulk_import.vital import (
@@ -46,14 +57,17 @@ def finalise(ctx: RunContext, dispatcher: Dispatcher) -> FileResult:
     # still this run's as well as a HEAD would; after a wait, or without it, ask.
     if ledger.checkpoint is not None and (waited or not saved) and not store.still_mine():
         raise Superseded("another import of this key took over while this one finished")
+    check = None
+    if ctx.settings.verify_after_import and ctx.stop.error is None:
+        check = functools.partial(verify.verify, ctx, dispatcher)
     if ledger.checkpoint is None:
-        manifest_key, manifest = write_results(ctx, bulk_ops)
+        manifest_key, manifest = write_results(ctx, bulk_ops, check)
     else:
         # The key's parts are listed while the results are written: two round trips fewer at
         # the end of every file. Ownership is checked after the listing (``finish``).
         with ThreadPoolExecutor(1, thread_name_prefix="list-parts") as lister:
             listed = lister.submit(store.stored_parts)
-            manifest_key, manifest = write_results(ctx, bulk_ops)
+            manifest_key, manifest = write_results(ctx, bulk_ops, check)
             stored = listed.result()
         # Only while the checkpoint is its own: a newer upload may have taken the key over.
         store.finish(ledger.all_parts(), stored)
@@ -78,8 +92,13 @@ def _await_bulk_ops(ctx: RunContext, dispatcher: Dispatcher) -> list[BulkOp]:
     )
 
 
-def write_results(ctx: RunContext, bulk_ops: list[BulkOp]) -> tuple[str, Manifest]:
-    """outcomes.csv, retry.jsonl if any row needs it, then the manifest that names them."""
+def write_results(
+    ctx: RunContext,
+    bulk_ops: list[BulkOp],
+    check: Callable[[str], Verification] | None = None,
+) -> tuple[str, Manifest]:
+    """outcomes.csv, retry.jsonl if any row needs it, the verification pass (``check``, given
+    outcomes.csv) when asked for, then the manifest that names them."""
     ledger, writer, bucket = ctx.ledger, ctx.wiring.writer(), ctx.source.bucket
     outcomes_key = ctx.prefix + OUTCOMES_NAME
     # The parts after those to read are in the spools too.
@@ -101,6 +120,8 @@ def write_results(ctx: RunContext, bulk_ops: list[BulkOp]) -> tuple[str, Manifes
             content_type="application/x-ndjson",
         )
     manifest = _manifest(ctx, bulk_ops, outcomes_key, retry_key)
+    if check is not None:
+        manifest.verification = check(outcomes_key)
     manifest_key = ctx.prefix + MANIFEST_NAME
     writer.write_manifest(bucket, manifest_key, manifest)
     return manifest_key, manifest

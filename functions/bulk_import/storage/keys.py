@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 MANIFEST_NAME = "manifest.json"
 OUTCOMES_NAME = "outcomes.csv"
 RETRY_NAME = "retry.jsonl"
+VERIFICATION_NAME = "verification.csv"
 STATE_DIR = "_state/"
 CHECKPOINT_NAME = "checkpoint.json"
 # S3's limit on a key, in bytes of UTF-8.

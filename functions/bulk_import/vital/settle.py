@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING
 import httpx
 
 from bulk_import.errors import VitalAuthError, VitalError, VitalNoTime
-from bulk_import.model import BulkOp, Outcome, RowOutcome
+from bulk_import.model import BulkOp, Outcome, RowOutcome, UserProvider
 from bulk_import.redaction import redact_text
 from bulk_import.vital.bulk_ops import BULK_OP_SKEW, list_bulk_ops, parse_time
 from bulk_import.vital.lookups import user_providers
+from bulk_import.vital.messages import scrub
 from bulk_import.vital.posting import ChunkReport, Hold, post_chunk
 
 if TYPE_CHECKING:
@@ -158,7 +159,7 @@ def _look_up(client: VitalClient, report: ChunkReport) -> list[PendingRow]:
         elif mine.status in (None, "connected"):
             report.decided.append(_outcome(chunk, row, Outcome.IMPORTED, CONFIRMED_DETAIL))
         else:
-            detail = f"Vital lists this connection as {mine.status}" + _details(mine)
+            detail = f"Vital lists this connection as {mine.status}" + _details(mine, row)
             report.decided.append(_outcome(chunk, row, Outcome.FAILED, detail))
     return unlisted
 
@@ -167,9 +168,13 @@ def _outcome(chunk: Chunk, row: PendingRow, outcome: Outcome, detail: str) -> Ro
     return RowOutcome(row.line, row.user_id, chunk.provider, outcome, detail)
 
 
-def _details(provider: object) -> str:
-    details = getattr(provider, "error_details", None)
+def _details(provider: UserProvider, row: PendingRow) -> str:
+    """Vital's error details, any fragment of the row's own tokens masked (and token-shaped
+    text), cut short."""
+    details = provider.error_details
     if details in (None, "", {}, []):
         return ""
     text = details if isinstance(details, str) else json.dumps(details, default=str)
-    return ": " + redact_text(text)[:300]
+    recipe = json.loads(row.payload)
+    tokens = {str(recipe.get(name) or "") for name in ("access_token", "refresh_token")}
+    return ": " + scrub(text, tokens)[:300]
