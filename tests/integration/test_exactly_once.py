@@ -1132,6 +1132,7 @@ class NoLookups(httpx.BaseTransport):
         self.inner.close()
 
 
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the invocation that dies
 def test_rows_in_doubt_after_a_crash_do_not_trip_the_failure_threshold(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
