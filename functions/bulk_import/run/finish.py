@@ -129,6 +129,8 @@ def check_every_row_counted(ctx: RunContext) -> None:
 def status(ctx: RunContext, bulk_ops: list[BulkOp]) -> FileStatus:
     if ctx.stop.error is not None:
         return "failed"
+    if ctx.dry_run:
+        return "validated"
     t = ctx.ledger.tally
     bad = t[Outcome.REJECTED] + t[Outcome.FAILED] + t[Outcome.ERRORED]
     # Enqueued rows count as fine, unless a bulk op they went into is known to have failed.
@@ -143,6 +145,7 @@ def _manifest(
     return Manifest(
         source=ctx.source,
         status=status(ctx, bulk_ops),
+        dry_run=ctx.dry_run,
         started_at=ctx.started_at,
         finished_at=now(),
         counts=ledger.tally.counts(),
