@@ -1,0 +1,119 @@
+"""The ``bulk-import`` command: its subcommands and options, each a thin call into a module
+that does the work. No traceback ever reaches the operator: every failure is one line and an
+exit code (``console``)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bulk_import_cli import console
+
+app = typer.Typer(
+    name="bulk-import",
+    help="Check, import and verify Vital (Junction) connection files from your laptop.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+ProviderOption = Annotated[
+    str | None,
+    typer.Option(
+        "--provider",
+        help="Provider of rows without one (as S3 takes it from the key or object metadata).",
+    ),
+]
+
+
+def guarded[**P](command: Callable[P, int]) -> Callable[P, None]:
+    """Run a command: its exit code, or one line and exit 2 for anything it raised."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        with _package_logs_quiet():
+            try:
+                code = command(*args, **kwargs)
+            except typer.Exit:
+                raise
+            except KeyboardInterrupt:
+                console.fail("interrupted", console.INTERRUPTED)
+            except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+                console.fail(_describe(exc))
+        raise typer.Exit(code)
+
+    return run
+
+
+def _describe(exc: BaseException) -> str:
+    from bulk_import.errors import BulkImportError  # noqa: PLC0415 - the package loads late
+
+    if isinstance(exc, BulkImportError | ValueError | OSError):
+        return str(exc) or type(exc).__name__
+    return f"unexpected error ({type(exc).__name__})"
+
+
+@contextlib.contextmanager
+def _package_logs_quiet() -> Iterator[None]:
+    """The function's JSON log lines are for CloudWatch: off here, unless BULK_IMPORT_DEBUG is
+    set, and then on stderr (stdout carries the command's output)."""
+    from bulk_import.observability import logger  # noqa: PLC0415
+
+    level = logger.log_level
+    debug = logging.StreamHandler(sys.stderr) if os.environ.get("BULK_IMPORT_DEBUG") else None
+    handlers = [h for h in logger.handlers if h is not debug]
+    levels = [h.level for h in handlers]
+    for handler in handlers:
+        handler.setLevel(logging.CRITICAL + 1)
+    if debug is not None:
+        debug.setFormatter(logger.registered_formatter)
+        logger.addHandler(debug)
+        logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        if debug is not None:
+            logger.removeHandler(debug)  # type: ignore[attr-defined] # Powertools forwards it
+        logger.setLevel(level)
+        for handler, handler_level in zip(handlers, levels, strict=True):
+            handler.setLevel(handler_level)
+
+
+@app.callback()
+def commands() -> None:
+    """Check, import and verify Vital (Junction) connection files from your laptop."""
+
+
+@app.command()
+@guarded
+def validate(
+    file: Annotated[Path, typer.Argument(help="The connection file (JSONL, JSON, CSV; .gz/.zst).")],
+    provider: ProviderOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON instead of tables.")
+    ] = False,
+    limit: Annotated[
+        int, typer.Option("--limit", min=0, help="Rejected lines to list (0: all).")
+    ] = 20,
+) -> int:
+    """Check a file offline, exactly as the importer would read it; nothing is sent.
+
+    Exit 0: every row valid; 1: rows rejected or duplicate; 2: the file cannot be read.
+    """
+    from bulk_import_cli.validate import validate as run_validate  # noqa: PLC0415
+
+    return run_validate(file, provider, as_json, limit)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """The console script's entry point."""
+    return app(args=argv, prog_name="bulk-import")
