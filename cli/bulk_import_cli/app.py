@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -112,6 +113,71 @@ def validate(
     from bulk_import_cli.validate import validate as run_validate  # noqa: PLC0415
 
     return run_validate(file, provider, as_json, limit)
+
+
+class Region(StrEnum):
+    us = "us"
+    eu = "eu"
+
+
+class Environment(StrEnum):
+    production = "production"
+    sandbox = "sandbox"
+
+
+ApiKeySecretOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key-secret",
+        help="Secrets Manager secret holding the API key (default: the VITAL_API_KEY variable).",
+    ),
+]
+RegionOption = Annotated[
+    Region | None,
+    typer.Option("--region", help="Junction's region (default: VITAL_API_BASE_URL, else us)."),
+]
+EnvironmentOption = Annotated[
+    Environment | None,
+    typer.Option("--environment", help="production or sandbox (default: production)."),
+]
+
+
+@app.command("run")
+@guarded
+def run_command(
+    file: Annotated[Path, typer.Argument(help="The connection file (JSONL, JSON, CSV; .gz/.zst).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Directory for manifest.json, outcomes.csv, the state.")
+    ],
+    provider: ProviderOption = None,
+    chunk_size: Annotated[
+        int | None, typer.Option("--chunk-size", min=1, max=5000, help="Rows per request.")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", min=1, max=64, help="Requests in flight.")
+    ] = None,
+    api_key_secret: ApiKeySecretOption = None,
+    region: RegionOption = None,
+    environment: EnvironmentOption = None,
+) -> int:
+    """Import a file into Vital from here; results in --out as the Lambda writes them to S3.
+
+    Ctrl-C stops cleanly; the same command again resumes. Exit 0: succeeded; 1: partial;
+    2: failed; 130: stopped.
+    """
+    from bulk_import_cli.run import Access, run  # noqa: PLC0415
+
+    tunables = {}
+    if chunk_size is not None:
+        tunables["CHUNK_SIZE"] = str(chunk_size)
+    if concurrency is not None:
+        tunables["MAX_CONCURRENCY"] = str(concurrency)
+    access = Access(
+        api_key_secret,
+        region.value if region else None,
+        environment.value if environment else None,
+    )
+    return run(file, out, provider, access, tunables)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -5,14 +5,23 @@ in anything it prints."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import access_token, encode_rows, make_row, refresh_token
+from tests.helpers import (
+    access_token,
+    encode_rows,
+    make_row,
+    parse_outcomes,
+    refresh_token,
+    user_id,
+)
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -85,3 +94,128 @@ def test_validate_of_an_unreadable_file_exits_2_with_one_line(
     assert done.stdout == ""
     assert done.stderr.startswith("error: broken.json: ")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+# --- run ------------------------------------------------------------------------------------------
+
+
+def run_env(cli_env: dict[str, str], stack: Stack) -> dict[str, str]:
+    """The environment of ``run``: the stand-in's API key in VITAL_API_KEY."""
+    return {**cli_env, "VITAL_API_KEY": stack.vital.api_key}
+
+
+def write_rows(tmp_path: Path, name: str, rows: list[dict[str, Any]]) -> Path:
+    path = tmp_path / name
+    path.write_bytes(encode_rows(rows, name.rsplit(".", 1)[-1]))
+    return path
+
+
+def test_run_imports_a_file_and_writes_the_results_as_s3_would(
+    stack: Stack, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given 25 rows, all of known users but one
+    rows = [make_row(n, provider=("oura", "fitbit")[n % 2]) for n in range(25)]
+    stack.vital.add_known_users(*(user_id(n) for n in range(24)))
+    path = write_rows(tmp_path, "export.jsonl", rows)
+    out = tmp_path / "out"
+
+    # When it is run from the laptop
+    done = bulk_import(
+        "run", str(path), "--out", str(out), "--chunk-size", "5", env=run_env(cli_env, stack)
+    )
+
+    # Then every row went once, and the results are those the Lambda writes
+    assert done.returncode == 1, done.stderr  # partial: one user unknown to Vital
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "partial"
+    assert manifest["counts"]["imported"] == 24
+    assert manifest["counts"]["failed"] == 1
+    assert len(manifest["chunks"]) == 6
+    outcomes = parse_outcomes((out / "outcomes.csv").read_bytes())
+    assert len(outcomes) == 25
+    assert sorted(u for _, u in stack.vital.posted_connections()) == sorted(
+        user_id(n) for n in range(25)
+    )
+    assert (out / "retry.jsonl").is_file()
+    assert not (out / "_state").exists()
+    assert "partial" in done.stdout
+    assert_no_secret(done, [stack.vital.api_key, *tokens(range(25))])
+    assert all(t not in (out / "manifest.json").read_text() for t in tokens(range(25)))
+
+
+def test_run_exits_2_when_vital_refuses_the_key(
+    stack: Stack, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write_rows(tmp_path, "export.jsonl", [make_row(n) for n in range(3)])
+    env = {**cli_env, "VITAL_API_KEY": "sk_wrong_key_that_must_not_be_printed"}
+    done = bulk_import("run", str(path), "--out", str(tmp_path / "out"), env=env, check=2)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+    assert "failed" in done.stdout
+    assert_no_secret(done, ["sk_wrong_key_that_must_not_be_printed", *tokens(range(3))])
+
+
+def test_run_stopped_by_ctrl_c_resumes_without_sending_anything_twice(
+    stack: Stack, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given 120 rows sent 5 at a time, one request at a time, each answered after 0.15 s
+    rows = [make_row(n) for n in range(120)]
+    stack.vital.add_known_users(*(user_id(n) for n in range(120)))
+    stack.vital.latency_seconds = 0.15
+    path = write_rows(tmp_path, "big.jsonl", rows)
+    out = tmp_path / "out"
+    args = [str(SCRIPT), "run", str(path), "--out", str(out), "--chunk-size", "5"]
+    env = run_env(cli_env, stack)
+
+    # When Ctrl-C comes once a few requests are answered
+    with subprocess.Popen(  # noqa: S603 - our own console script
+        [*args, "--concurrency", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        for _ in range(200):  # bounded: up to 20 s
+            if len(stack.vital.bulk_import_requests()) >= 3 or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_SECONDS)
+
+    # Then it stops cleanly, with a checkpoint and without the results
+    assert proc.returncode == 130, stderr
+    assert b"run the same command again to resume" in stderr
+    sent_before = len(stack.vital.posted_connections())
+    assert 0 < sent_before < 120
+    assert (out / "_state" / "checkpoint.json").is_file()
+    assert not (out / "manifest.json").exists()
+
+    # When the same command runs again
+    stack.vital.latency_seconds = 0.0
+    done = bulk_import(*args[1:], env=env, check=0)
+
+    # Then it resumes: every row imported, none sent twice, none in doubt
+    assert "resuming" in done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "succeeded"
+    assert manifest["counts"]["imported"] == 120
+    assert manifest["segments"] == 2
+    posted = [u for _, u in stack.vital.posted_connections()]
+    assert len(posted) == 120
+    assert len(set(posted)) == 120
+    assert len(parse_outcomes((out / "outcomes.csv").read_bytes())) == 120
+    for text in (stdout.decode(), stderr.decode(), done.stdout, done.stderr):
+        assert stack.vital.api_key not in text
+
+    # And a third run finds the import finished and sends nothing
+    again = bulk_import(*args[1:], env=env, check=0)
+    assert "finished import" in again.stderr
+    assert len(stack.vital.posted_connections()) == 120
+
+
+def test_run_refuses_an_output_directory_of_another_file(
+    stack: Stack, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    stack.vital.add_known_users(user_id(0))
+    first = write_rows(tmp_path, "one.jsonl", [make_row(0)])
+    other = write_rows(tmp_path, "two.jsonl", [make_row(0)])
+    env = run_env(cli_env, stack)
+    bulk_import("run", str(first), "--out", str(tmp_path / "out"), env=env, check=0)
+    done = bulk_import("run", str(other), "--out", str(tmp_path / "out"), env=env, check=2)
+    assert "choose another --out" in done.stderr
