@@ -180,6 +180,35 @@ def run_command(
     return run(file, out, provider, access, tunables)
 
 
+@app.command()
+@guarded
+def verify(
+    outcomes: Annotated[Path, typer.Argument(help="An outcomes.csv (from run, or from S3).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the report (CSV).")],
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, max=64, help="Look-ups in flight.")
+    ] = 4,
+    api_key_secret: ApiKeySecretOption = None,
+    region: RegionOption = None,
+    environment: EnvironmentOption = None,
+) -> int:
+    """Check that imported connections are live: GET /v2/user/providers/{user_id} per user.
+
+    Every imported, enqueued or errored row is written to --out as
+    line,user_id,provider,status,detail (connected, error or missing). Exit 0: all connected;
+    1: some error or missing; 2: the check could not run.
+    """
+    from bulk_import_cli.run import Access  # noqa: PLC0415
+    from bulk_import_cli.verify import verify as run_verify  # noqa: PLC0415
+
+    access = Access(
+        api_key_secret,
+        region.value if region else None,
+        environment.value if environment else None,
+    )
+    return run_verify(outcomes, out, access, concurrency)
+
+
 def main(argv: list[str] | None = None) -> Any:
     """The console script's entry point."""
     return app(args=argv, prog_name="bulk-import")

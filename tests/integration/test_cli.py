@@ -4,6 +4,7 @@ in anything it prints."""
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -219,3 +220,42 @@ def test_run_refuses_an_output_directory_of_another_file(
     bulk_import("run", str(first), "--out", str(tmp_path / "out"), env=env, check=0)
     done = bulk_import("run", str(other), "--out", str(tmp_path / "out"), env=env, check=2)
     assert "choose another --out" in done.stderr
+
+
+# --- verify ---------------------------------------------------------------------------------------
+
+
+def test_verify_checks_each_imported_row_against_the_stand_in(
+    stack: Stack, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given a run that imported 6 of 8 rows (two users unknown to Vital)
+    rows = [make_row(n, provider=("oura", "garmin")[n % 2]) for n in range(8)]
+    stack.vital.add_known_users(*(user_id(n) for n in range(6)))
+    path = write_rows(tmp_path, "export.jsonl", rows)
+    out = tmp_path / "out"
+    env = run_env(cli_env, stack)
+    bulk_import("run", str(path), "--out", str(out), env=env, check=1)
+    # and an outcome Vital never saw (imported by another import, as the file says)
+    outcomes = out / "outcomes.csv"
+    with outcomes.open("a", encoding="utf-8") as file:
+        file.write(f"99,{user_id(50)},oura,imported,\n")
+
+    # When it is verified
+    report = tmp_path / "verified.csv"
+    done = bulk_import("verify", str(outcomes), "--out", str(report), env=env)
+
+    # Then the imported rows are connected, the unknown user is missing; failed rows are not
+    # looked up
+    assert done.returncode == 1, done.stderr
+    found = parse_verified(report)
+    assert {line: status for line, status, _ in found} == {
+        **{str(n + 1): "connected" for n in range(6)},
+        "99": "missing",
+    }
+    assert "connected" in done.stdout
+    assert_no_secret(done, [stack.vital.api_key, *tokens(range(8))])
+
+
+def parse_verified(path: Path) -> list[tuple[str, str, str]]:
+    with path.open(newline="", encoding="utf-8") as file:
+        return [(r["line"], r["status"], r["detail"]) for r in csv.DictReader(file)]

@@ -25,6 +25,8 @@ from bulk_import.model.vital_api import (
     BulkImportResponse,
     BulkOp,
     BulkOpPage,
+    UserProvider,
+    UserProviders,
     ValidationErrorBody,
     ValidationIssue,
 )
@@ -54,6 +56,8 @@ __all__ = [
     "Outcome",
     "RowOutcome",
     "SourceRef",
+    "UserProvider",
+    "UserProviders",
     "ValidationErrorBody",
     "ValidationIssue",
     "WellFormedRow",

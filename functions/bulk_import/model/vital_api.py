@@ -1,5 +1,7 @@
 """The bodies of Vital's answers, as its public API documents them."""
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 _CONFIG = ConfigDict(defer_build=True)
@@ -53,3 +55,22 @@ class BulkOpPage(BaseModel):
 
     data: list[BulkOp] = Field(default_factory=list)
     next_cursor: str | None = None
+
+
+class UserProvider(BaseModel):
+    """One provider of a user as ``GET /v2/user/providers/{user_id}`` lists it."""
+
+    model_config = _CONFIG
+
+    slug: str
+    name: str | None = None
+    status: str | None = None
+    error_details: Any = None
+
+
+class UserProviders(BaseModel):
+    """The body of ``GET /v2/user/providers/{user_id}``."""
+
+    model_config = _CONFIG
+
+    providers: list[UserProvider] = Field(default_factory=list)

@@ -1,5 +1,5 @@
 """Talking to Vital: the pooled httpx client with its retry policy and circuit breaker, posting
-one chunk and mapping the answer back to rows, and the bulk-ops lookups."""
+one chunk and mapping the answer back to rows, and the bulk-ops and user-providers lookups."""
 
 from bulk_import.vital.breaker import CircuitBreaker
 from bulk_import.vital.bulk_ops import (
@@ -12,6 +12,7 @@ from bulk_import.vital.bulk_ops import (
 )
 from bulk_import.vital.client import CallStats, PostResult, VitalClient
 from bulk_import.vital.posting import ChunkReport, Hold, post_chunk
+from bulk_import.vital.providers import user_providers
 from bulk_import.vital.retry import start_seconds
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "parse_time",
     "post_chunk",
     "start_seconds",
+    "user_providers",
     "wait_for_bulk_ops",
 ]
