@@ -209,6 +209,54 @@ def verify(
     return run_verify(outcomes, out, access, concurrency)
 
 
+@app.command()
+@guarded
+def status(
+    uri: Annotated[str, typer.Argument(help="The uploaded object: s3://BUCKET/incoming/…")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the state as JSON.")] = False,
+) -> int:
+    """Where an import in S3 stands: status, rows done, requests, counts, last error.
+
+    Read from the manifest (finished) or the checkpoint (running). Exit 0: succeeded, validated,
+    pending or running; 1: partial; 2: failed, or no such object or results.
+    """
+    from bulk_import_cli.remote import status as run_status  # noqa: PLC0415
+
+    return run_status(uri, as_json)
+
+
+@app.command()
+@guarded
+def upload(
+    file: Annotated[Path, typer.Argument(help="The connection file to upload.")],
+    uri: Annotated[
+        str, typer.Argument(help="s3://BUCKET/incoming/… (a prefix ending in / takes the name).")
+    ],
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Upload with metadata dry-run: true: validated, not sent."),
+    ] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Show the import's progress until it finishes.")
+    ] = False,
+    provider: ProviderOption = None,
+    poll_seconds: Annotated[
+        float,
+        typer.Option("--poll-seconds", min=0.1, help="How often --follow looks.", hidden=True),
+    ] = 2.0,
+) -> int:
+    """Upload a file for the deployed function to import (under the bucket's own KMS key).
+
+    With --follow, its progress until the manifest is written, then its summary; exit 0:
+    succeeded or validated; 1: partial; 2: failed.
+    """
+    from bulk_import_cli.remote import upload as run_upload  # noqa: PLC0415
+
+    return run_upload(
+        file, uri, dry_run=dry_run, provider=provider, follow=follow, poll_seconds=poll_seconds
+    )
+
+
 def main(argv: list[str] | None = None) -> Any:
     """The console script's entry point."""
     return app(args=argv, prog_name="bulk-import")

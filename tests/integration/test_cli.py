@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from tests.helpers import (
@@ -259,3 +260,106 @@ def test_verify_checks_each_imported_row_against_the_stand_in(
 def parse_verified(path: Path) -> list[tuple[str, str, str]]:
     with path.open(newline="", encoding="utf-8") as file:
         return [(r["line"], r["status"], r["detail"]) for r in csv.DictReader(file)]
+
+
+# --- upload and status ----------------------------------------------------------------------------
+
+
+def wait_for_object(stack: Stack, key: str) -> None:
+    for _ in range(200):  # bounded: up to 20 s
+        listed = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=key).get("Contents", [])
+        if listed:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"{key} was never uploaded")
+
+
+def test_upload_dry_run_follow_shows_the_validated_import(
+    stack: Stack, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given a file with one duplicate, uploaded as a dry run and followed
+    rows = [make_row(n) for n in range(6)]
+    rows.append(dict(rows[2]))
+    path = write_rows(tmp_path, "export.jsonl", rows)
+    key = "incoming/oura/export.jsonl"
+    args = [str(SCRIPT), "upload", str(path), f"s3://{stack.bucket}/incoming/oura/", "--dry-run"]
+    with subprocess.Popen(  # noqa: S603 - our own console script
+        [*args, "--follow", "--poll-seconds", "0.2"],
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        # When the function imports it (the S3 event, delivered here by hand)
+        wait_for_object(stack, key)
+        head = stack.s3.head_object(Bucket=stack.bucket, Key=key)
+        stack.import_keys(key)
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_SECONDS)
+
+    # Then the upload carried the dry-run metadata, the follower saw the manifest, and Vital
+    # heard nothing
+    assert head["Metadata"] == {"dry-run": "true"}
+    assert proc.returncode == 0, stderr
+    assert "validated" in stdout
+    assert "uploaded (dry run" in stderr
+    assert stack.vital.recorded() == []
+
+    # And status says the same, as JSON
+    done = bulk_import("status", f"s3://{stack.bucket}/{key}", "--json", env=cli_env, check=0)
+    doc = json.loads(done.stdout)
+    assert doc["state"] == "validated"
+    assert doc["dry_run"] is True
+    assert doc["counts"]["valid"] == 6
+    assert doc["counts"]["duplicates"] == 1
+    for text in (stdout, stderr, done.stdout):
+        assert all(t not in text for t in tokens(range(6)))
+
+
+def test_status_of_an_import_not_started_and_of_a_finished_one(
+    stack: Stack, cli_env: dict[str, str]
+) -> None:
+    stack.vital.add_known_users(*(user_id(n) for n in range(3)))
+    stack.put("incoming/oura/a.jsonl", encode_rows([make_row(n) for n in range(4)], "jsonl"))
+    uri = f"s3://{stack.bucket}/incoming/oura/a.jsonl"
+
+    pending = bulk_import("status", uri, "--json", env=cli_env, check=0)
+    assert json.loads(pending.stdout)["state"] == "pending"
+
+    stack.import_keys("incoming/oura/a.jsonl")
+    finished = bulk_import("status", uri, env=cli_env, check=1)
+    assert "partial" in finished.stdout
+    assert "imported" in finished.stdout
+
+    missing = bulk_import("status", uri + ".gone", env=cli_env, check=2)
+    assert "not found" in missing.stdout
+
+
+def test_upload_names_the_bucket_s_own_kms_key(
+    stack: Stack, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given a bucket whose default encryption is a customer-managed KMS key
+    key_arn = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    stack.s3.put_bucket_encryption(
+        Bucket=stack.bucket,
+        ServerSideEncryptionConfiguration={
+            "Rules": [
+                {
+                    "ApplyServerSideEncryptionByDefault": {
+                        "SSEAlgorithm": "aws:kms",
+                        "KMSMasterKeyID": key_arn,
+                    }
+                }
+            ]
+        },
+    )
+    path = write_rows(tmp_path, "a.jsonl", [make_row(0)])
+
+    # When the file is uploaded
+    uri = f"s3://{stack.bucket}/incoming/a.jsonl"
+    bulk_import("upload", str(path), uri, "--provider", "oura", env=cli_env, check=0)
+
+    # Then it is under that key, with the provider in its metadata
+    head = stack.s3.head_object(Bucket=stack.bucket, Key="incoming/a.jsonl")
+    assert head["ServerSideEncryption"] == "aws:kms"
+    assert head["SSEKMSKeyId"] == key_arn
+    assert head["Metadata"] == {"provider": "oura"}
