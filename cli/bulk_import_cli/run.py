@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bulk_import.storage import aws
 from bulk_import.storage.keys import MANIFEST_NAME, OUTCOMES_NAME, RETRY_NAME, STATE_DIR
 from bulk_import_cli import console, summary
 from bulk_import_cli.local_import import (
@@ -65,16 +66,18 @@ class Access:
             env.pop("VITAL_API_KEY_SECRET", None)
         return settings_for(overrides, env)
 
-    def secrets(self) -> Callable[[], Any] | None:
-        """The key's source for the run: None for Secrets Manager (the Lambda's own way)."""
+    def secrets(self) -> Callable[[], Any]:
+        """The API key's source for the run, read once here (a missing key or secret stops the
+        command before anything starts) and masked in everything printed from then on."""
         if self.api_key_secret:
-            return None
-        key = self.environ.get(API_KEY_VARIABLE, "").strip()
-        if not key:
-            console.fail(
-                f"no API key: set {API_KEY_VARIABLE}, or pass --api-key-secret NAME to read it "
-                "from Secrets Manager"
-            )
+            key = aws.vital_api_key(self.api_key_secret, 0, aws.secrets_provider())
+        else:
+            key = self.environ.get(API_KEY_VARIABLE, "").strip()
+            if not key:
+                console.fail(
+                    f"no API key: set {API_KEY_VARIABLE}, or pass --api-key-secret NAME to read "
+                    "it from Secrets Manager"
+                )
         console.hold_secret(key)
         static = StaticKey(key)
         return lambda: static

@@ -28,7 +28,6 @@ from bulk_import_cli.local_import import NO_DEADLINE
 if TYPE_CHECKING:
     import httpx
 
-    from bulk_import.config import Settings
     from bulk_import.model import UserProvider
     from bulk_import_cli.run import Access
 
@@ -92,7 +91,7 @@ def verify(
     rows = rows_to_check(outcomes)
     secrets = access.secrets()
     settings = access.settings({"MAX_CONCURRENCY": str(concurrency)})
-    key = _api_key(settings, secrets)
+    key = aws.vital_api_key(settings.vital_api_key_secret, 0, secrets())
     # Built here, before the look-up threads: pydantic builds a deferred model on first use
     # without a lock, and two threads at it at once can find it half built (pydantic#13438).
     UserProviders.model_rebuild()
@@ -117,13 +116,6 @@ def verify(
     counts = Counter(v.status for v in verdicts)
     show(counts, len(rows), out)
     return console.OK if counts["connected"] == len(rows) else console.ATTENTION
-
-
-def _api_key(settings: Settings, secrets: object) -> str:
-    provider = secrets() if callable(secrets) else aws.secrets_provider()
-    return aws.vital_api_key(
-        settings.vital_api_key_secret, settings.secret_max_age_seconds, provider
-    )
 
 
 def write(out: Path, rows: list[Row], verdicts: list[Verdict]) -> None:

@@ -363,3 +363,33 @@ def test_upload_names_the_bucket_s_own_kms_key(
     assert head["ServerSideEncryption"] == "aws:kms"
     assert head["SSEKMSKeyId"] == key_arn
     assert head["Metadata"] == {"provider": "oura"}
+
+
+def test_run_and_verify_read_the_api_key_from_secrets_manager(
+    stack: Stack, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given the key only in Secrets Manager (the stack's secret), not in VITAL_API_KEY
+    stack.vital.add_known_users(*(user_id(n) for n in range(3)))
+    path = write_rows(tmp_path, "a.jsonl", [make_row(n) for n in range(3)])
+    env = {k: v for k, v in cli_env.items() if k != "VITAL_API_KEY"}
+    secret = env["VITAL_API_KEY_SECRET"]
+
+    # When run and verify name the secret
+    out = tmp_path / "out"
+    ran = bulk_import("run", str(path), "--out", str(out), "--api-key-secret", secret, env=env)
+    report = tmp_path / "v.csv"
+    verify_args = ["verify", str(out / "outcomes.csv"), "--out", str(report)]
+    checked = bulk_import(*verify_args, "--api-key-secret", secret, env=env)
+
+    # Then both reach Vital with it, and print it nowhere; a secret that does not exist is
+    # one line and exit 2
+    assert ran.returncode == 0, ran.stderr
+    assert checked.returncode == 0, checked.stderr
+    assert_no_secret(ran, [stack.vital.api_key])
+    assert_no_secret(checked, [stack.vital.api_key])
+    missing = bulk_import(
+        "run", str(path), "--out", str(tmp_path / "o2"), "--api-key-secret", "no/such", env=env
+    )
+    assert missing.returncode == 2
+    assert "no/such" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1

@@ -89,9 +89,8 @@ def test_the_host_comes_from_the_options_over_the_environment(
     assert access.settings({}).base_url == base_url
 
 
-def test_the_key_comes_from_secrets_manager_when_a_secret_is_named() -> None:
+def test_the_settings_name_the_secret_when_one_is_given() -> None:
     access = Access("vital/key", None, None, {"VITAL_API_KEY": KEY})
-    assert access.secrets() is None
     assert access.settings({}).vital_api_key_secret == "vital/key"
     assert access.settings({"CHUNK_SIZE": "7"}).chunk_size == 7
 
