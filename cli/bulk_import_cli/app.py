@@ -211,22 +211,6 @@ def verify(
 
 @app.command()
 @guarded
-def status(
-    uri: Annotated[str, typer.Argument(help="The uploaded object: s3://BUCKET/incoming/…")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the state as JSON.")] = False,
-) -> int:
-    """Where an import in S3 stands: status, rows done, requests, counts, last error.
-
-    Read from the manifest (finished) or the checkpoint (running). Exit 0: succeeded, validated,
-    pending or running; 1: partial; 2: failed, or no such object or results.
-    """
-    from bulk_import_cli.remote import status as run_status  # noqa: PLC0415
-
-    return run_status(uri, as_json)
-
-
-@app.command()
-@guarded
 def upload(
     file: Annotated[Path, typer.Argument(help="The connection file to upload.")],
     uri: Annotated[
@@ -255,6 +239,22 @@ def upload(
     return run_upload(
         file, uri, dry_run=dry_run, provider=provider, follow=follow, poll_seconds=poll_seconds
     )
+
+
+@app.command()
+@guarded
+def status(
+    uri: Annotated[str, typer.Argument(help="The uploaded object: s3://BUCKET/incoming/…")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the state as JSON.")] = False,
+) -> int:
+    """Where an import in S3 stands: status, rows done, requests, counts, last error.
+
+    Read from the manifest (finished) or the checkpoint (running). Exit 0: succeeded, validated,
+    pending or running; 1: partial; 2: failed, or no such object or results.
+    """
+    from bulk_import_cli.remote import status as run_status  # noqa: PLC0415
+
+    return run_status(uri, as_json)
 
 
 def main(argv: list[str] | None = None) -> Any:
