@@ -27,7 +27,7 @@ lint: venv ## ruff check and format check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-typecheck: venv ## mypy --strict on the Lambda package
+typecheck: venv ## mypy --strict on the Lambda package and the bulk-import command
 	$(PY) -m mypy
 
 cfn-lint: venv ## lint template.yaml
@@ -36,9 +36,9 @@ cfn-lint: venv ## lint template.yaml
 sam-validate: venv ## sam validate --lint (SAM CLI in its own uv tool environment, pinned by local/sam-cli.txt)
 	SAM_CLI_TELEMETRY=0 $(SAM_CLI) validate --lint --template template.yaml --region us-east-1
 
-scan: venv ## checkov on template.yaml, bandit on functions/ (skips are inline, each with its reason)
+scan: venv ## checkov on template.yaml, bandit on functions/ and cli/ (skips are inline, each with its reason)
 	$(SCANNER) checkov --file template.yaml --framework cloudformation --compact --quiet --skip-download
-	$(SCANNER) bandit --recursive functions --quiet
+	$(SCANNER) bandit --recursive functions cli --quiet
 
 package: venv ## build the Lambda package for python3.13/arm64 without Docker (build/lambda-arm64.zip)
 	./local/package.sh

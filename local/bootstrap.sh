@@ -49,7 +49,8 @@ MSG
 UV="$(find_uv)"
 PYTHON="$(find_python313)"
 if [[ ! -x .venv/bin/python ]] || ! is_313 .venv/bin/python || [[ uv.lock -nt .venv/.synced ]] || [[ pyproject.toml -nt .venv/.synced ]]; then
-    "$UV" sync --locked --python "$PYTHON" --quiet >&2
+    # --extra cli: the operator's `bulk-import` command (typer, rich), never shipped to Lambda.
+    "$UV" sync --locked --extra cli --python "$PYTHON" --quiet >&2
     touch .venv/.synced
 fi
 echo .venv/bin/python

@@ -73,6 +73,7 @@ def test_mixed_file_is_imported_with_one_outcome_per_row(stack: Stack) -> None:
         "failed": 1,
         "enqueued": 0,
         "errored": 0,
+        "valid": 0,
     }
     assert_invariant(manifest, outcomes)
     by_line = {int(o["line"]): o for o in outcomes}

@@ -14,6 +14,8 @@ PACKAGE = ROOT / "functions" / "bulk_import"
 MAX_MODULE_LINES = 400
 MAX_CLASS_METHODS = 20
 MODULES = sorted(PACKAGE.rglob("*.py"))
+CLI = ROOT / "cli" / "bulk_import_cli"
+CLI_MODULES = sorted(CLI.rglob("*.py"))
 
 
 def _relative(path: Path) -> str:
@@ -28,12 +30,12 @@ def test_the_package_has_the_layers_the_architecture_guide_names() -> None:
         assert f"{layer}/" in guide
 
 
-@pytest.mark.parametrize("path", MODULES, ids=_relative)
+@pytest.mark.parametrize("path", MODULES + CLI_MODULES, ids=_relative)
 def test_no_module_is_over_400_lines(path: Path) -> None:
     assert len(path.read_text(encoding="utf-8").splitlines()) <= MAX_MODULE_LINES
 
 
-@pytest.mark.parametrize("path", MODULES, ids=_relative)
+@pytest.mark.parametrize("path", MODULES + CLI_MODULES, ids=_relative)
 def test_no_class_has_over_20_methods(path: Path) -> None:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
@@ -42,6 +44,33 @@ def test_no_class_has_over_20_methods(path: Path) -> None:
                 n for n in node.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
             ]
             assert len(methods) <= MAX_CLASS_METHODS, node.name
+
+
+def _imported_roots(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_the_lambda_package_never_imports_the_command_line() -> None:
+    """typer and rich are the ``cli`` extra: never in the Lambda's package or its imports."""
+    offenders = [
+        _relative(path)
+        for path in MODULES
+        if _imported_roots(path) & {"typer", "rich", "click", "bulk_import_cli"}
+    ]
+    assert offenders == []
+
+
+def test_the_command_line_lives_outside_the_lambda_package() -> None:
+    assert CLI_MODULES
+    assert not (PACKAGE / "cli").exists()
+    assert "bulk_import" in set().union(*(_imported_roots(p) for p in CLI_MODULES))
 
 
 def test_the_handler_only_parses_the_event_and_runs_the_import() -> None:
@@ -126,6 +155,7 @@ _WRITTEN = [
     ROOT / "bench" / "README.md",
     *sorted((ROOT / "docs").glob("*.md")),
     *MODULES,
+    *CLI_MODULES,
     *sorted((ROOT / "tests").rglob("*.py")),
     *sorted((ROOT / "local").rglob("*.py")),
     *sorted((ROOT / "bench").rglob("*.py")),

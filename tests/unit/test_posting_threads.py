@@ -32,10 +32,11 @@ def test_every_model_named_by_threaded_code_is_built_before_the_threads_start() 
         if isinstance(cls := getattr(model, name), type) and issubclass(cls, BaseModel)
     }
     # When the code that runs on posting threads names one of them (bulk ops run on the reading
-    # thread, after the posting threads are done)
+    # thread, after the posting threads are done; user providers are looked up by the command
+    # line's verify, which builds their model before its own threads start)
     named = set()
     for path in THREADED:
-        if path.name == "bulk_ops.py":
+        if path.name in {"bulk_ops.py", "providers.py"}:
             continue
         text = path.read_text(encoding="utf-8")
         # Built (a call) or validated (model_validate*): what makes pydantic build the schema.

@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # carries the locked one, which the checkpoint's conditional writes and deletes need.
 SDK = {"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "urllib3"}
 DEV_ONLY = {"moto", "pytest", "hypothesis", "fastapi", "uvicorn", "vital", "pyinstrument", "mypy"}
+# The operator's command line (the `cli` extra): installed locally, never shipped.
+CLI_ONLY = {"typer", "rich", "click", "shellingham"}
 
 
 def _lines(text: str) -> list[str]:
@@ -42,6 +44,7 @@ def test_requirements_pin_runtime_packages_and_the_sdk_with_hashes() -> None:
     assert {"httpx", "pydantic", "aws-lambda-powertools", "stamina", "zstandard"} <= packages
     assert packages >= SDK
     assert not packages & DEV_ONLY
+    assert not packages & CLI_ONLY
     for line in _lines(text):
         if not line.startswith(" "):
             assert "==" in line, line

@@ -226,6 +226,7 @@ def test_write_manifest() -> None:
         "failed": 0,
         "enqueued": 0,
         "errored": 0,
+        "valid": 0,
     }
     assert doc["source"]["key"] == "incoming/a.csv"
     assert doc["source"]["etag"] == '"abc"'

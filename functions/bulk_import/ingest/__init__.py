@@ -13,7 +13,14 @@ from bulk_import.ingest.file_type import Compression, Format, detect
 from bulk_import.ingest.formats import read_records
 from bulk_import.ingest.jsonl import jsonl_blocks, parse_json_line
 from bulk_import.ingest.record import Record, too_long
-from bulk_import.ingest.source import SourceObject, describe, open_stream, provider_from_key
+from bulk_import.ingest.source import (
+    DRY_RUN_METADATA,
+    SourceObject,
+    describe,
+    dry_run_requested,
+    open_stream,
+    provider_from_key,
+)
 from bulk_import.ingest.validation import (
     context_for,
     describe_errors,
@@ -25,6 +32,7 @@ from bulk_import.ingest.validation import (
 )
 
 __all__ = [
+    "DRY_RUN_METADATA",
     "LINE_OF",
     "USER_ID_OF",
     "Chunk",
@@ -40,6 +48,7 @@ __all__ = [
     "detect",
     "display_provider",
     "display_user_id",
+    "dry_run_requested",
     "jsonl_blocks",
     "open_stream",
     "parse_json_line",

@@ -27,6 +27,8 @@ ZSTD_MAX_WINDOW = 32 * 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 _QUOTED_BYTES = re.compile(r"\s*\(b(['\"]).*\1\)")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Object metadata (``x-amz-meta-dry-run``) that asks for a dry run: validate, send nothing.
+DRY_RUN_METADATA = "dry-run"
 
 
 class SourceObject(NamedTuple):
@@ -309,3 +311,8 @@ def provider_from_key(
     segment, sep, _ = rest.partition("/")
     candidate = segment.strip().lower()
     return candidate if sep and candidate in providers else None
+
+
+def dry_run_requested(metadata: dict[str, str]) -> bool:
+    """Whether the object's metadata says ``dry-run: true`` (any case)."""
+    return metadata.get(DRY_RUN_METADATA, "").strip().lower() == "true"

@@ -8,7 +8,7 @@ from bulk_import.model.outcome import Counts
 from bulk_import.model.vital_api import BulkOp
 
 SCHEMA_VERSION = 1
-FileStatus = Literal["succeeded", "partial", "failed", "superseded"]
+FileStatus = Literal["succeeded", "partial", "failed", "validated", "superseded"]
 _CONFIG = ConfigDict(defer_build=True)
 
 
@@ -74,6 +74,10 @@ class Manifest(BaseModel):
     schema_version: int = SCHEMA_VERSION
     source: SourceRef
     status: FileStatus
+    dry_run: bool = Field(
+        default=False,
+        description="Uploaded with metadata dry-run: true: validated, nothing sent to Vital.",
+    )
     started_at: str
     finished_at: str
     counts: Counts

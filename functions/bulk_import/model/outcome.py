@@ -13,6 +13,8 @@ class Outcome(StrEnum):
     REJECTED = "rejected"
     DUPLICATE = "duplicate"
     ERRORED = "errored"
+    # A dry run's row that would be sent: validated, deduplicated, chunked, never posted.
+    VALID = "valid"
 
 
 class RowOutcome(NamedTuple):
@@ -37,6 +39,7 @@ class Counts(BaseModel):
     failed: int = 0
     enqueued: int = 0
     errored: int = 0
+    valid: int = 0
 
 
 # The Counts field each outcome is counted in.
@@ -47,4 +50,5 @@ COUNT_FIELD: dict[Outcome, str] = {
     Outcome.REJECTED: "rejected",
     Outcome.DUPLICATE: "duplicates",
     Outcome.ERRORED: "errored",
+    Outcome.VALID: "valid",
 }

@@ -71,6 +71,8 @@ class RunContext:
         self.ledger = Ledger(wiring.writer())
         self.stop = Stop()
         self.progress = Progress()
+        # Object metadata dry-run: true (read with the object): every row validated, none sent.
+        self.dry_run = False
 
     @property
     def manifest_key(self) -> str:

@@ -151,6 +151,10 @@ class Dispatcher:
             return
         if not self._may_send(seq, chunk):
             return
+        if ctx.dry_run:  # validated and cut as it would be sent; never sent
+            ledger.write_chunk(chunk, Outcome.VALID, "")
+            ledger.settle(seq)
+            return
         client = self._client_or_stop(seq, chunk)
         if client is None:
             return

@@ -58,7 +58,7 @@ def finalise(ctx: RunContext, dispatcher: Dispatcher) -> FileResult:
     if ledger.checkpoint is not None and (waited or not saved) and not store.still_mine():
         raise Superseded("another import of this key took over while this one finished")
     check = None
-    if ctx.settings.verify_after_import and ctx.stop.error is None:
+    if ctx.settings.verify_after_import and ctx.stop.error is None and not ctx.dry_run:
         check = functools.partial(verify.verify, ctx, dispatcher)
     if ledger.checkpoint is None:
         manifest_key, manifest = write_results(ctx, bulk_ops, check)
@@ -184,6 +184,8 @@ def superseded_here(ctx: RunContext, newer: SourceRef) -> Manifest:
 def status(ctx: RunContext, bulk_ops: list[BulkOp]) -> FileStatus:
     if ctx.stop.error is not None:
         return "failed"
+    if ctx.dry_run:
+        return "validated"
     t = ctx.ledger.tally
     bad = t[Outcome.REJECTED] + t[Outcome.FAILED] + t[Outcome.ERRORED]
     # Enqueued rows count as fine, unless a bulk op they went into is known to have failed.
@@ -198,6 +200,7 @@ def _manifest(
     return Manifest(
         source=ctx.source,
         status=status(ctx, bulk_ops),
+        dry_run=ctx.dry_run,
         started_at=ctx.started_at,
         finished_at=now(),
         counts=ledger.tally.counts(),

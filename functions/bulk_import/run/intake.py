@@ -104,6 +104,7 @@ class Intake:
             # event imports it.
             stream.close()
             raise Superseded("the object was replaced since this import started", described.ref)
+        ctx.dry_run = ingest.dry_run_requested(described.metadata)
         default_provider = ingest.provider_from_key(
             ctx.source.key, ctx.settings.incoming_prefix, self.providers
         ) or described.metadata.get("provider")
@@ -115,6 +116,7 @@ class Intake:
                 "compression": compression.value,
                 "size": ctx.source.size,
                 "segment": ctx.ref.segment,
+                "dry_run": ctx.dry_run,
             },
         )
         with stream:

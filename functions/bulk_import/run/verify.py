@@ -88,7 +88,7 @@ def _check(client: VitalClient, row: Row) -> tuple[str, str] | None:
     be asked (the row is counted ``unchecked``)."""
     _, user, provider = row
     try:
-        listed = user_providers(client, user)
+        listed = user_providers(client, user) or []
     except (VitalError, httpx.HTTPError) as exc:
         logger.warning("verification lookup failed", extra={"error": type(exc).__name__})
         return None

@@ -1,7 +1,8 @@
 """What Vital holds for a user: ``GET /v2/user/providers/{user_id}``.
 
 The one way to learn, after the fact, whether a connection arrived: each of the user's
-connected providers is listed with its status (``connected``, or an error with details).
+connected providers is listed with its status (``connected``, or an error with details); an
+unknown user answers 404.
 """
 
 from __future__ import annotations
@@ -14,29 +15,30 @@ from bulk_import.errors import VitalClientError, VitalProtocolError
 from bulk_import.model import UserProvider, UserProviders
 from bulk_import.vital.client import VitalClient
 
+USER_PROVIDERS_PATH = "/v2/user/providers/"
 LOOKUP_MAX_ATTEMPTS = 3
 
 
-def user_providers(client: VitalClient, user_id: str) -> list[UserProvider]:
-    """The user's providers; none for a user Vital does not know (it answers 404).
+def user_providers(client: VitalClient, user_id: str) -> list[UserProvider] | None:
+    """The user's providers, or None when Vital does not know the user (404).
 
     Transient failures are retried by the client's policy (a GET is safe to repeat); every
     other failure is a ``VitalError``, its message scrubbed of the API key.
     """
-    url = f"{client.settings.base_url}/v2/user/providers/{quote(user_id, safe='')}"
+    url = client.settings.base_url + USER_PROVIDERS_PATH + quote(user_id, safe="")
     call = client.retry.new_call(LOOKUP_MAX_ATTEMPTS)
 
     def get_once() -> list[UserProvider]:
-        try:
-            response = client.get(url, {}, call)
-        except VitalClientError as exc:
-            if exc.status == 404:
-                return []
-            raise
+        response = client.get(url, {}, call)
         try:
             return UserProviders.model_validate_json(response.content).providers
         except ValidationError:
             msg = "Vital's list of a user's providers is not in the documented shape"
             raise VitalProtocolError(msg, 200) from None
 
-    return client.retry.run(call, get_once)
+    try:
+        return client.retry.run(call, get_once)
+    except VitalClientError as exc:
+        if exc.status == 404:
+            return None
+        raise

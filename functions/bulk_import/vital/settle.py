@@ -152,7 +152,7 @@ def _look_up(client: VitalClient, report: ChunkReport) -> list[PendingRow]:
     chunk = report.chunk
     unlisted: list[PendingRow] = []
     for row in chunk.rows:
-        listed = user_providers(client, row.user_id)
+        listed = user_providers(client, row.user_id) or []
         mine = next((p for p in listed if p.slug == chunk.provider), None)
         if mine is None:
             unlisted.append(row)
