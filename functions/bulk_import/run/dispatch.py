@@ -29,19 +29,12 @@ from bulk_import.model import (
 )
 from bulk_import.observability import logger
 from bulk_import.run.ledger import Replay
-from bulk_import.vital import (
-    BulkOpClaims,
-    ChunkReport,
-    Hold,
-    VitalClient,
-    parse_time,
-    settle_chunk,
-    start_seconds,
-)
+from bulk_import.vital import ChunkReport, Hold, VitalClient, parse_time, start_seconds
 
 if TYPE_CHECKING:
     from bulk_import.ingest import Chunk
     from bulk_import.run.context import RunContext
+    from bulk_import.vital.settle import BulkOpClaims
 
 # Chunks handed to the posting threads at once, per thread: one being sent, one waiting.
 QUEUED_PER_THREAD = 2
@@ -109,7 +102,7 @@ class Dispatcher:
         self.margin = max(settings.safety_margin_seconds, start_seconds(settings))
         self.last_lease_at = ctx.wiring.clock()
         self.last_lease_seq = 0
-        self.claims = BulkOpClaims()  # Vital's bulk ops, matched to the chunks settled
+        self.claims: BulkOpClaims | None = None  # Vital's bulk ops, for chunks in doubt
 
     def submit[T](self, work: Callable[..., T], *args: Any) -> Future[T]:
         """Run ``work`` on a posting thread (opening the object while the checkpoint is read)."""
@@ -200,6 +193,10 @@ class Dispatcher:
         self.collect(block=False)
         while len(self.in_flight) >= QUEUED_PER_THREAD * ctx.settings.max_concurrency:
             self.collect()
+        # Only after a crash: not loaded on a cold start that has nothing in doubt.
+        from bulk_import.vital.settle import BulkOpClaims, settle_chunk  # noqa: PLC0415
+
+        self.claims = self.claims or BulkOpClaims()
         sent_after = parse_time(ledger.sent_after(seq) or ctx.started_at) or EPOCH
         future = self.executor.submit(
             settle_chunk,

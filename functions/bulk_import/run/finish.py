@@ -21,7 +21,6 @@ from bulk_import.model import (
     Verification,
 )
 from bulk_import.observability import logger
-from bulk_import.run import verify
 from bulk_import.run.context import FileResult, now
 from bulk_import.storage.keys import MANIFEST_NAME, OUTCOMES_NAME, RETRY_NAME
 from bulk_import.vital import (
@@ -59,7 +58,9 @@ def finalise(ctx: RunContext, dispatcher: Dispatcher) -> FileResult:
         raise Superseded("another import of this key took over while this one finished")
     check = None
     if ctx.settings.verify_after_import and ctx.stop.error is None and not ctx.dry_run:
-        check = functools.partial(verify.verify, ctx, dispatcher)
+        from bulk_import.run.verify import verify  # noqa: PLC0415 - only with the setting
+
+        check = functools.partial(verify, ctx, dispatcher)
     if ledger.checkpoint is None:
         manifest_key, manifest = write_results(ctx, bulk_ops, check)
     else:

@@ -15,14 +15,12 @@ from bulk_import.vital.client import CallStats, PostResult, VitalClient
 from bulk_import.vital.lookups import user_providers
 from bulk_import.vital.posting import ChunkReport, Hold, post_chunk
 from bulk_import.vital.retry import start_seconds
-from bulk_import.vital.settle import BulkOpClaims, settle_chunk
 
 __all__ = [
     "BULK_OP_FAILED",
     "BULK_OP_MAX_WAIT_SECONDS",
     "BULK_OP_POLL_SECONDS",
     "BULK_OP_SKEW",
-    "BulkOpClaims",
     "CallStats",
     "ChunkReport",
     "CircuitBreaker",
@@ -31,7 +29,6 @@ __all__ = [
     "VitalClient",
     "parse_time",
     "post_chunk",
-    "settle_chunk",
     "start_seconds",
     "user_providers",
     "wait_for_bulk_ops",
