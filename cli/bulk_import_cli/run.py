@@ -4,8 +4,8 @@ Results land in ``--out`` as they would under ``results/<path>/`` (``manifest.js
 ``outcomes.csv``, and ``retry.jsonl`` when rows need another go), with the run's checkpoint
 under ``--out/_state/``. Ctrl-C stops cleanly (nothing more is sent, the requests in flight are
 answered, the checkpoint is stored); the same command again resumes from it and sends no
-chunk twice. A second Ctrl-C stops at once: the chunks then in flight are reported in doubt on
-the resume (``errored``, in ``retry.jsonl``), never sent again.
+chunk twice. A second Ctrl-C stops at once: the chunks then in flight are in doubt, and the
+resume asks Vital what it holds of them, as the function does after a crash.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def watch(local: LocalImport, display: Display) -> bool:
             return interrupted
         except KeyboardInterrupt:
             if interrupted:
-                display.note("stopped at once; the chunks in flight are in doubt on the resume")
+                display.note("stopped at once; the resume asks Vital about the chunks in flight")
                 os._exit(console.INTERRUPTED)
             interrupted = True
             local.stop()

@@ -16,6 +16,8 @@ EXIT_CODES = {
     "succeeded": console.OK,
     "validated": console.OK,
     "partial": console.ATTENTION,
+    # a newer upload of the key took the import over: its manifest is the report
+    "superseded": console.ATTENTION,
     "failed": console.FAILED,
 }
 

@@ -20,8 +20,13 @@ from rich.table import Table
 from bulk_import.errors import VitalAuthError, VitalError
 from bulk_import.model import UserProviders
 from bulk_import.storage import aws
-from bulk_import.vital import user_providers
 from bulk_import.vital.client import VitalClient
+from bulk_import.vital.lookups import (
+    MISSING,
+    VERIFICATION_COLUMNS,
+    connection_status,
+    user_providers,
+)
 from bulk_import_cli import console
 from bulk_import_cli.local_import import NO_DEADLINE
 
@@ -32,7 +37,6 @@ if TYPE_CHECKING:
     from bulk_import_cli.run import Access
 
 CHECKED_OUTCOMES = frozenset({"imported", "enqueued", "errored"})
-VERIFY_COLUMNS = ("line", "user_id", "provider", "status", "detail")
 STATUSES = ("connected", "error", "missing")
 
 
@@ -66,18 +70,13 @@ def rows_to_check(outcomes: Path) -> list[Row]:
 
 
 def verdict(row: Row, providers: list[UserProvider] | None) -> Verdict:
-    """What Vital's answer says of one row's connection."""
+    """What Vital's answer says of one row's connection (the Lambda's own reading of it)."""
     if providers is None:
-        return Verdict("missing", "Vital does not know this user")
-    for provider in providers:
-        if provider.slug != row.provider:
-            continue
-        if provider.status == "connected":
-            return Verdict("connected")
-        details = provider.error_details
-        said = f": {details}" if details else ""
-        return Verdict("error", console.clean(f"{provider.status or 'no status'}{said}"))
-    return Verdict("missing", f"the user has no {row.provider} connection")
+        return Verdict(MISSING, "Vital does not know this user")
+    status, detail = connection_status(providers, row.provider)
+    if status == MISSING:
+        return Verdict(MISSING, f"the user has no {row.provider} connection")
+    return Verdict(status, detail)
 
 
 def verify(
@@ -122,7 +121,7 @@ def write(out: Path, rows: list[Row], verdicts: list[Verdict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file, lineterminator="\n")
-        writer.writerow(VERIFY_COLUMNS)
+        writer.writerow(VERIFICATION_COLUMNS)
         for row, found in zip(rows, verdicts, strict=True):
             writer.writerow((row.line, row.user_id, row.provider, found.status, found.detail))
 

@@ -373,9 +373,10 @@ def test_a_superseded_record_replaces_no_manifest_an_older_ones_or_its_own(
 
 @pytest.mark.parametrize(
     "newer",
-    [NEW, NEW.model_copy(update={"sequencer": None})],  # newer, or of no known order
+    # newer, of no known order, or this upload's own finished report (its state left behind)
+    [NEW, NEW.model_copy(update={"sequencer": None}), OLD],
 )
-def test_a_superseded_record_never_replaces_a_newer_imports_manifest(
+def test_a_superseded_record_never_replaces_a_newer_or_finished_manifest(
     s3: Any, newer: SourceRef
 ) -> None:
     theirs = _manifest(newer)

@@ -34,7 +34,7 @@ from bulk_import.vital import ChunkReport, Hold, VitalClient, parse_time, start_
 if TYPE_CHECKING:
     from bulk_import.ingest import Chunk
     from bulk_import.run.context import RunContext
-    from bulk_import.vital.settle import BulkOpClaims
+    from bulk_import.vital.settle import BulkOpListing
 
 # Chunks handed to the posting threads at once, per thread: one being sent, one waiting.
 QUEUED_PER_THREAD = 2
@@ -102,7 +102,7 @@ class Dispatcher:
         self.margin = max(settings.safety_margin_seconds, start_seconds(settings))
         self.last_lease_at = ctx.wiring.clock()
         self.last_lease_seq = 0
-        self.claims: BulkOpClaims | None = None  # Vital's bulk ops, for chunks in doubt
+        self.ops: BulkOpListing | None = None  # Vital's bulk ops, for chunks in doubt
 
     def submit[T](self, work: Callable[..., T], *args: Any) -> Future[T]:
         """Run ``work`` on a posting thread (opening the object while the checkpoint is read)."""
@@ -174,7 +174,8 @@ class Dispatcher:
 
     def _settle(self, seq: int, chunk: Chunk) -> None:
         """A chunk an interrupted invocation may have sent: Vital is asked what it holds of it
-        (``vital.settle``) on a posting thread; once the run has stopped, it is reported."""
+        (``vital.settle``) on a posting thread, never as the probe (new chunks need not wait
+        for its lookups); once the run has stopped, it is reported."""
         ctx, ledger = self.ctx, self.ctx.ledger
         logger.warning("chunk in doubt after an interrupted run", extra={"chunk": seq})
         client = None
@@ -193,23 +194,25 @@ class Dispatcher:
         self.collect(block=False)
         while len(self.in_flight) >= QUEUED_PER_THREAD * ctx.settings.max_concurrency:
             self.collect()
-        # Only after a crash: not loaded on a cold start that has nothing in doubt.
-        from bulk_import.vital.settle import BulkOpClaims, settle_chunk  # noqa: PLC0415
+        if self.posted_here and not self.time_left():
+            self.next_seq = seq  # still in doubt: the next invocation settles it
+            raise DeadlineReached
+        from bulk_import.vital.settle import BulkOpListing, settle_chunk  # noqa: PLC0415 - rare
 
-        self.claims = self.claims or BulkOpClaims()
-        sent_after = parse_time(ledger.sent_after(seq) or ctx.started_at) or EPOCH
+        if self.ops is None:  # listed from the earliest lease in doubt on
+            marks = ledger.lease_marks
+            self.ops = BulkOpListing(_time(marks[0].at if marks else ctx.started_at))
         future = self.executor.submit(
             settle_chunk,
             client,
             chunk,
             ctx.settings.wait_for_completion,
-            sent_after=sent_after,
-            claims=self.claims,
+            sent_after=_time(ledger.sent_after(seq) or ctx.started_at),
+            ops=self.ops,
             post=ctx.wiring.post_chunk,
         )
         self.submitted = chunk
         future.add_done_callback(self._note_refusal)
-        self.probe = self.probe or future
         self.in_flight[future] = (seq, chunk)
         self.posted_here += 1
 
@@ -381,6 +384,10 @@ class Dispatcher:
         self.executor.shutdown(wait=False)
         if self.client_future is not None:
             self.client_future.add_done_callback(_close_client)
+
+
+def _time(value: str) -> datetime:
+    return parse_time(value) or EPOCH
 
 
 def _new_client(ctx: RunContext) -> VitalClient:

@@ -123,6 +123,9 @@ def write_results(
     manifest = _manifest(ctx, bulk_ops, outcomes_key, retry_key)
     if check is not None:
         manifest.verification = check(outcomes_key)
+        # The pass can take minutes: a newer upload's import may have finished meanwhile.
+        if ctx.ledger.checkpoint is not None and not ctx.store.still_mine():
+            raise Superseded("another import of this key took over while this one verified")
     manifest_key = ctx.prefix + MANIFEST_NAME
     writer.write_manifest(bucket, manifest_key, manifest)
     return manifest_key, manifest

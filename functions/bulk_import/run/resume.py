@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from bulk_import import errors
 from bulk_import.model import Manifest, SourceRef
 from bulk_import.model.checkpoint import older_than
@@ -86,8 +88,14 @@ def too_many_invocations(invocations: int) -> str:
 
 
 def leave_record(ctx: RunContext, manifest: Manifest) -> None:
-    """The superseded import's manifest, unless a newer import's is already there."""
-    if ctx.store.record_superseded(manifest):
+    """The superseded import's manifest, unless a newer import's is already there. Best
+    effort: a failed write must not hold up the import that took the key over."""
+    try:
+        written = ctx.store.record_superseded(manifest)
+    except (BotoCoreError, ClientError) as exc:
+        logger.warning("superseded import not recorded", extra={"error": type(exc).__name__})
+        return
+    if written:
         logger.info(
             "superseded import recorded",
             extra={"counts": manifest.counts.model_dump(), "manifest": ctx.manifest_key},

@@ -27,7 +27,7 @@ from bulk_import.model import Verification
 from bulk_import.observability import logger
 from bulk_import.storage.keys import VERIFICATION_NAME
 from bulk_import.storage.spool import neutralise
-from bulk_import.vital import user_providers
+from bulk_import.vital.lookups import VERIFICATION_COLUMNS, connection_status, user_providers
 
 if TYPE_CHECKING:
     from bulk_import.run.context import RunContext
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from bulk_import.vital import VitalClient
 
 VERIFIED_OUTCOMES = frozenset({"imported", "enqueued"})
-HEADER = ("line", "user_id", "provider", "status", "detail")
 # Rows looked up between two checks of the time left.
 BATCH = 64
 
@@ -55,7 +54,7 @@ def verify(ctx: RunContext, dispatcher: Dispatcher, outcomes_key: str) -> Verifi
         logger.warning("verification skipped: no Vital client", extra={"error": type(exc).__name__})
         return Verification(unchecked=sum(1 for _ in rows))
     with tempfile.TemporaryFile() as out:
-        out.write((",".join(HEADER) + "\n").encode())
+        out.write((",".join(VERIFICATION_COLUMNS) + "\n").encode())
         with ThreadPoolExecutor(ctx.settings.max_concurrency, "verify") as pool:
             while batch := list(islice(rows, BATCH)):
                 if not dispatcher.time_left():
@@ -88,18 +87,11 @@ def _check(client: VitalClient, row: Row) -> tuple[str, str] | None:
     be asked (the row is counted ``unchecked``)."""
     _, user, provider = row
     try:
-        listed = user_providers(client, user) or []
+        listed = user_providers(client, user)
     except (VitalError, httpx.HTTPError) as exc:
         logger.warning("verification lookup failed", extra={"error": type(exc).__name__})
         return None
-    mine = next((p for p in listed if p.slug == provider), None)
-    if mine is None:
-        return "missing", ""
-    if mine.status in (None, "connected"):
-        return "connected", ""
-    # Vital's error details are not copied: they may quote the token, which this pass does not
-    # hold to mask (outcomes.csv has none). The status says what to look up.
-    return "error", f"Vital lists this connection as {mine.status}: see GET /v2/user/providers"
+    return connection_status(listed, provider)
 
 
 def _csv_line(line: str, user: str, provider: str, status: str, detail: str) -> bytes:

@@ -166,12 +166,14 @@ class CheckpointStore:
                 current = Manifest.model_validate_json(response["Body"].read())
             except ValueError:
                 current = None
-            if (
-                current is not None
-                and not same_upload(manifest.source, current.source)
-                and not older_than(current.source, manifest.source)
+            if current is not None and (
+                # this upload's finished manifest (its state left behind): the whole report
+                current.status != "superseded"
+                if same_upload(manifest.source, current.source)
+                # a newer import's, or one S3 gave no order for
+                else not older_than(current.source, manifest.source)
             ):
-                return False  # a newer import's (or one S3 gave no order for)
+                return False
             condition = {"IfMatch": response["ETag"]}
         try:
             self.s3.put_object(

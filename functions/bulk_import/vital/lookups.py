@@ -17,6 +17,9 @@ from bulk_import.vital.client import VitalClient
 
 USER_PROVIDERS_PATH = "/v2/user/providers/"
 LOOKUP_MAX_ATTEMPTS = 3
+# What a lookup says of one connection (verification.csv's statuses).
+CONNECTED, ERROR, MISSING = "connected", "error", "missing"
+VERIFICATION_COLUMNS = ("line", "user_id", "provider", "status", "detail")
 
 
 def user_providers(client: VitalClient, user_id: str) -> list[UserProvider] | None:
@@ -42,3 +45,15 @@ def user_providers(client: VitalClient, user_id: str) -> list[UserProvider] | No
         if exc.status == 404:
             return None
         raise
+
+
+def connection_status(listed: list[UserProvider] | None, slug: str) -> tuple[str, str]:
+    """What Vital's list says of the user's connection to ``slug``: ``connected``, ``error``
+    (listed with another status) or ``missing``, and a detail. Vital's error details are not
+    quoted: they may hold a token, and not always the row's own, to mask."""
+    mine = next((p for p in listed or [] if p.slug == slug), None)
+    if mine is None:
+        return MISSING, ""
+    if mine.status in (None, CONNECTED):
+        return CONNECTED, ""
+    return ERROR, f"Vital lists this connection as {mine.status}: see GET /v2/user/providers"

@@ -4,15 +4,16 @@ A chunk is in doubt when an interrupted invocation may have sent it without stor
 Each of its users is looked up (``GET /v2/user/providers/{user_id}``):
 
 - the chunk's provider listed as connected: ``imported``, confirmed by the lookup;
-- listed with another status: ``failed``, with Vital's (redacted) error details;
-- not listed: if some of the chunk's users are listed, the chunk reached Vital and Vital did
-  not connect these (``failed``). If none is, Vital's bulk ops tell: one ``link_bulk_import``
-  op of the provider, of the chunk's size, started after the chunk's lease was raised, still
-  in progress: ``enqueued``; ended in failure: ``failed``. (One that succeeded would list the
-  users: it is another chunk's.) No such op: the chunk never reached Vital, and it is sent now
-  (nothing of it exists there). Two such ops (another file of the same provider and size, sent
-  in the same seconds): which is this chunk's cannot be told, and the rows stay ``errored``
-  with a reason.
+- listed with another status: ``failed`` (the detail names the status; Vital's error text is
+  not copied, as it may quote a token);
+- not listed, while others of the chunk are: the chunk reached Vital. ``failed``, unless a
+  bulk op of the provider and the chunk's size is still in progress (Vital may yet connect
+  them): then the rows stay ``errored``, to check once it ends;
+- no user of the chunk listed: if no bulk op of the provider and the chunk's size started
+  since the lease was raised past it and is in progress or failed, the chunk never reached
+  Vital, and it is sent now. If there is such an op, it may be this chunk's or another's
+  (bulk ops carry no id: another file, or another chunk of this one, looks the same), so the
+  rows stay ``errored`` with a reason rather than be sent twice or counted as enqueued.
 
 When Vital cannot be asked (a rejected key, an outage past the retries), the undecided rows
 stay ``errored``, saying what to check before they are uploaded again.
@@ -20,7 +21,6 @@ stay ``errored``, saying what to check before they are uploaded again.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -29,11 +29,10 @@ from typing import TYPE_CHECKING
 import httpx
 
 from bulk_import.errors import VitalAuthError, VitalError, VitalNoTime
-from bulk_import.model import BulkOp, Outcome, RowOutcome, UserProvider
+from bulk_import.model import BulkOp, Outcome, RowOutcome
 from bulk_import.redaction import redact_text
 from bulk_import.vital.bulk_ops import BULK_OP_SKEW, list_bulk_ops, parse_time
-from bulk_import.vital.lookups import user_providers
-from bulk_import.vital.messages import scrub
+from bulk_import.vital.lookups import CONNECTED, MISSING, connection_status, user_providers
 from bulk_import.vital.posting import ChunkReport, Hold, post_chunk
 
 if TYPE_CHECKING:
@@ -45,13 +44,14 @@ NOT_CONNECTED_DETAIL = (
     "not connected: the chunk reached Vital (others of it are listed) but this user is not "
     "listed for the provider"
 )
-ENQUEUED_DETAIL = (
-    "in progress at Vital (bulk op started {started}) after an interrupted run; see bulk_ops"
+PENDING_DETAIL = (
+    "in doubt: the chunk reached Vital and a bulk op of its provider and size is still in "
+    "progress; check GET /v2/user/providers/{user_id} once it ends"
 )
-OP_FAILED_DETAIL = "Vital's bulk op for this chunk ended {status} without connecting this user"
-AMBIGUOUS_DETAIL = (
-    "in doubt: {count} imports of this provider and size are in progress at Vital and which is "
-    "this chunk's cannot be told; check GET /v2/user/providers/{{user_id}} once they finish"
+OP_DETAIL = (
+    "in doubt: Vital has {count} bulk op(s) of this provider and size since the chunk was "
+    "leased, which may be this chunk's; check GET /v2/user/providers/{{user_id}} before "
+    "uploading these rows again (retry.jsonl)"
 )
 UNASKED_DETAIL = (
     "in doubt: the function stopped while this chunk was being sent and Vital could not be "
@@ -60,33 +60,38 @@ UNASKED_DETAIL = (
 )
 IMPORT_OP = "link_bulk_import"
 UNFINISHED_OR_FAILED = frozenset({"in_progress", "failure", "aborted"})
+# list_bulk_ops' bound (pages of 50): a listing this long may have left older ops out.
+LISTING_LIMIT = 20 * 50
 
 
-class BulkOpClaims:
-    """Vital's bulk ops, listed once for a run's settlements, each matched to one chunk at most.
+class BulkOpListing:
+    """Vital's bulk ops since the earliest lease in doubt, listed once for a run's settlements
+    (on whichever posting thread asks first, under a lock)."""
 
-    Shared by the posting threads: the listing and the claims are under one lock.
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, since: datetime) -> None:
+        self.since = since - BULK_OP_SKEW
         self._lock = threading.Lock()
         self._ops: list[BulkOp] | None = None
-        self._claimed: set[int] = set()
 
-    def match(self, client: VitalClient, chunk: Chunk, sent_after: datetime) -> list[BulkOp]:
-        """The unclaimed ops that could be this chunk's; the one claimed when it is alone."""
-        since = sent_after - BULK_OP_SKEW
+    def candidates(self, client: VitalClient, chunk: Chunk, sent_after: datetime) -> int:
+        """Ops that could be this chunk's: of its provider and size, started after it was
+        leased, in progress or failed (one that succeeded would list its users). A listing cut
+        short counts as one more: an op left out of it cannot be ruled out."""
         with self._lock:
             if self._ops is None:
-                self._ops = list_bulk_ops(client, since=since)
-            candidates = [
-                (index, op)
-                for index, op in enumerate(self._ops)
-                if index not in self._claimed and _could_be(op, chunk, since)
-            ]
-            if len(candidates) == 1:
-                self._claimed.add(candidates[0][0])
-            return [op for _, op in candidates]
+                self._ops = list_bulk_ops(client, since=self.since)
+            ops = self._ops
+        since = sent_after - BULK_OP_SKEW
+        found = sum(1 for op in ops if _could_be(op, chunk, since))
+        return found + (len(ops) >= LISTING_LIMIT)
+
+    def in_progress(self, client: VitalClient, chunk: Chunk, sent_after: datetime) -> bool:
+        with self._lock:
+            if self._ops is None:
+                self._ops = list_bulk_ops(client, since=self.since)
+            ops = self._ops
+        since = sent_after - BULK_OP_SKEW
+        return any(op.status == "in_progress" and _could_be(op, chunk, since) for op in ops)
 
 
 def _could_be(op: BulkOp, chunk: Chunk, since: datetime) -> bool:
@@ -94,7 +99,6 @@ def _could_be(op: BulkOp, chunk: Chunk, since: datetime) -> bool:
     size = (op.pending or 0) + (op.processed or 0)
     return (
         op.type in (IMPORT_OP, None)
-        # Finished with success, it would list the chunk's users: it is another chunk's.
         and op.status in UNFINISHED_OR_FAILED
         and op.provider == chunk.provider
         and started is not None
@@ -109,7 +113,7 @@ def settle_chunk(
     wait_for_completion: bool,
     *,
     sent_after: datetime,
-    claims: BulkOpClaims,
+    ops: BulkOpListing,
     post: Callable[[VitalClient, Chunk, bool], ChunkReport] = post_chunk,
 ) -> ChunkReport:
     """Every row of a chunk in doubt decided by what Vital holds, or the chunk sent (``post``)
@@ -118,20 +122,19 @@ def settle_chunk(
     try:
         unlisted = _look_up(client, report)
         if unlisted and len(unlisted) < len(chunk.rows):
-            for row in unlisted:  # the chunk reached Vital: these it did not connect
-                report.decided.append(_outcome(chunk, row, Outcome.FAILED, NOT_CONNECTED_DETAIL))
-        elif unlisted:
-            ops = claims.match(client, chunk, sent_after)
-            if not ops:
-                return post(client, chunk, wait_for_completion)  # it never reached Vital
-            if len(ops) > 1:
-                report.add(chunk, Outcome.ERRORED, AMBIGUOUS_DETAIL.format(count=len(ops)))
-                report.in_doubt = len(chunk.rows)
-            elif ops[0].status == "in_progress":
-                detail = ENQUEUED_DETAIL.format(started=ops[0].started_at)
-                report.add(chunk, Outcome.ENQUEUED, detail)
+            # The chunk reached Vital: these it did not connect, or not yet.
+            if ops.in_progress(client, chunk, sent_after):
+                _in_doubt(report, unlisted, PENDING_DETAIL)
             else:
-                report.add(chunk, Outcome.FAILED, OP_FAILED_DETAIL.format(status=ops[0].status))
+                for row in unlisted:
+                    report.decided.append(
+                        _outcome(chunk, row, Outcome.FAILED, NOT_CONNECTED_DETAIL)
+                    )
+        elif unlisted:
+            count = ops.candidates(client, chunk, sent_after)
+            if not count:
+                return post(client, chunk, wait_for_completion)  # it never reached Vital
+            _in_doubt(report, unlisted, OP_DETAIL.format(count=count))
     except VitalNoTime:
         # Too little time to ask: the chunk stays in doubt for the next invocation.
         return ChunkReport(chunk, held=Hold.DEFERRED)
@@ -140,10 +143,7 @@ def settle_chunk(
             report.fatal = exc
         decided = {o.line for o in report.decided}
         detail = UNASKED_DETAIL.format(error=redact_text(str(exc))[:200])
-        for row in chunk.rows:
-            if row.line not in decided:
-                report.decided.append(_outcome(chunk, row, Outcome.ERRORED, detail))
-                report.in_doubt += 1
+        _in_doubt(report, [r for r in chunk.rows if r.line not in decided], detail)
     return report
 
 
@@ -152,29 +152,22 @@ def _look_up(client: VitalClient, report: ChunkReport) -> list[PendingRow]:
     chunk = report.chunk
     unlisted: list[PendingRow] = []
     for row in chunk.rows:
-        listed = user_providers(client, row.user_id) or []
-        mine = next((p for p in listed if p.slug == chunk.provider), None)
-        if mine is None:
+        status, detail = connection_status(user_providers(client, row.user_id), chunk.provider)
+        if status == MISSING:
             unlisted.append(row)
-        elif mine.status in (None, "connected"):
+        elif status == CONNECTED:
             report.decided.append(_outcome(chunk, row, Outcome.IMPORTED, CONFIRMED_DETAIL))
         else:
-            detail = f"Vital lists this connection as {mine.status}" + _details(mine, row)
             report.decided.append(_outcome(chunk, row, Outcome.FAILED, detail))
     return unlisted
 
 
+def _in_doubt(report: ChunkReport, rows: list[PendingRow], detail: str) -> None:
+    """Rows whose fate Vital cannot tell yet: errored, in retry.jsonl, not failures."""
+    for row in rows:
+        report.decided.append(_outcome(report.chunk, row, Outcome.ERRORED, detail))
+    report.in_doubt += len(rows)
+
+
 def _outcome(chunk: Chunk, row: PendingRow, outcome: Outcome, detail: str) -> RowOutcome:
     return RowOutcome(row.line, row.user_id, chunk.provider, outcome, detail)
-
-
-def _details(provider: UserProvider, row: PendingRow) -> str:
-    """Vital's error details, any fragment of the row's own tokens masked (and token-shaped
-    text), cut short."""
-    details = provider.error_details
-    if details in (None, "", {}, []):
-        return ""
-    text = details if isinstance(details, str) else json.dumps(details, default=str)
-    recipe = json.loads(row.payload)
-    tokens = {str(recipe.get(name) or "") for name in ("access_token", "refresh_token")}
-    return ": " + scrub(text, tokens)[:300]
