@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bulk_import.errors import FileError, TransientError
@@ -27,9 +26,8 @@ from bulk_import.model import (
     ValidationErrorBody,
     ValidationIssue,
 )
-from bulk_import.observability import logger
 from bulk_import.run.ledger import Replay
-from bulk_import.vital import ChunkReport, Hold, VitalClient, parse_time, start_seconds
+from bulk_import.vital import ChunkReport, Hold, VitalClient, start_seconds
 
 if TYPE_CHECKING:
     from bulk_import.ingest import Chunk
@@ -40,7 +38,6 @@ if TYPE_CHECKING:
 QUEUED_PER_THREAD = 2
 # Checkpoints are spaced at least about this far apart when chunks go out quickly.
 CHECKPOINT_SECONDS = 2.0
-EPOCH = datetime.fromtimestamp(0, UTC)  # no lower bound on when a chunk in doubt was sent
 
 
 # Models first used on the posting threads: answers, chunk records, 422 bodies, the object's
@@ -140,7 +137,10 @@ class Dispatcher:
             ledger.settle(seq)  # outcomes already stored
             return
         if replayed is Replay.IN_DOUBT:
-            self._settle(seq, chunk)
+            # Only after a crash: not loaded on a cold start that has nothing in doubt.
+            from bulk_import.run.settlement import settle_in_doubt  # noqa: PLC0415
+
+            settle_in_doubt(self, seq, chunk)
             return
         if not self._may_send(seq, chunk):
             return
@@ -171,50 +171,6 @@ class Dispatcher:
                 self.next_seq = seq  # not sent: a retry rebuilds this chunk and sends it
                 raise
         self._submit(seq, chunk, client)
-
-    def _settle(self, seq: int, chunk: Chunk) -> None:
-        """A chunk an interrupted invocation may have sent: Vital is asked what it holds of it
-        (``vital.settle``) on a posting thread, never as the probe (new chunks need not wait
-        for its lookups); once the run has stopped, it is reported."""
-        ctx, ledger = self.ctx, self.ctx.ledger
-        logger.warning("chunk in doubt after an interrupted run", extra={"chunk": seq})
-        client = None
-        if not ctx.stop.stopped:
-            try:
-                client = self.vital()
-            except FileError as exc:
-                ctx.stop.stop(exc)
-            except TransientError:
-                self.next_seq = seq  # Lambda's retry rebuilds this chunk and settles it
-                raise
-        if client is None:
-            ledger.write_in_doubt(chunk)
-            ledger.settle(seq)
-            return
-        self.collect(block=False)
-        while len(self.in_flight) >= QUEUED_PER_THREAD * ctx.settings.max_concurrency:
-            self.collect()
-        if self.posted_here and not self.time_left():
-            self.next_seq = seq  # still in doubt: the next invocation settles it
-            raise DeadlineReached
-        from bulk_import.vital.settle import BulkOpListing, settle_chunk  # noqa: PLC0415 - rare
-
-        if self.ops is None:  # listed from the earliest lease in doubt on
-            marks = ledger.lease_marks
-            self.ops = BulkOpListing(_time(marks[0].at if marks else ctx.started_at))
-        future = self.executor.submit(
-            settle_chunk,
-            client,
-            chunk,
-            ctx.settings.wait_for_completion,
-            sent_after=_time(ledger.sent_after(seq) or ctx.started_at),
-            ops=self.ops,
-            post=ctx.wiring.post_chunk,
-        )
-        self.submitted = chunk
-        future.add_done_callback(self._note_refusal)
-        self.in_flight[future] = (seq, chunk)
-        self.posted_here += 1
 
     def _may_send(self, seq: int, chunk: Chunk) -> bool:
         """False (the chunk reported, not sent) once the run has stopped."""
@@ -248,7 +204,7 @@ class Dispatcher:
             probe=gate is None,
         )
         self.submitted = chunk
-        future.add_done_callback(self._note_refusal)
+        future.add_done_callback(self.note_refusal)
         self.probe = self.probe or future
         self.in_flight[future] = (seq, chunk)
         self.posted_here += 1
@@ -297,7 +253,7 @@ class Dispatcher:
             return Hold.DEFERRED
         return None
 
-    def _note_refusal(self, future: Future[ChunkReport]) -> None:
+    def note_refusal(self, future: Future[ChunkReport]) -> None:
         """Run on the posting thread that got the answer: a refused key or Link Migration holds
         back every chunk that has not started yet (``_gate``), without waiting for the reading
         thread to take the answer in; each of them would be sent and refused in turn."""
@@ -384,10 +340,6 @@ class Dispatcher:
         self.executor.shutdown(wait=False)
         if self.client_future is not None:
             self.client_future.add_done_callback(_close_client)
-
-
-def _time(value: str) -> datetime:
-    return parse_time(value) or EPOCH
 
 
 def _new_client(ctx: RunContext) -> VitalClient:
