@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from typing import Any
 
 import pytest
 
@@ -41,16 +42,25 @@ def test_a_blank_line_bomb_ends_in_a_handful_of_invocations(
     assert (outcome["line"], outcome["outcome"]) == (str(BLANK_LINES + 1), "imported")
 
 
-def test_a_file_unfinished_after_max_invocations_fails_with_what_was_read(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch, continuation_queue: str
-) -> None:
-    # Given a file that takes many ~0.4 s invocations, and at most 2 of them per file
+def slow_file(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, *, max_invocations: int
+) -> list[dict[str, Any]]:
+    """incoming/slow.jsonl (400 rows and the usual rejected and duplicate one), read ~0.4 s an
+    invocation: 10-row chunks, 2 threads, 50 ms a request, 2.6 s of 3 s kept back."""
     rows = upload(stack, "incoming/slow.jsonl", 400)
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "2")
     monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "2.6")
-    monkeypatch.setenv("MAX_INVOCATIONS_PER_FILE", "2")
+    monkeypatch.setenv("MAX_INVOCATIONS_PER_FILE", str(max_invocations))
     stack.vital.latency_seconds = 0.05
+    return rows
+
+
+def test_a_file_unfinished_after_max_invocations_fails_with_what_was_read(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, continuation_queue: str
+) -> None:
+    # Given a file that takes many ~0.4 s invocations, and at most 2 of them per file
+    rows = slow_file(stack, monkeypatch, max_invocations=2)
 
     # When the first invocation and every continuation run
     first = stack.invoke(s3_event(stack.bucket, ["incoming/slow.jsonl"]), timeout_seconds=3.0)
@@ -84,12 +94,7 @@ def test_a_file_unfinished_after_max_invocations_fails_with_what_was_read(
 def test_raising_the_ceiling_lets_the_same_file_finish(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, continuation_queue: str
 ) -> None:
-    rows = upload(stack, "incoming/slow.jsonl", 400)
-    monkeypatch.setenv("CHUNK_SIZE", "10")
-    monkeypatch.setenv("MAX_CONCURRENCY", "2")
-    monkeypatch.setenv("SAFETY_MARGIN_SECONDS", "2.6")
-    monkeypatch.setenv("MAX_INVOCATIONS_PER_FILE", "50")
-    stack.vital.latency_seconds = 0.05
+    rows = slow_file(stack, monkeypatch, max_invocations=50)
 
     stack.invoke(s3_event(stack.bucket, ["incoming/slow.jsonl"]), timeout_seconds=3.0)
     drain_queue(stack, continuation_queue, timeout_seconds=3.0)

@@ -170,19 +170,8 @@ def superseded(cp: Checkpoint, newer: SourceRef) -> Manifest:
 
 def superseded_here(ctx: RunContext, newer: SourceRef) -> Manifest:
     """``superseded`` for the run that found itself taken over: its books as they stand."""
-    ledger = ctx.ledger
-    return Manifest(
-        source=ctx.source,
-        status="superseded",
-        started_at=ctx.started_at,
-        finished_at=now(),
-        counts=ledger.tally.counts(),
-        providers=ledger.tally.providers(),
-        chunks=list(ledger.chunk_records),
-        outcomes_key=None,
-        segments=ctx.ref.segment + 1,
-        superseded_by=newer,
-    )
+    books = _manifest(ctx, [], None, None)
+    return books.model_copy(update={"status": "superseded", "error": None, "superseded_by": newer})
 
 
 def status(ctx: RunContext, bulk_ops: list[BulkOp]) -> FileStatus:
@@ -198,7 +187,7 @@ def status(ctx: RunContext, bulk_ops: list[BulkOp]) -> FileStatus:
 
 
 def _manifest(
-    ctx: RunContext, bulk_ops: list[BulkOp], outcomes_key: str, retry_key: str | None
+    ctx: RunContext, bulk_ops: list[BulkOp], outcomes_key: str | None, retry_key: str | None
 ) -> Manifest:
     ledger = ctx.ledger
     return Manifest(
