@@ -146,6 +146,19 @@ class VitalNoTime(VitalUnavailable):
     """Too little Lambda time left to start a request: nothing was sent."""
 
 
+class VitalAnswerLost(VitalUnavailable):
+    """A bulk import whose answer never came back (a read timeout, a dropped connection, a
+    gateway's 502/504): Vital may hold the chunk, so it is settled by asking Vital
+    (``vital/settle.py``), not sent again blindly. ``sent_at``: when that request started
+    (epoch seconds), the earliest a bulk op of it can have started."""
+
+    def __init__(
+        self, message: str, status: int | None = None, attempts: int = 0, *, sent_at: float
+    ) -> None:
+        super().__init__(message, status, attempts)
+        self.sent_at = sent_at
+
+
 # --- mapping ----------------------------------------------------------------------------------
 
 

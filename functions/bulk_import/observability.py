@@ -131,6 +131,7 @@ def record_file_metrics(manifest: Manifest | None, stats: CallStats | None) -> N
         metrics.add_metric(
             name="RequestsShortCircuited", unit=MetricUnit.Count, value=stats.short_circuited
         )
+        metrics.add_metric(name="AnswersLost", unit=MetricUnit.Count, value=stats.answers_lost)
     if manifest is None:
         return
     counts = manifest.counts

@@ -16,7 +16,9 @@ decided when a request arrives, in this order:
 1. `drop_script` (pop) / `drop_every` - close the connection without any response;
 2. `status_script` (pop) - 429 (with `Retry-After`), any other 4xx/5xx, or 202 (forced);
 3. `throttle_every` - every n-th request answers 429 with `Retry-After`;
-4. `force_202` - accept, enqueue, answer 202 with an empty body.
+4. `force_202` - accept, enqueue, answer 202 with an empty body;
+5. `lose_answer_script` (pop) / `lose_answer_every` - Vital keeps the chunk, the answer is lost:
+   the request is processed as usual, then the connection is dropped instead of the answer.
 
 Every answer (or drop) leaves `latency_seconds` after its request arrived: a request takes that
 long, whatever the stand-in's own processing costs, unless that is longer. `slow_body_seconds`

@@ -34,6 +34,7 @@ class _Faults:
     status: int = 0
     force_202: bool = False
     slow_body_seconds: float = 0.0
+    lose_answer: bool = False
 
 
 _NO_FAULTS = _Faults()
@@ -98,12 +99,20 @@ class _FaultAndRecordMiddleware:
             return {"type": "http.disconnect"}
 
         stalled = False
+        lost = False
 
         async def recording_send(message: Message) -> None:
-            nonlocal stalled
+            nonlocal stalled, lost
+            if lost:
+                return  # the connection is gone: the rest of the answer goes nowhere
             if message["type"] == "http.response.start":
                 if (wait := answer_at - time.monotonic()) > 0:
                     await _sleep_unless(gone, wait)
+                if faults.lose_answer:
+                    lost = True
+                    self.state._answer_lost(record, int(message["status"]))
+                    await _drop_connection(send, reset=faults.drop_with_reset, gone=gone)
+                    return
                 self.state._answered(record, int(message["status"]), client_gone=gone.is_set())
             elif (
                 message["type"] == "http.response.body" and faults.slow_body_seconds and not stalled

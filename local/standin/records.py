@@ -23,7 +23,9 @@ class RecordedRequest:
     `status` is None while the request is in flight, the status the stand-in answered with
     afterwards, and 0 when the connection was dropped. `client_disconnected` is True when the
     client had already gone (e.g. timed out) by the time the answer was ready: the stand-in still
-    processed the request, as the real API would. `body` is the parsed JSON body (None when
+    processed the request, as the real API would. `answer_lost` is True when the stand-in
+    processed the request and then dropped the connection instead of answering (`status` is
+    the answer it did not send). `body` is the parsed JSON body (None when
     absent or not JSON), parsed on first access: the server only keeps the bytes, so recording
     costs it nothing per request. With `slim`, `body` keeps only what `_slim_body` keeps. The API
     key is never stored: `api_key_ok` says whether it matched.
@@ -40,6 +42,7 @@ class RecordedRequest:
     status: int | None = None
     dropped: bool = False
     client_disconnected: bool = False
+    answer_lost: bool = False
     _body: Any = field(default=_UNPARSED, repr=False, compare=False)
 
     @property

@@ -42,6 +42,10 @@ class StandinState:
     drop_script: list[bool] = field(default_factory=list)
     drop_every: int = 0
     drop_with_reset: bool = False
+    # Vital keeps the chunk, the answer is lost: the request is processed, then the connection
+    # is dropped (as `drop_with_reset` says) instead of the answer being sent.
+    lose_answer_script: list[bool] = field(default_factory=list)
+    lose_answer_every: int = 0
     slow_body_seconds: float = 0.0
     reject_user_ids: set[str] = field(default_factory=set)
     reject_unattributed: set[str] = field(default_factory=set)
@@ -153,6 +157,8 @@ class StandinState:
     def _decide_faults(self, n: int) -> _Faults:
         drop = self.drop_script.pop(0) if self.drop_script else False
         drop = bool(drop) or (self.drop_every > 0 and n % self.drop_every == 0)
+        lose = self.lose_answer_script.pop(0) if self.lose_answer_script else False
+        lose = bool(lose) or (self.lose_answer_every > 0 and n % self.lose_answer_every == 0)
         status = 0
         force_202 = self.force_202
         if not drop:
@@ -170,12 +176,19 @@ class StandinState:
             status=status,
             force_202=force_202,
             slow_body_seconds=max(0.0, self.slow_body_seconds),
+            lose_answer=lose and not drop,
         )
 
     def _answered(self, record: RecordedRequest, status: int, *, client_gone: bool) -> None:
         with self._lock:
             record.status = status
             record.client_disconnected = client_gone
+
+    def _answer_lost(self, record: RecordedRequest, status: int) -> None:
+        with self._lock:
+            record.status = status
+            record.answer_lost = True
+            record.client_disconnected = True
 
     def _dropped(self, record: RecordedRequest) -> None:
         with self._lock:

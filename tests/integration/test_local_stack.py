@@ -394,6 +394,44 @@ def test_dropped_connection_is_a_transport_error(
     assert len(vital.state.bulk_ops()) == 1
 
 
+@pytest.mark.parametrize(
+    ("reset", "expected"),
+    [(False, httpx.RemoteProtocolError), (True, httpx.ReadError)],
+    ids=["close", "reset"],
+)
+def test_a_lost_answer_keeps_the_chunk_but_the_client_gets_no_answer(
+    vital: VitalStandin,
+    client: httpx.Client,
+    reset: bool,
+    expected: type[httpx.TransportError],
+) -> None:
+    vital.state.lose_answer_script = [True]
+    vital.state.drop_with_reset = reset
+
+    with pytest.raises(expected):
+        client.post(BULK_IMPORT_PATH, json=bulk_body(KNOWN_A))
+
+    (lost,) = vital.state.bulk_import_requests()
+    assert (lost.status, lost.answer_lost, lost.dropped) == (200, True, False)
+    assert vital.state.posted_connections() == [("oura", KNOWN_A)]
+    assert vital.state.posted_connections(include_undelivered=False) == []
+    listed = client.get(f"/v2/user/providers/{KNOWN_A}").json()["providers"]
+    assert [(p["slug"], p["status"]) for p in listed] == [("oura", "connected")]
+    assert [op["status"] for op in vital.state.bulk_ops()] == ["success"]
+
+
+def test_lose_answer_every_loses_every_nth(vital: VitalStandin, client: httpx.Client) -> None:
+    vital.state.lose_answer_every = 2
+    answered: list[int | str] = []
+    for _ in range(4):
+        try:
+            answered.append(client.post(BULK_IMPORT_PATH, json=bulk_body(KNOWN_A)).status_code)
+        except httpx.TransportError:
+            answered.append("lost")
+    assert answered == [200, "lost", 200, "lost"]
+    assert len(vital.state.bulk_ops()) == 4
+
+
 def test_drop_every_drops_every_nth(vital: VitalStandin, client: httpx.Client) -> None:
     vital.state.drop_every = 2
     outcomes: list[int | str] = []

@@ -20,6 +20,7 @@ import stamina
 
 from bulk_import.config import Settings
 from bulk_import.errors import (
+    VitalAnswerLost,
     VitalAuthError,
     VitalClientError,
     VitalProtocolError,
@@ -31,6 +32,7 @@ from bulk_import.model import ConnectionRow, Outcome
 from bulk_import.vital.breaker import CircuitBreaker
 from bulk_import.vital.bulk_ops import list_bulk_ops
 from bulk_import.vital.client import CONNECT_TIMEOUT_SECONDS, VitalClient
+from bulk_import.vital.lookups import user_providers
 from bulk_import.vital.posting import MAX_EXTRA_REQUESTS, post_chunk
 from bulk_import.vital.retry import (
     BACKOFF_BASE_SECONDS,
@@ -394,7 +396,7 @@ def test_half_open_trial_is_a_single_attempt() -> None:
 @pytest.mark.parametrize(
     ("status", "retried"),
     [
-        *((status, True) for status in (408, 425, 429, 500, 502, 503, 504)),
+        *((status, True) for status in (408, 425, 429, 500, 503)),
         *((status, False) for status in (400, 404, 409, 501, 505)),
     ],
 )
@@ -407,6 +409,63 @@ def test_which_answers_are_retried(status: int, retried: bool) -> None:
             with pytest.raises(VitalClientError):
                 vital.post_bulk_import(BODY)
     assert len(script.requests) == (2 if retried else 1)
+
+
+def raises(error: type[httpx.TransportError]) -> Respond:
+    def respond(request: httpx.Request) -> httpx.Response:
+        raise error("no answer", request=request)
+
+    return respond
+
+
+def gateway(status: int) -> Respond:
+    """A gateway's HTML answer, built per request (a Response made at collection time would
+    outlive the test, with the request it is tied to)."""
+    return lambda _: httpx.Response(status, text=f"<html>{status}</html>")
+
+
+@pytest.mark.parametrize(
+    ("lost", "status"),
+    [
+        (gateway(502), 502),
+        (gateway(504), 504),
+        (raises(httpx.ReadTimeout), None),
+        (raises(httpx.ReadError), None),
+        (raises(httpx.RemoteProtocolError), None),
+    ],
+    ids=["502", "504", "ReadTimeout", "ReadError", "RemoteProtocolError"],
+)
+def test_given_a_bulk_import_whose_answer_was_lost_when_posting_then_it_is_not_resent(
+    lost: Respond, status: int | None
+) -> None:
+    """Vital may hold the chunk: the caller settles it by lookup (``VitalAnswerLost``)."""
+    script = Script(lambda _: httpx.Response(503), lost, imported)
+    before = datetime.now(UTC).timestamp()
+    with client(script, MAX_ATTEMPTS=5) as vital, pytest.raises(VitalAnswerLost) as caught:
+        vital.post_bulk_import(BODY)
+    assert len(script.requests) == 2  # the 503 was retried; the lost answer was not
+    assert caught.value.attempts == 2
+    assert before <= caught.value.sent_at <= datetime.now(UTC).timestamp()
+    assert str(caught.value).startswith("no answer from Vital (")
+    assert caught.value.status == status
+
+
+@pytest.mark.parametrize("error", [httpx.ConnectError, httpx.ConnectTimeout, httpx.WriteError])
+def test_given_a_request_that_never_left_when_posting_then_it_is_retried(
+    error: type[httpx.TransportError],
+) -> None:
+    script = Script(raises(error), imported)
+    with client(script) as vital:
+        assert vital.post_bulk_import(BODY).attempts == 2
+    assert len(script.requests) == 2
+
+
+def test_given_a_lookup_whose_answer_was_lost_then_it_is_retried() -> None:
+    """A GET is safe to repeat: the same failures only cost a retry."""
+    script = Script(raises(httpx.ReadTimeout), httpx.Response(200, json={"providers": []}))
+    with client(script) as vital:
+        assert user_providers(vital, str(uuid.uuid4())) == []
+    assert len(script.requests) == 2
 
 
 def test_unsupported_protocol_is_not_retried() -> None:

@@ -59,6 +59,8 @@ class CallStats:
     short_circuited: int = 0
     # Chunks whose retries stopped early: budget spent, deadline near, or breaker open.
     retries_refused: int = 0
+    # Bulk imports whose answer was lost (not resent: settled by lookup).
+    answers_lost: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, **deltas: float) -> None:
@@ -127,7 +129,7 @@ class VitalClient:
         if not self.breaker.allow():
             self.stats.record(short_circuited=1)
             raise VitalUnavailable("not sent: Vital kept failing (circuit breaker open)")
-        call = self.retry.new_call(self.settings.max_attempts)
+        call = self.retry.new_call(self.settings.max_attempts, resend_safe=False)
         started = time.monotonic()
         try:
             result = self.retry.run(call, lambda: self._post_once(body, call, started))

@@ -26,8 +26,10 @@ def user_providers(client: VitalClient, user_id: str) -> list[UserProvider] | No
     """The user's providers, or None when Vital does not know the user (404).
 
     Transient failures are retried by the client's policy (a GET is safe to repeat); every
-    other failure is a ``VitalError``, its message scrubbed of the API key.
+    other failure is a ``VitalError``, its message scrubbed of the API key, ``VitalNoTime``
+    when too little Lambda time is left to start.
     """
+    client.retry.check_time_to_start()  # VitalNoTime: too little Lambda time left to ask
     url = client.settings.base_url + USER_PROVIDERS_PATH + quote(user_id, safe="")
     call = client.retry.new_call(LOOKUP_MAX_ATTEMPTS)
 

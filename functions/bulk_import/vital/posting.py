@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from bulk_import.errors import (
+    VitalAnswerLost,
     VitalAuthError,
     VitalClientError,
     VitalError,
@@ -83,6 +84,7 @@ def post_chunk(
     gate: Callable[[], Hold | None] | None = None,
     *,
     probe: bool = False,
+    resend_lost: bool = True,
 ) -> ChunkReport:
     """Post a chunk, unless ``gate`` (asked as the request is about to start) holds it back.
 
@@ -90,6 +92,9 @@ def post_chunk(
     meanwhile. The ``probe`` (an invocation's first chunk) stops the file on any 4xx that is not
     about the rows (a wrong base URL, a team without Link Migration): every chunk would be
     refused alike. Later, such an answer fails its chunk only.
+
+    A request whose answer was lost is settled by asking Vital what it holds
+    (``vital/settle.py``); rows Vital never received are sent once more if ``resend_lost``.
     """
     if gate is not None and (held := gate()) is not None:
         return ChunkReport(chunk, held=held)
@@ -100,6 +105,10 @@ def post_chunk(
         # Between the gate and the client's own check, time ran short: nothing of the chunk
         # went out, so a later invocation sends it, as if the gate had held it back.
         return ChunkReport(chunk, held=Hold.DEFERRED)
+    if poster.lost:
+        from bulk_import.vital.settle import settle_lost  # noqa: PLC0415 - rare path (cold start)
+
+        settle_lost(client, poster.report, poster.lost, wait_for_completion, resend=resend_lost)
     return poster.report
 
 
@@ -110,6 +119,8 @@ class _Poster:
     report: ChunkReport
     requests: int = 0
     probe: bool = False
+    # Parts of the chunk whose answer was lost, with when each was sent: settled afterwards.
+    lost: list[tuple[Chunk, float]] = field(default_factory=list)
 
     def post(self, chunk: Chunk, *, resent: bool) -> None:
         if self.report.fatal is not None:  # e.g. the key was revoked in the middle of a bisection
@@ -126,6 +137,9 @@ class _Poster:
             self._record(chunk, started, exc.status, exc.attempts, str(exc))
             self.report.add(chunk, Outcome.ERRORED, str(exc))
             self.report.fatal = exc
+        except VitalAnswerLost as exc:
+            self._record(chunk, started, exc.status, exc.attempts, str(exc))
+            self.lost.append((chunk, exc.sent_at))
         except VitalClientError as exc:
             self._record(chunk, started, exc.status, exc.attempts, str(exc))
             self.report.add(chunk, Outcome.ERRORED, str(exc))

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from bulk_import.errors import VitalClientError, VitalError, VitalNoTime, VitalUnavailable
+from bulk_import.errors import (
+    VitalAnswerLost,
+    VitalClientError,
+    VitalError,
+    VitalNoTime,
+    VitalUnavailable,
+)
 from bulk_import.observability import log_retries
 
 if TYPE_CHECKING:
@@ -37,6 +43,16 @@ RETRYABLE_TRANSPORT_ERRORS: tuple[type[httpx.TransportError], ...] = (
     httpx.RemoteProtocolError,
     httpx.ProxyError,
 )
+# Failures after which the request may have reached Vital and been acted on: the answer, not
+# the request, was lost. A request that is not safe to repeat (a bulk import) is not retried
+# after one: ``VitalAnswerLost`` hands it to a settlement by lookup. A connection refused, a
+# 503 or a 429 say the request was not taken, and are retried.
+ANSWER_LOST_ERRORS: tuple[type[httpx.TransportError], ...] = (
+    httpx.ReadTimeout,
+    httpx.ReadError,
+    httpx.RemoteProtocolError,
+)
+ANSWER_LOST_STATUS = frozenset({502, 504})  # a gateway's: the API behind it may have the request
 MAX_RETRY_AFTER_SECONDS = 60.0
 # Full jitter: the n-th retry waits uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (n - 1))).
 BACKOFF_BASE_SECONDS = 0.5
@@ -100,6 +116,8 @@ class Call:
     last_status: int | None = None
     stopped: str | None = None  # why retrying stopped before the attempts ran out
     pending_wait: float | None = None  # chosen by the hook, committed when the retry starts
+    # False for a request that must not reach Vital twice (a bulk import): see ANSWER_LOST_*.
+    resend_safe: bool = True
 
     def give_up_message(self) -> str:
         message = f"gave up after {self.attempts} attempt(s): {self.last}"
@@ -143,9 +161,11 @@ class RetryPolicy:
         if self.seconds_to_deadline() < MIN_ATTEMPT_SECONDS:
             raise VitalNoTime("not sent: too little Lambda time left for a request")
 
-    def new_call(self, max_attempts: int) -> Call:
+    def new_call(self, max_attempts: int, *, resend_safe: bool = True) -> Call:
         return Call(
-            deadline=time.monotonic() + self.seconds_to_deadline(), max_attempts=max_attempts
+            deadline=time.monotonic() + self.seconds_to_deadline(),
+            max_attempts=max_attempts,
+            resend_safe=resend_safe,
         )
 
     def raise_if_retryable(self, response: httpx.Response) -> None:
@@ -229,24 +249,31 @@ class RetryPolicy:
 
     def _attempt[T](self, call: Call, attempt_once: Callable[[], T]) -> T:
         """One attempt; what escapes is a retry candidate (``_Retryable``, a transport error)
-        or final (any ``VitalError``)."""
+        or final (any ``VitalError``, ``VitalAnswerLost`` among them)."""
         call.attempts += 1
         if call.pending_wait is not None:
             self._stats.record(retries=1, wait_seconds=call.pending_wait)
             call.pending_wait = None
+        sent_at = time.time()
         try:
             return attempt_once()
         except RETRYABLE_TRANSPORT_ERRORS as exc:
             call.last = f"{type(exc).__name__} talking to Vital"
             call.last_status = None
             self._stats.record(transport_errors=1)
-            raise
+            if call.resend_safe or not isinstance(exc, ANSWER_LOST_ERRORS):
+                raise
         except httpx.HTTPError as exc:  # e.g. UnsupportedProtocol: no retry helps
             msg = f"could not talk to Vital ({type(exc).__name__})"
             raise VitalClientError(msg) from None
         except _Retryable as exc:
             call.last = f"HTTP {exc.status}"
-            raise
+            if call.resend_safe or exc.status not in ANSWER_LOST_STATUS:
+                raise
+        # The answer was lost. Raised outside the handler, so that no context chain keeps the
+        # request (and its body, up to MAX_BODY_BYTES) or the response alive with the error.
+        self._stats.record(answers_lost=1)
+        raise _answer_lost(call, sent_at)
 
     def _backoff(self, exc: Exception, call: Call) -> bool | float:
         """stamina's hook: False to stop, else the seconds to wait before the next attempt."""
@@ -280,3 +307,8 @@ class RetryPolicy:
         call.stopped = why
         self._stats.record(retries_refused=1)
         return False
+
+
+def _answer_lost(call: Call, sent_at: float) -> VitalAnswerLost:
+    message = f"no answer from Vital ({call.last}); it may have received the request"
+    return VitalAnswerLost(message, call.last_status, call.attempts, sent_at=sent_at)

@@ -1,7 +1,9 @@
 """Chunks in doubt, settled by asking Vital what it holds.
 
-A chunk is in doubt when an interrupted invocation may have sent it without storing the answer.
-Each of its users is looked up (``GET /v2/user/providers/{user_id}``):
+A chunk is in doubt when an interrupted invocation may have sent it without storing the answer,
+or when the answer to its request was lost (``VitalAnswerLost``: a read timeout, a dropped
+connection, a gateway's 502/504). Each of its users is looked up
+(``GET /v2/user/providers/{user_id}``):
 
 - the chunk's provider listed as connected: ``imported``, confirmed by the lookup;
 - listed with another status: ``failed`` (the detail names the status; Vital's error text is
@@ -10,10 +12,12 @@ Each of its users is looked up (``GET /v2/user/providers/{user_id}``):
   bulk op of the provider and the chunk's size is still in progress (Vital may yet connect
   them): then the rows stay ``errored``, to check once it ends;
 - no user of the chunk listed: if no bulk op of the provider and the chunk's size started
-  since the lease was raised past it and is in progress or failed, the chunk never reached
-  Vital, and it is sent now. If there is such an op, it may be this chunk's or another's
-  (bulk ops carry no id: another file, or another chunk of this one, looks the same), so the
-  rows stay ``errored`` with a reason rather than be sent twice or counted as enqueued.
+  since the chunk was sent (for a crash: since the lease was raised past it) and is in
+  progress or failed, the chunk never reached Vital, and it is sent now (once, for a lost
+  answer: a second loss leaves the rows in doubt). If there is such an op, it may be this
+  chunk's or another's (bulk ops carry no id: another file, or another chunk of this one,
+  looks the same), so the rows stay ``errored`` with a reason rather than be sent twice or
+  counted as enqueued.
 
 When Vital cannot be asked (a rejected key, an outage past the retries), the undecided rows
 stay ``errored``, saying what to check before they are uploaded again.
@@ -23,13 +27,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import datetime
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, NamedTuple
 
 import httpx
 
 from bulk_import.errors import VitalAuthError, VitalError, VitalNoTime
 from bulk_import.model import BulkOp, Outcome, RowOutcome
+from bulk_import.observability import logger
 from bulk_import.redaction import redact_text
 from bulk_import.vital.bulk_ops import BULK_OP_SKEW, list_bulk_ops, parse_time
 from bulk_import.vital.lookups import CONNECTED, MISSING, connection_status, user_providers
@@ -40,6 +45,7 @@ if TYPE_CHECKING:
     from bulk_import.vital.client import VitalClient
 
 CONFIRMED_DETAIL = "confirmed by GET /v2/user/providers after an interrupted run"
+LOST_CONFIRMED_DETAIL = "confirmed by GET /v2/user/providers after Vital's answer was lost"
 NOT_CONNECTED_DETAIL = (
     "not connected: the chunk reached Vital (others of it are listed) but this user is not "
     "listed for the provider"
@@ -50,7 +56,7 @@ PENDING_DETAIL = (
 )
 OP_DETAIL = (
     "in doubt: Vital has {count} bulk op(s) of this provider and size since the chunk was "
-    "leased, which may be this chunk's; check GET /v2/user/providers/{{user_id}} before "
+    "sent, which may be this chunk's; check GET /v2/user/providers/{{user_id}} before "
     "uploading these rows again (retry.jsonl)"
 )
 UNASKED_DETAIL = (
@@ -58,6 +64,26 @@ UNASKED_DETAIL = (
     "asked whether it arrived ({error}); check GET /v2/user/providers/{{user_id}} before "
     "uploading these rows again (retry.jsonl)"
 )
+LOST_UNASKED_DETAIL = (
+    "in doubt: Vital's answer to this chunk was lost and Vital could not be asked whether it "
+    "arrived ({error}); check GET /v2/user/providers/{{user_id}} before uploading these rows "
+    "again (retry.jsonl)"
+)
+LOST_TWICE_DETAIL = (
+    "in doubt: Vital's answer was lost twice, and Vital lists none of this chunk's users; "
+    "check GET /v2/user/providers/{user_id} before uploading these rows again (retry.jsonl)"
+)
+
+
+class Cause(NamedTuple):
+    """Why a chunk is in doubt, in the words its rows' details use."""
+
+    confirmed: str
+    unasked: str  # formatted with the error that kept Vital from being asked
+
+
+CRASH = Cause(CONFIRMED_DETAIL, UNASKED_DETAIL)
+LOST = Cause(LOST_CONFIRMED_DETAIL, LOST_UNASKED_DETAIL)
 IMPORT_OP = "link_bulk_import"
 UNFINISHED_OR_FAILED = frozenset({"in_progress", "failure", "aborted"})
 # list_bulk_ops' bound (pages of 50): a listing this long may have left older ops out.
@@ -115,12 +141,13 @@ def settle_chunk(
     sent_after: datetime,
     ops: BulkOpListing,
     post: Callable[[VitalClient, Chunk, bool], ChunkReport] = post_chunk,
+    cause: Cause = CRASH,
 ) -> ChunkReport:
     """Every row of a chunk in doubt decided by what Vital holds, or the chunk sent (``post``)
     when Vital holds nothing of it."""
     report = ChunkReport(chunk)
     try:
-        unlisted = _look_up(client, report)
+        unlisted = _look_up(client, report, cause.confirmed)
         if unlisted and len(unlisted) < len(chunk.rows):
             # The chunk reached Vital: these it did not connect, or not yet.
             if ops.in_progress(client, chunk, sent_after):
@@ -142,12 +169,57 @@ def settle_chunk(
         if isinstance(exc, VitalAuthError):
             report.fatal = exc
         decided = {o.line for o in report.decided}
-        detail = UNASKED_DETAIL.format(error=redact_text(str(exc))[:200])
+        detail = cause.unasked.format(error=redact_text(str(exc))[:200])
         _in_doubt(report, [r for r in chunk.rows if r.line not in decided], detail)
     return report
 
 
-def _look_up(client: VitalClient, report: ChunkReport) -> list[PendingRow]:
+def settle_lost(
+    client: VitalClient,
+    report: ChunkReport,
+    lost: list[tuple[Chunk, float]],
+    wait_for_completion: bool,
+    *,
+    resend: bool,
+) -> None:
+    """The parts of ``report``'s chunk whose answer was lost (each with the time it was sent),
+    decided by what Vital holds and added to ``report``. Rows Vital never received are sent
+    again if ``resend``; otherwise they stay in doubt. Each loss lists the bulk ops afresh: an
+    op of it starts after that request did."""
+
+    def again(client: VitalClient, part: Chunk, wait: bool) -> ChunkReport:
+        if resend:
+            return post_chunk(client, part, wait, resend_lost=False)
+        twice = ChunkReport(part)
+        _in_doubt(twice, list(part.rows), LOST_TWICE_DETAIL)
+        return twice
+
+    for part, sent_at in lost:
+        logger.warning(
+            "Vital's answer to a chunk was lost; asking Vital what it holds",
+            extra={"provider": part.provider, "rows": len(part.rows), "resend": resend},
+        )
+        sent_after = datetime.fromtimestamp(sent_at, UTC)
+        settled = settle_chunk(
+            client,
+            part,
+            wait_for_completion,
+            sent_after=sent_after,
+            ops=BulkOpListing(sent_after),
+            post=again,
+            cause=LOST,
+        )
+        if settled.held is not None:  # too little Lambda time left to ask (or to resend)
+            settled = ChunkReport(part)
+            error = "too little Lambda time left"
+            _in_doubt(settled, list(part.rows), LOST_UNASKED_DETAIL.format(error=error))
+        report.records.extend(settled.records)
+        report.decided.extend(settled.outcomes)
+        report.in_doubt += settled.in_doubt
+        report.fatal = report.fatal or settled.fatal
+
+
+def _look_up(client: VitalClient, report: ChunkReport, confirmed: str) -> list[PendingRow]:
     """The rows whose user Vital lists for the provider get their outcome; the others return."""
     chunk = report.chunk
     unlisted: list[PendingRow] = []
@@ -156,7 +228,7 @@ def _look_up(client: VitalClient, report: ChunkReport) -> list[PendingRow]:
         if status == MISSING:
             unlisted.append(row)
         elif status == CONNECTED:
-            report.decided.append(_outcome(chunk, row, Outcome.IMPORTED, CONFIRMED_DETAIL))
+            report.decided.append(_outcome(chunk, row, Outcome.IMPORTED, confirmed))
         else:
             report.decided.append(_outcome(chunk, row, Outcome.FAILED, detail))
     return unlisted

@@ -1,0 +1,244 @@
+"""A bulk import whose answer was lost is settled by asking Vital, not sent again blindly.
+
+``post_chunk`` against a real ``VitalClient`` whose transport plays Vital in-process: it takes
+chunks (the users it imports are then listed by ``GET /v2/user/providers/{user_id}``), lists
+its bulk ops, and loses answers as a test scripts it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import httpx
+import pytest
+import stamina
+
+from bulk_import.config import Settings
+from bulk_import.ingest.chunking import Chunk, PendingRow, serialise
+from bulk_import.model import ConnectionRow, Outcome
+from bulk_import.vital.client import VitalClient
+from bulk_import.vital.posting import IMPORTED_DETAIL, ChunkReport, post_chunk
+from bulk_import.vital.settle import (
+    LOST_CONFIRMED_DETAIL,
+    LOST_TWICE_DETAIL,
+    LOST_UNASKED_DETAIL,
+    NOT_CONNECTED_DETAIL,
+    OP_DETAIL,
+)
+
+API_KEY = "sk_unit_KEY_lost_answers"
+TOKEN = "tok_LOST_answer_0123456789"
+BASE = "http://vital.test"
+
+# What Vital does with each POST, in order (the last repeats):
+# "answer": take the chunk and answer 200; "lose": take it, then lose the answer;
+# "drop": lose the connection before taking it; "202": enqueue it (nobody listed yet) and lose
+# the answer; "reject-first": 422 pointing at the first connection.
+Action = Literal["answer", "lose", "drop", "202", "reject-first"]
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff() -> Iterator[None]:
+    with stamina.set_testing(True, attempts=10, cap=True):
+        yield
+
+
+def user(i: int) -> str:
+    return str(uuid.UUID(int=0x7A2D3E4F_0000_4000_8000_000000000000 + i))
+
+
+def make_chunk(n: int) -> Chunk:
+    rows = []
+    for i in range(n):
+        row = ConnectionRow.model_validate(
+            {
+                "provider": "oura",
+                "user_id": user(i),
+                "access_token": f"{TOKEN}-{i}",
+                "refresh_token": f"ref-{i}",
+                "provider_id": f"p{i}",
+                "expires_at": 1_700_000_000 + i,
+            }
+        )
+        rows.append(PendingRow(2 + i, row.user_id, serialise(row)))
+    return Chunk("oura").subset(rows)
+
+
+@dataclass
+class Vital:
+    """Vital's bulk import, bulk ops and user providers, losing answers as scripted."""
+
+    actions: list[Action]
+    unknown: set[str] = field(default_factory=set)  # users Vital cannot import (404 later)
+    lookups_down: bool = False
+    connected: set[str] = field(default_factory=set)
+    ops: list[dict[str, Any]] = field(default_factory=list)
+    posts: list[list[str]] = field(default_factory=list)
+    lookups: int = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return self._post(request)
+        if request.url.path == "/v2/link/bulk_op":
+            return httpx.Response(200, json={"data": self.ops, "next_cursor": None})
+        self.lookups += 1
+        if self.lookups_down:
+            raise httpx.ConnectError("connection refused", request=request)
+        who = request.url.path.rsplit("/", 1)[-1]
+        if who not in self.connected:
+            return httpx.Response(404, json={"detail": "User not found."})
+        slug = {"slug": "oura", "name": "Oura", "logo": "", "created_on": "", "status": "connected"}
+        return httpx.Response(200, json={"providers": [slug]})
+
+    def _post(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        ids = [c["user_id"] for c in body["connections"]]
+        self.posts.append(ids)
+        action = self.actions.pop(0) if len(self.actions) > 1 else self.actions[0]
+        if action == "drop":
+            raise httpx.RemoteProtocolError("Server disconnected", request=request)
+        if action == "reject-first":
+            loc = ["body", "connections", 0, "user_id"]
+            return httpx.Response(422, json={"detail": [{"loc": loc, "msg": "bad", "type": "x"}]})
+        now = datetime.now(UTC).isoformat()
+        taken = [i for i in ids if i not in self.unknown]
+        if action == "202":
+            self.ops.append(_op(len(ids), "in_progress", now))
+            raise httpx.ReadTimeout("timed out", request=request)
+        self.connected.update(taken)
+        self.ops.append(_op(len(ids), "success", now))
+        if action == "lose":
+            raise httpx.ReadTimeout("timed out", request=request)
+        failed = [i for i in ids if i in self.unknown]
+        return httpx.Response(200, json={"user_ids_imported": taken, "user_ids_failed": failed})
+
+
+def _op(size: int, status: str, started: str) -> dict[str, Any]:
+    done = status != "in_progress"
+    return {
+        "type": "link_bulk_import",
+        "status": status,
+        "provider": "oura",
+        "pending": 0 if done else size,
+        "processed": size if done else 0,
+        "started_at": started,
+    }
+
+
+def post(
+    vital: Vital, chunk: Chunk, *, remaining: Callable[[], float] = lambda: 900.0
+) -> ChunkReport:
+    settings = Settings.model_validate(
+        {"VITAL_API_KEY_SECRET": "x", "VITAL_API_BASE_URL": BASE, "MAX_ATTEMPTS": 3}
+    )
+    client = VitalClient(settings, API_KEY, remaining, httpx.MockTransport(vital))
+    with client:
+        return post_chunk(client, chunk, True)
+
+
+def outcomes(report: ChunkReport) -> dict[str, tuple[Outcome, str]]:
+    lines = [o.line for o in report.outcomes]
+    assert len(lines) == len(set(lines)), "each row gets exactly one outcome"
+    return {o.user_id: (o.outcome, o.detail) for o in report.outcomes}
+
+
+def test_given_vital_took_the_chunk_when_its_answer_is_lost_then_the_lookup_confirms_it() -> None:
+    vital = Vital(["lose"])
+    report = post(vital, make_chunk(4))
+    assert len(vital.posts) == 1, "not sent twice"
+    assert outcomes(report) == {
+        user(i): (Outcome.IMPORTED, LOST_CONFIRMED_DETAIL) for i in range(4)
+    }
+    assert vital.lookups == 4
+    assert report.in_doubt == 0
+    assert [(r.http_status, r.attempts) for r in report.records] == [(None, 1)]
+
+
+def test_given_the_chunk_never_arrived_when_the_connection_drops_then_it_is_sent_once_more() -> (
+    None
+):
+    vital = Vital(["drop", "answer"])
+    report = post(vital, make_chunk(3))
+    assert vital.posts == [[user(i) for i in range(3)]] * 2
+    assert outcomes(report) == {user(i): (Outcome.IMPORTED, IMPORTED_DETAIL) for i in range(3)}
+    assert [(r.http_status, r.attempts) for r in report.records] == [(None, 1), (200, 1)]
+
+
+def test_given_the_answer_is_lost_twice_and_vital_lists_nobody_then_the_rows_stay_in_doubt() -> (
+    None
+):
+    vital = Vital(["drop"])
+    report = post(vital, make_chunk(3))
+    assert len(vital.posts) == 2, "one resend, no more"
+    assert outcomes(report) == {user(i): (Outcome.ERRORED, LOST_TWICE_DETAIL) for i in range(3)}
+    assert report.in_doubt == 3
+
+
+def test_given_vital_enqueued_the_chunk_when_the_answer_is_lost_then_rows_stay_in_doubt() -> None:
+    """An op of the chunk's provider and size in progress since the send may be this chunk's:
+    neither sent again nor counted as enqueued on a guess."""
+    vital = Vital(["202"])
+    report = post(vital, make_chunk(3))
+    assert len(vital.posts) == 1
+    assert outcomes(report) == {
+        user(i): (Outcome.ERRORED, OP_DETAIL.format(count=1)) for i in range(3)
+    }
+    assert report.in_doubt == 3
+
+
+def test_given_some_users_vital_could_not_import_then_those_are_failed() -> None:
+    vital = Vital(["lose"], unknown={user(1)})
+    report = post(vital, make_chunk(3))
+    assert len(vital.posts) == 1
+    assert outcomes(report) == {
+        user(0): (Outcome.IMPORTED, LOST_CONFIRMED_DETAIL),
+        user(1): (Outcome.FAILED, NOT_CONNECTED_DETAIL),
+        user(2): (Outcome.IMPORTED, LOST_CONFIRMED_DETAIL),
+    }
+
+
+def test_given_vital_cannot_be_asked_then_rows_stay_errored_saying_what_to_check() -> None:
+    vital = Vital(["lose"], lookups_down=True)
+    report = post(vital, make_chunk(2))
+    assert len(vital.posts) == 1
+    detail = LOST_UNASKED_DETAIL.format(
+        error="gave up after 3 attempt(s): ConnectError talking to Vital"
+    )
+    assert outcomes(report) == {user(i): (Outcome.ERRORED, detail) for i in range(2)}
+    assert report.in_doubt == 2
+
+
+def test_given_too_little_time_to_ask_then_rows_stay_errored_not_resent() -> None:
+    vital = Vital(["drop", "answer"])
+    # Time enough to post; once the request is out, too little to start a lookup (the retry
+    # reserve is 30 s, an attempt needs 1 s more).
+    report = post(vital, make_chunk(2), remaining=lambda: 31.5 if not vital.posts else 30.5)
+    assert len(vital.posts) == 1, "nothing is resent on a guess"
+    detail = LOST_UNASKED_DETAIL.format(error="too little Lambda time left")
+    assert outcomes(report) == {user(i): (Outcome.ERRORED, detail) for i in range(2)}
+    assert vital.lookups == 0
+    assert report.held is None
+    assert report.in_doubt == 2
+
+
+def test_given_a_rejected_row_and_a_lost_answer_then_both_outcomes_are_kept() -> None:
+    """The 422's rejected row keeps its outcome; the resent rest, its answer lost, is confirmed."""
+    vital = Vital(["reject-first", "lose"])
+    report = post(vital, make_chunk(3))
+    assert vital.posts == [[user(0), user(1), user(2)], [user(1), user(2)]]
+    result = outcomes(report)
+    assert result[user(0)][0] is Outcome.REJECTED
+    assert result[user(1)] == result[user(2)] == (Outcome.IMPORTED, LOST_CONFIRMED_DETAIL)
+
+
+def test_no_detail_or_record_repeats_a_token() -> None:
+    for actions in (["lose"], ["drop"], ["202"]):
+        report = post(Vital(list(actions)), make_chunk(2))  # type: ignore[arg-type]
+        text = repr(report.outcomes) + repr(report.records)
+        assert TOKEN not in text
+        assert API_KEY not in text
