@@ -18,7 +18,8 @@ decided when a request arrives, in this order:
 3. `throttle_every` - every n-th request answers 429 with `Retry-After`;
 4. `force_202` - accept, enqueue, answer 202 with an empty body;
 5. `lose_answer_script` (pop) / `lose_answer_every` - Vital keeps the chunk, the answer is lost:
-   the request is processed as usual, then the connection is dropped instead of the answer.
+   unless a fault above applies, the request is processed as usual (imported, or refused with a
+   422), then the connection is dropped instead of the answer.
 
 Every answer (or drop) leaves `latency_seconds` after its request arrived: a request takes that
 long, whatever the stand-in's own processing costs, unless that is longer. `slow_body_seconds`

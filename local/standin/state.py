@@ -176,7 +176,7 @@ class StandinState:
             status=status,
             force_202=force_202,
             slow_body_seconds=max(0.0, self.slow_body_seconds),
-            lose_answer=lose and not drop,
+            lose_answer=lose and not drop and not status,
         )
 
     def _answered(self, record: RecordedRequest, status: int, *, client_gone: bool) -> None:

@@ -935,14 +935,15 @@ def test_trace_segments_hold_no_token(hygiene: Hygiene) -> None:
     vital = hygiene.stack.vital
     files: dict[str, dict[int, dict[str, Any]]] = {}
     # One chunk each (one provider, fewer rows than CHUNK_SIZE); the stand-in's scripts pop one
-    # entry per request: 500 and 503, two dropped connections, 401, 403.
+    # entry per request: 503 twice (retried, then given up), two dropped connections (the
+    # answer lost: looked up, sent once more, lost again), 401, 403.
     for name, start in (("5xx", 10_000), ("drop", 11_000), ("401", 12_000), ("403", 13_000)):
         rows = [{**corpus_row(n), "provider": "oura"} for n in range(start, start + 40)]
         files[f"incoming/trace/{name}.jsonl"] = put_corpus(
             hygiene, f"incoming/trace/{name}.jsonl", rows
         )
     vital.drop_script = [False, False, True, True]
-    vital.status_script = [500, 503, 401, 403]
+    vital.status_script = [503, 503, 401, 403]
     # Invalid rows of every shape, and Vital's 422s, pointed and not.
     body, values = mixed_jsonl(80_000, corpus(600, 30_000))
     valid = valid_lines(body)

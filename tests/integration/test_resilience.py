@@ -99,6 +99,9 @@ def check_invariants(
     assert len(everything) == len(set(everything)), "a row reached Vital twice"
     accepted = Counter((o["provider"], o["user_id"]) for o in outcomes if o["outcome"] in ACCEPTED)
     assert set(accepted) <= set(everything), "a row reported accepted never reached Vital"
+    # Each row whose answer came back is reported as Vital answered.
+    delivered = stack.vital.posted_connections(include_undelivered=False)
+    assert set(delivered) <= set(accepted), "a row Vital answered for is reported otherwise"
     # And nothing Vital accepted is reported as not sent.
     by_pair = {(o["provider"], o["user_id"]): o for o in outcomes}
     for pair in everything:
@@ -270,13 +273,13 @@ def test_a_read_timeout_after_vital_took_the_chunk_is_confirmed_by_lookup(
 @pytest.mark.usefixtures("no_waits")
 def test_retries_exhausted_leave_the_rows_errored_with_the_last_cause(stack: Stack) -> None:
     put_rows(stack, "incoming/down.jsonl", 25)
-    stack.vital.status_script = [503] * 11 + [500]
+    stack.vital.status_script = [503] * 11 + [429]
 
     manifest, outcomes = run(stack, "incoming/down.jsonl")
 
     requests = stack.vital.bulk_import_requests()
     assert len(requests) == 12  # 3 chunks x 4 attempts
-    assert Counter(r.status for r in requests) == {503: 11, 500: 1}
+    assert Counter(r.status for r in requests) == {503: 11, 429: 1}
     assert stack.vital.posted_connections() == []
     assert manifest["status"] == "partial"
     assert manifest["error"] is None
@@ -284,13 +287,13 @@ def test_retries_exhausted_leave_the_rows_errored_with_the_last_cause(stack: Sta
     details = Counter(o["detail"] for o in outcomes)
     assert set(details) <= {
         "gave up after 4 attempt(s): HTTP 503",
-        "gave up after 4 attempt(s): HTTP 500",
+        "gave up after 4 attempt(s): HTTP 429",
     }
-    assert details["gave up after 4 attempt(s): HTTP 500"] in (5, 10)  # the last chunk to fail
+    assert details["gave up after 4 attempt(s): HTTP 429"] in (5, 10)  # the last chunk to fail
     assert [c["attempts"] for c in manifest["chunks"]] == [4, 4, 4]
     check_invariants(stack, manifest, outcomes, 25)
     metrics = emitted_metrics(stack)
-    assert metrics["ServerErrors"] == 12
+    assert (metrics["ServerErrors"], metrics["Throttles"]) == (11, 1)
     assert metrics["Retries"] == 9
 
 

@@ -19,10 +19,18 @@ import pytest
 import stamina
 
 from bulk_import.config import Settings
+from bulk_import.errors import VitalClientError
 from bulk_import.ingest.chunking import Chunk, PendingRow, serialise
 from bulk_import.model import ConnectionRow, Outcome
 from bulk_import.vital.client import VitalClient
-from bulk_import.vital.posting import IMPORTED_DETAIL, ChunkReport, post_chunk
+from bulk_import.vital.posting import (
+    IMPORTED_DETAIL,
+    MAX_EXTRA_REQUESTS,
+    NOT_RESENT_DETAIL,
+    ChunkReport,
+    Hold,
+    post_chunk,
+)
 from bulk_import.vital.settle import (
     LOST_CONFIRMED_DETAIL,
     LOST_TWICE_DETAIL,
@@ -38,8 +46,9 @@ BASE = "http://vital.test"
 # What Vital does with each POST, in order (the last repeats):
 # "answer": take the chunk and answer 200; "lose": take it, then lose the answer;
 # "drop": lose the connection before taking it; "202": enqueue it (nobody listed yet) and lose
-# the answer; "reject-first": 422 pointing at the first connection.
-Action = Literal["answer", "lose", "drop", "202", "reject-first"]
+# the answer; "reject-first": 422 pointing at the first connection; "reject-body": 422 that
+# points at no connection; "400": a refusal that is not about the rows.
+Action = Literal["answer", "lose", "drop", "202", "reject-first", "reject-body", "400"]
 
 
 @pytest.fixture(autouse=True)
@@ -102,9 +111,11 @@ class Vital:
         action = self.actions.pop(0) if len(self.actions) > 1 else self.actions[0]
         if action == "drop":
             raise httpx.RemoteProtocolError("Server disconnected", request=request)
-        if action == "reject-first":
-            loc = ["body", "connections", 0, "user_id"]
+        if action in ("reject-first", "reject-body"):
+            loc = ["body", "connections", 0, "user_id"] if action == "reject-first" else ["body"]
             return httpx.Response(422, json={"detail": [{"loc": loc, "msg": "bad", "type": "x"}]})
+        if action == "400":
+            return httpx.Response(400, json={"detail": "Team not set up for Link Migration"})
         now = datetime.now(UTC).isoformat()
         taken = [i for i in ids if i not in self.unknown]
         if action == "202":
@@ -131,14 +142,19 @@ def _op(size: int, status: str, started: str) -> dict[str, Any]:
 
 
 def post(
-    vital: Vital, chunk: Chunk, *, remaining: Callable[[], float] = lambda: 900.0
+    vital: Vital,
+    chunk: Chunk,
+    *,
+    remaining: Callable[[], float] = lambda: 900.0,
+    gate: Callable[[], Hold | None] | None = None,
+    probe: bool = False,
 ) -> ChunkReport:
     settings = Settings.model_validate(
         {"VITAL_API_KEY_SECRET": "x", "VITAL_API_BASE_URL": BASE, "MAX_ATTEMPTS": 3}
     )
     client = VitalClient(settings, API_KEY, remaining, httpx.MockTransport(vital))
     with client:
-        return post_chunk(client, chunk, True)
+        return post_chunk(client, chunk, True, gate, probe=probe)
 
 
 def outcomes(report: ChunkReport) -> dict[str, tuple[Outcome, str]]:
@@ -242,3 +258,65 @@ def test_no_detail_or_record_repeats_a_token() -> None:
         text = repr(report.outcomes) + repr(report.records)
         assert TOKEN not in text
         assert API_KEY not in text
+
+
+def test_given_the_probes_answer_is_lost_when_its_resend_is_refused_then_the_file_stops() -> None:
+    """The invocation's first chunk stays its probe through the resend."""
+    vital = Vital(["drop", "400"])
+    report = post(vital, make_chunk(2), probe=True)
+    assert len(vital.posts) == 2
+    assert isinstance(report.fatal, VitalClientError)
+    assert {o.outcome for o in report.outcomes} == {Outcome.ERRORED}
+
+
+@pytest.mark.parametrize("hold", [Hold.STOPPED, Hold.DEFERRED])
+def test_given_the_run_stopped_meanwhile_then_what_vital_never_got_is_not_resent(
+    hold: Hold,
+) -> None:
+    """The resend asks the gate as a new chunk would: once the run stopped (or time ran
+    short), the rows are not sent, and say so; they are not in doubt (Vital holds nothing)."""
+    asked: list[int] = []
+
+    def gate() -> Hold | None:
+        asked.append(1)
+        return None if len(asked) == 1 else hold  # open for the first request only
+
+    vital = Vital(["drop", "answer"])
+    report = post(vital, make_chunk(3), gate=gate)
+    assert len(vital.posts) == 1
+    assert outcomes(report) == {
+        user(i): (Outcome.ERRORED, NOT_RESENT_DETAIL[hold]) for i in range(3)
+    }
+    assert report.in_doubt == 0
+
+
+def test_given_a_resend_the_chunks_extra_requests_stay_within_one_budget() -> None:
+    """A 422 that points at no row is bisected within MAX_EXTRA_REQUESTS; a resend after a
+    lost answer spends from the same budget, not a new one."""
+    alone = Vital(["reject-body"])
+    post(alone, make_chunk(40))
+    assert len(alone.posts) == 1 + MAX_EXTRA_REQUESTS
+
+    after_a_drop = Vital(["drop", "reject-body"])
+    report = post(after_a_drop, make_chunk(40))
+    assert len(after_a_drop.posts) == 1 + MAX_EXTRA_REQUESTS
+    assert len(outcomes(report)) == 40
+
+
+def test_given_a_key_refused_while_asking_then_later_parts_are_not_asked() -> None:
+    """A 401 to a lookup stops the file; the other lost parts stay in doubt, unasked."""
+
+    class Refusing(Vital):
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "GET" and request.url.path.startswith("/v2/user/"):
+                self.lookups += 1
+                return httpx.Response(401, json={"detail": "Invalid API key"})
+            return super().__call__(request)
+
+    vital = Refusing(["reject-body", "lose", "lose"])
+    report = post(vital, make_chunk(4))
+    assert vital.posts == [[user(i) for i in range(4)], [user(0), user(1)], [user(2), user(3)]]
+    assert vital.lookups == 1, "asked once, then no more"
+    assert report.fatal is not None
+    assert {o.outcome for o in report.outcomes} == {Outcome.ERRORED}
+    assert report.in_doubt == 4

@@ -42,6 +42,20 @@ class Hold(Enum):
     DEFERRED = "deferred"  # too little time left: a later invocation sends it
 
 
+# Rows of a chunk whose answer was lost, that Vital turned out to hold nothing of, when the
+# gate holds the resend back.
+NOT_RESENT_DETAIL = {
+    Hold.STOPPED: (
+        "not sent: Vital's answer was lost, Vital holds nothing of this chunk, and the run "
+        "stopped before it was sent again; upload these rows again (retry.jsonl)"
+    ),
+    Hold.DEFERRED: (
+        "not sent: Vital's answer was lost, Vital holds nothing of this chunk, and too little "
+        "Lambda time was left to send it again; upload these rows again (retry.jsonl)"
+    ),
+}
+
+
 @dataclass(slots=True)
 class ChunkReport:
     """What happened to one chunk: one record per request made, one outcome per row.
@@ -84,7 +98,6 @@ def post_chunk(
     gate: Callable[[], Hold | None] | None = None,
     *,
     probe: bool = False,
-    resend_lost: bool = True,
 ) -> ChunkReport:
     """Post a chunk, unless ``gate`` (asked as the request is about to start) holds it back.
 
@@ -94,21 +107,18 @@ def post_chunk(
     refused alike. Later, such an answer fails its chunk only.
 
     A request whose answer was lost is settled by asking Vital what it holds
-    (``vital/settle.py``); rows Vital never received are sent once more if ``resend_lost``.
+    (``vital/settle.py``); what Vital never received is sent once more (``_Poster.resend``).
     """
     if gate is not None and (held := gate()) is not None:
         return ChunkReport(chunk, held=held)
-    poster = _Poster(client, wait_for_completion, ChunkReport(chunk), probe=probe)
+    poster = _Poster(client, wait_for_completion, ChunkReport(chunk), probe=probe, gate=gate)
     try:
         poster.post(chunk, resent=False)
     except VitalNoTime:
         # Between the gate and the client's own check, time ran short: nothing of the chunk
         # went out, so a later invocation sends it, as if the gate had held it back.
         return ChunkReport(chunk, held=Hold.DEFERRED)
-    if poster.lost:
-        from bulk_import.vital.settle import settle_lost  # noqa: PLC0415 - rare path (cold start)
-
-        settle_lost(client, poster.report, poster.lost, wait_for_completion, resend=resend_lost)
+    poster.settle_lost()
     return poster.report
 
 
@@ -119,8 +129,40 @@ class _Poster:
     report: ChunkReport
     requests: int = 0
     probe: bool = False
+    gate: Callable[[], Hold | None] | None = None
+    may_resend: bool = True  # False for a resend: an answer lost again is not sent a third time
     # Parts of the chunk whose answer was lost, with when each was sent: settled afterwards.
     lost: list[tuple[Chunk, float]] = field(default_factory=list)
+
+    def settle_lost(self) -> None:
+        """Parts whose answer was lost, decided by what Vital holds (into ``report``)."""
+        if not self.lost:
+            return
+        from bulk_import.vital.settle import settle_lost  # noqa: PLC0415 - rare path (cold start)
+
+        resend = self.resend if self.may_resend else None
+        settle_lost(self.client, self.report, self.lost, self.wait, resend=resend)
+
+    def resend(self, part: Chunk) -> ChunkReport:
+        """Send again a part Vital holds nothing of: held back by the gate as a new chunk would
+        be, and within this chunk's request budget (``MAX_EXTRA_REQUESTS``)."""
+        if self.gate is not None and (held := self.gate()) is not None:
+            report = ChunkReport(part)
+            report.add(part, Outcome.ERRORED, NOT_RESENT_DETAIL[held])
+            return report
+        again = _Poster(
+            self.client,
+            self.wait,
+            ChunkReport(part),
+            requests=self.requests,
+            probe=self.probe,
+            may_resend=False,
+        )
+        again.post(part, resent=False)
+        self.requests = again.requests
+        self.report.fatal = self.report.fatal or again.report.fatal
+        again.settle_lost()
+        return again.report
 
     def post(self, chunk: Chunk, *, resent: bool) -> None:
         if self.report.fatal is not None:  # e.g. the key was revoked in the middle of a bisection

@@ -46,13 +46,14 @@ RETRYABLE_TRANSPORT_ERRORS: tuple[type[httpx.TransportError], ...] = (
 # Failures after which the request may have reached Vital and been acted on: the answer, not
 # the request, was lost. A request that is not safe to repeat (a bulk import) is not retried
 # after one: ``VitalAnswerLost`` hands it to a settlement by lookup. A connection refused, a
-# 503 or a 429 say the request was not taken, and are retried.
+# 503, a 429 or a 408 say the request was not taken, and are retried.
 ANSWER_LOST_ERRORS: tuple[type[httpx.TransportError], ...] = (
     httpx.ReadTimeout,
     httpx.ReadError,
     httpx.RemoteProtocolError,
 )
-ANSWER_LOST_STATUS = frozenset({502, 504})  # a gateway's: the API behind it may have the request
+# Vital's own failure mid-request, and a gateway's: the API behind it may have the request.
+ANSWER_LOST_STATUS = frozenset({500, 502, 504})
 MAX_RETRY_AFTER_SECONDS = 60.0
 # Full jitter: the n-th retry waits uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (n - 1))).
 BACKOFF_BASE_SECONDS = 0.5

@@ -180,36 +180,41 @@ def settle_lost(
     lost: list[tuple[Chunk, float]],
     wait_for_completion: bool,
     *,
-    resend: bool,
+    resend: Callable[[Chunk], ChunkReport] | None,
 ) -> None:
     """The parts of ``report``'s chunk whose answer was lost (each with the time it was sent),
-    decided by what Vital holds and added to ``report``. Rows Vital never received are sent
-    again if ``resend``; otherwise they stay in doubt. Each loss lists the bulk ops afresh: an
-    op of it starts after that request did."""
+    decided by what Vital holds and added to ``report``. What Vital holds nothing of goes to
+    ``resend``; without one (a resend's answer lost too), it stays in doubt. Each loss lists
+    the bulk ops afresh: an op of it starts after that request did."""
 
-    def again(client: VitalClient, part: Chunk, wait: bool) -> ChunkReport:
-        if resend:
-            return post_chunk(client, part, wait, resend_lost=False)
+    def again(_: VitalClient, part: Chunk, __: bool) -> ChunkReport:
+        if resend is not None:
+            return resend(part)
         twice = ChunkReport(part)
         _in_doubt(twice, list(part.rows), LOST_TWICE_DETAIL)
         return twice
 
     for part, sent_at in lost:
-        logger.warning(
-            "Vital's answer to a chunk was lost; asking Vital what it holds",
-            extra={"provider": part.provider, "rows": len(part.rows), "resend": resend},
-        )
-        sent_after = datetime.fromtimestamp(sent_at, UTC)
-        settled = settle_chunk(
-            client,
-            part,
-            wait_for_completion,
-            sent_after=sent_after,
-            ops=BulkOpListing(sent_after),
-            post=again,
-            cause=LOST,
-        )
-        if settled.held is not None:  # too little Lambda time left to ask (or to resend)
+        if report.fatal is not None:  # the key was refused meanwhile: nothing more is asked
+            settled = ChunkReport(part)
+            error = redact_text(str(report.fatal))[:200]
+            _in_doubt(settled, list(part.rows), LOST_UNASKED_DETAIL.format(error=error))
+        else:
+            logger.warning(
+                "Vital's answer to a chunk was lost; asking Vital what it holds",
+                extra={"provider": part.provider, "rows": len(part.rows)},
+            )
+            sent_after = datetime.fromtimestamp(sent_at, UTC)
+            settled = settle_chunk(
+                client,
+                part,
+                wait_for_completion,
+                sent_after=sent_after,
+                ops=BulkOpListing(sent_after),
+                post=again,
+                cause=LOST,
+            )
+        if settled.held is not None:  # too little Lambda time left to ask
             settled = ChunkReport(part)
             error = "too little Lambda time left"
             _in_doubt(settled, list(part.rows), LOST_UNASKED_DETAIL.format(error=error))
