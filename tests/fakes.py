@@ -20,7 +20,7 @@ import httpx
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 from botocore.exceptions import ClientError
 
-from bulk_import.model import Checkpoint, Manifest, ObjectRef, Outcome
+from bulk_import.model import Checkpoint, DoneChunk, Handoff, Manifest, ObjectRef, Outcome
 from bulk_import.run.importer import Run
 from bulk_import.storage.keys import outcome_part_key, retry_part_key
 from bulk_import.vital import ChunkReport, Hold
@@ -138,6 +138,8 @@ class StoreState:
     finished: list[list[str]] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
     superseded: list[Manifest] = field(default_factory=list)
+    handoff: Handoff | None = None
+    handoffs: list[Handoff] = field(default_factory=list)
 
 
 class FakeStore:
@@ -160,13 +162,27 @@ class FakeStore:
         self.run = run
         self.state = state if state is not None else StoreState()
         self.state.runs.append(run)
+        self.write_id = ""
+        self.writes = 0
 
     def load(self) -> Checkpoint | None:
+        if self.state.checkpoint is not None:
+            self.write_id = self.state.checkpoint.write
         return self.state.checkpoint
 
     def save(self, checkpoint: Checkpoint) -> None:
+        self.writes += 1
+        self.write_id = f"{self.run}:{self.writes}"
+        checkpoint = checkpoint.model_copy(update={"write": self.write_id})
         self.state.saved.append(checkpoint)
         self.state.checkpoint = checkpoint
+
+    def load_handoff(self) -> Handoff | None:
+        return self.state.handoff
+
+    def save_handoff(self, below: int, done: list[DoneChunk]) -> None:
+        self.state.handoff = Handoff(refines=self.write_id, below=below, done=done)
+        self.state.handoffs.append(self.state.handoff)
 
     def existing_manifest(self) -> Manifest | None:
         return self.state.manifest
@@ -190,14 +206,14 @@ class FakeStore:
 
     def delete(self, parts: list[str]) -> None:
         self.state.deleted.append(list(parts))
-        self.state.checkpoint = None
+        self.state.checkpoint = self.state.handoff = None
 
     def delete_parts(self, keys: list[str]) -> None:
         self.state.deleted.append(list(keys))
 
     def finish(self, parts: list[str], stored: list[str] | None = None) -> None:
         self.state.finished.append(list(parts))
-        self.state.checkpoint = None
+        self.state.checkpoint = self.state.handoff = None
 
     def stored_parts(self) -> list[str]:
         return []

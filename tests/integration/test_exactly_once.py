@@ -1061,6 +1061,44 @@ def test_killed_process_resumes_without_resending(stack: Stack, stack_env: dict[
     assert "Contents" not in leftovers
 
 
+def test_a_killed_run_leaves_in_doubt_only_the_chunks_its_threads_had(
+    stack: Stack, stack_env: dict[str, str]
+) -> None:
+    # Given a lease far ahead of the chunks sent (the default: about 2 s worth of chunks when
+    # they go out faster than the posting queue's size), and a run really killed mid-file
+    stack.vital.latency_seconds = 0.15
+    rows = upload(stack, "incoming/handoff.jsonl", 400, providers=("oura",))
+    event = s3_event(stack.bucket, ["incoming/handoff.jsonl"])
+    kill_mid_run(stack, event)
+    state = "results/handoff.jsonl/_state/"
+    cp = json.loads(stack.get(state + "checkpoint.json"))
+    handoff = json.loads(stack.get(state + "handoff.json"))
+    assert handoff["refines"] == cp["write"]
+    assert cp["lease"] - cp["settled_below"] > 8, "the lease alone would leave more in doubt"
+    asked_before = len(lookups(stack))
+
+    # When Lambda delivers the event again
+    result = stack.invoke(event)
+
+    # Then only chunks the posting threads may have had were in doubt (the queue of two threads
+    # holds four; twice that when records come fast): asked about, one lookup per row. Every
+    # row has one outcome, none is left in doubt
+    assert result["files"][0]["status"] == "partial"  # upload's one rejected row
+    asked = len(lookups(stack)) - asked_before
+    assert asked <= 2 * 4 * 10, asked
+    outcomes = stack.outcomes("results/handoff.jsonl/")
+    assert len(outcomes) == len(rows)
+    tally = Counter(o["outcome"] for o in outcomes)
+    assert (tally["imported"], tally["errored"]) == (400, 0)
+    posted = Counter(stack.vital.posted_connections())
+    assert sum(n - 1 for n in posted.values()) <= 2 * 2 * 10
+    assert "Contents" not in stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=state)
+
+
+def lookups(stack: Stack) -> list[Any]:
+    return [r for r in stack.vital.recorded() if r.path.startswith("/v2/user/providers/")]
+
+
 def run_apart(stack: Stack, keys: list[str], **env: str) -> None:
     """Import each key in a process of its own, all at once (two Lambdas, one provider)."""
     children = [
@@ -1204,18 +1242,19 @@ class NoLookups(httpx.BaseTransport):
 def test_rows_in_doubt_after_a_crash_do_not_trip_the_failure_threshold(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a run that dies with chunks under its lease, and a 10 % failure threshold
+    # Given a run that dies with chunks in the posting threads' hands, and a 5 % failure
+    # threshold
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "8")
-    monkeypatch.setenv("FAILURE_THRESHOLD_PERCENT", "10")
+    monkeypatch.setenv("FAILURE_THRESHOLD_PERCENT", "5")
     rows = [make_row(n) for n in range(300)]
     stack.vital.add_known_users(*(r["user_id"] for r in rows))
     stack.put("incoming/doubt.jsonl", encode_rows(rows, "jsonl"))
     event = s3_event(stack.bucket, ["incoming/doubt.jsonl"])
     die_at_third_checkpoint(stack, event)
 
-    # When Lambda's retry resumes, and Vital cannot be asked about the chunks under the lease
+    # When Lambda's retry resumes, and Vital cannot be asked about the chunks in doubt
     # (they stay in doubt, errored)
     stack.invoke(event, transport=NoLookups())
 
@@ -1223,7 +1262,7 @@ def test_rows_in_doubt_after_a_crash_do_not_trip_the_failure_threshold(
     # failures (they alone would stop the file at the resume's first answer).
     manifest = assert_complete(stack, "results/doubt.jsonl/", 300)
     counts = manifest["counts"]
-    assert counts["errored"] > 0.1 * (counts["imported"] + counts["errored"])  # would trip it
+    assert counts["errored"] > 0.05 * (counts["imported"] + counts["errored"])  # would trip it
     assert counts["imported"] + counts["errored"] == 300
     assert manifest["error"] is None
     assert manifest["status"] == "partial"

@@ -400,3 +400,33 @@ def test_a_manifest_written_between_the_read_and_the_record_is_kept(s3: Any) -> 
     finally:
         s3.meta.events.unregister("before-call.s3.PutObject", finish_first)
     assert _current(s3) == theirs
+
+
+def test_a_handoff_record_names_the_checkpoint_write_it_refines_and_goes_with_the_state(
+    s3: Any,
+) -> None:
+    # Given a run's second checkpoint write, then a hand-off record
+    mine = store(s3, run="0000000c")
+    mine.save(checkpoint(lease=4))
+    mine.save(checkpoint(lease=8))
+    mine.save_handoff(6, [])
+    # When another run loads the state
+    other = store(s3, run="0000000d")
+    cp = other.load()
+    record = other.load_handoff()
+    # Then the record refines exactly that write
+    assert cp is not None
+    assert record is not None
+    assert (cp.write, record.refines, record.below) == ("0000000c:2", "0000000c:2", 6)
+    assert other.write_id == "0000000c:2"
+    # And finishing the import removes it with the checkpoint
+    other.finish([])
+    assert keys(s3) == set()
+
+
+def test_a_newer_upload_removes_the_older_imports_handoff_record(s3: Any) -> None:
+    older = store(s3, run="0000000c")
+    older.save(checkpoint(lease=4))
+    older.save_handoff(2, [])
+    store(s3, run="0000000d").delete([])
+    assert keys(s3) == set()

@@ -4,6 +4,7 @@ chunks in doubt after a crash, a refused key, and transient errors while reading
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from typing import Any
@@ -74,6 +75,55 @@ def lines(first: int, last: int) -> list[int]:
 
 
 # --- the lease ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds_per_tick", "room"),
+    [(1.0, 4), (0.0, 8)],
+    ids=["records-far-apart", "records-in-quick-succession"],
+)
+def test_given_a_lease_of_many_chunks_when_sent_then_a_handoff_record_narrows_it_first(
+    seconds_per_tick: float, room: int
+) -> None:
+    # Given 10 chunks, two posting threads (four chunks in their hands at most), a lease of
+    # eight chunks, and a clock that moves 1 s between readings (records far apart) or not at
+    # all (every record right after the one before)
+    s3, state = FakeS3(), StoreState()
+    put_rows(s3, 100)
+    ticks = itertools.count()
+    seen: list[tuple[int, int, bool]] = []  # chunk, what a resume would hold in doubt, refined
+
+    def before_send(chunk: Chunk) -> None:
+        seq, cp, handoff = seq_of(chunk), state.checkpoint, state.handoff
+        assert cp is not None, f"chunk {seq} went before any checkpoint was stored"
+        refined = handoff is not None and handoff.refines == cp.write
+        bound = min(cp.lease, handoff.below) if handoff is not None and refined else cp.lease
+        seen.append((seq, bound, refined))
+
+    config = settings(MAX_CONCURRENCY="2", CHECKPOINT_EVERY_CHUNKS="8")
+
+    # When the file is imported
+    result = run(
+        s3,
+        state,
+        config,
+        post_chunk=FakePost(before_send=before_send),
+        clock=lambda: next(ticks) * seconds_per_tick,
+    )
+
+    # Then each chunk went out under a stored bound that covers it: the hand-off record of the
+    # current checkpoint, at most the posting queue's room past it (a whole queue more when
+    # records come in quick succession), so a crash leaves in doubt only chunks the threads may
+    # have had, not the lease's eight
+    assert result.manifest is not None
+    assert result.manifest.status == "succeeded"
+    assert sorted(seq for seq, _, _ in seen) == list(range(10))
+    for seq, bound, refined in seen:
+        assert seq < bound, f"chunk {seq} went out under a bound of {bound}"
+        assert not refined or bound <= seq + room, (seq, bound)
+    assert sum(refined for _, _, refined in seen) >= 8
+    assert len(state.handoffs) >= 3  # several records within one lease of eight chunks
+    assert state.handoff is None  # removed with the state when the file finished
 
 
 def test_given_chunks_past_the_lease_when_sent_then_a_lease_covering_each_is_stored_first() -> None:

@@ -16,7 +16,16 @@ import httpx
 import pytest
 
 from bulk_import.config import Settings
-from bulk_import.model import Checkpoint, Counts, LeaseMark, ObjectRef, SourceRef
+from bulk_import.model import (
+    Checkpoint,
+    ChunkRecord,
+    Counts,
+    DoneChunk,
+    Handoff,
+    LeaseMark,
+    ObjectRef,
+    SourceRef,
+)
 from bulk_import.run import replay
 from bulk_import.run.context import FileResult
 from bulk_import.vital.settle import (
@@ -55,8 +64,11 @@ def op(size: int = 10, status: str = "in_progress", started: str = "2026-01-01T0
     }
 
 
-def resume(vital: FakeVital, post: FakePost | None = None) -> tuple[FakeS3, FileResult]:
-    """Resume the import of 30 rows: chunks 0 and 2 settled, chunk 1 in doubt."""
+def resume(
+    vital: FakeVital, post: FakePost | None = None, handoff: Handoff | None = None
+) -> tuple[FakeS3, FileResult]:
+    """Resume the import of 30 rows: chunks 0 and 2 settled, chunk 1 in doubt (unless the
+    ``handoff`` record says otherwise)."""
     s3 = FakeS3()
     s3.put(KEY, encode_rows([make_row(n) for n in range(30)], "jsonl"))
     cp = Checkpoint(
@@ -71,10 +83,11 @@ def resume(vital: FakeVital, post: FakePost | None = None) -> tuple[FakeS3, File
         lines_done=30,
         counts=Counts(rows=20, imported=20),
         providers={"oura": Counts(rows=20, imported=20)},
+        write="0000000a:4",
     )
     result = run_offline(
         s3,
-        StoreState(checkpoint=cp),
+        StoreState(checkpoint=cp, handoff=handoff),
         CONFIG,
         REF,
         transport=httpx.MockTransport(vital),
@@ -180,3 +193,53 @@ def test_when_vital_cannot_be_asked_the_rows_stay_errored_saying_what_to_check()
     assert retried(s3) == [user_id(n) for n in IN_DOUBT]
     assert result.manifest is not None
     assert result.manifest.status == "partial"
+
+
+def test_a_chunk_the_handoff_record_lists_as_answered_is_written_again_without_asking() -> None:
+    # Given a hand-off record of this checkpoint write: chunk 1 answered, every row imported
+    record = ChunkRecord(provider="oura", first_line=11, last_line=20, size=10, bytes=9, attempts=1)
+    done = DoneChunk(
+        seq=1, first_line=11, last_line=20, size=10, outcome="imported", detail="", records=[record]
+    )
+    vital, post = FakeVital(down=True), FakePost()
+    # When the run resumes
+    s3, result = resume(vital, post, Handoff(refines="0000000a:4", below=3, done=[done]))
+    # Then its rows get that answer again, and nothing is asked or sent
+    assert (vital.asked, post.sent) == ([], [])
+    assert set(in_doubt_outcomes(s3)) == {("imported", "")}
+    assert result.manifest is not None
+    assert result.manifest.counts == Counts(rows=30, imported=30)
+    assert record in result.manifest.chunks
+
+
+@pytest.mark.parametrize(
+    "handoff",
+    [
+        Handoff(refines="0000000a:3", below=1),  # an older checkpoint write's record
+        Handoff(
+            refines="0000000a:4",
+            below=3,
+            done=[  # a chunk of other lines than those the replay rebuilt
+                DoneChunk(seq=1, first_line=11, last_line=19, size=9, outcome="imported", detail="")
+            ],
+        ),
+    ],
+    ids=["stale", "other-lines"],
+)
+def test_a_handoff_record_that_does_not_fit_leaves_the_chunk_to_be_asked_about(
+    handoff: Handoff,
+) -> None:
+    vital = FakeVital(providers={user_id(n): [connected()] for n in IN_DOUBT})
+    s3, _ = resume(vital, FakePost(), handoff)
+    assert set(in_doubt_outcomes(s3)) == {("imported", CONFIRMED_DETAIL)}
+    assert len(vital.asked) == 10
+
+
+def test_chunks_past_the_handoff_record_were_never_handed_over_and_are_sent_as_new() -> None:
+    # Given a record that let chunks through only below 1: chunk 1 never went to the threads
+    vital, post = FakeVital(down=True), FakePost()
+    s3, _ = resume(vital, post, Handoff(refines="0000000a:4", below=1))
+    # Then it is sent without asking Vital
+    assert vital.asked == []
+    assert [c.first_line for c in post.sent] == [11]
+    assert set(in_doubt_outcomes(s3)) == {("imported", "")}

@@ -2,7 +2,14 @@
 work items, and Vital's answers. Each builds its schema on first use (``defer_build``): a cold
 start pays only for the models its invocation touches."""
 
-from bulk_import.model.checkpoint import Checkpoint, ContinuationMessage, LeaseMark, ObjectRef
+from bulk_import.model.checkpoint import (
+    Checkpoint,
+    ContinuationMessage,
+    DoneChunk,
+    Handoff,
+    LeaseMark,
+    ObjectRef,
+)
 from bulk_import.model.manifest import (
     SCHEMA_VERSION,
     ChunkRecord,
@@ -60,8 +67,10 @@ __all__ = [
     "ConnectionRow",
     "ContinuationMessage",
     "Counts",
+    "DoneChunk",
     "ErrorInfo",
     "FileStatus",
+    "Handoff",
     "LeaseMark",
     "Manifest",
     "ObjectRef",

@@ -5,7 +5,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bulk_import.model.manifest import ChunkRecord, ErrorInfo, SourceRef
-from bulk_import.model.outcome import Counts
+from bulk_import.model.outcome import Counts, Outcome
 
 
 class ObjectRef(BaseModel):
@@ -66,14 +66,45 @@ class LeaseMark(BaseModel):
     at: str
 
 
+class DoneChunk(BaseModel):
+    """A chunk answered since the checkpoint a ``Handoff`` refines, every row alike (the usual
+    answer): a resume writes its rows' outcomes again from the file, without asking Vital.
+    Its lines and size tell the chunk a resume rebuilds from the one answered."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    seq: int
+    first_line: int
+    last_line: int
+    size: int
+    outcome: Outcome
+    detail: str
+    records: list[ChunkRecord] = Field(default_factory=list)
+
+
+class Handoff(BaseModel):
+    """Since the checkpoint write ``refines``: how far chunks may have gone to the posting
+    threads (none numbered ``below`` or more), and the chunks answered meanwhile (``done``).
+    Written before chunks are handed over, a few at a time, so that a crash leaves in doubt only
+    the chunks the threads had, not all of the lease. Ignored once that checkpoint is
+    replaced."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    refines: str
+    below: int
+    done: list[DoneChunk] = Field(default_factory=list)
+
+
 class Checkpoint(BaseModel):
     """What a later invocation needs to resume a file without re-sending any chunk.
 
     Chunks are numbered in the deterministic order the chunker emits them. ``lease`` is the
     number of chunks that may have been sent; every chunk below ``settled_below`` or in
     ``settled_extra`` has its outcomes stored in ``parts``. A chunk under the lease that is not
-    settled is in doubt after a crash: it is reported ``errored``, never sent again. Rejected and
-    duplicate rows up to ``lines_done`` are in the parts too.
+    settled is in doubt after a crash (Vital is asked about it), unless the ``Handoff`` record
+    of this write says it was answered or never handed over. Rejected and duplicate rows up to
+    ``lines_done`` are in the parts too.
     """
 
     model_config = ConfigDict(defer_build=True)

@@ -1,5 +1,5 @@
-"""Chunks to Vital: numbered in order, leased before they go, posted by a thread pool, and
-their answers taken in on the reading thread.
+"""Chunks to Vital: numbered in order, leased and recorded as handed over before they go,
+posted by a thread pool, and their answers taken in on the reading thread.
 
 Only the POSTs run on worker threads, at most ``MAX_CONCURRENCY`` at a time, with as many more
 waiting ready behind them. A full pool blocks reading (back-pressure), so memory stays bounded
@@ -26,6 +26,7 @@ from bulk_import.model import (
     ValidationErrorBody,
     ValidationIssue,
 )
+from bulk_import.run.handoff import Handoffs
 from bulk_import.run.ledger import Replay
 from bulk_import.vital import ChunkReport, Hold, VitalClient, start_seconds
 
@@ -99,6 +100,7 @@ class Dispatcher:
         self.margin = max(settings.safety_margin_seconds, start_seconds(settings))
         self.last_lease_at = ctx.wiring.clock()
         self.last_lease_seq = 0
+        self.handoffs = Handoffs(ctx, QUEUED_PER_THREAD * settings.max_concurrency)
         self.ops: BulkOpListing | None = None  # Vital's bulk ops, for chunks in doubt
 
     def submit[T](self, work: Callable[..., T], *args: Any) -> Future[T]:
@@ -132,15 +134,7 @@ class Dispatcher:
         ctx, ledger = self.ctx, self.ctx.ledger
         seq = self.next_seq
         self.next_seq += 1
-        replayed = ledger.replay(seq)
-        if replayed is Replay.SETTLED:
-            ledger.settle(seq)  # outcomes already stored
-            return
-        if replayed is Replay.IN_DOUBT:
-            # Only after a crash: not loaded on a cold start that has nothing in doubt.
-            from bulk_import.run.settlement import settle_in_doubt  # noqa: PLC0415
-
-            settle_in_doubt(self, seq, chunk)
+        if ledger.replay(seq) is not Replay.NEW and self._replayed(seq, chunk):
             return
         if not self._may_send(seq, chunk):
             return
@@ -163,14 +157,36 @@ class Dispatcher:
             raise DeadlineReached
         if not self._may_send(seq, chunk):
             return
-        if seq >= ledger.lease:
-            # Make the lease durable before sending past it, so a crash cannot hide a send.
-            try:
+        try:
+            if seq >= ledger.lease:
+                # Make the lease durable before sending past it, so a crash cannot hide a send.
                 ctx.save_checkpoint(next_segment=ctx.ref.segment, lease=seq + self._step(seq))
-            except Exception:
-                self.next_seq = seq  # not sent: a retry rebuilds this chunk and sends it
-                raise
+            self.handoffs.before(seq, len(self.in_flight))
+        except Exception:
+            self.next_seq = seq  # not sent: a retry rebuilds this chunk and sends it
+            raise
         self._submit(seq, chunk, client)
+
+    def _replayed(self, seq: int, chunk: Chunk) -> bool:
+        """A chunk an earlier invocation got to: skipped, its answer written again from the
+        hand-off record, or settled by asking Vital. False: send it as new."""
+        ledger = self.ctx.ledger
+        replayed = ledger.replay(seq)
+        if replayed is Replay.SETTLED:
+            ledger.settle(seq)  # outcomes already stored
+            return True
+        if replayed is Replay.ANSWERED:
+            done = ledger.write_answered(seq, chunk)
+            if done is not None:
+                self.handoffs.done[seq] = done  # for this run's records, until a checkpoint
+                ledger.settle(seq)
+                return True
+            # Not the rows the record speaks of: ask Vital.
+        # Only after a crash: not loaded on a cold start that has nothing in doubt.
+        from bulk_import.run.settlement import settle_in_doubt  # noqa: PLC0415
+
+        settle_in_doubt(self, seq, chunk)
+        return True
 
     def _may_send(self, seq: int, chunk: Chunk) -> bool:
         """False (the chunk reported, not sent) once the run has stopped."""
@@ -293,6 +309,7 @@ class Dispatcher:
         recorded = ledger.outcomes.written
         try:
             self._absorb(report)
+            self.handoffs.answered(seq, report)
         except Exception as exc:  # noqa: BLE001 - nor a bug in recording its answer
             stop.internal_error("unexpected error recording a chunk's answer", exc)
             if ledger.outcomes.written == recorded:  # else the count check at the end tells

@@ -2,9 +2,10 @@
 that makes them durable.
 
 A checkpoint records how many chunks may have been sent (the lease) and which have their
-outcomes stored (settled). A resumed run replays the file: a chunk it finds settled is skipped,
-one under the lease and not settled is in doubt (reported ``errored``, never sent again), and
-the rest is new.
+outcomes stored (settled); the hand-off record narrows it (``run/handoff.py``). A resumed run
+replays the file: a chunk it finds settled is skipped, one the hand-off record lists as answered
+gets those outcomes again, one that may have been sent and is neither is in doubt (Vital is
+asked, ``run/settlement.py``), and the rest is new.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from bulk_import import errors
 from bulk_import.model import (
     Checkpoint,
     ChunkRecord,
+    DoneChunk,
+    Handoff,
     LeaseMark,
     Outcome,
     RowOutcome,
@@ -41,7 +44,8 @@ class Replay(Enum):
     """What an earlier invocation did with a chunk number."""
 
     SETTLED = "settled"  # its outcomes are stored: skip it
-    IN_DOUBT = "in_doubt"  # it may have been sent: report it, never send it again
+    ANSWERED = "answered"  # answered alike since the checkpoint: the hand-off record says how
+    IN_DOUBT = "in_doubt"  # it may have been sent: ask Vital before anything else
     NEW = "new"
 
 
@@ -70,10 +74,16 @@ class Ledger:
         self.replay_settled: set[int] = set()
         self.replay_below = 0
         self.replay_lease = 0
+        # Chunks below this that are not settled may have been sent: the lease resumed from,
+        # or less when the hand-off record of that checkpoint write says so.
+        self.replay_doubt = 0
+        self.replay_answered: dict[int, DoneChunk] = {}
         self.chunks_done = 0
         self.checkpoint: Checkpoint | None = None  # the last one stored (or resumed from)
 
-    def restore(self, cp: Checkpoint) -> None:
+    def restore(self, cp: Checkpoint, handoff: Handoff | None = None) -> None:
+        """Resume from ``cp``; chunks under its lease that are not settled are in doubt, or
+        only those below ``handoff`` when it refines this very checkpoint write."""
         self.checkpoint = cp
         self.tally = Tally.restore(cp.counts, cp.providers)
         self.chunk_records = list(cp.chunks)
@@ -81,7 +91,10 @@ class Ledger:
         self.retry_parts = list(cp.retry_parts)
         self.outcome_parts_to_read = len(cp.outcome_parts)
         self.retry_parts_to_read = len(cp.retry_parts)
-        self.lease = self.replay_lease = cp.lease
+        self.lease = self.replay_lease = self.replay_doubt = cp.lease
+        if handoff is not None and cp.write and handoff.refines == cp.write:
+            self.replay_doubt = min(cp.lease, handoff.below)
+            self.replay_answered = {done.seq: done for done in handoff.done}
         self.lease_marks = list(cp.lease_marks)
         self.settled_below = self.replay_below = cp.settled_below
         self.settled = set(cp.settled_extra)
@@ -92,7 +105,24 @@ class Ledger:
     def replay(self, seq: int) -> Replay:
         if seq < self.replay_below or seq in self.replay_settled:
             return Replay.SETTLED
-        return Replay.IN_DOUBT if seq < self.replay_lease else Replay.NEW
+        if seq in self.replay_answered:
+            return Replay.ANSWERED
+        return Replay.IN_DOUBT if seq < self.replay_doubt else Replay.NEW
+
+    def write_answered(self, seq: int, chunk: Chunk) -> DoneChunk | None:
+        """The outcomes the hand-off record gives chunk ``seq``, written again for the rows the
+        replay rebuilt; None (and nothing written) if those are not the rows answered."""
+        done = self.replay_answered.get(seq)
+        if done is None or (done.first_line, done.last_line, done.size) != (
+            chunk.first_line,
+            chunk.last_line,
+            len(chunk.rows),
+        ):
+            return None
+        self.write_chunk(chunk, done.outcome, done.detail)
+        self.chunk_records.extend(done.records)
+        self.chunks_done += 1
+        return done
 
     def sent_after(self, seq: int) -> str | None:
         """When chunk ``seq`` was sent at the earliest: when the lease was raised past it."""

@@ -103,7 +103,7 @@ def leave_record(ctx: RunContext, manifest: Manifest) -> None:
 
 
 def restore(ctx: RunContext, cp: Checkpoint) -> None:
-    ctx.ledger.restore(cp)
+    ctx.ledger.restore(cp, ctx.store.load_handoff())
     ctx.source = cp.source
     ctx.started_at = cp.started_at
     if cp.stop_reason is not None:

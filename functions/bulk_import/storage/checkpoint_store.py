@@ -11,6 +11,9 @@ The checkpoint is written with S3's conditional writes: created only if absent, 
 only if it is still the one this run last read or wrote. An import whose checkpoint another one
 replaced (a newer upload of the key, or the same event delivered twice at once) learns so at its
 next write, before it sends anything past its lease, and stops (``Superseded``).
+
+Next to it, ``_state/handoff.json`` (a few bytes, written before chunks go to the posting
+threads) narrows what the last checkpoint's lease leaves in doubt (``Handoff``).
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import ClientError
 
 from bulk_import.errors import Superseded, aws_error_code
-from bulk_import.model import Checkpoint, Manifest
+from bulk_import.model import Checkpoint, DoneChunk, Handoff, Manifest
 from bulk_import.model.checkpoint import older_than, same_upload
 from bulk_import.storage.keys import (
     CHECKPOINT_NAME,
+    HANDOFF_NAME,
     MANIFEST_NAME,
     PART_NAME,
     STATE_DIR,
@@ -51,12 +55,31 @@ class CheckpointStore:
         self._retry = retry_prefix
         self._run = run
         self.key = results_prefix + STATE_DIR + CHECKPOINT_NAME
+        self.handoff_key = results_prefix + STATE_DIR + HANDOFF_NAME
         self._etag: str | None = None  # of the checkpoint this run last read or wrote
         self._writes = 0  # checkpoints this run has written: each write is "<run>:<n>"
+        self.write_id = ""  # the ``write`` of the checkpoint this run last read or wrote
 
     def load(self) -> Checkpoint | None:
         body = self._get(self.key)
-        return None if body is None else Checkpoint.model_validate_json(body)
+        if body is None:
+            return None
+        checkpoint = Checkpoint.model_validate_json(body)
+        self.write_id = checkpoint.write
+        return checkpoint
+
+    def load_handoff(self) -> Handoff | None:
+        body = self._get(self.handoff_key)
+        return None if body is None else Handoff.model_validate_json(body)
+
+    def save_handoff(self, below: int, done: list[DoneChunk]) -> None:
+        """No chunk numbered ``below`` or more goes to the posting threads before the next
+        write (stored before the chunks it lets through are handed over); ``done``: the chunks
+        answered since the checkpoint this run last read or wrote."""
+        body = Handoff(refines=self.write_id, below=below, done=done).model_dump_json()
+        self.s3.put_object(
+            Bucket=self._bucket, Key=self.handoff_key, Body=body, ContentType="application/json"
+        )
 
     def save(self, checkpoint: Checkpoint) -> None:
         self._writes += 1
@@ -87,6 +110,7 @@ class CheckpointStore:
                 # A write whose answer was lost (a timeout, a dropped connection) is retried by
                 # botocore; the first attempt was stored, so the retry's condition failed on it.
                 self._etag = stored[1]
+                self.write_id = write
                 return
             if stored is not None and stored[0].write.startswith(f"{self._run}:"):
                 # Still this run's previous write: the new one may yet land (an attempt still
@@ -100,6 +124,7 @@ class CheckpointStore:
                 self._taken_by(stored[0] if stored else None, checkpoint), newer
             ) from None
         self._etag = response["ETag"]
+        self.write_id = write
 
     def _taken_by(self, stored: Checkpoint | None, mine: Checkpoint) -> str:
         """Why a conditional write lost: whose checkpoint S3 holds instead of this run's."""
@@ -198,7 +223,7 @@ class CheckpointStore:
     def delete(self, parts: list[str]) -> None:
         """Remove an import's part objects, then its checkpoint (the commit record) last,
         whoever wrote it: for a newer upload replacing an unfinished import of the key."""
-        self.delete_parts(parts)
+        self.delete_parts([*parts, self.handoff_key])
         self.s3.delete_object(Bucket=self._bucket, Key=self.key)
         self._etag = None
 
@@ -222,7 +247,7 @@ class CheckpointStore:
         if not self.still_mine():
             return  # another import took the key over; the state is its own now
         named = set(parts)
-        self.delete_parts([*parts, *(k for k in stored if k not in named)])
+        self.delete_parts([*parts, *(k for k in stored if k not in named), self.handoff_key])
         try:
             self.s3.delete_object(Bucket=self._bucket, Key=self.key, IfMatch=self._etag or "*")
         except ClientError as exc:

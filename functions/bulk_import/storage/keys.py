@@ -19,6 +19,7 @@ RETRY_NAME = "retry.jsonl"
 VERIFICATION_NAME = "verification.csv"
 STATE_DIR = "_state/"
 CHECKPOINT_NAME = "checkpoint.json"
+HANDOFF_NAME = "handoff.json"
 # S3's limit on a key, in bytes of UTF-8.
 S3_KEY_BYTES = 1024
 PART_NAME = re.compile(r"(?:outcomes-[0-9a-f]{8}-\d{5}\.csv|retry-[0-9a-f]{8}-\d{5}\.jsonl)")
