@@ -430,3 +430,36 @@ def test_a_newer_upload_removes_the_older_imports_handoff_record(s3: Any) -> Non
     older.save_handoff(2, [])
     store(s3, run="0000000d").delete([])
     assert keys(s3) == set()
+
+
+def test_of_two_runs_resuming_one_import_only_one_hands_chunks_over(s3: Any) -> None:
+    # Given a checkpoint and its hand-off record, and two runs that both resume from them
+    first = store(s3, run="0000000c")
+    first.save(checkpoint(lease=8))
+    first.save_handoff(2, [])
+    a, b = store(s3, run="0000000d"), store(s3, run="0000000e")
+    for run in (a, b):
+        run.load()
+        run.load_handoff()
+    # When one of them records a hand-off, then the other
+    b.save_handoff(4, [])
+    # Then the other learns it is not alone before it hands anything over
+    with pytest.raises(Superseded, match="another invocation is handing"):
+        a.save_handoff(3, [])
+    record = store(s3).load_handoff()
+    assert record is not None
+    assert (record.write, record.below) == ("0000000e:h1", 4)
+
+
+def test_a_fresh_import_replaces_a_record_an_older_import_of_the_key_left(s3: Any) -> None:
+    left = store(s3, run="0000000c")
+    left.save(checkpoint(lease=4))
+    left.save_handoff(2, [])
+    s3.delete_object(Bucket=BUCKET, Key=CHECKPOINT_KEY)  # that import's state, but for the record
+    fresh = store(s3, run="0000000d")
+    assert fresh.load() is None
+    fresh.save(checkpoint(lease=4))
+    fresh.save_handoff(1, [])
+    record = fresh.load_handoff()
+    assert record is not None
+    assert (record.write, record.refines) == ("0000000d:h1", "0000000d:1")

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from bulk_import.config import Settings
+from bulk_import.ingest import Chunk
 from bulk_import.model import (
     Checkpoint,
     ChunkRecord,
@@ -243,3 +244,44 @@ def test_chunks_past_the_handoff_record_were_never_handed_over_and_are_sent_as_n
     assert vital.asked == []
     assert [c.first_line for c in post.sent] == [11]
     assert set(in_doubt_outcomes(s3)) == {("imported", "")}
+
+
+def test_a_resumed_run_keeps_the_chunks_it_wrote_again_in_its_own_records() -> None:
+    """Should the resumed run die too before its first checkpoint, the next still finds chunk 1
+    answered: the record the resumed run writes before handing chunk 3 over lists it."""
+    s3 = FakeS3()
+    s3.put(KEY, encode_rows([make_row(n) for n in range(40)], "jsonl"))
+    cp = Checkpoint(
+        source=SourceRef(bucket=BUCKET, key=KEY, sequencer="0A"),
+        fingerprint=replay.fingerprint(CONFIG),
+        started_at="2026-01-01T00:00:00.000Z",
+        next_segment=0,
+        lease=8,
+        lease_marks=[LeaseMark(lease=8, at=LEASED_AT)],
+        settled_below=1,
+        settled_extra=[2],
+        lines_done=30,
+        counts=Counts(rows=20, imported=20),
+        providers={"oura": Counts(rows=20, imported=20)},
+        write="0000000a:4",
+    )
+    done = DoneChunk(seq=1, first_line=11, last_line=20, size=10, outcome="imported", detail="")
+    state = StoreState(checkpoint=cp, handoff=Handoff(refines="0000000a:4", below=3, done=[done]))
+    seen: list[list[int]] = []
+
+    def before_send(chunk: Chunk) -> None:
+        assert state.handoff is not None
+        seen.append([d.seq for d in state.handoff.done])
+
+    vital = FakeVital(down=True)
+    run_offline(
+        s3,
+        state,
+        CONFIG,
+        REF,
+        transport=httpx.MockTransport(vital),
+        post_chunk=FakePost(before_send=before_send),
+    )
+    assert vital.asked == []
+    assert seen, "chunk 3 was not sent"
+    assert 1 in seen[0], seen  # chunk 3 went out under a record that lists chunk 1

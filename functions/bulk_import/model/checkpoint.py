@@ -91,6 +91,8 @@ class Handoff(BaseModel):
 
     model_config = ConfigDict(defer_build=True)
 
+    # Which write this is, "<run>:h<n>": a run tells its own stored record from another's.
+    write: str = ""
     refines: str
     below: int
     done: list[DoneChunk] = Field(default_factory=list)

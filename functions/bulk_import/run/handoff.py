@@ -3,8 +3,8 @@ threads, and which were answered, since the last checkpoint write.
 
 A checkpoint is a large write (the outcome parts, the chunk table), made once per lease: every
 ``CHECKPOINT_EVERY_CHUNKS`` chunks, or about 2 s worth when chunks go out faster. On its own it
-would leave every unsettled chunk under its lease in doubt after a crash. The hand-off record is
-a few bytes to a few KB, stored before chunks go to the posting threads: it lets through only as
+would leave every unsettled chunk under its lease in doubt after a crash. The hand-off record, a
+few bytes to tens of KB, is stored before chunks go to the posting threads: it lets through only as
 many as the posting queue has room for (a whole queue's worth when records come faster than one
 per HANDOFF_SECONDS), and lists the chunks answered alike since the checkpoint. A resume then
 asks Vital only about chunks the threads may have had: at most the posting queue's size
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from bulk_import.model import DoneChunk
 
 if TYPE_CHECKING:
+    from bulk_import.model import Checkpoint
     from bulk_import.run.context import RunContext
     from bulk_import.vital import ChunkReport
 
@@ -37,6 +38,7 @@ class Handoffs:
         self.refines = ""  # the checkpoint write the stored record refines
         self.at = ctx.wiring.clock() - HANDOFF_SECONDS
         self.done: dict[int, DoneChunk] = {}
+        self.pruned_for: Checkpoint | None = None  # the checkpoint ``done`` was last pruned for
 
     def before(self, seq: int, in_flight: int) -> None:
         """Store a record letting chunk ``seq`` through, unless the stored one does."""
@@ -66,13 +68,15 @@ class Handoffs:
         )
 
     def _unsaved(self) -> list[DoneChunk]:
-        """The chunks answered that the stored checkpoint does not count as settled."""
+        """The chunks answered that the stored checkpoint does not count as settled (pruned
+        once per checkpoint written)."""
         cp = self.ctx.ledger.checkpoint
-        if cp is not None:
+        if cp is not None and cp is not self.pruned_for:
             settled = set(cp.settled_extra)
             self.done = {
                 seq: done
                 for seq, done in self.done.items()
                 if seq >= cp.settled_below and seq not in settled
             }
+            self.pruned_for = cp
         return list(self.done.values())

@@ -12,8 +12,10 @@ only if it is still the one this run last read or wrote. An import whose checkpo
 replaced (a newer upload of the key, or the same event delivered twice at once) learns so at its
 next write, before it sends anything past its lease, and stops (``Superseded``).
 
-Next to it, ``_state/handoff.json`` (a few bytes, written before chunks go to the posting
-threads) narrows what the last checkpoint's lease leaves in doubt (``Handoff``).
+Next to it, ``_state/handoff.json`` (written before chunks go to the posting threads) narrows
+what the last checkpoint's lease leaves in doubt (``Handoff``). It is written conditionally too:
+replaced only if it is still the record this run loaded or last wrote, so that of two
+invocations resuming one import, one alone hands chunks over.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 # What S3 answers a conditional write that lost: the object changed (412), is gone (404), or
 # another conditional write to it is in progress (409).
 _LOST = frozenset({"PreconditionFailed", "NoSuchKey", "ConditionalRequestConflict"})
+JSON = "application/json"
 
 
 class CheckpointStore:
@@ -59,6 +62,9 @@ class CheckpointStore:
         self._etag: str | None = None  # of the checkpoint this run last read or wrote
         self._writes = 0  # checkpoints this run has written: each write is "<run>:<n>"
         self.write_id = ""  # the ``write`` of the checkpoint this run last read or wrote
+        self._handoff_loaded = False  # the record was read (a resume), or written, by this run
+        self._handoff_etag: str | None = None  # of that record; None: there was none
+        self._handoffs = 0
 
     def load(self) -> Checkpoint | None:
         body = self._get(self.key)
@@ -69,17 +75,63 @@ class CheckpointStore:
         return checkpoint
 
     def load_handoff(self) -> Handoff | None:
-        body = self._get(self.handoff_key)
-        return None if body is None else Handoff.model_validate_json(body)
+        stored = self._stored_handoff()
+        self._handoff_loaded = True
+        self._handoff_etag = None if stored is None else stored[1]
+        return None if stored is None else stored[0]
 
     def save_handoff(self, below: int, done: list[DoneChunk]) -> None:
         """No chunk numbered ``below`` or more goes to the posting threads before the next
         write (stored before the chunks it lets through are handed over); ``done``: the chunks
-        answered since the checkpoint this run last read or wrote."""
-        body = Handoff(refines=self.write_id, below=below, done=done).model_dump_json()
-        self.s3.put_object(
-            Bucket=self._bucket, Key=self.handoff_key, Body=body, ContentType="application/json"
-        )
+        answered since the checkpoint this run last read or wrote.
+
+        Replaces only the record this run loaded or last wrote: another invocation's record
+        written meanwhile means it hands this import's chunks over too (``Superseded``). A run
+        that loaded none (a fresh import) replaces one an older import of the key left.
+        """
+        self._handoffs += 1
+        write = f"{self._run}:h{self._handoffs}"
+        body = Handoff(write=write, refines=self.write_id, below=below, done=done)
+        json = body.model_dump_json()
+        try:
+            self._handoff_etag = self._put_handoff(json, self._handoff_etag)
+        except ClientError as exc:
+            if aws_error_code(exc) not in _LOST:
+                raise
+            stored = self._stored_handoff()
+            if stored is not None and stored[0].write == write:  # S3's answer was lost
+                self._handoff_etag = stored[1]
+            elif not self._handoff_loaded and stored and stored[0].refines != self.write_id:
+                self._handoff_etag = self._put_handoff(json, stored[1])  # an older import's
+            else:
+                msg = "another invocation is handing this import's chunks over"
+                raise Superseded(msg) from None
+        self._handoff_loaded = True
+
+    def _put_handoff(self, json: str, etag: str | None) -> str:
+        """Store the record if S3 holds ``etag`` (None: no record); the new ETag."""
+        if etag is None:
+            response = self.s3.put_object(
+                Bucket=self._bucket,
+                Key=self.handoff_key,
+                Body=json,
+                ContentType=JSON,
+                IfNoneMatch="*",
+            )
+        else:
+            response = self.s3.put_object(
+                Bucket=self._bucket, Key=self.handoff_key, Body=json, ContentType=JSON, IfMatch=etag
+            )
+        return response["ETag"]
+
+    def _stored_handoff(self) -> tuple[Handoff, str] | None:
+        try:
+            response = self.s3.get_object(Bucket=self._bucket, Key=self.handoff_key)
+        except ClientError as exc:
+            if aws_error_code(exc) in {"NoSuchKey", "404"}:
+                return None
+            raise
+        return Handoff.model_validate_json(response["Body"].read()), response["ETag"]
 
     def save(self, checkpoint: Checkpoint) -> None:
         self._writes += 1
@@ -91,7 +143,7 @@ class CheckpointStore:
                     Bucket=self._bucket,
                     Key=self.key,
                     Body=body,
-                    ContentType="application/json",
+                    ContentType=JSON,
                     IfNoneMatch="*",
                 )
             else:  # replaced only if still the one this run last read or wrote
@@ -99,7 +151,7 @@ class CheckpointStore:
                     Bucket=self._bucket,
                     Key=self.key,
                     Body=body,
-                    ContentType="application/json",
+                    ContentType=JSON,
                     IfMatch=self._etag,
                 )
         except ClientError as exc:
@@ -205,7 +257,7 @@ class CheckpointStore:
                 Bucket=self._bucket,
                 Key=key,
                 Body=manifest.model_dump_json(indent=2),
-                ContentType="application/json",
+                ContentType=JSON,
                 **condition,  # type: ignore[arg-type]
             )
         except ClientError as exc:
@@ -225,7 +277,7 @@ class CheckpointStore:
         whoever wrote it: for a newer upload replacing an unfinished import of the key."""
         self.delete_parts([*parts, self.handoff_key])
         self.s3.delete_object(Bucket=self._bucket, Key=self.key)
-        self._etag = None
+        self._etag = self._handoff_etag = None
 
     def delete_parts(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):
