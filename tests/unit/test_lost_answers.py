@@ -26,6 +26,7 @@ from bulk_import.vital.client import VitalClient
 from bulk_import.vital.posting import (
     IMPORTED_DETAIL,
     MAX_EXTRA_REQUESTS,
+    NOT_RESENT_BUDGET_DETAIL,
     NOT_RESENT_DETAIL,
     ChunkReport,
     Hold,
@@ -254,7 +255,7 @@ def test_given_a_rejected_row_and_a_lost_answer_then_both_outcomes_are_kept() ->
 
 def test_no_detail_or_record_repeats_a_token() -> None:
     for actions in (["lose"], ["drop"], ["202"]):
-        report = post(Vital(list(actions)), make_chunk(2))  # type: ignore[arg-type]
+        report = post(Vital(list(actions)), make_chunk(2))
         text = repr(report.outcomes) + repr(report.records)
         assert TOKEN not in text
         assert API_KEY not in text
@@ -300,6 +301,17 @@ def test_given_a_resend_the_chunks_extra_requests_stay_within_one_budget() -> No
     after_a_drop = Vital(["drop", "reject-body"])
     report = post(after_a_drop, make_chunk(40))
     assert len(after_a_drop.posts) == 1 + MAX_EXTRA_REQUESTS
+    assert len(outcomes(report)) == 40
+
+
+def test_given_the_budget_spent_when_the_last_request_is_dropped_then_it_is_not_resent() -> None:
+    """The chunk's last allowed request is dropped before Vital takes it: what it held is not
+    sent a 66th time, and says why."""
+    vital = Vital(["reject-body"] * MAX_EXTRA_REQUESTS + ["drop", "reject-body"])
+    report = post(vital, make_chunk(40))
+    assert len(vital.posts) == 1 + MAX_EXTRA_REQUESTS
+    details = {detail for _, detail in outcomes(report).values()}
+    assert NOT_RESENT_BUDGET_DETAIL in details
     assert len(outcomes(report)) == 40
 
 

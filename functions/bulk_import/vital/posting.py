@@ -54,6 +54,10 @@ NOT_RESENT_DETAIL = {
         "Lambda time was left to send it again; upload these rows again (retry.jsonl)"
     ),
 }
+NOT_RESENT_BUDGET_DETAIL = (
+    f"not sent: Vital's answer was lost, Vital holds nothing of this chunk, and the chunk had "
+    f"spent its {MAX_EXTRA_REQUESTS} extra requests; upload these rows again (retry.jsonl)"
+)
 
 
 @dataclass(slots=True)
@@ -146,9 +150,12 @@ class _Poster:
     def resend(self, part: Chunk) -> ChunkReport:
         """Send again a part Vital holds nothing of: held back by the gate as a new chunk would
         be, and within this chunk's request budget (``MAX_EXTRA_REQUESTS``)."""
+        report = ChunkReport(part)
         if self.gate is not None and (held := self.gate()) is not None:
-            report = ChunkReport(part)
             report.add(part, Outcome.ERRORED, NOT_RESENT_DETAIL[held])
+            return report
+        if self.requests - 1 >= MAX_EXTRA_REQUESTS:
+            report.add(part, Outcome.ERRORED, NOT_RESENT_BUDGET_DETAIL)
             return report
         again = _Poster(
             self.client,
