@@ -91,14 +91,20 @@ def test_given_a_lease_of_many_chunks_when_sent_then_a_handoff_record_narrows_it
     s3, state = FakeS3(), StoreState()
     put_rows(s3, 100)
     ticks = itertools.count()
-    seen: list[tuple[int, int, bool]] = []  # chunk, what a resume would hold in doubt, refined
+    seen: list[tuple[int, int, int | None]] = []  # chunk, bound, in doubt (if refined)
 
     def before_send(chunk: Chunk) -> None:
+        """What a crash as this chunk goes out would leave: the stored bound, and the chunks
+        under it neither settled by the checkpoint nor listed as answered by the record."""
         seq, cp, handoff = seq_of(chunk), state.checkpoint, state.handoff
         assert cp is not None, f"chunk {seq} went before any checkpoint was stored"
-        refined = handoff is not None and handoff.refines == cp.write
-        bound = min(cp.lease, handoff.below) if handoff is not None and refined else cp.lease
-        seen.append((seq, bound, refined))
+        if handoff is None or handoff.refines != cp.write:
+            seen.append((seq, cp.lease, None))  # a resume goes by the lease alone
+            return
+        bound = min(cp.lease, handoff.below)
+        answered = {d.seq for d in handoff.done} | set(cp.settled_extra)
+        doubt = [n for n in range(cp.settled_below, bound) if n not in answered]
+        seen.append((seq, bound, len(doubt)))
 
     config = settings(MAX_CONCURRENCY="2", CHECKPOINT_EVERY_CHUNKS="8")
 
@@ -111,17 +117,16 @@ def test_given_a_lease_of_many_chunks_when_sent_then_a_handoff_record_narrows_it
         clock=lambda: next(ticks) * seconds_per_tick,
     )
 
-    # Then each chunk went out under a stored bound that covers it: the hand-off record of the
-    # current checkpoint, at most the posting queue's room past it (a whole queue more when
-    # records come in quick succession), so a crash leaves in doubt only chunks the threads may
-    # have had, not the lease's eight
+    # Then each chunk went out under a stored bound that covers it, and a crash at any of those
+    # moments would have left in doubt at most the posting queue's four chunks (eight when
+    # records come in quick succession), not the lease's eight
     assert result.manifest is not None
     assert result.manifest.status == "succeeded"
     assert sorted(seq for seq, _, _ in seen) == list(range(10))
-    for seq, bound, refined in seen:
+    for seq, bound, doubt in seen:
         assert seq < bound, f"chunk {seq} went out under a bound of {bound}"
-        assert not refined or bound <= seq + room, (seq, bound)
-    assert sum(refined for _, _, refined in seen) >= 8
+        assert doubt is None or doubt <= room, (seq, bound, doubt)
+    assert sum(doubt is not None for _, _, doubt in seen) >= 8
     assert len(state.handoffs) >= 3  # several records within one lease of eight chunks
     assert state.handoff is None  # removed with the state when the file finished
 
