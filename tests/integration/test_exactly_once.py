@@ -1064,12 +1064,13 @@ def test_killed_process_resumes_without_resending(stack: Stack, stack_env: dict[
 def test_a_killed_run_leaves_in_doubt_only_the_chunks_its_threads_had(
     stack: Stack, stack_env: dict[str, str]
 ) -> None:
-    # Given a lease far ahead of the chunks sent (the default: about 2 s worth of chunks when
-    # they go out faster than the posting queue's size), and a run really killed mid-file
+    # Given a lease far ahead of the chunks sent (20 chunks here; by default about 2 s worth of
+    # chunks when they go out faster than the posting queue's size), and a run really killed
+    # mid-file
     stack.vital.latency_seconds = 0.15
     rows = upload(stack, "incoming/handoff.jsonl", 400, providers=("oura",))
     event = s3_event(stack.bucket, ["incoming/handoff.jsonl"])
-    kill_mid_run(stack, event)
+    kill_mid_run(stack, event, CHECKPOINT_EVERY_CHUNKS="20")
     state = "results/handoff.jsonl/_state/"
     cp = json.loads(stack.get(state + "checkpoint.json"))
     handoff = json.loads(stack.get(state + "handoff.json"))
