@@ -65,20 +65,16 @@ def op(size: int = 10, status: str = "in_progress", started: str = "2026-01-01T0
     }
 
 
-def resume(
-    vital: FakeVital, post: FakePost | None = None, handoff: Handoff | None = None
-) -> tuple[FakeS3, FileResult]:
-    """Resume the import of 30 rows: chunks 0 and 2 settled, chunk 1 in doubt (unless the
-    ``handoff`` record says otherwise)."""
-    s3 = FakeS3()
-    s3.put(KEY, encode_rows([make_row(n) for n in range(30)], "jsonl"))
-    cp = Checkpoint(
+def resumed_checkpoint(lease: int) -> Checkpoint:
+    """The checkpoint write ``0000000a:4`` of a file of 10-row chunks: chunks 0 and 2 settled,
+    the lease at ``lease``."""
+    return Checkpoint(
         source=SourceRef(bucket=BUCKET, key=KEY, sequencer="0A"),
         fingerprint=replay.fingerprint(CONFIG),
         started_at="2026-01-01T00:00:00.000Z",
         next_segment=0,
-        lease=3,
-        lease_marks=[LeaseMark(lease=3, at=LEASED_AT)],
+        lease=lease,
+        lease_marks=[LeaseMark(lease=lease, at=LEASED_AT)],
         settled_below=1,
         settled_extra=[2],
         lines_done=30,
@@ -86,6 +82,16 @@ def resume(
         providers={"oura": Counts(rows=20, imported=20)},
         write="0000000a:4",
     )
+
+
+def resume(
+    vital: FakeVital, post: FakePost | None = None, handoff: Handoff | None = None
+) -> tuple[FakeS3, FileResult]:
+    """Resume the import of 30 rows: chunks 0 and 2 settled, chunk 1 in doubt (unless the
+    ``handoff`` record says otherwise)."""
+    s3 = FakeS3()
+    s3.put(KEY, encode_rows([make_row(n) for n in range(30)], "jsonl"))
+    cp = resumed_checkpoint(lease=3)
     result = run_offline(
         s3,
         StoreState(checkpoint=cp, handoff=handoff),
@@ -251,20 +257,7 @@ def test_a_resumed_run_keeps_the_chunks_it_wrote_again_in_its_own_records() -> N
     answered: the record the resumed run writes before handing chunk 3 over lists it."""
     s3 = FakeS3()
     s3.put(KEY, encode_rows([make_row(n) for n in range(40)], "jsonl"))
-    cp = Checkpoint(
-        source=SourceRef(bucket=BUCKET, key=KEY, sequencer="0A"),
-        fingerprint=replay.fingerprint(CONFIG),
-        started_at="2026-01-01T00:00:00.000Z",
-        next_segment=0,
-        lease=8,
-        lease_marks=[LeaseMark(lease=8, at=LEASED_AT)],
-        settled_below=1,
-        settled_extra=[2],
-        lines_done=30,
-        counts=Counts(rows=20, imported=20),
-        providers={"oura": Counts(rows=20, imported=20)},
-        write="0000000a:4",
-    )
+    cp = resumed_checkpoint(lease=8)
     done = DoneChunk(seq=1, first_line=11, last_line=20, size=10, outcome="imported", detail="")
     state = StoreState(checkpoint=cp, handoff=Handoff(refines="0000000a:4", below=3, done=[done]))
     seen: list[list[int]] = []

@@ -67,10 +67,10 @@ class CheckpointStore:
         self._handoffs = 0
 
     def load(self) -> Checkpoint | None:
-        body = self._get(self.key)
-        if body is None:
+        stored = self._stored()
+        if stored is None:
             return None
-        checkpoint = Checkpoint.model_validate_json(body)
+        checkpoint, self._etag = stored
         self.write_id = checkpoint.write
         return checkpoint
 
@@ -125,13 +125,8 @@ class CheckpointStore:
         return response["ETag"]
 
     def _stored_handoff(self) -> tuple[Handoff, str] | None:
-        try:
-            response = self.s3.get_object(Bucket=self._bucket, Key=self.handoff_key)
-        except ClientError as exc:
-            if aws_error_code(exc) in {"NoSuchKey", "404"}:
-                return None
-            raise
-        return Handoff.model_validate_json(response["Body"].read()), response["ETag"]
+        fetched = self._fetch(self.handoff_key)
+        return None if fetched is None else (Handoff.model_validate_json(fetched[0]), fetched[1])
 
     def save(self, checkpoint: Checkpoint) -> None:
         self._writes += 1
@@ -198,13 +193,8 @@ class CheckpointStore:
 
     def _stored(self) -> tuple[Checkpoint, str] | None:
         """The checkpoint S3 holds and its ETag, leaving this run's ETag as it was."""
-        try:
-            response = self.s3.get_object(Bucket=self._bucket, Key=self.key)
-        except ClientError as exc:
-            if aws_error_code(exc) in {"NoSuchKey", "404"}:
-                return None
-            raise
-        return Checkpoint.model_validate_json(response["Body"].read()), response["ETag"]
+        fetched = self._fetch(self.key)
+        return None if fetched is None else (Checkpoint.model_validate_json(fetched[0]), fetched[1])
 
     def still_mine(self) -> bool:
         """Whether the checkpoint is still the one this run last read or wrote: no other import
@@ -218,9 +208,10 @@ class CheckpointStore:
         return head["ETag"] == self._etag
 
     def existing_manifest(self) -> Manifest | None:
-        body = self._get(self._results + MANIFEST_NAME)
-        if body is None:
+        fetched = self._fetch(self._results + MANIFEST_NAME)
+        if fetched is None:
             return None
+        body = fetched[0]
         try:
             return Manifest.model_validate_json(body)
         except ValueError:
@@ -320,14 +311,12 @@ class CheckpointStore:
                         found.append(obj["Key"])
         return found
 
-    def _get(self, key: str) -> bytes | None:
+    def _fetch(self, key: str) -> tuple[bytes, str] | None:
+        """An object's body and ETag, or None when there is none."""
         try:
             response = self.s3.get_object(Bucket=self._bucket, Key=key)
         except ClientError as exc:
             if aws_error_code(exc) in {"NoSuchKey", "404"}:
                 return None
             raise
-        if key == self.key:
-            self._etag = response["ETag"]
-        body: bytes = response["Body"].read()
-        return body
+        return response["Body"].read(), response["ETag"]
