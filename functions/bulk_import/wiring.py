@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic_core import to_json
 
-from bulk_import.ingest.jsonl import JSONL_BLOCK_BYTES
+from bulk_import.ingest.jsonl import JSONL_BLOCK_BYTES, RESUME_EVERY_LINES
 from bulk_import.storage import aws
 from bulk_import.storage.checkpoint_store import CheckpointStore
 from bulk_import.storage.idempotency import Work, once_per_ref
@@ -62,6 +62,9 @@ UNSAVED_SPOOL_BYTES = 32 * 1024 * 1024
 # Lines spooled since the last checkpoint that make the end of reading store them while the
 # last answers are awaited, instead of after.
 EARLY_SAVE_BYTES = 1024 * 1024
+# Resume points are stored this far apart (decompressed): a resume reads at most about this
+# much, or RESUME_EVERY_LINES lines, again.
+RESUME_POINT_BYTES = 16 * 1024 * 1024
 
 
 class Tunables(NamedTuple):
@@ -72,6 +75,11 @@ class Tunables(NamedTuple):
     spool_keep_bytes: int = SPOOL_KEEP_BYTES
     # JSONL is read in blocks this big: the deadline and checkpoint checks come between blocks.
     jsonl_block_bytes: int = JSONL_BLOCK_BYTES
+    # JSONL chunks close every this many lines: where a later invocation can start reading.
+    resume_every_lines: int = RESUME_EVERY_LINES
+    # Of those places, one is stored as a resume point once reading has gone this far past
+    # the last (a dedupe part and, for gzip, a 32 KiB access point each).
+    resume_point_bytes: int = RESUME_POINT_BYTES
     # SQS's longest delay, and the longest an idempotency hold can last: it ends with the
     # holding invocation's timeout (900 s at most).
     recheck_delay_seconds: int = aws.RECHECK_DELAY_SECONDS

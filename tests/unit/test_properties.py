@@ -562,9 +562,16 @@ def test_jsonl_blocks_match_reading_line_by_line(
     data = newline.join(lines) + (newline if final_newline and lines else b"")
     assume(not data.startswith(WIDE_BOMS))  # a UTF-16/32 file (test_formats.py)
     blocks = list(jsonl_blocks(io.BytesIO(data), limit, block_size=block))
-    numbered = [(first + i, raw) for first, chunk in blocks for i, raw in enumerate(chunk)]
+    numbered = [(first + i, raw) for first, chunk, _ in blocks for i, raw in enumerate(chunk)]
     assert numbered == _lines_one_by_one(data, limit)
-    assert all(chunk for _, chunk in blocks)  # no empty blocks
+    assert all(chunk for _, chunk, _ in blocks)  # no empty blocks
+    # Then reading from where any block's first line starts gives the same lines from there.
+    for first, _, start in blocks[1:]:
+        stream = io.BytesIO(data)
+        stream.seek(start)
+        again = jsonl_blocks(stream, limit, block, first_line=first, offset=start)
+        resumed = [(f + i, raw) for f, chunk, _ in again for i, raw in enumerate(chunk)]
+        assert resumed == [(n, raw) for n, raw in numbered if n >= first]
 
 
 # --- CSV quoting on lines the reader gave up on ------------------------------------------------

@@ -11,15 +11,18 @@ from bulk_import.ingest.chunking import (
 )
 from bulk_import.ingest.file_type import Compression, Format, detect
 from bulk_import.ingest.formats import read_records
+from bulk_import.ingest.gzip_access import AccessPoint
 from bulk_import.ingest.jsonl import jsonl_blocks, parse_json_line
 from bulk_import.ingest.record import Record, too_long
 from bulk_import.ingest.source import (
     DRY_RUN_METADATA,
     SourceObject,
+    StartAt,
     describe,
     dry_run_requested,
     open_stream,
     provider_from_key,
+    start_at,
 )
 from bulk_import.ingest.validation import (
     context_for,
@@ -35,6 +38,7 @@ __all__ = [
     "DRY_RUN_METADATA",
     "LINE_OF",
     "USER_ID_OF",
+    "AccessPoint",
     "Chunk",
     "Chunker",
     "Compression",
@@ -42,6 +46,7 @@ __all__ = [
     "PendingRow",
     "Record",
     "SourceObject",
+    "StartAt",
     "context_for",
     "describe",
     "describe_errors",
@@ -55,6 +60,7 @@ __all__ = [
     "provider_from_key",
     "read_records",
     "serialise",
+    "start_at",
     "too_long",
     "validate_json_row",
     "validate_row",

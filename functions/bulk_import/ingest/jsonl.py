@@ -17,12 +17,22 @@ WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 # JSONL is read in blocks this big: ~120 rows of 550 bytes, so the intake's deadline check
 # between blocks comes every few milliseconds.
 JSONL_BLOCK_BYTES = 64 * 1024
+# JSONL chunks close at every multiple of this many lines (+1): a later invocation can start
+# reading there, its chunks cut as from the start. ~30-60 MB of rows; at most a few partial
+# chunks more (one per provider) each time.
+RESUME_EVERY_LINES = 100_000
 
 
 def jsonl_blocks(
-    stream: IO[bytes], limit: int, block_size: int = JSONL_BLOCK_BYTES
-) -> Iterator[tuple[int, list[bytes | None]]]:
-    """JSONL lines in blocks: ``(number of the first line, lines)``, one entry per line.
+    stream: IO[bytes],
+    limit: int,
+    block_size: int = JSONL_BLOCK_BYTES,
+    first_line: int = 1,
+    offset: int = 0,
+) -> Iterator[tuple[int, list[bytes | None], int]]:
+    """JSONL lines in blocks: ``(number of the first line, lines, where that line starts)``,
+    one entry per line; the start is a count of decompressed bytes, where a later invocation
+    can start reading (``stream`` positioned at ``offset``, the start of line ``first_line``).
 
     Each line comes stripped of surrounding whitespace (and the UTF-8 BOM on line 1); a blank
     line is ``b""`` and a line longer than ``limit`` bytes is None, its bytes skipped without
@@ -31,19 +41,21 @@ def jsonl_blocks(
 
     A block of nothing but line endings comes as that many ``b""`` without a split: a file of
     blank lines (a few KB of gzip can hold gigabytes of them) then reads at the speed of
-    decompression, and so does every later invocation's way back to its checkpoint.
+    decompression.
     """
-    number = 1
+    number = first_line
     carry = b""
     skipping = False  # inside a line already reported as too long: drop up to its newline
     head = stream.read(block_size)
     while len(head) < len(max(WIDE_BOMS, key=len)) and (more := stream.read(block_size)):
         head += more  # enough to tell a byte order mark, whatever the block size
-    if head.startswith(WIDE_BOMS):
+    if offset == 0 and head.startswith(WIDE_BOMS):
         # Windows PowerShell 5's default: json would guess UTF-16 for the lines it can.
         raise MalformedFile("the file is UTF-16 or UTF-32, not UTF-8; save it as UTF-8")
+    end = offset  # decompressed bytes read before the block
     for block in itertools.chain((head,), iter(functools.partial(stream.read, block_size), b"")):
         data = block
+        end += len(block)
         if skipping:
             cut = data.find(b"\n")
             if cut < 0:
@@ -51,9 +63,10 @@ def jsonl_blocks(
             data, skipping = data[cut + 1 :], False
         if not carry and data and not data.replace(b"\r\n", b"").strip(b"\n"):
             blank = data.count(b"\n")  # the block ends with one: no carry
-            yield number, [b""] * blank
+            yield number, [b""] * blank, end - len(data)
             number += blank
             continue
+        start = end - len(data) - len(carry)
         parts = (carry + data).split(b"\n") if carry else data.split(b"\n")
         carry = parts.pop()  # the unfinished last line, if any
         lines: list[bytes | None] = _clean(parts, number, limit)
@@ -61,10 +74,10 @@ def jsonl_blocks(
             lines.append(None)
             carry, skipping = b"", True
         if lines:
-            yield number, lines
+            yield number, lines, start
             number += len(lines)
     if carry and not skipping:
-        yield number, _clean([carry], number, limit)
+        yield number, _clean([carry], number, limit), end - len(carry)
 
 
 def _clean(parts: list[bytes], number: int, limit: int) -> list[bytes | None]:
@@ -80,7 +93,7 @@ def _clean(parts: list[bytes], number: int, limit: int) -> list[bytes | None]:
 
 
 def read_jsonl(stream: IO[bytes], limit: int) -> Iterator[Record]:
-    for first, lines in jsonl_blocks(stream, limit):
+    for first, lines, _ in jsonl_blocks(stream, limit):
         for line, raw in enumerate(lines, first):
             if raw is None:
                 yield Record(line, None, too_long(limit))

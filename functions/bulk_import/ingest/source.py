@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 import re
-import zlib
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -14,6 +12,8 @@ from botocore.exceptions import ClientError
 
 from bulk_import.errors import FileTooLarge, MalformedFile, SourceNotFound, aws_error_code
 from bulk_import.ingest.file_type import Compression
+from bulk_import.ingest.gzip_access import SPACING as GZIP_SPACING
+from bulk_import.ingest.gzip_access import AccessPoint, GzipError, GzipReader, point_before
 from bulk_import.model import PROVIDERS, SourceRef
 
 if TYPE_CHECKING:
@@ -67,10 +67,23 @@ def describe(s3: S3Client, bucket: str, key: str, version_id: str | None) -> Sou
     )
 
 
+class StartAt(NamedTuple):
+    """Where a later invocation can start reading: ``offset`` decompressed bytes in (a line's
+    start), entered through ``access`` for gzip (None there: inflate from the file's start)."""
+
+    offset: int
+    access: AccessPoint | None = None
+
+
 def open_stream(
-    s3: S3Client, source: SourceObject, compression: Compression, max_bytes: int
+    s3: S3Client,
+    source: SourceObject,
+    compression: Compression,
+    max_bytes: int,
+    start: StartAt | None = None,
 ) -> IO[bytes]:
-    """A buffered reader of the decompressed content, pinned to the object version (or ETag)."""
+    """A buffered reader of the decompressed content, pinned to the object version (or ETag),
+    from the file's start or from ``start`` (not for zstd: see ``start_at``)."""
     ref = source.ref
     if ref.size == 0 and compression is not Compression.NONE:
         # Decompressors read nothing as no data; a compressed file holds a header at least.
@@ -83,23 +96,35 @@ def open_stream(
     raw: IO[bytes] = S3Object(
         bucket=ref.bucket, key=ref.key, version_id=ref.version_id, boto3_client=s3, **pin
     )
-    return decoded(raw, compression, max_bytes, ref.size)
+    return decoded(raw, compression, max_bytes, ref.size, start)
 
 
 def decoded(
-    raw: IO[bytes], compression: Compression, max_bytes: int, size: int | None = None
+    raw: IO[bytes],
+    compression: Compression,
+    max_bytes: int,
+    size: int | None = None,
+    start: StartAt | None = None,
 ) -> IO[bytes]:
-    """``raw`` decompressed, bounded by ``max_bytes``, with codec errors as MalformedFile.
+    """``raw`` decompressed, bounded by ``max_bytes``, with codec errors as MalformedFile;
+    from ``start`` when given (``raw`` must then be seekable).
 
     ``raw`` must have ``tell()``: a codec error names how far into the compressed bytes it
     came (of ``size``, when known), which tells a cut-off upload from damage part-way through.
     """
     compressed = raw
+    where = compressed.tell
     codec_errors: tuple[type[BaseException], ...] = ()
     complete: Callable[[], bool] | None = None
+    skip = 0  # decompressed bytes between where inflating starts and ``start``
     if compression is Compression.GZIP:
-        raw = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
-        codec_errors = (gzip.BadGzipFile, EOFError, zlib.error)
+        access = start.access if start is not None else None
+        if access is not None:
+            raw.seek(access.inp - (1 if access.bits else 0))
+        reader = GzipReader(raw, access)
+        skip = 0 if start is None else start.offset - reader.offset
+        raw, where = cast(IO[bytes], reader), lambda: reader.compressed_offset
+        codec_errors = (GzipError,)
     elif compression is Compression.ZSTD:
         import zstandard  # noqa: PLC0415 - deferred: only .zst files pay for the import
 
@@ -109,18 +134,47 @@ def decoded(
             cast(IO[bytes], framing), read_across_frames=True
         )
         codec_errors = (zstandard.ZstdError,)
+    elif start is not None:
+        raw.seek(start.offset)
     guarded = _GuardedReader(
         raw,
         compression.value,
         codec_errors,
         max_bytes,
         complete=complete,
-        compressed_offset=compressed.tell,
+        compressed_offset=where,
         compressed_size=size,
+        total=0 if start is None else start.offset - skip,
     )
     bounded = io.BufferedReader(guarded, _BUFFER)
-    _refuse_undeclared_compression(bounded, compression)
+    if start is None:
+        _refuse_undeclared_compression(bounded, compression)
+    while skip > 0:  # from the access point to the line (at most its spacing)
+        passed = len(bounded.read(min(skip, _BUFFER)))
+        if not passed:
+            raise MalformedFile("the file is shorter than its stored resume point")
+        skip -= passed
     return bounded
+
+
+def start_at(stream: IO[bytes], offset: int) -> StartAt | None:
+    """How a later invocation can start reading ``stream`` (as ``open_stream`` made it) at
+    decompressed ``offset``; None for zstd, which is read from the start.
+
+    zstd can only be entered at a frame's start (seekable-format files are frames of a few
+    MiB with a table of them); a file of one frame, what ``zstd`` writes, cannot be entered
+    mid-way at all.
+    """
+    guarded = getattr(stream, "raw", None)
+    inner = guarded.inner if isinstance(guarded, _GuardedReader) else None
+    if isinstance(inner, GzipReader):
+        access = point_before(inner.points, offset)
+        if access is None and offset > 2 * GZIP_SPACING:
+            return None  # read past the points kept (not expected: they reach back 32 MiB)
+        return StartAt(offset, access)
+    if guarded is not None and inner is not None and guarded.codec == Compression.NONE.value:
+        return StartAt(offset)
+    return None
 
 
 def _refuse_undeclared_compression(
@@ -146,36 +200,37 @@ class _GuardedReader(io.RawIOBase):
         complete: Callable[[], bool] | None,
         compressed_offset: Callable[[], int],
         compressed_size: int | None,
+        total: int = 0,
     ) -> None:
-        self._inner = inner
+        self.inner = inner
         self._compressed_offset = compressed_offset
         self._compressed_size = compressed_size
-        self._codec = codec
-        self._codec_errors = codec_errors
+        self.codec = codec
+        self.codec_errors = codec_errors
         self._max = max_bytes
         self._complete = complete
-        self.total = 0
+        self.total = total
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         try:
-            data = self._inner.read(len(buffer))
-        except self._codec_errors as exc:
+            data = self.inner.read(len(buffer))
+        except self.codec_errors as exc:
             if "too much memory" in str(exc):  # zstd: the frame's window is over the limit
                 raise MalformedFile(
-                    f"{self._codec} data needs a decoding window over {ZSTD_MAX_WINDOW >> 20} "
+                    f"{self.codec} data needs a decoding window over {ZSTD_MAX_WINDOW >> 20} "
                     "MiB (compressed with --long or --ultra); compress it again at level 19"
                 ) from None
             raise MalformedFile(
-                f"{self._codec} data is corrupt or truncated {self._where()} "
+                f"{self.codec} data is corrupt or truncated {self._where()} "
                 f"({_reason(exc)}); upload the file again"
             ) from None
         n = len(data)
         if n == 0 and self._complete is not None and not self._complete():
             raise MalformedFile(
-                f"{self._codec} data is truncated or corrupt {self._where()} "
+                f"{self.codec} data is truncated or corrupt {self._where()} "
                 "(the stream ends inside a frame); upload the file again"
             )
         self.total += n

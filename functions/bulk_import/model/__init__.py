@@ -9,6 +9,7 @@ from bulk_import.model.checkpoint import (
     Handoff,
     LeaseMark,
     ObjectRef,
+    ResumePoint,
 )
 from bulk_import.model.manifest import (
     SCHEMA_VERSION,
@@ -75,6 +76,7 @@ __all__ = [
     "Manifest",
     "ObjectRef",
     "Outcome",
+    "ResumePoint",
     "RowOutcome",
     "SourceRef",
     "UserProvider",

@@ -98,6 +98,30 @@ class Handoff(BaseModel):
     done: list[DoneChunk] = Field(default_factory=list)
 
 
+class ResumePoint(BaseModel):
+    """Where a later invocation may start reading instead of at the file's start (JSONL).
+
+    Chunks never span line ``line`` (the chunker closes every chunk there), so reading from it
+    cuts the chunks that follow as reading from the start would, numbered from ``seq``. Usable
+    once every chunk below ``seq`` is settled and the outcomes of the lines before it are
+    stored.
+    """
+
+    model_config = ConfigDict(defer_build=True)
+
+    line: int  # lines before it are done
+    start_line: int  # where reading starts (lines from here to ``line`` are passed over)
+    offset: int  # decompressed bytes before ``start_line``
+    seq: int  # chunks numbered before ``line``
+    rows_read: int
+    rejected: int
+    # Dedupe parts, in order: every (provider, user) claimed before ``line``, and where.
+    seen: list[str] = Field(default_factory=list)
+    # gzip: the access point object to enter the stream by (under the retry prefix: it holds
+    # the 32 KiB of the file before it). None: from the file's start.
+    access: str | None = None
+
+
 class Checkpoint(BaseModel):
     """What a later invocation needs to resume a file without re-sending any chunk.
 
@@ -132,4 +156,15 @@ class Checkpoint(BaseModel):
     chunks: list[ChunkRecord] = Field(default_factory=list)
     outcome_parts: list[str] = Field(default_factory=list)
     retry_parts: list[str] = Field(default_factory=list)
+    # Newest last; the oldest is the newest whose chunks were all settled when written.
+    resume_points: list[ResumePoint] = Field(default_factory=list)
     stop_reason: ErrorInfo | None = None
+
+    def state_objects(self) -> list[str]:
+        """Every object this checkpoint names: its parts and its resume points' objects."""
+        keys = [*self.outcome_parts, *self.retry_parts]
+        for point in self.resume_points:
+            keys.extend(key for key in point.seen if key not in keys)
+            if point.access is not None:
+                keys.append(point.access)
+        return keys

@@ -14,6 +14,7 @@ from bulk_import.run import replay
 from bulk_import.run.ledger import Ledger
 from bulk_import.run.stop import Stop
 from bulk_import.storage.keys import MANIFEST_NAME, results_prefix
+from bulk_import.storage.resume_objects import ResumeObjects
 
 if TYPE_CHECKING:
     from bulk_import.vital import CallStats
@@ -63,8 +64,10 @@ class RunContext:
         )
         self.prefix = results_prefix(ref.key, settings.incoming_prefix, settings.results_prefix)
         self.retry_prefix = results_prefix(ref.key, settings.incoming_prefix, settings.retry_prefix)
-        self.store = wiring.new_store(
-            wiring.s3, ref.bucket, self.prefix, self.retry_prefix, secrets.token_hex(4)
+        run = secrets.token_hex(4)
+        self.store = wiring.new_store(wiring.s3, ref.bucket, self.prefix, self.retry_prefix, run)
+        self.resume_objects = ResumeObjects(
+            wiring.s3, ref.bucket, self.prefix, self.retry_prefix, run
         )
         self.started_at = now()
         self.started_monotonic = wiring.clock()
@@ -86,7 +89,7 @@ class RunContext:
         created = self.ledger.save(
             self.store,
             source=self.source,
-            fingerprint=replay.fingerprint(self.settings),
+            fingerprint=replay.fingerprint(self.settings, self.wiring.tunables.resume_every_lines),
             started_at=self.started_at,
             next_segment=next_segment,
             lease=lease,

@@ -18,6 +18,7 @@ from bulk_import.model import (
     OAUTH1_EXPIRES_AT,
     OAUTH1_PROVIDERS,
     Outcome,
+    ResumePoint,
     RowOutcome,
 )
 from bulk_import.observability import logger
@@ -61,6 +62,13 @@ class Intake:
         # Rows rejected from the file's start, those of a resumed run's earlier invocations too
         # (its tally counts Vital's rejections as well): the rejection threshold's count.
         self.rejected = 0
+        tunables = ctx.wiring.tunables
+        # JSONL: every chunk closes before line ``next_cut``, where a resume point can be.
+        self.every = tunables.resume_every_lines
+        self.next_cut = self.every + 1
+        self.point_bytes = tunables.resume_point_bytes
+        self.last_point_offset = 0
+        self.skip_below = 1  # lines before it were done by the invocations before
         # HEAD and GET the object on a posting thread while this one reads the checkpoint: a
         # failure is raised where the stream is taken; a run that turns out not to need the
         # object closes it unread.
@@ -69,23 +77,27 @@ class Intake:
             self._open, ref.bucket, ref.key, ref.version_id
         )
 
-    def _open(self, bucket: str, key: str, version_id: str | None) -> Opened:
+    def _open(
+        self, bucket: str, key: str, version_id: str | None, start: ingest.StartAt | None = None
+    ) -> Opened:
         _, compression = ingest.detect(key)
         s3 = self.ctx.wiring.s3
         described = ingest.describe(s3, bucket, key, version_id)
         max_bytes = self.ctx.settings.max_decompressed_bytes
-        return Opened(described, ingest.open_stream(s3, described, compression, max_bytes))
+        stream = ingest.open_stream(s3, described, compression, max_bytes, start)
+        return Opened(described, stream)
 
-    def _opened(self) -> Opened:
-        """The object as opened in advance; opened again if a checkpoint named another version."""
+    def _opened(self, start: ingest.StartAt | None) -> Opened:
+        """The object as opened in advance; opened again if a checkpoint named another version,
+        or to read from a resume point."""
         opening, self.opening = self.opening, None
         source = self.ctx.source
         if opening is not None:
             opened = opening.result()
-            if source.version_id == self.ctx.ref.version_id:
+            if source.version_id == self.ctx.ref.version_id and start is None:
                 return opened
             opened.stream.close()
-        return self._open(source.bucket, source.key, source.version_id)
+        return self._open(source.bucket, source.key, source.version_id, start)
 
     def close(self) -> None:
         if self.opening is not None:  # opened for nothing (a skip, an error): closed
@@ -95,7 +107,9 @@ class Intake:
         """Read the whole file (or up to the deadline), handing every chunk on as it closes."""
         ctx = self.ctx
         fmt, compression = ingest.detect(ctx.source.key)
-        described, stream = self._opened()
+        point = ctx.ledger.resume_from if fmt is ingest.Format.JSONL else None
+        start = None if point is None else self._resume(point)
+        described, stream = self._opened(start)
         if ctx.ledger.checkpoint is None:
             ctx.source = described.ref.model_copy(update={"sequencer": ctx.ref.sequencer})
         elif ctx.source.etag and described.ref.etag != ctx.source.etag:
@@ -117,11 +131,13 @@ class Intake:
                 "size": ctx.source.size,
                 "segment": ctx.ref.segment,
                 "dry_run": ctx.dry_run,
+                "from_line": self.skip_below,
+                "from_byte": 0 if start is None else start.offset,
             },
         )
         with stream:
             if fmt is ingest.Format.JSONL:
-                self._take_jsonl(stream, default_provider)
+                self._take_jsonl(stream, default_provider, point if start else None)
             else:
                 self._take_records(stream, fmt, default_provider)
         if ctx.progress.rows_read == 0:
@@ -172,42 +188,117 @@ class Intake:
             logger.error("too many rows rejected; file stopped", extra={"rows_read": rows})
             raise error
 
-    def _take_jsonl(self, stream: IO[bytes], default_provider: str | None) -> None:
-        """The hot loop: JSONL in blocks, well-formed rows straight to ``_accept``.
+    def _take_jsonl(
+        self, stream: IO[bytes], default_provider: str | None, point: ResumePoint | None
+    ) -> None:
+        """JSONL in blocks; every chunk closes at each multiple of ``every`` lines (the resume
+        points' places), and a resumed run starts at its point's block."""
+        limit = self.ctx.settings.max_row_bytes
+        block_size = self.ctx.wiring.tunables.jsonl_block_bytes
+        at = (1, 0) if point is None else (point.start_line, point.offset)
+        for first, block, offset in ingest.jsonl_blocks(stream, limit, block_size, *at):
+            self._between_rows()
+            lines, start, end = block, first, first + len(block)
+            if start < self.skip_below:  # done by the invocations before
+                if end <= self.skip_below:
+                    continue
+                lines, start = lines[self.skip_below - start :], self.skip_below
+            while end > self.next_cut:  # a resume point's place falls in this block
+                cut = self.next_cut
+                if cut > start:
+                    self._take_block(start, lines[: cut - start], default_provider)
+                    lines, start = lines[cut - start :], cut
+                self._cut(stream, cut, first, offset)
+            if lines:
+                self._take_block(start, lines, default_provider)
+
+    def _take_block(
+        self, first: int, lines: list[bytes | None], default_provider: str | None
+    ) -> None:
+        """The hot loop: well-formed rows straight to ``_accept``.
 
         Everything else (blank and over-long lines, lenient spellings, errors) goes through
         ``_take`` like the other formats' rows; so does an OAuth 1.0 row whose ``expires_at`` is
         not the constant (WellFormedRow cannot compare two fields): the full model rejects it.
         """
+        progress = self.ctx.progress
+        blank = lines.count(b"")
+        if blank == len(lines):  # nothing to validate: the checkpoint moves past them
+            progress.line = first + blank - 1
+            return
         limit = self.ctx.settings.max_row_bytes
         accept = self._accept
         serialise = self.ctx.wiring.serialise
-        progress = self.ctx.progress
         # A default spelled otherwise ("Oura") is normalised, or refused, by the full model.
         providers = self.providers
         default = default_provider if default_provider in providers else None
         oauth1, oauth1_expires_at = OAUTH1_PROVIDERS, OAUTH1_EXPIRES_AT
-        block_size = self.ctx.wiring.tunables.jsonl_block_bytes
-        for first, lines in ingest.jsonl_blocks(stream, limit, block_size):
-            self._between_rows()
-            blank = lines.count(b"")
-            if blank == len(lines):  # nothing to validate: the checkpoint moves past them
-                progress.line = first + blank - 1
-                continue
-            progress.rows_read += len(lines) - blank
-            rows = ingest.validate_well_formed(lines, providers)
-            for line, raw, row in zip(itertools.count(first), lines, rows, strict=False):
-                if (
-                    row is not None
-                    and (provider := row.pop("provider", None) or default)
-                    and (provider not in oauth1 or row["expires_at"] == oauth1_expires_at)
-                ):
-                    accept(line, provider, row["user_id"], serialise(row))
-                elif raw:
-                    self._take(ingest.Record(line, None, None, raw), default_provider)
-                elif raw is None:
-                    self._take(ingest.Record(line, None, ingest.too_long(limit)), default_provider)
-                progress.line = line
+        progress.rows_read += len(lines) - blank
+        rows = ingest.validate_well_formed(lines, providers)
+        for line, raw, row in zip(itertools.count(first), lines, rows, strict=False):
+            if (
+                row is not None
+                and (provider := row.pop("provider", None) or default)
+                and (provider not in oauth1 or row["expires_at"] == oauth1_expires_at)
+            ):
+                accept(line, provider, row["user_id"], serialise(row))
+            elif raw:
+                self._take(ingest.Record(line, None, None, raw), default_provider)
+            elif raw is None:
+                self._take(ingest.Record(line, None, ingest.too_long(limit)), default_provider)
+            progress.line = line
+
+    def _cut(self, stream: IO[bytes], line: int, first: int, offset: int) -> None:
+        """Close every chunk before ``line``; store a resume point there once reading has gone
+        ``point_bytes`` past the last (the block holding it starts at line ``first``, byte
+        ``offset``)."""
+        self.next_cut = line + self.every
+        self.dispatcher.send(self.chunker.flush())
+        ctx = self.ctx
+        if offset - self.last_point_offset < self.point_bytes:
+            return
+        start = ingest.start_at(stream, offset)
+        if start is None:  # zstd: read from the start each time
+            return
+        self.last_point_offset = offset
+        n = len(ctx.ledger.resume_points) + 1
+        seen, access = ctx.resume_objects.put(
+            n, self.seen.part(), None if start.access is None else start.access.dump()
+        )
+        before = ctx.ledger.resume_points[-1].seen if ctx.ledger.resume_points else []
+        ctx.ledger.resume_points.append(
+            ResumePoint(
+                line=line,
+                start_line=first,
+                offset=offset,
+                seq=self.dispatcher.next_seq,
+                rows_read=ctx.progress.rows_read,
+                rejected=self.rejected,
+                seen=[*before, seen],
+                access=access,
+            )
+        )
+
+    def _resume(self, point: ResumePoint) -> ingest.StartAt | None:
+        """Take up the file's reading at ``point``; None (from the start) if its objects are
+        gone."""
+        store = self.ctx.resume_objects
+        parts = [store.read(key) for key in point.seen]
+        access = None if point.access is None else store.read(point.access)
+        if None in parts or (point.access is not None and access is None):
+            logger.warning("a resume point's objects are missing; reading from the start")
+            return None
+        for part in parts:
+            self.seen.load(part or b"")
+        self.rejected = point.rejected
+        self.ctx.progress.rows_read = point.rows_read
+        self.ctx.progress.line = point.line - 1
+        # Chunks are numbered from the point's: those before were cut before it.
+        self.dispatcher.next_seq = self.dispatcher.last_lease_seq = point.seq
+        self.skip_below = point.line
+        self.next_cut = point.line + self.every
+        self.last_point_offset = point.offset
+        return ingest.StartAt(point.offset, ingest.AccessPoint.load(access) if access else None)
 
     def _take(self, record: ingest.Record, default_provider: str | None) -> None:
         if record.raw is not None:  # a JSONL line that is not well formed (see _take_jsonl)

@@ -22,6 +22,7 @@ from bulk_import.model import (
     Handoff,
     LeaseMark,
     Outcome,
+    ResumePoint,
     RowOutcome,
     SourceRef,
 )
@@ -80,6 +81,10 @@ class Ledger:
         self.replay_answered: dict[int, DoneChunk] = {}
         self.chunks_done = 0
         self.checkpoint: Checkpoint | None = None  # the last one stored (or resumed from)
+        self.resume_points: list[ResumePoint] = []
+        # Where this run reads from: the newest point of the checkpoint resumed from whose
+        # chunks are all settled and whose lines' outcomes are stored (None: the file's start).
+        self.resume_from: ResumePoint | None = None
 
     def restore(self, cp: Checkpoint, handoff: Handoff | None = None) -> None:
         """Resume from ``cp``; chunks under its lease that are not settled are in doubt, or
@@ -101,6 +106,14 @@ class Ledger:
         self.replay_settled = set(cp.settled_extra)
         self.lines_done = cp.lines_done
         self.in_doubt = cp.in_doubt
+        self.resume_points = list(cp.resume_points)
+        usable = self._usable(cp.settled_below, cp.lines_done)
+        self.resume_from = usable[-1] if usable else None
+
+    def _usable(self, settled_below: int, lines_done: int) -> list[ResumePoint]:
+        return [
+            p for p in self.resume_points if p.seq <= settled_below and p.line - 1 <= lines_done
+        ]
 
     def replay(self, seq: int) -> Replay:
         if seq < self.replay_below or seq in self.replay_settled:
@@ -193,6 +206,11 @@ class Ledger:
         self.lease = raised
         # Marks of chunks all settled are of no more use (``sent_after``).
         self.lease_marks = [m for m in self.lease_marks if m.lease > self.settled_below]
+        lines_done = max(line, self.lines_done)
+        # Points before the newest usable one are of no more use either.
+        usable = self._usable(self.settled_below, lines_done)
+        if usable:
+            self.resume_points = self.resume_points[self.resume_points.index(usable[-1]) :]
         checkpoint = Checkpoint(
             source=source,
             fingerprint=fingerprint,
@@ -202,7 +220,7 @@ class Ledger:
             lease_marks=list(self.lease_marks),
             settled_below=self.settled_below,
             settled_extra=sorted(self.settled),
-            lines_done=max(line, self.lines_done),
+            lines_done=lines_done,
             in_doubt=self.in_doubt,
             counts=self.tally.counts(),
             providers=self.tally.providers(),
@@ -211,6 +229,7 @@ class Ledger:
             chunks=list(self.chunk_records),
             outcome_parts=list(self.outcome_parts),
             retry_parts=list(self.retry_parts),
+            resume_points=list(self.resume_points),
             stop_reason=errors.to_info(stop_reason),
         )
         created = self.checkpoint is None

@@ -16,13 +16,16 @@ from pathlib import Path
 import pydantic_core
 
 from bulk_import.config import Settings
+from bulk_import.ingest.jsonl import RESUME_EVERY_LINES
 
 CODE = "code"
 
 
-def fingerprint(settings: Settings) -> str:
+def fingerprint(settings: Settings, resume_every_lines: int = RESUME_EVERY_LINES) -> str:
     """The replay basis as readable JSON: a mismatch can then say what changed."""
     basis = {
+        # JSONL chunks never span a multiple of it (resume points sit there).
+        "RESUME_EVERY_LINES": resume_every_lines,
         "CHUNK_SIZE": settings.chunk_size,
         "MAX_BODY_BYTES": settings.max_body_bytes,
         "MAX_ROW_BYTES": settings.max_row_bytes,

@@ -36,7 +36,7 @@ def prepare(ctx: RunContext) -> FileResult | None:  # noqa: PLR0911 - a table of
         if ref.segment > 0 or older_than(ref, checkpoint.source):
             return skip(ctx, "a newer upload of this key replaced the file being imported")
         logger.warning("a new upload replaces an unfinished import of this key")
-        store.delete(checkpoint.outcome_parts + checkpoint.retry_parts)
+        store.delete(checkpoint.state_objects())
         newer = SourceRef(
             bucket=ref.bucket,
             key=ref.key,
@@ -70,7 +70,8 @@ def prepare(ctx: RunContext) -> FileResult | None:  # noqa: PLR0911 - a table of
         return skip(ctx, "a later invocation already took over this import")
     if ref.segment > checkpoint.next_segment:
         return skip(ctx, "continuation from an unknown segment")
-    changed = replay.changes(checkpoint.fingerprint, replay.fingerprint(ctx.settings))
+    current = replay.fingerprint(ctx.settings, ctx.wiring.tunables.resume_every_lines)
+    changed = replay.changes(checkpoint.fingerprint, current)
     if changed:
         ctx.stop.error = errors.ConfigurationError(replay.describe(changed))
     elif ref.segment >= ctx.settings.max_invocations_per_file:

@@ -22,7 +22,10 @@ CHECKPOINT_NAME = "checkpoint.json"
 HANDOFF_NAME = "handoff.json"
 # S3's limit on a key, in bytes of UTF-8.
 S3_KEY_BYTES = 1024
-PART_NAME = re.compile(r"(?:outcomes-[0-9a-f]{8}-\d{5}\.csv|retry-[0-9a-f]{8}-\d{5}\.jsonl)")
+PART_NAME = re.compile(
+    r"(?:outcomes-[0-9a-f]{8}-\d{5}\.csv|retry-[0-9a-f]{8}-\d{5}\.jsonl"
+    r"|seen-[0-9a-f]{8}-\d{5}\.bin|access-[0-9a-f]{8}-\d{5}\.bin)"
+)
 
 
 def results_prefix(key: str, incoming_prefix: str, results_prefix: str) -> str:
@@ -37,6 +40,16 @@ def outcome_part_key(results_prefix: str, run: str, n: int) -> str:
 
 def retry_part_key(retry_prefix: str, run: str, n: int) -> str:
     return f"{retry_prefix}{STATE_DIR}retry-{run}-{n:05d}.jsonl"
+
+
+def seen_part_key(results_prefix: str, run: str, n: int) -> str:
+    """Users claimed up to a resume point (ids, no tokens)."""
+    return f"{results_prefix}{STATE_DIR}seen-{run}-{n:05d}.bin"
+
+
+def access_key(retry_prefix: str, run: str, n: int) -> str:
+    """A gzip access point: it holds 32 KiB of the file, tokens too, so under the retry prefix."""
+    return f"{retry_prefix}{STATE_DIR}access-{run}-{n:05d}.bin"
 
 
 def longest_key(results_prefix: str, retry_prefix: str) -> int:

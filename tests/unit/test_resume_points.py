@@ -1,0 +1,238 @@
+"""Resume points: a continuation reads a JSONL file from near where the last invocation stopped
+(the dedupe part and, for gzip, an access point stored there), not from the file's start; the
+chunks, outcomes and duplicates come out as one invocation would make them."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import zstandard
+
+from bulk_import.config import Settings
+from bulk_import.ingest.gzip_access import SPACING
+from bulk_import.model import Counts, ObjectRef, ResumePoint
+from bulk_import.run.context import FileResult
+from bulk_import.wiring import Tunables
+from tests.fakes import FakePost, FakeS3, StoreState, outcomes_by_line, run_offline
+from tests.helpers import make_row
+
+BUCKET = "bucket-a"
+EVERY = 100
+POINTS = Tunables(jsonl_block_bytes=4096, resume_every_lines=EVERY, resume_point_bytes=1)
+
+
+class RangedS3(FakeS3):
+    """FakeS3 that notes where each read of a key started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts: dict[str, list[int]] = {}
+
+    def get_object(self, *, Bucket: str, Key: str, Range: str = "", **kw: Any) -> dict[str, Any]:  # noqa: N803
+        start = int(Range.removeprefix("bytes=").split("-")[0]) if Range else 0
+        self.starts.setdefault(Key, []).append(start)
+        return super().get_object(Bucket=Bucket, Key=Key, Range=Range, **kw)
+
+
+def settings() -> Settings:
+    return Settings.from_env(
+        {"VITAL_API_KEY_SECRET": "vital-key", "CHUNK_SIZE": "7", "MAX_CONCURRENCY": "1"}
+    )
+
+
+def file_rows(n: int) -> list[dict[str, Any] | str]:
+    """``n`` lines over two providers, with rejected rows, blank lines and duplicates of users
+    first seen far earlier (before any resume point a later invocation reads from)."""
+    lines: list[dict[str, Any] | str] = []
+    for i in range(n):
+        if i % 97 == 13:
+            lines.append({"provider": "oura", "user_id": f"bad-{i}"})
+        elif i % 89 == 5:
+            lines.append("")
+        elif i % 50 == 49:
+            lines.append(make_row(i % 40, provider="oura" if i % 3 else "fitbit"))
+        else:
+            lines.append(make_row(i, provider="oura" if i % 3 else "fitbit"))
+    return lines
+
+
+def body(lines: list[dict[str, Any] | str]) -> bytes:
+    return "".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in lines).encode()
+
+
+def compress(data: bytes, suffix: str) -> bytes:
+    if suffix == ".gz":
+        return gzip.compress(data, compresslevel=1)
+    if suffix == ".zst":
+        return zstandard.ZstdCompressor().compress(data)
+    return data
+
+
+def runs_out_of_time_after(calls: int) -> Callable[[], float]:
+    """Lambda's remaining time: plenty for ``calls`` asks, then none (the run hands on)."""
+    asked = 0
+
+    def remaining() -> float:
+        nonlocal asked
+        asked += 1
+        return 900.0 if asked <= calls else 0.0
+
+    return remaining
+
+
+def import_all(
+    s3: FakeS3, key: str, *, calls: int | None, tunables: Tunables = POINTS
+) -> tuple[FileResult, FakePost, list[StoreState]]:
+    """Import ``key`` in one invocation (``calls`` None) or in invocations that each run out
+    of time; the states seen after each invocation that handed on."""
+    state, post, ref = StoreState(), FakePost(), ObjectRef(bucket=BUCKET, key=key, sequencer="0A")
+    handed_on: list[StoreState] = []
+    for _ in range(500):
+        remaining = (lambda: 900.0) if calls is None else runs_out_of_time_after(calls)
+        result = run_offline(
+            s3, state, settings(), ref, tunables=tunables, post_chunk=post,
+            remaining_seconds=remaining,
+        )  # fmt: skip
+        if result.continuation is None:
+            return result, post, handed_on
+        assert state.checkpoint is not None
+        handed_on.append(StoreState(checkpoint=state.checkpoint))
+        ref = result.continuation
+    raise AssertionError("the file never ended")
+
+
+def usable_point(state: StoreState) -> ResumePoint | None:
+    """The point a run resuming from ``state`` reads from: the newest whose chunks are all
+    settled and whose lines' outcomes are stored."""
+    cp = state.checkpoint
+    assert cp is not None
+    usable = [
+        p for p in cp.resume_points if p.seq <= cp.settled_below and p.line - 1 <= cp.lines_done
+    ]
+    return usable[-1] if usable else None
+
+
+def chunks_of(post: FakePost) -> list[list[int]]:
+    return [[row.line for row in chunk.rows] for chunk in post.sent]
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_given_invocations_that_run_out_of_time_then_each_reads_from_near_where_the_last_stopped(
+    suffix: str,
+) -> None:
+    # Given a JSONL file of 3,000 lines (two providers, rejected rows, blank lines, duplicates
+    # of users first seen far earlier), over 1 MiB once unpacked
+    lines = file_rows(3000)
+    lines = [
+        {**x, "provider_id": "p" * 600} if isinstance(x, dict) and "access_token" in x else x
+        for x in lines
+    ]
+    data = body(lines)
+    assert len(data) > 2 * SPACING  # gzip's access points are SPACING apart
+    key = f"incoming/a.jsonl{suffix}"
+    once_s3, many_s3 = RangedS3(), RangedS3()
+    once_s3.put(key, compress(data, suffix))
+    many_s3.put(key, compress(data, suffix))
+
+    # When it is imported in one invocation, and in many that each run out of time
+    once, once_post, _ = import_all(once_s3, key, calls=None)
+    many, many_post, handed_on = import_all(many_s3, key, calls=40)
+
+    # Then the chunks, the outcomes and the counts are the same, each row sent once
+    assert len(handed_on) > 5
+    assert chunks_of(many_post) == chunks_of(once_post)
+    sent = many_post.sent_lines
+    assert len(sent) == len(set(sent))
+    outcomes_key = f"results/a.jsonl{suffix}/outcomes.csv"
+    many_outcomes = outcomes_by_line(many_s3, outcomes_key)
+    assert many_outcomes == outcomes_by_line(once_s3, outcomes_key)
+    assert sorted(many_outcomes) == [n for n in range(1, 3001) if lines[n - 1] != ""]
+    assert any(o["outcome"] == "duplicate" for o in many_outcomes.values())
+    assert many.manifest is not None
+    assert once.manifest is not None
+    assert many.manifest.counts == once.manifest.counts
+    assert many.manifest.counts.rows == len(many_outcomes)
+    # And no chunk spans a multiple of RESUME_EVERY_LINES (+1), where the points are
+    assert all((c[0] - 1) // EVERY == (c[-1] - 1) // EVERY for c in chunks_of(many_post))
+    # And each invocation resuming at a point read the file from there, not from its start
+    # (besides the object each invocation opens from the start while its checkpoint is read;
+    # gzip's first access point comes after SPACING bytes: before it, gzip inflates from the
+    # start)
+    entered = [point for state in handed_on if (point := usable_point(state))]
+    assert len(entered) >= len(handed_on) - 2
+    read_from = [start for start in many_s3.starts[key] if start > 0]
+    assert len(read_from) == sum(1 for p in entered if p.access or not suffix)
+    assert len(read_from) >= len(handed_on) // 3
+    assert read_from == sorted(read_from)
+    if not suffix:
+        assert read_from[-1] > len(many_s3.objects[key]) * 3 // 4
+
+
+def test_given_a_point_whose_objects_are_gone_then_the_run_reads_from_the_start() -> None:
+    # Given an import that stored resume points, then lost their objects
+    lines = file_rows(600)
+    key = "incoming/b.jsonl"
+    s3 = RangedS3()
+    s3.put(key, body(lines))
+    state, post = StoreState(), FakePost()
+    ref = ObjectRef(bucket=BUCKET, key=key, sequencer="0A")
+    first = run_offline(
+        s3, state, settings(), ref, tunables=POINTS, post_chunk=post,
+        remaining_seconds=runs_out_of_time_after(30),
+    )  # fmt: skip
+    assert first.continuation is not None
+    assert state.checkpoint is not None
+    assert state.checkpoint.resume_points
+    for point in state.checkpoint.resume_points:
+        for gone in point.seen:
+            del s3.objects[gone]
+
+    # When the next invocation resumes
+    result = run_offline(
+        s3, state, settings(), first.continuation, tunables=POINTS, post_chunk=post
+    )
+
+    # Then it read from the start, and the file ends as it would have: each row once
+    assert s3.starts[key][-1] == 0
+    assert result.manifest is not None
+    assert result.manifest.error is None
+    sent = post.sent_lines
+    assert len(sent) == len(set(sent))
+    assert result.manifest.counts.rows == len(outcomes_by_line(s3, "results/b.jsonl/outcomes.csv"))
+
+
+def test_given_a_zstd_file_then_no_point_is_stored_and_each_invocation_reads_from_the_start() -> (
+    None
+):
+    lines = file_rows(800)
+    key = "incoming/c.jsonl.zst"
+    s3 = RangedS3()
+    s3.put(key, compress(body(lines), ".zst"))
+
+    result, post, handed_on = import_all(s3, key, calls=30)
+
+    assert len(handed_on) > 2
+    assert all(s.checkpoint is not None and not s.checkpoint.resume_points for s in handed_on)
+    assert result.manifest is not None
+    assert result.manifest.error is None
+    assert len(post.sent_lines) == len(set(post.sent_lines))
+    expected = sum(1 for x in lines if x != "")
+    assert result.manifest.counts.rows == expected
+
+
+def test_given_a_file_shorter_than_the_cut_spacing_then_it_imports_as_it_always_did() -> None:
+    # Given a file of fewer lines than RESUME_EVERY_LINES
+    key = "incoming/d.jsonl"
+    s3 = RangedS3()
+    s3.put(key, body([make_row(i) for i in range(30)]))
+
+    result, post, _ = import_all(s3, key, calls=None, tunables=Tunables())
+
+    # Then its chunks are full ones, the last one partial
+    assert [len(c) for c in chunks_of(post)] == [7, 7, 7, 7, 2]
+    assert result.manifest is not None
+    assert result.manifest.counts == Counts(rows=30, imported=30)
