@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import coldstart
+from bench import coldstart, resume
 from bench.child import S3_LATENCY_ENV
 from bench.data import ConnectionFile, generate
 from bench.stack import BUCKET, BenchStack
@@ -92,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--coldstart-repeats", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per child run")
     parser.add_argument("--quick", action="store_true", help="2k rows, 0 ms, once: a smoke run")
+    parser.add_argument(
+        "--no-resume", action="store_true", help="skip the resume cost (bench.resume, ~1 min)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
     args.rows = [int(x) for x in _floats(args.rows or ("2000" if args.quick else "20000,100000"))]
@@ -474,6 +477,14 @@ def main(argv: list[str] | None = None) -> int:
         cold = coldstart.measure(env, args.coldstart_repeats)
     targets, info = evaluate(runs, cold, args)
     print_report(runs, cold, targets, info)
+    resumed = None
+    if not args.quick and not args.no_resume:
+        print("\n  resume cost ...", flush=True)
+        resumed = resume.measure()
+        print(resume.report(resumed))
+        targets.append(
+            Target("Resume: entering gzip at 90 % / at 10 %", resumed["ratio"], resume.TARGET)
+        )
 
     report = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -493,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runs": runs,
         "coldstart": cold,
+        "resume": resumed,
         "targets": [t.as_dict() for t in targets],
         "context": dict(info),
         "elapsed_s": round(time.monotonic() - started, 1),

@@ -121,8 +121,11 @@ class Stack:
         return "\n".join([*texts, *self.log_lines, *self.stdout])
 
 
-def drain_queue(stack: Stack, queue_url: str, timeout_seconds: float, limit: int = 50) -> int:
-    """Invoke the handler with every continuation message until none is left."""
+def drain_queue(
+    stack: Stack, queue_url: str, timeout_seconds: float, limit: int = 50, **fakes: Any
+) -> int:
+    """Invoke the handler with every continuation message until none is left; ``fakes`` as for
+    ``Stack.invoke``."""
     sqs = boto3.client("sqs")
     for invocations in range(limit):
         messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1).get(
@@ -132,7 +135,7 @@ def drain_queue(stack: Stack, queue_url: str, timeout_seconds: float, limit: int
             return invocations
         (message,) = messages
         event = {"Records": [{"eventSource": "aws:sqs", "body": message["Body"]}]}
-        stack.invoke(event, timeout_seconds=timeout_seconds)
+        stack.invoke(event, timeout_seconds=timeout_seconds, **fakes)
         sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
     pytest.fail("continuations did not converge")
 
