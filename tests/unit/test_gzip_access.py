@@ -12,8 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bulk_import.ingest import gzip_access
 from bulk_import.ingest.dedupe import Dedupe
+from bulk_import.ingest.file_type import Compression
 from bulk_import.ingest.gzip_access import SPACING, AccessPoint, GzipError, GzipReader
+from bulk_import.ingest.source import can_resume, decoded, start_at
 
 
 def text(n: int, seed: int = 1) -> bytes:
@@ -149,3 +152,18 @@ def test_a_run_loading_dedupe_parts_claims_as_the_run_that_wrote_them(
     for line, (provider, n) in enumerate(after, len(before) + 1):
         assert reader.claim(provider, uid(n), line) == writer.claim(provider, uid(n), line)
     assert writer.part() == reader.part()  # and both have the same claims left to store
+
+
+def test_without_a_system_zlib_gzip_is_read_by_the_gzip_module_and_never_entered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a machine where the system's zlib cannot be loaded
+    monkeypatch.setattr(gzip_access, "available", lambda: False)
+
+    # When a gzip file is opened
+    stream = decoded(io.BytesIO(ONE), Compression.GZIP, 1 << 30, len(ONE))
+
+    # Then it reads as ever, and no resume point is offered for it
+    assert not can_resume(Compression.GZIP)
+    assert start_at(stream, 0) is None
+    assert stream.read() == PLAIN

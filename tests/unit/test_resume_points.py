@@ -236,3 +236,154 @@ def test_given_a_file_shorter_than_the_cut_spacing_then_it_imports_as_it_always_
     assert [len(c) for c in chunks_of(post)] == [7, 7, 7, 7, 2]
     assert result.manifest is not None
     assert result.manifest.counts == Counts(rows=30, imported=30)
+
+
+class PutCounter(RangedS3):
+    """RangedS3 that counts the writes of each key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: dict[str, int] = {}
+
+    def put_object(self, *, Bucket: str, Key: str, Body: bytes | str, **kw: Any) -> None:  # noqa: N803
+        self.writes[Key] = self.writes.get(Key, 0) + 1
+        super().put_object(Bucket=Bucket, Key=Key, Body=Body, **kw)
+
+
+def rows_with_late_duplicates(n: int) -> list[dict[str, Any] | str]:
+    """``n`` padded rows; from line 1,001 on, every tenth repeats a user of lines 151-250."""
+    return [
+        {
+            **make_row(150 + i % 100 if i >= 1000 and i % 10 == 3 else i),
+            "provider_id": "p" * 600,
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("calls", [150, 400])
+def test_given_runs_that_store_many_points_then_none_is_overwritten_and_duplicates_hold(
+    suffix: str, calls: int
+) -> None:
+    # Given a file whose later rows repeat users first seen early on, imported in invocations
+    # long enough to store several points each, and in one
+    lines = rows_with_late_duplicates(3000)
+    key = f"incoming/e.jsonl{suffix}"
+    once_s3, many_s3 = PutCounter(), PutCounter()
+    once_s3.put(key, compress(body(lines), suffix))
+    many_s3.put(key, compress(body(lines), suffix))
+
+    once, once_post, _ = import_all(once_s3, key, calls=None)
+    many, many_post, _ = import_all(many_s3, key, calls=calls)
+
+    # Then every point's objects were written once (a point never loses them to a later one)
+    for s3 in (once_s3, many_s3):
+        points = {k: n for k, n in s3.writes.items() if "/_state/seen-" in k or "access-" in k}
+        assert len(points) > 3
+        assert set(points.values()) == {1}
+    # And the outcomes, the duplicates among them, and what was sent match one invocation's
+    outcomes_key = f"results/e.jsonl{suffix}/outcomes.csv"
+    assert outcomes_by_line(many_s3, outcomes_key) == outcomes_by_line(once_s3, outcomes_key)
+    assert chunks_of(many_post) == chunks_of(once_post)
+    assert many.manifest is not None
+    assert once.manifest is not None
+    assert many.manifest.counts == once.manifest.counts
+    assert many.manifest.counts.duplicates == 200
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_given_the_key_uploaded_again_then_a_resume_from_a_point_stops_before_reading_it(
+    suffix: str,
+) -> None:
+    # Given an import that stored points, then the key uploaded again with other content
+    lines = rows_with_late_duplicates(6000)
+    key = f"incoming/f.jsonl{suffix}"
+    s3 = RangedS3()
+    s3.put(key, compress(body(lines), suffix))
+    state, post = StoreState(), FakePost()
+    ref = ObjectRef(bucket=BUCKET, key=key, sequencer="0A")
+    first = run_offline(
+        s3, state, settings(), ref, tunables=POINTS, post_chunk=post,
+        remaining_seconds=runs_out_of_time_after(1500),
+    )  # fmt: skip
+    assert first.continuation is not None
+    assert state.checkpoint is not None
+    assert any(p.access or not suffix for p in state.checkpoint.resume_points)
+    other = [{**make_row(100_000 + i), "provider_id": "q" * 600} for i in range(3000)]
+    s3.put(key, compress(body(other), suffix))
+    sent = len(post.sent)
+
+    # When the continuation runs
+    result = run_offline(
+        s3, state, settings(), first.continuation, tunables=POINTS, post_chunk=post
+    )
+
+    # Then it stops as replaced, sending nothing of the new content
+    assert result.skipped == "the object was replaced since this import started"
+    assert len(post.sent) == sent
+
+
+def test_given_a_point_whose_objects_are_gone_then_later_points_work_again() -> None:
+    # Given an import whose stored points lost their dedupe parts
+    lines = rows_with_late_duplicates(3000)
+    key = "incoming/g.jsonl"
+    s3 = RangedS3()
+    s3.put(key, body(lines))
+    state, post = StoreState(), FakePost()
+    ref = ObjectRef(bucket=BUCKET, key=key, sequencer="0A")
+    result = run_offline(
+        s3, state, settings(), ref, tunables=POINTS, post_chunk=post,
+        remaining_seconds=runs_out_of_time_after(300),
+    )  # fmt: skip
+    assert state.checkpoint is not None
+    for point in state.checkpoint.resume_points:
+        for gone in point.seen:
+            s3.objects.pop(gone, None)
+
+    # When the continuations run
+    starts: list[list[int]] = []
+    while result.continuation is not None:
+        before = len(s3.starts[key])
+        result = run_offline(
+            s3, state, settings(), result.continuation, tunables=POINTS, post_chunk=post,
+            remaining_seconds=runs_out_of_time_after(300),
+        )  # fmt: skip
+        starts.append([s for s in s3.starts[key][before:] if s > 0])
+
+    # Then the first reads from the start, and the ones after it from their new points
+    assert len(starts) > 2
+    assert starts[0] == []
+    assert all(later for later in starts[1:])
+    assert result.manifest is not None
+    assert result.manifest.error is None
+    assert len(post.sent_lines) == len(set(post.sent_lines))
+
+
+def test_given_a_point_whose_dedupe_parts_hold_fewer_claims_then_it_is_not_used() -> None:
+    # Given a stored point whose part is replaced by an empty one (its claims lost)
+    lines = rows_with_late_duplicates(3000)
+    key = "incoming/h.jsonl"
+    s3 = RangedS3()
+    s3.put(key, body(lines))
+    state, post = StoreState(), FakePost()
+    ref = ObjectRef(bucket=BUCKET, key=key, sequencer="0A")
+    first = run_offline(
+        s3, state, settings(), ref, tunables=POINTS, post_chunk=post,
+        remaining_seconds=runs_out_of_time_after(600),
+    )  # fmt: skip
+    assert first.continuation is not None
+    assert state.checkpoint is not None
+    for point in state.checkpoint.resume_points:
+        s3.objects[point.seen[-1]] = b""
+
+    # When the continuation runs to the end
+    result = run_offline(
+        s3, state, settings(), first.continuation, tunables=POINTS, post_chunk=post
+    )
+
+    # Then it read from the start, and every duplicate is found
+    assert s3.starts[key][-1] == 0
+    assert result.manifest is not None
+    assert result.manifest.counts.duplicates == 200
+    assert len(post.sent_lines) == len(set(post.sent_lines))

@@ -9,6 +9,7 @@ from bulk_import.ingest.chunking import (
     PendingRow,
     serialise,
 )
+from bulk_import.ingest.dedupe import Dedupe
 from bulk_import.ingest.file_type import Compression, Format, detect
 from bulk_import.ingest.formats import read_records
 from bulk_import.ingest.gzip_access import AccessPoint
@@ -18,6 +19,7 @@ from bulk_import.ingest.source import (
     DRY_RUN_METADATA,
     SourceObject,
     StartAt,
+    can_resume,
     describe,
     dry_run_requested,
     open_stream,
@@ -42,11 +44,13 @@ __all__ = [
     "Chunk",
     "Chunker",
     "Compression",
+    "Dedupe",
     "Format",
     "PendingRow",
     "Record",
     "SourceObject",
     "StartAt",
+    "can_resume",
     "context_for",
     "describe",
     "describe_errors",

@@ -28,6 +28,14 @@ class Dedupe:
         self._seen: defaultdict[str, dict[bytes, int]] = defaultdict(dict)
         self._marks: dict[str, int] = {}  # per provider, the claims already in a part
 
+    def clear(self) -> None:
+        self._seen.clear()
+        self._marks.clear()
+
+    def __len__(self) -> int:
+        """Claims made: a resume point's count, checked once its parts are loaded."""
+        return sum(map(len, self._seen.values()))
+
     def part(self) -> bytes:
         """The claims since the last part, for a later invocation to ``load`` instead of
         reading the file again up to here. Claims are never removed, and dicts keep their

@@ -31,7 +31,8 @@ KEPT_POINTS = 32
 _IN_BYTES = 128 * 1024  # as the gzip module reads
 _OUT_BYTES = 1024 * 1024
 
-_Z_OK, _Z_STREAM_END, _Z_NEED_DICT, _Z_BUF_ERROR = 0, 1, 2, -5
+_Z_OK, _Z_STREAM_END, _Z_BUF_ERROR = 0, 1, -5
+_Z_STREAM_ERROR, _Z_MEM_ERROR, _Z_VERSION_ERROR = -2, -4, -6
 _Z_NO_FLUSH, _Z_BLOCK = 0, 5
 _GZIP_WBITS, _RAW_WBITS = 31, -15
 _END_OF_BLOCK, _LAST_BLOCK = 128, 64
@@ -58,6 +59,14 @@ class AccessPoint(NamedTuple):
     crc: int  # CRC-32 of the member's output before the point
     size: int  # the member's output before the point
     window: bytes  # up to 32 KiB of output before the point
+
+    def __repr__(self) -> str:  # the window is file content: tokens, never in a log or trace
+        return f"AccessPoint(out={self.out}, inp={self.inp}, bits={self.bits})"
+
+    def fits(self, offset: int) -> bool:
+        """Whether a reader may enter here to reach decompressed ``offset`` (at most a few
+        spacings on: a point of another place, say, does not)."""
+        return self.out <= offset <= self.out + KEPT_POINTS * SPACING
 
     def dump(self) -> bytes:
         return _POINT.pack(self.out, self.inp, self.bits, self.crc, self.size) + self.window
@@ -89,8 +98,10 @@ class _ZStream(ctypes.Structure):
 
 @cache
 def _zlib() -> ctypes.CDLL:
-    name = ctypes.util.find_library("z") or "libz.so.1"
-    lib = ctypes.CDLL(name)
+    try:
+        lib = ctypes.CDLL("libz.so.1")  # Linux, Lambda's runtime: no ldconfig run to find it
+    except OSError:
+        lib = ctypes.CDLL(ctypes.util.find_library("z") or "libz.so.1")
     lib.zlibVersion.restype = ctypes.c_char_p
     lib.inflateInit2_.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     lib.inflate.argtypes = [ctypes.c_void_p, ctypes.c_int]
@@ -101,8 +112,10 @@ def _zlib() -> ctypes.CDLL:
     return lib
 
 
+@cache
 def available() -> bool:
-    """Whether the system's zlib can be loaded (else gzip files resume from their start)."""
+    """Whether the system's zlib can be loaded (else gzip is read by the gzip module, and a
+    resume reads it from its start)."""
     try:
         _zlib()
     except OSError:
@@ -119,6 +132,7 @@ class GzipReader(io.RawIOBase):
 
     def __init__(self, raw: IO[bytes], point: AccessPoint | None = None) -> None:
         self._raw = raw
+        self._started = False  # inflateInit2 done: inflateEnd owed
         self._z = _zlib()
         self._strm = _ZStream()
         self._out = ctypes.create_string_buffer(_OUT_BYTES)
@@ -159,10 +173,19 @@ class GzipReader(io.RawIOBase):
         version = self._z.zlibVersion()
         ret = self._z.inflateInit2_(self._ref, wbits, version, ctypes.sizeof(_ZStream))
         self._check(ret)
+        self._started = True
 
     def _check(self, ret: int) -> None:
         if ret != _Z_OK:
-            raise GzipError(self._message(ret))
+            raise self._error(ret)
+
+    def _error(self, ret: int) -> Exception:
+        """The data's fault (GzipError), or zlib's own: out of memory, or a misuse (a bug)."""
+        if ret == _Z_MEM_ERROR:
+            return MemoryError("zlib could not allocate its state")
+        if ret in (_Z_STREAM_ERROR, _Z_VERSION_ERROR):
+            return RuntimeError(f"zlib refused the call ({ret})")
+        return GzipError(self._message(ret))
 
     def _message(self, ret: int) -> str:
         msg = self._strm.msg
@@ -221,7 +244,7 @@ class GzipReader(io.RawIOBase):
         produced = size - strm.avail_out
         data = ctypes.string_at(self._out, produced) if produced else b""
         if ret not in (_Z_OK, _Z_STREAM_END, _Z_BUF_ERROR):
-            raise GzipError(self._message(ret))
+            raise self._error(ret)
         if data:
             self._took(data)
         if ret == _Z_STREAM_END:
@@ -287,7 +310,9 @@ class GzipReader(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._z.inflateEnd(self._ref)
+            if getattr(self, "_started", False):
+                self._z.inflateEnd(self._ref)
+                self._started = False
             self._raw.close()
         super().close()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import re
+import zlib
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -11,6 +13,7 @@ from aws_lambda_powertools.utilities.streaming import S3Object
 from botocore.exceptions import ClientError
 
 from bulk_import.errors import FileTooLarge, MalformedFile, SourceNotFound, aws_error_code
+from bulk_import.ingest import gzip_access
 from bulk_import.ingest.file_type import Compression
 from bulk_import.ingest.gzip_access import SPACING as GZIP_SPACING
 from bulk_import.ingest.gzip_access import AccessPoint, GzipError, GzipReader, point_before
@@ -117,14 +120,20 @@ def decoded(
     codec_errors: tuple[type[BaseException], ...] = ()
     complete: Callable[[], bool] | None = None
     skip = 0  # decompressed bytes between where inflating starts and ``start``
-    if compression is Compression.GZIP:
+    if compression is Compression.GZIP and (start is not None or gzip_access.available()):
         access = start.access if start is not None else None
         if access is not None:
             raw.seek(access.inp - (1 if access.bits else 0))
-        reader = GzipReader(raw, access)
+        try:
+            reader = GzipReader(raw, access)
+        except GzipError as exc:
+            raise MalformedFile(f"gzip data ends before its resume point ({exc})") from None
         skip = 0 if start is None else start.offset - reader.offset
         raw, where = cast(IO[bytes], reader), lambda: reader.compressed_offset
         codec_errors = (GzipError,)
+    elif compression is Compression.GZIP:  # no system zlib to drive: read, never entered
+        raw = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+        codec_errors = (gzip.BadGzipFile, EOFError, zlib.error)
     elif compression is Compression.ZSTD:
         import zstandard  # noqa: PLC0415 - deferred: only .zst files pay for the import
 
@@ -155,6 +164,13 @@ def decoded(
             raise MalformedFile("the file is shorter than its stored resume point")
         skip -= passed
     return bounded
+
+
+def can_resume(compression: Compression) -> bool:
+    """Whether a stream of this compression can be entered at a resume point."""
+    if compression is Compression.GZIP:
+        return gzip_access.available()
+    return compression is Compression.NONE
 
 
 def start_at(stream: IO[bytes], offset: int) -> StartAt | None:

@@ -109,12 +109,13 @@ class ResumePoint(BaseModel):
 
     model_config = ConfigDict(defer_build=True)
 
-    line: int  # lines before it are done
+    line: int  # the first line read after the point (the lines before it: in chunks < seq)
     start_line: int  # where reading starts (lines from here to ``line`` are passed over)
     offset: int  # decompressed bytes before ``start_line``
     seq: int  # chunks numbered before ``line``
     rows_read: int
     rejected: int
+    claims: int  # (provider, user) pairs claimed before ``line``: what the parts must load
     # Dedupe parts, in order: every (provider, user) claimed before ``line``, and where.
     seen: list[str] = Field(default_factory=list)
     # gzip: the access point object to enter the stream by (under the retry prefix: it holds
@@ -156,7 +157,8 @@ class Checkpoint(BaseModel):
     chunks: list[ChunkRecord] = Field(default_factory=list)
     outcome_parts: list[str] = Field(default_factory=list)
     retry_parts: list[str] = Field(default_factory=list)
-    # Newest last; the oldest is the newest whose chunks were all settled when written.
+    # In line order; the first is the newest that was usable when written (older ones are
+    # dropped then).
     resume_points: list[ResumePoint] = Field(default_factory=list)
     stop_reason: ErrorInfo | None = None
 

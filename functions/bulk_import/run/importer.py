@@ -3,8 +3,8 @@
 Exactly-once across crashes, retries and continuations rests on one fact: reading the same file
 with the same settings yields the same chunks in the same order. The ledger's checkpoint
 records how many chunks may have been sent (the lease) and which have their outcomes stored; a
-later invocation replays the file, skips what is settled, reports unsettled chunks under the
-lease as in doubt (``errored``, never re-sent), and posts the rest.
+later invocation replays the file (a JSONL file from its newest resume point), skips what is
+settled, settles unsettled chunks under the lease by asking Vital, and posts the rest.
 """
 
 from __future__ import annotations

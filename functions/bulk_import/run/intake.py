@@ -13,7 +13,6 @@ from typing import IO, TYPE_CHECKING, NamedTuple
 
 from bulk_import import ingest
 from bulk_import.errors import MalformedFile, Superseded
-from bulk_import.ingest.dedupe import Dedupe
 from bulk_import.model import (
     OAUTH1_EXPIRES_AT,
     OAUTH1_PROVIDERS,
@@ -24,6 +23,7 @@ from bulk_import.model import (
 from bulk_import.observability import logger
 from bulk_import.redaction import redact_text
 from bulk_import.run.dispatch import DeadlineReached
+from bulk_import.run.resume_points import ResumePoints
 from bulk_import.run.stop import too_many_rejected
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class Intake:
     def __init__(self, ctx: RunContext, dispatcher: Dispatcher) -> None:
         self.ctx = ctx
         self.dispatcher = dispatcher
-        self.seen = Dedupe()
+        self.seen = ingest.Dedupe()
         self.providers = providers = ctx.settings.providers
         self.chunker = ingest.Chunker(
             ctx.settings.chunk_size, ctx.settings.max_body_bytes, providers
@@ -62,13 +62,7 @@ class Intake:
         # Rows rejected from the file's start, those of a resumed run's earlier invocations too
         # (its tally counts Vital's rejections as well): the rejection threshold's count.
         self.rejected = 0
-        tunables = ctx.wiring.tunables
-        # JSONL: every chunk closes before line ``next_cut``, where a resume point can be.
-        self.every = tunables.resume_every_lines
-        self.next_cut = self.every + 1
-        self.point_bytes = tunables.resume_point_bytes
-        self.last_point_offset = 0
-        self.skip_below = 1  # lines before it were done by the invocations before
+        self.points = ResumePoints(ctx, dispatcher, self.chunker, self.seen)
         # HEAD and GET the object on a posting thread while this one reads the checkpoint: a
         # failure is raised where the stream is taken; a run that turns out not to need the
         # object closes it unread.
@@ -77,27 +71,23 @@ class Intake:
             self._open, ref.bucket, ref.key, ref.version_id
         )
 
-    def _open(
-        self, bucket: str, key: str, version_id: str | None, start: ingest.StartAt | None = None
-    ) -> Opened:
+    def _open(self, bucket: str, key: str, version_id: str | None) -> Opened:
         _, compression = ingest.detect(key)
         s3 = self.ctx.wiring.s3
         described = ingest.describe(s3, bucket, key, version_id)
         max_bytes = self.ctx.settings.max_decompressed_bytes
-        stream = ingest.open_stream(s3, described, compression, max_bytes, start)
-        return Opened(described, stream)
+        return Opened(described, ingest.open_stream(s3, described, compression, max_bytes))
 
-    def _opened(self, start: ingest.StartAt | None) -> Opened:
-        """The object as opened in advance; opened again if a checkpoint named another version,
-        or to read from a resume point."""
+    def _opened(self) -> Opened:
+        """The object as opened in advance; opened again if a checkpoint named another version."""
         opening, self.opening = self.opening, None
         source = self.ctx.source
         if opening is not None:
             opened = opening.result()
-            if source.version_id == self.ctx.ref.version_id and start is None:
+            if source.version_id == self.ctx.ref.version_id:
                 return opened
             opened.stream.close()
-        return self._open(source.bucket, source.key, source.version_id, start)
+        return self._open(source.bucket, source.key, source.version_id)
 
     def close(self) -> None:
         if self.opening is not None:  # opened for nothing (a skip, an error): closed
@@ -107,9 +97,7 @@ class Intake:
         """Read the whole file (or up to the deadline), handing every chunk on as it closes."""
         ctx = self.ctx
         fmt, compression = ingest.detect(ctx.source.key)
-        point = ctx.ledger.resume_from if fmt is ingest.Format.JSONL else None
-        start = None if point is None else self._resume(point)
-        described, stream = self._opened(start)
+        described, stream = self._opened()
         if ctx.ledger.checkpoint is None:
             ctx.source = described.ref.model_copy(update={"sequencer": ctx.ref.sequencer})
         elif ctx.source.etag and described.ref.etag != ctx.source.etag:
@@ -118,6 +106,17 @@ class Intake:
             # event imports it.
             stream.close()
             raise Superseded("the object was replaced since this import started", described.ref)
+        point = ctx.ledger.resume_from
+        if fmt is not ingest.Format.JSONL or not ingest.can_resume(compression):
+            point = None
+        start = None if point is None else self.points.resume(point)
+        if start is not None and point is not None:
+            self.rejected = point.rejected
+        if start is not None:  # the same object (version or ETag), opened at the point
+            stream.close()
+            stream = ingest.open_stream(
+                ctx.wiring.s3, described, compression, ctx.settings.max_decompressed_bytes, start
+            )
         ctx.dry_run = ingest.dry_run_requested(described.metadata)
         default_provider = ingest.provider_from_key(
             ctx.source.key, ctx.settings.incoming_prefix, self.providers
@@ -131,7 +130,7 @@ class Intake:
                 "size": ctx.source.size,
                 "segment": ctx.ref.segment,
                 "dry_run": ctx.dry_run,
-                "from_line": self.skip_below,
+                "from_line": self.points.skip_below,
                 "from_byte": 0 if start is None else start.offset,
             },
         )
@@ -141,8 +140,8 @@ class Intake:
             else:
                 self._take_records(stream, fmt, default_provider)
         if ctx.progress.rows_read == 0:
-            # Read to its end (every invocation reads from the start): nothing to migrate is
-            # an export gone wrong, not a file that succeeded.
+            # Read to its end (the count runs from the file's start, through a resume point
+            # too): nothing to migrate is an export gone wrong, not a file that succeeded.
             raise MalformedFile(NO_ROWS)
         self._check_rejected()  # a whole file of them, read in fewer blocks than the threshold
         self.dispatcher.send(self.chunker.flush())
@@ -196,19 +195,21 @@ class Intake:
         limit = self.ctx.settings.max_row_bytes
         block_size = self.ctx.wiring.tunables.jsonl_block_bytes
         at = (1, 0) if point is None else (point.start_line, point.offset)
+        points = self.points
         for first, block, offset in ingest.jsonl_blocks(stream, limit, block_size, *at):
             self._between_rows()
             lines, start, end = block, first, first + len(block)
-            if start < self.skip_below:  # done by the invocations before
-                if end <= self.skip_below:
+            skip_below = points.skip_below
+            if start < skip_below:  # done by the invocations before
+                if end <= skip_below:
                     continue
-                lines, start = lines[self.skip_below - start :], self.skip_below
-            while end > self.next_cut:  # a resume point's place falls in this block
-                cut = self.next_cut
+                lines, start = lines[skip_below - start :], skip_below
+            while end > points.next_cut:  # a resume point's place falls in this block
+                cut = points.next_cut
                 if cut > start:
                     self._take_block(start, lines[: cut - start], default_provider)
                     lines, start = lines[cut - start :], cut
-                self._cut(stream, cut, first, offset)
+                points.cut(stream, first, offset, self.rejected)
             if lines:
                 self._take_block(start, lines, default_provider)
 
@@ -247,58 +248,6 @@ class Intake:
             elif raw is None:
                 self._take(ingest.Record(line, None, ingest.too_long(limit)), default_provider)
             progress.line = line
-
-    def _cut(self, stream: IO[bytes], line: int, first: int, offset: int) -> None:
-        """Close every chunk before ``line``; store a resume point there once reading has gone
-        ``point_bytes`` past the last (the block holding it starts at line ``first``, byte
-        ``offset``)."""
-        self.next_cut = line + self.every
-        self.dispatcher.send(self.chunker.flush())
-        ctx = self.ctx
-        if offset - self.last_point_offset < self.point_bytes:
-            return
-        start = ingest.start_at(stream, offset)
-        if start is None:  # zstd: read from the start each time
-            return
-        self.last_point_offset = offset
-        n = len(ctx.ledger.resume_points) + 1
-        seen, access = ctx.resume_objects.put(
-            n, self.seen.part(), None if start.access is None else start.access.dump()
-        )
-        before = ctx.ledger.resume_points[-1].seen if ctx.ledger.resume_points else []
-        ctx.ledger.resume_points.append(
-            ResumePoint(
-                line=line,
-                start_line=first,
-                offset=offset,
-                seq=self.dispatcher.next_seq,
-                rows_read=ctx.progress.rows_read,
-                rejected=self.rejected,
-                seen=[*before, seen],
-                access=access,
-            )
-        )
-
-    def _resume(self, point: ResumePoint) -> ingest.StartAt | None:
-        """Take up the file's reading at ``point``; None (from the start) if its objects are
-        gone."""
-        store = self.ctx.resume_objects
-        parts = [store.read(key) for key in point.seen]
-        access = None if point.access is None else store.read(point.access)
-        if None in parts or (point.access is not None and access is None):
-            logger.warning("a resume point's objects are missing; reading from the start")
-            return None
-        for part in parts:
-            self.seen.load(part or b"")
-        self.rejected = point.rejected
-        self.ctx.progress.rows_read = point.rows_read
-        self.ctx.progress.line = point.line - 1
-        # Chunks are numbered from the point's: those before were cut before it.
-        self.dispatcher.next_seq = self.dispatcher.last_lease_seq = point.seq
-        self.skip_below = point.line
-        self.next_cut = point.line + self.every
-        self.last_point_offset = point.offset
-        return ingest.StartAt(point.offset, ingest.AccessPoint.load(access) if access else None)
 
     def _take(self, record: ingest.Record, default_provider: str | None) -> None:
         if record.raw is not None:  # a JSONL line that is not well formed (see _take_jsonl)

@@ -34,9 +34,9 @@ def too_many_rejected(
     """Why a file stops reading because its rows are rejected, or None to read on.
 
     ``rejected`` of the first ``rows`` rows of the file (counted from its start on every
-    invocation, so a resumed one judges alike): every one of at least ``stop_after_rows`` (0:
-    never), or more than ``stop_percent`` percent of them once ``REJECTED_PERCENT_FROM_ROWS``
-    were read (100: never).
+    invocation, a resume point carrying the counts, so a resumed one judges alike): every one
+    of at least ``stop_after_rows`` (0: never), or more than ``stop_percent`` percent of them
+    once ``REJECTED_PERCENT_FROM_ROWS`` were read (100: never).
     """
     if 0 < stop_after_rows <= rows == rejected:
         return ImportAborted(

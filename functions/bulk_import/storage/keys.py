@@ -56,7 +56,12 @@ def longest_key(results_prefix: str, retry_prefix: str) -> int:
     """Bytes of the longest key an import under these prefixes writes: its part objects'
     (the results' own names are shorter)."""
     run = "0" * 8
-    keys = (outcome_part_key(results_prefix, run, 1), retry_part_key(retry_prefix, run, 1))
+    keys = (
+        outcome_part_key(results_prefix, run, 1),
+        retry_part_key(retry_prefix, run, 1),
+        seen_part_key(results_prefix, run, 1),
+        access_key(retry_prefix, run, 1),
+    )
     return max(len(key.encode()) for key in keys)
 
 

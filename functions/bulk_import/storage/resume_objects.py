@@ -29,11 +29,12 @@ class ResumeObjects:
     def put(self, n: int, seen: bytes, access: bytes | None) -> tuple[str, str | None]:
         """Store point ``n``'s dedupe part and access point; their keys."""
         seen_key = seen_part_key(self._results, self._run, n)
-        self.s3.put_object(Bucket=self._bucket, Key=seen_key, Body=seen)
+        # Created only if absent: a point's objects are never replaced under it.
+        self.s3.put_object(Bucket=self._bucket, Key=seen_key, Body=seen, IfNoneMatch="*")
         if access is None:
             return seen_key, None
         access_at = access_key(self._retry, self._run, n)
-        self.s3.put_object(Bucket=self._bucket, Key=access_at, Body=access)
+        self.s3.put_object(Bucket=self._bucket, Key=access_at, Body=access, IfNoneMatch="*")
         return seen_key, access_at
 
     def read(self, key: str) -> bytes | None:

@@ -1,0 +1,108 @@
+"""Where reading a JSONL file can be taken up again: a cut every ``resume_every_lines`` lines,
+a resume point stored at some of them, and a later run's resume from one.
+
+At a cut every open chunk closes, whatever the blocks, so reading from the cut's line makes the
+chunks after it as reading from the start does. A point stores what a run needs there besides
+the file: the chunks numbered before it, the counts, the dedupe claims (parts appended point by
+point) and, for gzip, an access point (docs/architecture.md, "Resume points").
+"""
+
+from __future__ import annotations
+
+from typing import IO, TYPE_CHECKING
+
+from bulk_import import ingest
+from bulk_import.model import ResumePoint
+from bulk_import.observability import logger
+
+if TYPE_CHECKING:
+    from bulk_import.ingest import Chunker, Dedupe
+    from bulk_import.run.context import RunContext
+    from bulk_import.run.dispatch import Dispatcher
+
+
+class ResumePoints:
+    """The cuts of one run's reading, the points it stores, and the point it resumed from."""
+
+    def __init__(
+        self, ctx: RunContext, dispatcher: Dispatcher, chunker: Chunker, seen: Dedupe
+    ) -> None:
+        self.ctx = ctx
+        self.dispatcher = dispatcher
+        self.chunker = chunker
+        self.seen = seen
+        tunables = ctx.wiring.tunables
+        self.every = tunables.resume_every_lines
+        self.point_bytes = tunables.resume_point_bytes
+        self.next_cut = self.every + 1  # every chunk closes before this line
+        self.skip_below = 1  # lines before it were done by the invocations before
+        self.last_offset = 0  # where the last point was (or the one resumed from)
+        # The dedupe parts of the claims so far (those loaded, then those this run stored), and
+        # how many points this run stored (each names its objects by that count).
+        self.seen_parts: list[str] = []
+        self.stored = 0
+
+    def cut(self, stream: IO[bytes], first: int, offset: int, rejected: int) -> None:
+        """Close every chunk before line ``next_cut``; store a point there once reading has gone
+        ``point_bytes`` past the last (the block holding the line starts at line ``first``,
+        decompressed byte ``offset``)."""
+        line = self.next_cut
+        self.next_cut = line + self.every
+        self.dispatcher.send(self.chunker.flush())
+        if offset - self.last_offset < self.point_bytes:
+            return
+        start = ingest.start_at(stream, offset)
+        if start is None:  # a stream that cannot be entered part-way
+            return
+        ctx = self.ctx
+        self.last_offset = offset
+        self.stored += 1
+        seen, access = ctx.resume_objects.put(
+            self.stored, self.seen.part(), None if start.access is None else start.access.dump()
+        )
+        self.seen_parts.append(seen)
+        ctx.ledger.resume_points.append(
+            ResumePoint(
+                line=line,
+                start_line=first,
+                offset=offset,
+                seq=self.dispatcher.next_seq,
+                rows_read=ctx.progress.rows_read,
+                rejected=rejected,
+                claims=len(self.seen),
+                seen=list(self.seen_parts),
+                access=access,
+            )
+        )
+
+    def resume(self, point: ResumePoint) -> ingest.StartAt | None:
+        """Take up the file's reading at ``point``: where to open the object, or None (from the
+        start, and no point of the checkpoint's used again) if its objects are gone or do not
+        match it."""
+        store = self.ctx.resume_objects
+        keys = [*point.seen, *([point.access] if point.access else [])]
+        fetched = [self.dispatcher.submit(store.read, key) for key in keys]
+        found = [future.result() for future in fetched]
+        parts, stored = found[: len(point.seen)], found[len(point.seen) :]
+        access = ingest.AccessPoint.load(stored[0]) if stored and stored[0] else None
+        usable = None not in parts and (point.access is None or access is not None)
+        for part in parts if usable else ():
+            self.seen.load(part or b"")
+        usable = usable and len(self.seen) == point.claims
+        if access is not None and not access.fits(point.offset):
+            usable = False
+        if not usable:
+            logger.warning("a resume point's objects are gone or do not match it; from the start")
+            self.seen.clear()
+            self.ctx.ledger.resume_points = []
+            return None
+        self.seen_parts = list(point.seen)
+        progress = self.ctx.progress
+        progress.rows_read = point.rows_read
+        progress.line = point.line - 1
+        # Chunks are numbered from the point's: those before were cut before it.
+        self.dispatcher.next_seq = self.dispatcher.last_lease_seq = point.seq
+        self.skip_below = point.line
+        self.next_cut = point.line + self.every
+        self.last_offset = point.offset
+        return ingest.StartAt(point.offset, access)
