@@ -7,8 +7,8 @@ Wall time on a shared machine swings by ±20 %; instruction counts do not. Each 
 fresh interpreter under ``valgrind --tool=callgrind`` on the benchmark's rows (in memory: no
 stack, no threads), and the count of a run that only builds the rows is taken off. Every step
 includes the ones above it, as the intake does them for a well-formed JSONL row: parse and
-validate, serialise the recipe, the dedupe key (the user id as one int, one dict lookup; the
-intake keeps one such dict per provider), then the chunker and the request bodies. The
+validate, serialise the recipe, the dedupe claim (``Dedupe.claim``: the user id's 16 bytes,
+one dict lookup), then the chunker and the request bodies. The
 floor's per-row work is ``from_json`` plus its share of a per-chunk ``to_json``.
 """
 
@@ -33,7 +33,12 @@ def _run_step(step: str, rows: int) -> None:
     from pydantic_core import from_json, to_json  # noqa: PLC0415 - in the measured interpreter
 
     from bench.data import generate  # noqa: PLC0415
-    from bulk_import.ingest import Chunker, PendingRow, validate_well_formed  # noqa: PLC0415
+    from bulk_import.ingest import (  # noqa: PLC0415
+        Chunker,
+        Dedupe,
+        PendingRow,
+        validate_well_formed,
+    )
 
     lines: list[bytes | None] = [line for line in generate(rows).data.split(b"\n") if line]
     if step == "from_json":
@@ -41,7 +46,7 @@ def _run_step(step: str, rows: int) -> None:
             from_json(raw or b"")
     elif step != "setup":
         chunker = Chunker(500, 4_000_000)
-        seen: dict[int, int] = {}
+        seen = Dedupe()
         # The hot path validates a block of lines in one call (ingest.validate_well_formed).
         for n, row in enumerate(validate_well_formed(lines)):
             if step == "validate" or row is None:
@@ -51,7 +56,7 @@ def _run_step(step: str, rows: int) -> None:
             if step == "serialise":
                 continue
             user_id = row["user_id"]
-            seen.setdefault(int(user_id.replace("-", ""), 16), n)
+            seen.claim(provider, user_id, n)
             if step == "dedupe":
                 continue
             for chunk in chunker.add(provider, PendingRow(n, user_id, payload)):

@@ -12,7 +12,6 @@ from bulk_import.ingest.chunking import (
 from bulk_import.ingest.dedupe import Dedupe
 from bulk_import.ingest.file_type import Compression, Format, detect
 from bulk_import.ingest.formats import read_records
-from bulk_import.ingest.gzip_access import AccessPoint
 from bulk_import.ingest.jsonl import jsonl_blocks, parse_json_line
 from bulk_import.ingest.record import Record, too_long
 from bulk_import.ingest.source import (
@@ -40,7 +39,6 @@ __all__ = [
     "DRY_RUN_METADATA",
     "LINE_OF",
     "USER_ID_OF",
-    "AccessPoint",
     "Chunk",
     "Chunker",
     "Compression",

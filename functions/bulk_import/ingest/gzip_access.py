@@ -15,7 +15,6 @@ error, and its index holds every point; one point is all a resume needs.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import io
 import struct
 import zlib
@@ -101,7 +100,9 @@ def _zlib() -> ctypes.CDLL:
     try:
         lib = ctypes.CDLL("libz.so.1")  # Linux, Lambda's runtime: no ldconfig run to find it
     except OSError:
-        lib = ctypes.CDLL(ctypes.util.find_library("z") or "libz.so.1")
+        from ctypes import util  # noqa: PLC0415 - ~15 ms (it imports subprocess): off Linux
+
+        lib = ctypes.CDLL(util.find_library("z") or "libz.so.1")
     lib.zlibVersion.restype = ctypes.c_char_p
     lib.inflateInit2_.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     lib.inflate.argtypes = [ctypes.c_void_p, ctypes.c_int]

@@ -13,14 +13,13 @@ from aws_lambda_powertools.utilities.streaming import S3Object
 from botocore.exceptions import ClientError
 
 from bulk_import.errors import FileTooLarge, MalformedFile, SourceNotFound, aws_error_code
-from bulk_import.ingest import gzip_access
 from bulk_import.ingest.file_type import Compression
-from bulk_import.ingest.gzip_access import SPACING as GZIP_SPACING
-from bulk_import.ingest.gzip_access import AccessPoint, GzipError, GzipReader, point_before
 from bulk_import.model import PROVIDERS, SourceRef
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
+
+    from bulk_import.ingest.gzip_access import AccessPoint
 
 _BUFFER = 1024 * 1024
 # Largest zstd window accepted. The decoder allocates the window a frame declares (zstandard's
@@ -120,17 +119,20 @@ def decoded(
     codec_errors: tuple[type[BaseException], ...] = ()
     complete: Callable[[], bool] | None = None
     skip = 0  # decompressed bytes between where inflating starts and ``start``
+    if compression is Compression.GZIP:
+        # Deferred, like zstandard: ctypes costs every cold start ~5 ms, gzip files only.
+        from bulk_import.ingest import gzip_access  # noqa: PLC0415
     if compression is Compression.GZIP and (start is not None or gzip_access.available()):
         access = start.access if start is not None else None
         if access is not None:
             raw.seek(access.inp - (1 if access.bits else 0))
         try:
-            reader = GzipReader(raw, access)
-        except GzipError as exc:
+            reader = gzip_access.GzipReader(raw, access)
+        except gzip_access.GzipError as exc:
             raise MalformedFile(f"gzip data ends before its resume point ({exc})") from None
         skip = 0 if start is None else start.offset - reader.offset
         raw, where = cast(IO[bytes], reader), lambda: reader.compressed_offset
-        codec_errors = (GzipError,)
+        codec_errors = (gzip_access.GzipError,)
     elif compression is Compression.GZIP:  # no system zlib to drive: read, never entered
         raw = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
         codec_errors = (gzip.BadGzipFile, EOFError, zlib.error)
@@ -169,6 +171,8 @@ def decoded(
 def can_resume(compression: Compression) -> bool:
     """Whether a stream of this compression can be entered at a resume point."""
     if compression is Compression.GZIP:
+        from bulk_import.ingest import gzip_access  # noqa: PLC0415 - see ``decoded``
+
         return gzip_access.available()
     return compression is Compression.NONE
 
@@ -183,9 +187,13 @@ def start_at(stream: IO[bytes], offset: int) -> StartAt | None:
     """
     guarded = getattr(stream, "raw", None)
     inner = guarded.inner if isinstance(guarded, _GuardedReader) else None
-    if isinstance(inner, GzipReader):
-        access = point_before(inner.points, offset)
-        if access is None and offset > 2 * GZIP_SPACING:
+    if guarded is not None and guarded.codec == Compression.GZIP.value:
+        from bulk_import.ingest import gzip_access  # noqa: PLC0415 - see ``decoded``
+
+        if not isinstance(inner, gzip_access.GzipReader):
+            return None  # read by the gzip module: never entered part-way
+        access = gzip_access.point_before(inner.points, offset)
+        if access is None and offset > 2 * gzip_access.SPACING:
             return None  # read past the points kept (not expected: they reach back 32 MiB)
         return StartAt(offset, access)
     if guarded is not None and inner is not None and guarded.codec == Compression.NONE.value:

@@ -84,7 +84,11 @@ class ResumePoints:
         fetched = [self.dispatcher.submit(store.read, key) for key in keys]
         found = [future.result() for future in fetched]
         parts, stored = found[: len(point.seen)], found[len(point.seen) :]
-        access = ingest.AccessPoint.load(stored[0]) if stored and stored[0] else None
+        access = None
+        if stored and stored[0]:
+            from bulk_import.ingest.gzip_access import AccessPoint  # noqa: PLC0415 - gzip only
+
+            access = AccessPoint.load(stored[0])
         usable = None not in parts and (point.access is None or access is not None)
         for part in parts if usable else ():
             self.seen.load(part or b"")
