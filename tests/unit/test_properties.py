@@ -23,6 +23,7 @@ from bulk_import.ingest.chunking import (
     serialise,
 )
 from bulk_import.ingest.csv_quoting import Quoting
+from bulk_import.ingest.csv_reader import CsvPlace, read_csv
 from bulk_import.ingest.file_type import Format
 from bulk_import.ingest.json_array import read_json_array
 from bulk_import.ingest.jsonl import WIDE_BOMS, jsonl_blocks
@@ -151,6 +152,20 @@ def test_csv_round_trip_with_physical_line_numbers(
     got = read(data, Format.CSV)
     # A record that is one empty-looking cell per column is still a record (all cells dropped).
     assert got == expected
+    # And from where any record starts (as a resume point stores it), the records from there
+    places = []
+    place = CsvPlace()
+    for record in read_csv(io.BufferedReader(io.BytesIO(data)), BIG, place=place):
+        places.append((record.line, place.offset, place.clean))
+    for line, offset, clean in places:
+        assert clean
+        resumed = read_csv(
+            io.BufferedReader(io.BytesIO(data[offset:])),
+            BIG,
+            place=CsvPlace(offset, list(place.names or [])),
+            first_line=line,
+        )
+        assert [(r.line, r.data, r.error) for r in resumed] == [e for e in expected if e[0] >= line]
 
 
 # --- chunking ---------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ chunks, outcomes and duplicates come out as one invocation would make them."""
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 from collections.abc import Callable
 from typing import Any
@@ -387,3 +389,75 @@ def test_given_a_point_whose_dedupe_parts_hold_fewer_claims_then_it_is_not_used(
     assert result.manifest is not None
     assert result.manifest.counts.duplicates == 200
     assert len(post.sent_lines) == len(set(post.sent_lines))
+
+
+def csv_body(lines: list[dict[str, Any] | str]) -> bytes:
+    """The rows as CSV under a header (a blank line for ``""``); every 37th row's provider_id
+    holds a line break, so its record spans two lines (and is rejected for it)."""
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    for n, row in enumerate(lines):
+        if isinstance(row, str):
+            out.write("\r\n")
+            continue
+        cells = {**row, "oauth_scopes": " ".join(row.get("oauth_scopes", []))}
+        if n % 37 == 0:
+            cells["provider_id"] = "two\nlines"
+        writer.writerow([cells.get(c, "") for c in CSV_COLUMNS])
+    return out.getvalue().encode()
+
+
+CSV_COLUMNS = (
+    "provider",
+    "user_id",
+    "access_token",
+    "refresh_token",
+    "provider_id",
+    "expires_at",
+    "oauth_scopes",
+)
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_given_a_csv_file_over_many_invocations_then_each_reads_from_its_point(
+    suffix: str,
+) -> None:
+    # Given a CSV file (records over two lines among them, rejected rows, blank lines,
+    # duplicates of users first seen far earlier), over 2 MiB once unpacked
+    lines = [
+        {**x, "refresh_token": "r" * 900} if isinstance(x, dict) and "access_token" in x else x
+        for x in file_rows(3000)
+    ]
+    data = csv_body(lines)
+    assert len(data) > 2 * SPACING
+    key = f"incoming/a.csv{suffix}"
+    once_s3, many_s3 = RangedS3(), RangedS3()
+    once_s3.put(key, compress(data, suffix))
+    many_s3.put(key, compress(data, suffix))
+
+    # When it is imported in one invocation, and in many that each run out of time
+    once, once_post, _ = import_all(once_s3, key, calls=None)
+    many, many_post, handed_on = import_all(many_s3, key, calls=15)
+
+    # Then the chunks, the outcomes and the counts are the same, each row sent once
+    assert len(handed_on) > 5
+    assert chunks_of(many_post) == chunks_of(once_post)
+    assert len(many_post.sent_lines) == len(set(many_post.sent_lines))
+    outcomes_key = f"results/a.csv{suffix}/outcomes.csv"
+    many_outcomes = outcomes_by_line(many_s3, outcomes_key)
+    assert many_outcomes == outcomes_by_line(once_s3, outcomes_key)
+    details = [o["detail"] for o in many_outcomes.values()]
+    assert any("holds a line break" in d for d in details)
+    assert any(d.startswith("duplicate of line") for d in details)
+    assert many.manifest is not None
+    assert once.manifest is not None
+    assert many.manifest.counts == once.manifest.counts
+    assert all((c[0] - 1) // EVERY == (c[-1] - 1) // EVERY for c in chunks_of(many_post))
+    # And the invocations resuming at a point read the file from there, the header from it
+    entered = [point for state in handed_on if (point := usable_point(state))]
+    assert len(entered) >= len(handed_on) - 2
+    assert all(p.header == list(CSV_COLUMNS) for p in entered)
+    read_from = [start for start in many_s3.starts[key] if start > 0]
+    assert len(read_from) == sum(1 for p in entered if p.access or not suffix)
+    assert len(read_from) >= len(handed_on) // 3

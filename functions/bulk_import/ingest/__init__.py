@@ -9,6 +9,7 @@ from bulk_import.ingest.chunking import (
     PendingRow,
     serialise,
 )
+from bulk_import.ingest.csv_reader import CsvPlace
 from bulk_import.ingest.dedupe import Dedupe
 from bulk_import.ingest.file_type import Compression, Format, detect
 from bulk_import.ingest.formats import read_records
@@ -42,6 +43,7 @@ __all__ = [
     "Chunk",
     "Chunker",
     "Compression",
+    "CsvPlace",
     "Dedupe",
     "Format",
     "PendingRow",

@@ -24,7 +24,9 @@ class BoundedLines:
     first), so a long line of commas or many quoted lines would otherwise build one huge row.
     """
 
-    def __init__(self, text: io.TextIOWrapper, limit: int, record_limit: int) -> None:
+    def __init__(
+        self, text: io.TextIOWrapper, limit: int, record_limit: int, offset: int = 0
+    ) -> None:
         self._text = text
         self.limit = limit  # the bound on one field (csv.field_size_limit) and on one read
         self.record_limit = record_limit  # characters of one record, all its fields and lines
@@ -34,6 +36,9 @@ class BoundedLines:
         self._last = ""
         self._record: list[str] = []  # the lines of the record being read (within its budget)
         self._cut_at_cr = False  # the line passed over ended in '\r': its '\n' may follow
+        # Bytes of the file before the next line (where a resume point can be): its UTF-8, not
+        # its characters.
+        self.offset = offset
 
     def __iter__(self) -> BoundedLines:
         return self
@@ -57,11 +62,21 @@ class BoundedLines:
         return line
 
     def _read(self, size: int) -> str:
-        line = self._text.readline(size)
+        line = self._readline(size)
         if self._cut_at_cr and line == "\n":  # the rest of a '\r\n' a bounded read cut in two
-            line = self._text.readline(size)
+            line = self._readline(size)
         self._cut_at_cr = False
         return line
+
+    def _readline(self, size: int) -> str:
+        line = self._text.readline(size)
+        self.offset += len(line) if line.isascii() else len(line.encode())
+        return line
+
+    @property
+    def between_records(self) -> bool:
+        """Whether ``offset`` is where a record can start: no '\n' of a cut '\r\n' pending."""
+        return self.record_chars == 0 and not self._cut_at_cr
 
     def record_quoting(self) -> Quoting:
         """The quoting at the end of the lines of the record the reader was given."""
@@ -92,7 +107,7 @@ class BoundedLines:
         quoting.broken = False  # the line the reader gave up on may be: that is its error
         self._check_quoted(quoting, start, at + 1)  # open at its end: it reaches the next
         while quoting.open or not piece.endswith(("\n", "\r")):
-            piece = self._text.readline(self.limit)
+            piece = self._readline(self.limit)
             if not piece:  # the end of the file
                 reached = passed + partial  # a last line without its line ending counts
                 if quoting.open and at + reached > start:  # as the reader says of such a record
@@ -128,7 +143,7 @@ class BoundedLines:
         piece = self._last
         quoting = Quoting(piece)
         while piece and not piece.endswith(("\n", "\r")):
-            piece = self._text.readline(self.limit)
+            piece = self._readline(self.limit)
             quoting.feed(piece)
         self._cut_at_cr = piece.endswith("\r")
         self.skipped += 1

@@ -18,24 +18,54 @@ if TYPE_CHECKING:
 
 # A CSV record (all its fields and lines) may be this many times MAX_ROW_BYTES long.
 CSV_RECORD_FACTOR = 4
+_BOM = b"\xef\xbb\xbf"
+
+
+class CsvPlace:
+    """Where the record last read starts: ``line`` and the file's byte ``offset`` (``clean``:
+    a reader can start there), and the header's column ``names``. A resume point stores them."""
+
+    __slots__ = ("clean", "names", "offset")
+
+    def __init__(self, offset: int = 0, names: list[str] | None = None) -> None:
+        self.offset = offset
+        self.clean = True
+        self.names = names
 
 
 def read_csv(
-    stream: IO[bytes], limit: int, *, record_factor: int = CSV_RECORD_FACTOR
+    stream: IO[bytes],
+    limit: int,
+    *,
+    record_factor: int = CSV_RECORD_FACTOR,
+    place: CsvPlace | None = None,
+    first_line: int = 1,
 ) -> Iterator[Record]:
     """The rows of a CSV file with a header; a record may be ``record_factor`` x ``limit``
-    characters long, over all its lines, before the file stops."""
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    characters long, over all its lines, before the file stops.
+
+    With ``place.names``, ``stream`` starts at line ``first_line`` (a record's first), byte
+    ``place.offset``, after the header: a resumed run's reading. ``place`` follows the records.
+    """
+    place = place if place is not None else CsvPlace()
+    resumed = place.names is not None
+    if not resumed:
+        peek = getattr(stream, "peek", None)
+        place.offset = 3 if peek is not None and peek(3)[:3] == _BOM else 0
+    text = io.TextIOWrapper(stream, encoding="utf-8" if resumed else "utf-8-sig", newline="")
     csv.field_size_limit(limit)
-    lines = BoundedLines(text, limit, record_factor * limit)
+    lines = BoundedLines(text, limit, record_factor * limit, place.offset)
+    lines.skipped = first_line - 1  # the lines before the stream's start
     # Strict: a quote that is never closed, or closed in the middle of a field, is an error of
     # its record instead of text that swallows the rows after it into one field.
     reader = csv.reader(lines, strict=True)
-    start = 1
+    start = first_line
     try:
-        names = _csv_header(reader, lines)
+        names = place.names if resumed else _csv_header(reader, lines)
+        place.names = names
         while names:
             start = reader.line_num + lines.skipped + 1
+            place.offset, place.clean = lines.offset, lines.between_records
             try:
                 values = next(reader)
             except StopIteration:

@@ -12,20 +12,30 @@ when a file of theirs is read: most files are JSONL, and every cold start would 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from bulk_import.ingest.file_type import Format
 from bulk_import.ingest.jsonl import read_jsonl
 from bulk_import.ingest.record import Record
 
+if TYPE_CHECKING:
+    from bulk_import.ingest.csv_reader import CsvPlace
 
-def read_records(stream: IO[bytes], fmt: Format, max_row_bytes: int) -> Iterator[Record]:
+
+def read_records(
+    stream: IO[bytes],
+    fmt: Format,
+    max_row_bytes: int,
+    place: CsvPlace | None = None,
+    first_line: int = 1,
+) -> Iterator[Record]:
+    """The file's records; CSV with ``place`` and ``first_line`` as ``read_csv`` takes them."""
     if fmt is Format.JSONL:
         return read_jsonl(stream, max_row_bytes)
     if fmt is Format.CSV:
         from bulk_import.ingest.csv_reader import read_csv  # noqa: PLC0415 - see the docstring
 
-        return read_csv(stream, max_row_bytes)
+        return read_csv(stream, max_row_bytes, place=place, first_line=first_line)
     from bulk_import.ingest.json_array import read_json_array  # noqa: PLC0415
 
     return read_json_array(stream, max_row_bytes)

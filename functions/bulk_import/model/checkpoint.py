@@ -99,7 +99,7 @@ class Handoff(BaseModel):
 
 
 class ResumePoint(BaseModel):
-    """Where a later invocation may start reading instead of at the file's start (JSONL).
+    """Where a later invocation may start reading instead of at the file's start (JSONL, CSV).
 
     Chunks never span line ``line`` (the chunker closes every chunk there), so reading from it
     cuts the chunks that follow as reading from the start would, numbered from ``seq``. Usable
@@ -121,6 +121,8 @@ class ResumePoint(BaseModel):
     # gzip: the access point object to enter the stream by (under the retry prefix: it holds
     # the 32 KiB of the file before it). None: from the file's start.
     access: str | None = None
+    # CSV: the header's column names (normalised), which a reader starting here does not see.
+    header: list[str] | None = None
 
 
 class Checkpoint(BaseModel):

@@ -107,7 +107,7 @@ class Intake:
             stream.close()
             raise Superseded("the object was replaced since this import started", described.ref)
         point = ctx.ledger.resume_from
-        if fmt is not ingest.Format.JSONL or not ingest.can_resume(compression):
+        if fmt is ingest.Format.JSON or not ingest.can_resume(compression):
             point = None
         start = None if point is None else self.points.resume(point)
         if start is not None and point is not None:
@@ -138,7 +138,7 @@ class Intake:
             if fmt is ingest.Format.JSONL:
                 self._take_jsonl(stream, default_provider, point if start else None)
             else:
-                self._take_records(stream, fmt, default_provider)
+                self._take_records(stream, fmt, default_provider, point if start else None)
         if ctx.progress.rows_read == 0:
             # Read to its end (the count runs from the file's start, through a resume point
             # too): nothing to migrate is an export gone wrong, not a file that succeeded.
@@ -148,13 +148,31 @@ class Intake:
         ctx.progress.read_to_end = True
 
     def _take_records(
-        self, stream: IO[bytes], fmt: ingest.Format, default_provider: str | None
+        self,
+        stream: IO[bytes],
+        fmt: ingest.Format,
+        default_provider: str | None,
+        point: ResumePoint | None,
     ) -> None:
+        """CSV and JSON arrays, a record at a time; CSV chunks close at the first record on or
+        after each multiple of ``every`` lines (the resume points' places)."""
         progress = self.ctx.progress
-        records = ingest.read_records(stream, fmt, self.ctx.settings.max_row_bytes)
+        points = self.points
+        place = ingest.CsvPlace()
+        if point is not None:  # CSV: the reader starts at the point's record, after the header
+            place = ingest.CsvPlace(point.offset, point.header)
+        records = ingest.read_records(
+            stream, fmt, self.ctx.settings.max_row_bytes, place, 1 if point is None else point.line
+        )
+        cuts = fmt is ingest.Format.CSV
         for n, record in enumerate(records):
             if n % DEADLINE_CHECK_EVERY_RECORDS == 0:
                 self._between_rows()
+            if cuts and record.line >= points.next_cut:
+                points.cut(
+                    stream, record.line, place.offset, self.rejected,
+                    line=record.line, header=place.names, clean=place.clean,
+                )  # fmt: skip
             progress.rows_read += 1
             self._take(record, default_provider)
             progress.line = record.line

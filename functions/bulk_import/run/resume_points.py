@@ -1,10 +1,11 @@
-"""Where reading a JSONL file can be taken up again: a cut every ``resume_every_lines`` lines,
-a resume point stored at some of them, and a later run's resume from one.
+"""Where reading a JSONL or CSV file can be taken up again: a cut every ``resume_every_lines``
+lines, a resume point stored at some of them, and a later run's resume from one.
 
-At a cut every open chunk closes, whatever the blocks, so reading from the cut's line makes the
-chunks after it as reading from the start does. A point stores what a run needs there besides
-the file: the chunks numbered before it, the counts, the dedupe claims (parts appended point by
-point) and, for gzip, an access point (docs/architecture.md, "Resume points").
+At a cut every open chunk closes, whatever the blocks, so reading from the cut's line (CSV: the
+first record from there) makes the chunks after it as reading from the start does. A point
+stores what a run needs there besides the file: the chunks numbered before it, the counts, the
+dedupe claims (parts appended point by point), for gzip an access point, and for CSV the
+header's names (docs/architecture.md, "Resume points").
 """
 
 from __future__ import annotations
@@ -42,14 +43,26 @@ class ResumePoints:
         self.seen_parts: list[str] = []
         self.stored = 0
 
-    def cut(self, stream: IO[bytes], first: int, offset: int, rejected: int) -> None:
-        """Close every chunk before line ``next_cut``; store a point there once reading has gone
-        ``point_bytes`` past the last (the block holding the line starts at line ``first``,
-        decompressed byte ``offset``)."""
-        line = self.next_cut
-        self.next_cut = line + self.every
+    def cut(
+        self,
+        stream: IO[bytes],
+        first: int,
+        offset: int,
+        rejected: int,
+        *,
+        line: int | None = None,
+        header: list[str] | None = None,
+        clean: bool = True,
+    ) -> None:
+        """Close every chunk before ``line`` (JSONL: ``next_cut``; CSV: the first record on or
+        after it); store a point there once reading has gone ``point_bytes`` past the last.
+        Reading can start there at line ``first``, decompressed byte ``offset`` (JSONL: the
+        block holding the line; CSV: the record, after a ``header``, when ``clean``)."""
+        line = self.next_cut if line is None else line
+        while self.next_cut <= line:
+            self.next_cut += self.every
         self.dispatcher.send(self.chunker.flush())
-        if offset - self.last_offset < self.point_bytes:
+        if not clean or offset - self.last_offset < self.point_bytes:
             return
         start = ingest.start_at(stream, offset)
         if start is None:  # a stream that cannot be entered part-way
@@ -72,6 +85,7 @@ class ResumePoints:
                 claims=len(self.seen),
                 seen=list(self.seen_parts),
                 access=access,
+                header=header,
             )
         )
 
@@ -107,6 +121,7 @@ class ResumePoints:
         # Chunks are numbered from the point's: those before were cut before it.
         self.dispatcher.next_seq = self.dispatcher.last_lease_seq = point.seq
         self.skip_below = point.line
-        self.next_cut = point.line + self.every
+        # The first multiple after the point's line (a CSV point's record may start past one).
+        self.next_cut = ((point.line - 1) // self.every + 1) * self.every + 1
         self.last_offset = point.offset
         return ingest.StartAt(point.offset, access)
