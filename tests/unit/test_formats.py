@@ -970,3 +970,14 @@ def test_a_reader_dropped_after_its_stream_closed_raises_nothing_later(
     del records
     gc.collect()
     assert unraisable == []
+
+
+def test_csv_a_header_whose_quote_runs_over_lines_stops_the_file() -> None:
+    # A quote left open in the header would take the next row, tokens and all, as a name
+    data = (
+        b'provider,user_id,access_token,refresh_token,provider_id,"expires_at\n'
+        b'oura,x,tok-a",oauth_scopes\noura,x,tok-b,tok-r,p,1,\n'
+    )
+    message = read_until_malformed(data, Format.CSV)[1]
+    assert message.startswith("CSV header runs over lines 1-")
+    assert "tok-" not in message

@@ -391,9 +391,9 @@ def test_given_a_point_whose_dedupe_parts_hold_fewer_claims_then_it_is_not_used(
     assert len(post.sent_lines) == len(set(post.sent_lines))
 
 
-def csv_body(lines: list[dict[str, Any] | str]) -> bytes:
-    """The rows as CSV under a header (a blank line for ``""``); every 37th row's provider_id
-    holds a line break, so its record spans two lines (and is rejected for it)."""
+def csv_body(lines: list[dict[str, Any] | str], broken_every: int = 37) -> bytes:
+    """The rows as CSV under a header (a blank line for ``""``); every ``broken_every``-th
+    row's provider_id holds a line break, so its record spans two lines (and is rejected)."""
     out = io.StringIO(newline="")
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
@@ -402,7 +402,7 @@ def csv_body(lines: list[dict[str, Any] | str]) -> bytes:
             out.write("\r\n")
             continue
         cells = {**row, "oauth_scopes": " ".join(row.get("oauth_scopes", []))}
-        if n % 37 == 0:
+        if broken_every and n % broken_every == 0:
             cells["provider_id"] = "two\nlines"
         writer.writerow([cells.get(c, "") for c in CSV_COLUMNS])
     return out.getvalue().encode()
@@ -461,3 +461,67 @@ def test_given_a_csv_file_over_many_invocations_then_each_reads_from_its_point(
     read_from = [start for start in many_s3.starts[key] if start > 0]
     assert len(read_from) == sum(1 for p in entered if p.access or not suffix)
     assert len(read_from) >= len(handed_on) // 3
+
+
+def threshold_file() -> list[dict[str, Any] | str]:
+    """Rows alternately valid and rejected (50 %), then 20 rejected (just over half for a few
+    dozen rows), then valid ones and alternating again: the rejection threshold's verdict
+    depends on where it is checked."""
+    rows: list[dict[str, Any] | str] = [
+        make_row(i) if i % 2 else {"provider": "oura", "user_id": f"bad-{i}"} for i in range(10_000)
+    ]
+    rows += [{"provider": "oura", "user_id": f"bad-x{i}"} for i in range(20)]
+    rows += [make_row(20_000 + i) for i in range(40)]
+    rows += [
+        make_row(30_000 + i) if i % 2 else {"provider": "oura", "user_id": f"bad-y{i}"}
+        for i in range(600)
+    ]
+    return rows
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_given_the_rejection_threshold_then_it_is_checked_where_one_invocation_checks_it(
+    fmt: str,
+) -> None:
+    # Given a file whose rejection ratio is over the threshold only briefly
+    rows = threshold_file()
+    data = body(rows) if fmt == "jsonl" else csv_body(rows, broken_every=0)
+    verdicts = set()
+
+    # When it is imported in one invocation, and split into invocations at several places
+    for calls in (None, 150, 233, 400):
+        s3 = RangedS3()
+        s3.put(f"incoming/t.{fmt}", data)
+        result, _, _ = import_all(s3, f"incoming/t.{fmt}", calls=calls)
+        assert result.manifest is not None
+        error = result.manifest.error
+        counts = result.manifest.counts.model_dump_json()
+        verdicts.add((counts, None if error is None else error.message))
+
+    # Then every split reaches the verdict of the one invocation
+    assert len(verdicts) == 1
+
+
+def test_given_invalid_utf8_in_a_csv_then_a_resumed_read_stops_at_the_same_line() -> None:
+    # Given a CSV file with a byte that is not UTF-8 in a row near its middle
+    rows: list[dict[str, Any] | str] = list(file_rows(2000))
+    data = csv_body(rows, broken_every=0)
+    at = data.index(b"provider-user-1500,")
+    data = data[:at] + b"\xff" + data[at + 1 :]
+    bad_line = data[:at].count(b"\n") + 1
+    messages = set()
+
+    # When it is imported in one invocation, and in many
+    for calls in (None, 40):
+        s3 = RangedS3()
+        s3.put("incoming/u.csv", data)
+        result, _, handed_on = import_all(s3, "incoming/u.csv", calls=calls)
+        assert result.manifest is not None
+        assert result.manifest.error is not None
+        messages.add((result.manifest.counts.rows, result.manifest.error.message))
+        assert calls is None or any(usable_point(s) for s in handed_on)
+
+    # Then both stop at the same line, which the message names
+    ((rows_read, message),) = messages
+    assert message.startswith(f"not valid UTF-8 after line {bad_line - 1};")
+    assert rows_read < bad_line

@@ -9,12 +9,11 @@ from bulk_import.ingest.chunking import (
     PendingRow,
     serialise,
 )
-from bulk_import.ingest.csv_reader import CsvPlace
 from bulk_import.ingest.dedupe import Dedupe
 from bulk_import.ingest.file_type import Compression, Format, detect
 from bulk_import.ingest.formats import read_records
 from bulk_import.ingest.jsonl import jsonl_blocks, parse_json_line
-from bulk_import.ingest.record import Record, too_long
+from bulk_import.ingest.record import CsvPlace, Record, too_long
 from bulk_import.ingest.source import (
     DRY_RUN_METADATA,
     SourceObject,

@@ -8,6 +8,8 @@ import io
 from bulk_import.errors import MalformedFile
 from bulk_import.ingest.csv_quoting import Quoting
 
+_BOM = "\ufeff"
+
 
 class RecordTooLong(Exception):
     """A record grew past its bound (``BoundedLines.record_limit``)."""
@@ -70,7 +72,16 @@ class BoundedLines:
 
     def _readline(self, size: int) -> str:
         line = self._text.readline(size)
-        self.offset += len(line) if line.isascii() else len(line.encode())
+        if line.isascii():
+            self.offset += len(line)
+            return line
+        try:
+            size = len(line.encode())
+        except UnicodeEncodeError as exc:  # a byte the decoder escaped: not UTF-8
+            raise UnicodeDecodeError("utf-8", b"", 0, 1, "invalid UTF-8") from exc
+        first, self.offset = self.offset == 0, self.offset + size
+        if first and line.startswith(_BOM):
+            return line[1:]  # the file's byte order mark: counted, not part of the header
         return line
 
     @property

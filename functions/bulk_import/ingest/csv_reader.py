@@ -10,7 +10,7 @@ from typing import IO, TYPE_CHECKING
 
 from bulk_import.errors import MalformedFile
 from bulk_import.ingest.csv_lines import BoundedLines, RecordTooLong, runaway
-from bulk_import.ingest.record import Record, too_long
+from bulk_import.ingest.record import CsvPlace, Record, too_long
 from bulk_import.model import RECIPE_FIELDS, ROW_FIELDS
 
 if TYPE_CHECKING:
@@ -18,19 +18,6 @@ if TYPE_CHECKING:
 
 # A CSV record (all its fields and lines) may be this many times MAX_ROW_BYTES long.
 CSV_RECORD_FACTOR = 4
-_BOM = b"\xef\xbb\xbf"
-
-
-class CsvPlace:
-    """Where the record last read starts: ``line`` and the file's byte ``offset`` (``clean``:
-    a reader can start there), and the header's column ``names``. A resume point stores them."""
-
-    __slots__ = ("clean", "names", "offset")
-
-    def __init__(self, offset: int = 0, names: list[str] | None = None) -> None:
-        self.offset = offset
-        self.clean = True
-        self.names = names
 
 
 def read_csv(
@@ -49,12 +36,11 @@ def read_csv(
     """
     place = place if place is not None else CsvPlace()
     resumed = place.names is not None
-    if not resumed:
-        peek = getattr(stream, "peek", None)
-        place.offset = 3 if peek is not None and peek(3)[:3] == _BOM else 0
-    text = io.TextIOWrapper(stream, encoding="utf-8" if resumed else "utf-8-sig", newline="")
+    # Invalid UTF-8 is found line by line (``BoundedLines``), not where the decoder's read-ahead
+    # happens to reach it: the same line however far back reading started.
+    text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
     csv.field_size_limit(limit)
-    lines = BoundedLines(text, limit, record_factor * limit, place.offset)
+    lines = BoundedLines(text, limit, record_factor * limit, place.offset if resumed else 0)
     lines.skipped = first_line - 1  # the lines before the stream's start
     # Strict: a quote that is never closed, or closed in the middle of a field, is an error of
     # its record instead of text that swallows the rows after it into one field.
@@ -139,6 +125,12 @@ def _csv_header(reader: Reader, lines: BoundedLines) -> list[str] | None:
             f"CSV header (line 1) cannot be read ({exc}); check its quoting"
         ) from None
     lines.record_chars = 0
+    if header is not None and reader.line_num > 1:
+        # A quote left open in the header takes the rows after it in as a column name.
+        raise MalformedFile(
+            f"CSV header runs over lines 1-{reader.line_num}: a quote opened in it is not "
+            "closed where its name ends; fix the header's quoting"
+        )
     return None if header is None else _csv_names(header)
 
 

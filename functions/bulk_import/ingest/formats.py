@@ -19,7 +19,7 @@ from bulk_import.ingest.jsonl import read_jsonl
 from bulk_import.ingest.record import Record
 
 if TYPE_CHECKING:
-    from bulk_import.ingest.csv_reader import CsvPlace
+    from bulk_import.ingest.record import CsvPlace
 
 
 def read_records(

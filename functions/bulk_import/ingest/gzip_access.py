@@ -72,8 +72,12 @@ class AccessPoint(NamedTuple):
 
     @classmethod
     def load(cls, data: bytes) -> AccessPoint:
+        """The point ``dump`` wrote; ValueError (or struct.error) for anything else."""
         out, inp, bits, crc, size = _POINT.unpack_from(data)
-        return cls(out, inp, bits, crc, size, data[_POINT.size :])
+        window = data[_POINT.size :]
+        if len(window) != min(WINDOW, out) or bits > 7:
+            raise ValueError("not a whole access point")
+        return cls(out, inp, bits, crc, size, window)
 
 
 class _ZStream(ctypes.Structure):

@@ -17,9 +17,9 @@ WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 # JSONL is read in blocks this big: ~120 rows of 550 bytes, so the intake's deadline check
 # between blocks comes every few milliseconds.
 JSONL_BLOCK_BYTES = 64 * 1024
-# JSONL chunks close at every multiple of this many lines (+1): a later invocation can start
-# reading there, its chunks cut as from the start. ~30-60 MB of rows; at most a few partial
-# chunks more (one per provider) each time.
+# JSONL and CSV chunks close at every multiple of this many lines (+1; CSV: at the first record
+# from there): a later invocation can start reading there, its chunks cut as from the start.
+# ~30-60 MB of rows; at most a few partial chunks more (one per provider) each time.
 RESUME_EVERY_LINES = 100_000
 
 
@@ -46,9 +46,14 @@ def jsonl_blocks(
     number = first_line
     carry = b""
     skipping = False  # inside a line already reported as too long: drop up to its newline
-    head = stream.read(block_size)
-    while len(head) < len(max(WIDE_BOMS, key=len)) and (more := stream.read(block_size)):
-        head += more  # enough to tell a byte order mark, whatever the block size
+    if offset:
+        # To the end of the block a read from the start would be in: the blocks after it are
+        # the same ones, so are the checks the intake makes between blocks.
+        head = stream.read(block_size - offset % block_size)
+    else:
+        head = stream.read(block_size)
+        while len(head) < len(max(WIDE_BOMS, key=len)) and (more := stream.read(block_size)):
+            head += more  # enough to tell a byte order mark, whatever the block size
     if offset == 0 and head.startswith(WIDE_BOMS):
         # Windows PowerShell 5's default: json would guess UTF-16 for the lines it can.
         raise MalformedFile("the file is UTF-16 or UTF-32, not UTF-8; save it as UTF-8")

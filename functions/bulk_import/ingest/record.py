@@ -28,3 +28,15 @@ def object_or_error(line: int, value: Any) -> Record:
 def _json_type(value: Any) -> str:
     names = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
     return names.get(type(value), "a number")
+
+
+class CsvPlace:
+    """Where the record last read starts: ``line`` and the file's byte ``offset`` (``clean``:
+    a reader can start there), and the header's column ``names``. A resume point stores them."""
+
+    __slots__ = ("clean", "names", "offset")
+
+    def __init__(self, offset: int = 0, names: list[str] | None = None) -> None:
+        self.offset = offset
+        self.clean = True
+        self.names = names

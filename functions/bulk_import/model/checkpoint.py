@@ -159,8 +159,8 @@ class Checkpoint(BaseModel):
     chunks: list[ChunkRecord] = Field(default_factory=list)
     outcome_parts: list[str] = Field(default_factory=list)
     retry_parts: list[str] = Field(default_factory=list)
-    # In line order; the first is the newest that was usable when written (older ones are
-    # dropped then).
+    # The first is the newest that was usable when written (those before it are dropped); a
+    # resume takes the last one usable.
     resume_points: list[ResumePoint] = Field(default_factory=list)
     stop_reason: ErrorInfo | None = None
 

@@ -3,7 +3,7 @@
 Exactly-once across crashes, retries and continuations rests on one fact: reading the same file
 with the same settings yields the same chunks in the same order. The ledger's checkpoint
 records how many chunks may have been sent (the lease) and which have their outcomes stored; a
-later invocation replays the file (a JSONL file from its newest resume point), skips what is
+later invocation replays the file (JSONL and CSV from the newest resume point), skips what is
 settled, settles unsettled chunks under the lease by asking Vital, and posts the rest.
 """
 

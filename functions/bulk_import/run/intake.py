@@ -165,7 +165,9 @@ class Intake:
             stream, fmt, self.ctx.settings.max_row_bytes, place, 1 if point is None else point.line
         )
         cuts = fmt is ingest.Format.CSV
-        for n, record in enumerate(records):
+        # Counted from the file's start (a point carries the count): the checks fall on the
+        # same records however the file was split into invocations.
+        for n, record in enumerate(records, progress.rows_read):
             if n % DEADLINE_CHECK_EVERY_RECORDS == 0:
                 self._between_rows()
             if cuts and record.line >= points.next_cut:
@@ -214,8 +216,13 @@ class Intake:
         block_size = self.ctx.wiring.tunables.jsonl_block_bytes
         at = (1, 0) if point is None else (point.start_line, point.offset)
         points = self.points
+        # A resumed read's first block is the one the point is in: the run that stored the
+        # point made that block's checks, with the counts before it.
+        checked = point is not None
         for first, block, offset in ingest.jsonl_blocks(stream, limit, block_size, *at):
-            self._between_rows()
+            if not checked:
+                self._between_rows()
+            checked = False
             lines, start, end = block, first, first + len(block)
             skip_below = points.skip_below
             if start < skip_below:  # done by the invocations before

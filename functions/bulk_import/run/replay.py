@@ -24,7 +24,7 @@ CODE = "code"
 def fingerprint(settings: Settings, resume_every_lines: int = RESUME_EVERY_LINES) -> str:
     """The replay basis as readable JSON: a mismatch can then say what changed."""
     basis = {
-        # JSONL chunks never span a multiple of it (resume points sit there).
+        # JSONL and CSV chunks never span a multiple of it (resume points sit there).
         "RESUME_EVERY_LINES": resume_every_lines,
         "CHUNK_SIZE": settings.chunk_size,
         "MAX_BODY_BYTES": settings.max_body_bytes,

@@ -10,6 +10,7 @@ header's names (docs/architecture.md, "Resume points").
 
 from __future__ import annotations
 
+import struct
 from typing import IO, TYPE_CHECKING
 
 from bulk_import import ingest
@@ -18,6 +19,7 @@ from bulk_import.observability import logger
 
 if TYPE_CHECKING:
     from bulk_import.ingest import Chunker, Dedupe
+    from bulk_import.ingest.gzip_access import AccessPoint
     from bulk_import.run.context import RunContext
     from bulk_import.run.dispatch import Dispatcher
 
@@ -94,22 +96,19 @@ class ResumePoints:
         start, and no point of the checkpoint's used again) if its objects are gone or do not
         match it."""
         store = self.ctx.resume_objects
-        keys = [*point.seen, *([point.access] if point.access else [])]
-        fetched = [self.dispatcher.submit(store.read, key) for key in keys]
-        found = [future.result() for future in fetched]
-        parts, stored = found[: len(point.seen)], found[len(point.seen) :]
         access = None
-        if stored and stored[0]:
-            from bulk_import.ingest.gzip_access import AccessPoint  # noqa: PLC0415 - gzip only
-
-            access = AccessPoint.load(stored[0])
-        usable = None not in parts and (point.access is None or access is not None)
-        for part in parts if usable else ():
-            self.seen.load(part or b"")
-        usable = usable and len(self.seen) == point.claims
-        if access is not None and not access.fits(point.offset):
-            usable = False
-        if not usable:
+        if point.access is not None:
+            access = _access_point(store.read(point.access))
+        # Fetched at once, loaded in order as each comes: one part in memory at a time.
+        fetched = [self.dispatcher.submit(store.read, key) for key in point.seen]
+        usable = point.access is None or (access is not None and access.fits(point.offset))
+        for future in fetched:
+            part = future.result()
+            if part is None or not usable:
+                usable = False
+                continue
+            self.seen.load(part)
+        if not usable or len(self.seen) != point.claims:
             logger.warning("a resume point's objects are gone or do not match it; from the start")
             self.seen.clear()
             self.ctx.ledger.resume_points = []
@@ -125,3 +124,15 @@ class ResumePoints:
         self.next_cut = ((point.line - 1) // self.every + 1) * self.every + 1
         self.last_offset = point.offset
         return ingest.StartAt(point.offset, access)
+
+
+def _access_point(stored: bytes | None) -> AccessPoint | None:
+    """The stored access point; None when it is gone or cut short."""
+    from bulk_import.ingest.gzip_access import AccessPoint  # noqa: PLC0415 - gzip only
+
+    if stored is None:
+        return None
+    try:
+        return AccessPoint.load(stored)
+    except (struct.error, ValueError):
+        return None

@@ -29,13 +29,22 @@ class ResumeObjects:
     def put(self, n: int, seen: bytes, access: bytes | None) -> tuple[str, str | None]:
         """Store point ``n``'s dedupe part and access point; their keys."""
         seen_key = seen_part_key(self._results, self._run, n)
-        # Created only if absent: a point's objects are never replaced under it.
-        self.s3.put_object(Bucket=self._bucket, Key=seen_key, Body=seen, IfNoneMatch="*")
+        self._create(seen_key, seen)
         if access is None:
             return seen_key, None
         access_at = access_key(self._retry, self._run, n)
-        self.s3.put_object(Bucket=self._bucket, Key=access_at, Body=access, IfNoneMatch="*")
+        self._create(access_at, access)
         return seen_key, access_at
+
+    def _create(self, key: str, body: bytes) -> None:
+        """Created only if absent: a point's objects are never replaced under it. The name is
+        this run's own, so an object already there is this write's, stored by a try whose
+        answer was lost (botocore tried again)."""
+        try:
+            self.s3.put_object(Bucket=self._bucket, Key=key, Body=body, IfNoneMatch="*")
+        except ClientError as exc:
+            if aws_error_code(exc) not in {"PreconditionFailed", "412"}:
+                raise
 
     def read(self, key: str) -> bytes | None:
         """An object a checkpoint names; None when it is gone."""
