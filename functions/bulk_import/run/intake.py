@@ -107,6 +107,8 @@ class Intake:
             stream.close()
             raise Superseded("the object was replaced since this import started", described.ref)
         point = ctx.ledger.resume_from
+        if compression is ingest.Compression.GZIP and not ingest.can_resume(compression):
+            logger.warning("no system zlib to load: gzip is read from its start by each run")
         if fmt is ingest.Format.JSON or not ingest.can_resume(compression):
             point = None
         start = None if point is None else self.points.resume(point)
