@@ -131,6 +131,8 @@ def decoded(
         except gzip_access.GzipError as exc:
             raise MalformedFile(f"gzip data ends before its resume point ({exc})") from None
         skip = 0 if start is None else start.offset - reader.offset
+        if skip < 0:  # a point the resume checked (``AccessPoint.fits``) is never past it
+            raise ValueError("the gzip access point lies past the resume point")
         raw, where = cast(IO[bytes], reader), lambda: reader.compressed_offset
         codec_errors = (gzip_access.GzipError,)
     elif compression is Compression.GZIP:  # no system zlib to drive: read, never entered

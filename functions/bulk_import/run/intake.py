@@ -114,8 +114,7 @@ class Intake:
         start = None if point is None else self.points.resume(point)
         if start is not None and point is not None:
             self.rejected = point.rejected
-        if start is not None:  # the same object (version or ETag), opened at the point
-            stream.close()
+            stream.close()  # opened again at the point: the same version (or ETag)
             stream = ingest.open_stream(
                 ctx.wiring.s3, described, compression, ctx.settings.max_decompressed_bytes, start
             )
