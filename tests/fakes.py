@@ -121,7 +121,8 @@ class FakeS3:
         start = int(Range.removeprefix("bytes=").split("-")[0]) if Range else 0
         if Range and start >= len(data):
             raise client_error("InvalidRange", "GetObject", 416)
-        return {"Body": self.body(Key, data[start:])}
+        etag = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
+        return {"Body": self.body(Key, data[start:]), "ETag": etag}
 
     def body(self, key: str, data: bytes) -> FakeBody:
         return FakeBody(data)

@@ -107,6 +107,19 @@ def import_all(
     raise AssertionError("the file never ended")
 
 
+def first_run(s3: FakeS3, key: str, calls: int) -> tuple[StoreState, FakePost, FileResult]:
+    """The import's first invocation, out of time after ``calls`` asks: it hands on."""
+    state, post = StoreState(), FakePost()
+    ref = ObjectRef(bucket=BUCKET, key=key, sequencer="0A")
+    first = run_offline(
+        s3, state, settings(), ref, tunables=POINTS, post_chunk=post,
+        remaining_seconds=runs_out_of_time_after(calls),
+    )  # fmt: skip
+    assert first.continuation is not None
+    assert state.checkpoint is not None
+    return state, post, first
+
+
 def usable_point(state: StoreState) -> ResumePoint | None:
     """The point a run resuming from ``state`` reads from: the newest whose chunks are all
     settled and whose lines' outcomes are stored."""
@@ -180,14 +193,7 @@ def test_given_a_point_whose_objects_are_gone_then_the_run_reads_from_the_start(
     key = "incoming/b.jsonl"
     s3 = RangedS3()
     s3.put(key, body(lines))
-    state, post = StoreState(), FakePost()
-    ref = ObjectRef(bucket=BUCKET, key=key, sequencer="0A")
-    first = run_offline(
-        s3, state, settings(), ref, tunables=POINTS, post_chunk=post,
-        remaining_seconds=runs_out_of_time_after(30),
-    )  # fmt: skip
-    assert first.continuation is not None
-    assert state.checkpoint is not None
+    state, post, first = first_run(s3, key, calls=30)
     assert state.checkpoint.resume_points
     for point in state.checkpoint.resume_points:
         for gone in point.seen:
@@ -303,14 +309,7 @@ def test_given_the_key_uploaded_again_then_a_resume_from_a_point_stops_before_re
     key = f"incoming/f.jsonl{suffix}"
     s3 = RangedS3()
     s3.put(key, compress(body(lines), suffix))
-    state, post = StoreState(), FakePost()
-    ref = ObjectRef(bucket=BUCKET, key=key, sequencer="0A")
-    first = run_offline(
-        s3, state, settings(), ref, tunables=POINTS, post_chunk=post,
-        remaining_seconds=runs_out_of_time_after(1500),
-    )  # fmt: skip
-    assert first.continuation is not None
-    assert state.checkpoint is not None
+    state, post, first = first_run(s3, key, calls=1500)
     assert any(p.access or not suffix for p in state.checkpoint.resume_points)
     other = [{**make_row(100_000 + i), "provider_id": "q" * 600} for i in range(3000)]
     s3.put(key, compress(body(other), suffix))
@@ -332,13 +331,7 @@ def test_given_a_point_whose_objects_are_gone_then_later_points_work_again() -> 
     key = "incoming/g.jsonl"
     s3 = RangedS3()
     s3.put(key, body(lines))
-    state, post = StoreState(), FakePost()
-    ref = ObjectRef(bucket=BUCKET, key=key, sequencer="0A")
-    result = run_offline(
-        s3, state, settings(), ref, tunables=POINTS, post_chunk=post,
-        remaining_seconds=runs_out_of_time_after(300),
-    )  # fmt: skip
-    assert state.checkpoint is not None
+    state, post, result = first_run(s3, key, calls=300)
     for point in state.checkpoint.resume_points:
         for gone in point.seen:
             s3.objects.pop(gone, None)
@@ -368,14 +361,7 @@ def test_given_a_point_whose_dedupe_parts_hold_fewer_claims_then_it_is_not_used(
     key = "incoming/h.jsonl"
     s3 = RangedS3()
     s3.put(key, body(lines))
-    state, post = StoreState(), FakePost()
-    ref = ObjectRef(bucket=BUCKET, key=key, sequencer="0A")
-    first = run_offline(
-        s3, state, settings(), ref, tunables=POINTS, post_chunk=post,
-        remaining_seconds=runs_out_of_time_after(600),
-    )  # fmt: skip
-    assert first.continuation is not None
-    assert state.checkpoint is not None
+    state, post, first = first_run(s3, key, calls=600)
     for point in state.checkpoint.resume_points:
         s3.objects[point.seen[-1]] = b""
 

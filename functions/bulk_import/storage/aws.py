@@ -32,6 +32,17 @@ def s3_client() -> S3Client:
     return boto3.client("s3", config=_CONFIG)
 
 
+def fetch(s3: S3Client, bucket: str, key: str) -> tuple[bytes, str] | None:
+    """An object's body and ETag, or None when there is none."""
+    try:
+        response = s3.get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if aws_error_code(exc) in {"NoSuchKey", "404"}:
+            return None
+        raise
+    return response["Body"].read(), response["ETag"]
+
+
 def vital_api_key(secret_name: str, max_age_seconds: int, secrets: SecretsProvider) -> str:
     """The Vital API key from Secrets Manager via Powertools Parameters (cached ``max_age``)."""
     from aws_lambda_powertools.utilities import parameters  # noqa: PLC0415 - cold start

@@ -27,6 +27,7 @@ from botocore.exceptions import ClientError
 from bulk_import.errors import Superseded, aws_error_code
 from bulk_import.model import Checkpoint, DoneChunk, Handoff, Manifest
 from bulk_import.model.checkpoint import older_than, same_upload
+from bulk_import.storage.aws import fetch
 from bulk_import.storage.keys import (
     CHECKPOINT_NAME,
     HANDOFF_NAME,
@@ -312,11 +313,4 @@ class CheckpointStore:
         return found
 
     def _fetch(self, key: str) -> tuple[bytes, str] | None:
-        """An object's body and ETag, or None when there is none."""
-        try:
-            response = self.s3.get_object(Bucket=self._bucket, Key=key)
-        except ClientError as exc:
-            if aws_error_code(exc) in {"NoSuchKey", "404"}:
-                return None
-            raise
-        return response["Body"].read(), response["ETag"]
+        return fetch(self.s3, self._bucket, key)

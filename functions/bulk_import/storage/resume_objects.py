@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import ClientError
 
 from bulk_import.errors import aws_error_code
+from bulk_import.storage.aws import fetch
 from bulk_import.storage.keys import access_key, seen_part_key
 
 if TYPE_CHECKING:
@@ -48,10 +49,5 @@ class ResumeObjects:
 
     def read(self, key: str) -> bytes | None:
         """An object a checkpoint names; None when it is gone."""
-        try:
-            response = self.s3.get_object(Bucket=self._bucket, Key=key)
-        except ClientError as exc:
-            if aws_error_code(exc) in {"NoSuchKey", "404"}:
-                return None
-            raise
-        return response["Body"].read()
+        fetched = fetch(self.s3, self._bucket, key)
+        return None if fetched is None else fetched[0]
