@@ -481,10 +481,12 @@ def test_given_the_rejection_threshold_then_it_is_checked_where_one_invocation_c
         result, _, _ = import_all(s3, f"incoming/t.{fmt}", calls=calls)
         assert result.manifest is not None
         error = result.manifest.error
-        counts = result.manifest.counts.model_dump_json()
-        verdicts.add((counts, None if error is None else error.message))
+        counts = result.manifest.counts
+        verdicts.add((counts.rows, counts.rejected, None if error is None else error.message))
 
-    # Then every split reaches the verdict of the one invocation
+    # Then every split reaches the verdict of the one invocation: it stops at the same row, or
+    # not at all (whether a chunk cut before a stop went out depends on the posting threads, as
+    # for any stop: imported and errored are not compared)
     assert len(verdicts) == 1
 
 
