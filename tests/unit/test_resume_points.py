@@ -18,6 +18,7 @@ from bulk_import.config import Settings
 from bulk_import.ingest.gzip_access import SPACING
 from bulk_import.model import Counts, ObjectRef, ResumePoint
 from bulk_import.run.context import FileResult
+from bulk_import.run.intake import REPLACED
 from bulk_import.wiring import Tunables
 from tests.fakes import FakePost, FakeS3, StoreState, outcomes_by_line, run_offline
 from tests.helpers import make_row
@@ -321,7 +322,7 @@ def test_given_the_key_uploaded_again_then_a_resume_from_a_point_stops_before_re
     )
 
     # Then it stops as replaced, sending nothing of the new content
-    assert result.skipped == "the object was replaced since this import started"
+    assert result.skipped == REPLACED
     assert len(post.sent) == sent
 
 

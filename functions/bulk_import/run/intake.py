@@ -36,6 +36,8 @@ NO_ROWS = (
     "the file holds no rows (empty, a CSV header alone, an empty JSON array, or nothing but "
     "blank lines): check the export"
 )
+# Why a resume stops when an unversioned key holds other bytes than its checkpoint's.
+REPLACED = "the object was replaced since this import started"
 # PendingRow(...) runs a Python-level __new__; tuple.__new__ builds the same named tuple in C.
 _pending = tuple.__new__
 
@@ -105,7 +107,7 @@ class Intake:
             # against it would send other rows under its chunk numbers. The new upload's own
             # event imports it.
             stream.close()
-            raise Superseded("the object was replaced since this import started", described.ref)
+            raise Superseded(REPLACED, described.ref)
         point = ctx.ledger.resume_from
         if compression is ingest.Compression.GZIP and not ingest.can_resume(compression):
             logger.warning("no system zlib to load: gzip is read from its start by each run")
