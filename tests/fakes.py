@@ -62,6 +62,21 @@ def client_error(code: str, operation: str, status: int = 400) -> ClientError:
     )
 
 
+class FakeTime:
+    """A monotonic clock that only ``sleep`` moves; keeps every wait asked for."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
 class FakeBody:
     """A GET's streaming body: ``read``, ``iter_chunks`` and ``close``, as botocore's."""
 
@@ -344,12 +359,21 @@ class FakeVital:
     ops: list[dict[str, Any]] = field(default_factory=list)
     down: bool = False
     asked: list[str] = field(default_factory=list)
+    # After this many listings of the bulk ops, those in progress end (success) and Vital lists
+    # ``then`` for its users as well; None: they never end.
+    ops_end_after: int | None = None
+    then: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.asked.append(request.url.path)
         if self.down:
             raise httpx.ConnectError("connection refused", request=request)
         if request.url.path == "/v2/link/bulk_op":
+            if self.ops_end_after is not None and self.asked.count(request.url.path) > (
+                self.ops_end_after
+            ):
+                self.ops = [op | {"status": "success"} for op in self.ops]
+                self.providers |= self.then
             return httpx.Response(200, json={"data": self.ops, "next_cursor": None})
         user = request.url.path.rsplit("/", 1)[-1]
         if user not in self.providers:

@@ -17,24 +17,10 @@ import pytest
 from bulk_import.config import Settings
 from bulk_import.observability import logger
 from bulk_import.vital import BULK_OP_POLL_SECONDS, VitalClient, wait_for_bulk_ops
+from tests.fakes import FakeTime
 
 BASE = "http://vital.test"
 SINCE = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-
-
-class FakeTime:
-    """A monotonic clock that only ``sleep`` moves; keeps every wait asked for."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class BulkOpList:

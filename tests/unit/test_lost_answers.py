@@ -22,6 +22,7 @@ from bulk_import.config import Settings
 from bulk_import.errors import VitalClientError
 from bulk_import.ingest.chunking import Chunk, PendingRow, serialise
 from bulk_import.model import ConnectionRow, Outcome
+from bulk_import.vital import BULK_OP_MAX_WAIT_SECONDS, BULK_OP_POLL_SECONDS
 from bulk_import.vital.client import VitalClient
 from bulk_import.vital.posting import (
     IMPORTED_DETAIL,
@@ -39,6 +40,7 @@ from bulk_import.vital.settle import (
     NOT_CONNECTED_DETAIL,
     OP_DETAIL,
 )
+from tests.fakes import FakeTime
 
 API_KEY = "sk_unit_KEY_lost_answers"
 TOKEN = "tok_LOST_answer_0123456789"
@@ -90,11 +92,18 @@ class Vital:
     ops: list[dict[str, Any]] = field(default_factory=list)
     posts: list[list[str]] = field(default_factory=list)
     lookups: int = 0
+    listings: int = 0
+    # Listings of the bulk ops after which the enqueued ones ("202") end; None: never.
+    ops_end_after: int | None = None
+    enqueued: list[tuple[dict[str, Any], list[str]]] = field(default_factory=list)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.method == "POST":
             return self._post(request)
         if request.url.path == "/v2/link/bulk_op":
+            self.listings += 1
+            if self.ops_end_after is not None and self.listings > self.ops_end_after:
+                self._end_enqueued()
             return httpx.Response(200, json={"data": self.ops, "next_cursor": None})
         self.lookups += 1
         if self.lookups_down:
@@ -121,6 +130,7 @@ class Vital:
         taken = [i for i in ids if i not in self.unknown]
         if action == "202":
             self.ops.append(_op(len(ids), "in_progress", now))
+            self.enqueued.append((self.ops[-1], taken))
             raise httpx.ReadTimeout("timed out", request=request)
         self.connected.update(taken)
         self.ops.append(_op(len(ids), "success", now))
@@ -128,6 +138,12 @@ class Vital:
             raise httpx.ReadTimeout("timed out", request=request)
         failed = [i for i in ids if i in self.unknown]
         return httpx.Response(200, json={"user_ids_imported": taken, "user_ids_failed": failed})
+
+    def _end_enqueued(self) -> None:
+        for op, taken in self.enqueued:
+            op.update(_op(op["processed"] + op["pending"], "success", op["started_at"]))
+            self.connected.update(taken)
+        self.enqueued.clear()
 
 
 def _op(size: int, status: str, started: str) -> dict[str, Any]:
@@ -149,11 +165,20 @@ def post(
     remaining: Callable[[], float] = lambda: 900.0,
     gate: Callable[[], Hold | None] | None = None,
     probe: bool = False,
+    time: FakeTime | None = None,
 ) -> ChunkReport:
     settings = Settings.model_validate(
         {"VITAL_API_KEY_SECRET": "x", "VITAL_API_BASE_URL": BASE, "MAX_ATTEMPTS": 3}
     )
-    client = VitalClient(settings, API_KEY, remaining, httpx.MockTransport(vital))
+    time = time or FakeTime()
+    client = VitalClient(
+        settings,
+        API_KEY,
+        remaining,
+        httpx.MockTransport(vital),
+        clock=time.clock,
+        sleep=time.sleep,
+    )
     with client:
         return post_chunk(client, chunk, True, gate, probe=probe)
 
@@ -196,16 +221,34 @@ def test_given_the_answer_is_lost_twice_and_vital_lists_nobody_then_the_rows_sta
     assert report.in_doubt == 3
 
 
-def test_given_vital_enqueued_the_chunk_when_the_answer_is_lost_then_rows_stay_in_doubt() -> None:
+def test_given_vital_enqueued_the_chunk_when_the_answer_is_lost_then_its_op_is_waited_for() -> None:
     """An op of the chunk's provider and size in progress since the send may be this chunk's:
-    neither sent again nor counted as enqueued on a guess."""
+    the lookups are made again once it ends, and tell what Vital holds."""
+    vital = Vital(["202"], unknown={user(1)}, ops_end_after=3)
+    time = FakeTime()
+    report = post(vital, make_chunk(3), time=time)
+    assert len(vital.posts) == 1
+    assert outcomes(report) == {
+        user(0): (Outcome.IMPORTED, LOST_CONFIRMED_DETAIL),
+        user(1): (Outcome.FAILED, NOT_CONNECTED_DETAIL),
+        user(2): (Outcome.IMPORTED, LOST_CONFIRMED_DETAIL),
+    }
+    assert report.in_doubt == 0
+    assert time.sleeps == [BULK_OP_POLL_SECONDS] * 3, "one listing a poll, then the lookups"
+    assert vital.lookups == 3 + 3
+
+
+def test_given_an_op_that_may_be_the_chunks_outlasts_the_wait_then_rows_stay_in_doubt() -> None:
+    """Neither sent again nor counted as enqueued on a guess."""
     vital = Vital(["202"])
-    report = post(vital, make_chunk(3))
+    time = FakeTime()
+    report = post(vital, make_chunk(3), time=time)
     assert len(vital.posts) == 1
     assert outcomes(report) == {
         user(i): (Outcome.ERRORED, OP_DETAIL.format(count=1)) for i in range(3)
     }
     assert report.in_doubt == 3
+    assert sum(time.sleeps) == BULK_OP_MAX_WAIT_SECONDS
 
 
 def test_given_some_users_vital_could_not_import_then_those_are_failed() -> None:

@@ -29,13 +29,22 @@ from bulk_import.model import (
 )
 from bulk_import.run import replay
 from bulk_import.run.context import FileResult
+from bulk_import.vital import BULK_OP_MAX_WAIT_SECONDS
 from bulk_import.vital.settle import (
     CONFIRMED_DETAIL,
     NOT_CONNECTED_DETAIL,
     OP_DETAIL,
     PENDING_DETAIL,
 )
-from tests.fakes import FakePost, FakeS3, FakeVital, StoreState, outcomes_by_line, run_offline
+from tests.fakes import (
+    FakePost,
+    FakeS3,
+    FakeTime,
+    FakeVital,
+    StoreState,
+    outcomes_by_line,
+    run_offline,
+)
 from tests.helpers import access_token, encode_rows, make_row, user_id
 
 BUCKET = "bucket-a"
@@ -183,6 +192,61 @@ def test_a_bulk_op_that_may_be_the_chunks_leaves_it_in_doubt_not_sent(
     assert retried(s3) == [user_id(n) for n in IN_DOUBT]
     assert result.manifest is not None
     assert result.manifest.status == "partial"
+
+
+@pytest.mark.parametrize("listed", [range(10, 20), range(10, 20, 2)], ids=["all", "some"])
+def test_given_an_op_that_may_be_the_chunks_is_in_progress_when_it_ends_then_users_are_asked_again(
+    listed: range,
+) -> None:
+    # Given a chunk in doubt whose users Vital lists none of, while an op of its provider and
+    # size runs (it may be this chunk's or another file's), then ends with some or all listed
+    vital = FakeVital(ops=[op()], ops_end_after=2, then={user_id(n): [connected()] for n in listed})
+    post = FakePost()
+
+    # When the run resumes
+    s3, result = resume(vital, post)
+
+    # Then it waited for the op, and what Vital lists afterwards decides every row
+    assert post.sent == []
+    assert vital.asked.count("/v2/link/bulk_op") == 3
+    got = in_doubt_outcomes(s3)
+    assert [got[n - 10] for n in listed] == [("imported", CONFIRMED_DETAIL)] * len(listed)
+    assert {got[n - 10] for n in IN_DOUBT if n not in listed} <= {("failed", NOT_CONNECTED_DETAIL)}
+    assert result.manifest is not None
+    assert result.manifest.counts.errored == 0
+
+
+def test_given_too_little_time_to_wait_for_an_op_then_a_later_invocation_settles_it() -> None:
+    # Given a chunk in doubt, an op that may be its in progress, and less Lambda time than
+    # the longest wait for it leaves to the run (90 s, of which SAFETY_MARGIN_SECONDS is 60)
+    s3 = FakeS3()
+    s3.put(KEY, encode_rows([make_row(n) for n in range(30)], "jsonl"))
+    state = StoreState(checkpoint=resumed_checkpoint(lease=3))
+    vital = FakeVital(ops=[op()])
+    post = FakePost()
+    time = FakeTime()
+
+    # When the run resumes
+    result = run_offline(
+        s3,
+        state,
+        CONFIG,
+        REF,
+        transport=httpx.MockTransport(vital),
+        post_chunk=post,
+        remaining_seconds=lambda: 90.0 - time.now,
+        clock=time.clock,
+        sleep=time.sleep,
+    )
+
+    # Then it waited while it could, and the chunk is neither sent nor given an outcome: the
+    # next invocation asks again
+    assert 50 < sum(time.sleeps) < BULK_OP_MAX_WAIT_SECONDS
+    assert post.sent == []
+    assert result.manifest is None
+    assert state.checkpoint is not None
+    assert state.checkpoint.settled_below == 1
+    assert OUTCOMES not in s3.objects
 
 
 def test_when_vital_cannot_be_asked_the_rows_stay_errored_saying_what_to_check() -> None:

@@ -361,7 +361,14 @@ class Dispatcher:
 
 def _new_client(ctx: RunContext) -> VitalClient:
     wiring = ctx.wiring
-    return VitalClient(ctx.settings, wiring.api_key(), wiring.remaining_seconds, wiring.transport)
+    return VitalClient(
+        ctx.settings,
+        wiring.api_key(),
+        wiring.remaining_seconds,
+        wiring.transport,
+        clock=wiring.clock,
+        sleep=wiring.sleep,
+    )
 
 
 def _close_client(future: Future[VitalClient]) -> None:

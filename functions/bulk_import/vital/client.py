@@ -81,8 +81,13 @@ class VitalClient:
         *,
         breaker: CircuitBreaker | None = None,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
+        # What waiting on Vital's bulk ops reads and pauses with (the wiring's: tests never sleep).
+        self.clock = clock
+        self.sleep = sleep
         self._api_key = api_key
         self.stats = CallStats()
         self.breaker = breaker or CircuitBreaker()

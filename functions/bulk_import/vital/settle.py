@@ -8,16 +8,20 @@ connection, a gateway's 502/504). Each of its users is looked up
 - the chunk's provider listed as connected: ``imported``, confirmed by the lookup;
 - listed with another status: ``failed`` (the detail names the status; Vital's error text is
   not copied, as it may quote a token);
-- not listed, while others of the chunk are: the chunk reached Vital. ``failed``, unless a
-  bulk op of the provider and the chunk's size is still in progress (Vital may yet connect
-  them): then the rows stay ``errored``, to check once it ends;
+- users not listed while a bulk op that may be the chunk's (its provider and size, started
+  since the chunk was sent: for a crash, since the lease was raised past it) is in progress:
+  Vital has not said yet. The settlement waits for those ops to end (polling the listing, at
+  most ``BULK_OP_MAX_WAIT_SECONDS`` for all of a run's chunks together), then looks the users
+  up again. Whose op it was does not matter then: the lookup tells what Vital holds;
+- not listed, while others of the chunk are: the chunk reached Vital. ``failed``, unless such
+  an op is still in progress after the wait: then the rows stay ``errored``, to check once it
+  ends;
 - no user of the chunk listed: if no bulk op of the provider and the chunk's size started
-  since the chunk was sent (for a crash: since the lease was raised past it) and is in
-  progress or failed, the chunk never reached Vital, and it is sent now (once, for a lost
-  answer: a second loss leaves the rows in doubt). If there is such an op, it may be this
-  chunk's or another's (bulk ops carry no id: another file, or another chunk of this one,
-  looks the same), so the rows stay ``errored`` with a reason rather than be sent twice or
-  counted as enqueued.
+  since the chunk was sent and is in progress or failed, the chunk never reached Vital, and it
+  is sent now (once, for a lost answer: a second loss leaves the rows in doubt). If there is
+  such an op, it may be this chunk's or another's (bulk ops carry no id: another file, or
+  another chunk of this one, looks the same), so the rows stay ``errored`` with a reason
+  rather than be sent twice or counted as enqueued on a guess.
 
 When Vital cannot be asked (a rejected key, an outage past the retries), the undecided rows
 stay ``errored``, saying what to check before they are uploaded again.
@@ -36,9 +40,16 @@ from bulk_import.errors import VitalAuthError, VitalError, VitalNoTime
 from bulk_import.model import BulkOp, Outcome, RowOutcome
 from bulk_import.observability import logger
 from bulk_import.redaction import redact_text
-from bulk_import.vital.bulk_ops import BULK_OP_SKEW, list_bulk_ops, parse_time
+from bulk_import.vital.bulk_ops import (
+    BULK_OP_MAX_WAIT_SECONDS,
+    BULK_OP_POLL_SECONDS,
+    BULK_OP_SKEW,
+    list_bulk_ops,
+    parse_time,
+)
 from bulk_import.vital.lookups import CONNECTED, MISSING, connection_status, user_providers
 from bulk_import.vital.posting import ChunkReport, Hold, post_chunk
+from bulk_import.vital.retry import MIN_ATTEMPT_SECONDS
 
 if TYPE_CHECKING:
     from bulk_import.ingest.chunking import Chunk, PendingRow
@@ -92,32 +103,62 @@ LISTING_LIMIT = 20 * 50
 
 class BulkOpListing:
     """Vital's bulk ops since the earliest lease in doubt, listed once for a run's settlements
-    (on whichever posting thread asks first, under a lock)."""
+    (on whichever posting thread asks first, under a lock), and listed again while chunks wait
+    for an op that may be theirs to end (``wait``)."""
 
     def __init__(self, since: datetime) -> None:
         self.since = since - BULK_OP_SKEW
         self._lock = threading.Lock()
         self._ops: list[BulkOp] | None = None
+        self._listings = 0  # how many listings ``_ops`` comes from: one is made per wait round
+        self._until: float | None = None  # the end of the waits, set by the first
+
+    def _listing(self, client: VitalClient, seen: int = 0) -> tuple[int, list[BulkOp]]:
+        """The ops, listed afresh unless a listing newer than the ``seen``-th one was made
+        (threads waiting together share one listing a round)."""
+        with self._lock:
+            if self._ops is None or self._listings <= seen:
+                self._ops = list_bulk_ops(client, since=self.since)
+                self._listings += 1
+            return self._listings, self._ops
 
     def candidates(self, client: VitalClient, chunk: Chunk, sent_after: datetime) -> int:
         """Ops that could be this chunk's: of its provider and size, started after it was
         leased, in progress or failed (one that succeeded would list its users). A listing cut
         short counts as one more: an op left out of it cannot be ruled out."""
-        with self._lock:
-            if self._ops is None:
-                self._ops = list_bulk_ops(client, since=self.since)
-            ops = self._ops
+        _, ops = self._listing(client)
         since = sent_after - BULK_OP_SKEW
         found = sum(1 for op in ops if _could_be(op, chunk, since))
         return found + (len(ops) >= LISTING_LIMIT)
 
     def in_progress(self, client: VitalClient, chunk: Chunk, sent_after: datetime) -> bool:
-        with self._lock:
-            if self._ops is None:
-                self._ops = list_bulk_ops(client, since=self.since)
-            ops = self._ops
+        return _any_in_progress(self._listing(client)[1], chunk, sent_after - BULK_OP_SKEW)
+
+    def wait(self, client: VitalClient, chunk: Chunk, sent_after: datetime) -> bool:
+        """Wait for the ops in progress that may be the chunk's to end, listing them every
+        ``BULK_OP_POLL_SECONDS``: True once none is. The waits of one listing end together,
+        ``BULK_OP_MAX_WAIT_SECONDS`` after the first began (False). ``VitalNoTime`` when the
+        invocation runs short of time first: a later one asks again."""
         since = sent_after - BULK_OP_SKEW
-        return any(op.status == "in_progress" and _could_be(op, chunk, since) for op in ops)
+        seen, ops = self._listing(client)
+        while _any_in_progress(ops, chunk, since):
+            now = client.clock()
+            with self._lock:
+                if self._until is None:
+                    self._until = now + BULK_OP_MAX_WAIT_SECONDS
+                left = self._until - now
+            if left <= 0:
+                return False
+            pause = min(BULK_OP_POLL_SECONDS, left)
+            if client.retry.seconds_to_deadline() - pause < MIN_ATTEMPT_SECONDS:
+                raise VitalNoTime("too little Lambda time left to wait for a bulk op")
+            client.sleep(pause)
+            seen, ops = self._listing(client, seen)
+        return True
+
+
+def _any_in_progress(ops: list[BulkOp], chunk: Chunk, since: datetime) -> bool:
+    return any(op.status == "in_progress" and _could_be(op, chunk, since) for op in ops)
 
 
 def _could_be(op: BulkOp, chunk: Chunk, since: datetime) -> bool:
@@ -147,7 +188,11 @@ def settle_chunk(
     when Vital holds nothing of it."""
     report = ChunkReport(chunk)
     try:
-        unlisted = _look_up(client, report, cause.confirmed)
+        unlisted = _look_up(client, report, chunk.rows, cause.confirmed)
+        # An op that may be the chunk's is running: what Vital holds is known once it ends.
+        in_progress = unlisted and ops.in_progress(client, chunk, sent_after)
+        if in_progress and ops.wait(client, chunk, sent_after):
+            unlisted = _look_up(client, report, unlisted, cause.confirmed)
         if unlisted and len(unlisted) < len(chunk.rows):
             # The chunk reached Vital: these it did not connect, or not yet.
             if ops.in_progress(client, chunk, sent_after):
@@ -224,11 +269,13 @@ def settle_lost(
         report.fatal = report.fatal or settled.fatal
 
 
-def _look_up(client: VitalClient, report: ChunkReport, confirmed: str) -> list[PendingRow]:
+def _look_up(
+    client: VitalClient, report: ChunkReport, rows: list[PendingRow], confirmed: str
+) -> list[PendingRow]:
     """The rows whose user Vital lists for the provider get their outcome; the others return."""
     chunk = report.chunk
     unlisted: list[PendingRow] = []
-    for row in chunk.rows:
+    for row in rows:
         status, detail = connection_status(user_providers(client, row.user_id), chunk.provider)
         if status == MISSING:
             unlisted.append(row)
