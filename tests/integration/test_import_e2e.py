@@ -928,7 +928,8 @@ def test_the_file_is_read_on_while_the_first_request_is_out(
         return to_json(row)
 
     transport = _HoldFirstRequest(read_to_the_end)
-    monkeypatch.setenv("MAX_CONCURRENCY", "4")  # up to 8 chunks handed over at once
+    # Until the first answer tells Vital's pace, as many chunks as threads are handed over
+    monkeypatch.setenv("MAX_CONCURRENCY", "6")
     rows = [make_row(i) for i in range(1, 61)]
     stack.vital.add_known_users(*(r["user_id"] for r in rows))
     stack.put("incoming/six.jsonl", encode_rows(rows, "jsonl"))

@@ -321,15 +321,16 @@ def test_circuit_breaker_stops_hammering_a_vital_that_is_down(
 def test_a_chunk_still_queued_when_the_file_fails_is_not_sent(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # One posting thread: one chunk is sent while the next waits in its queue. The gzip stream
-    # is cut at 60 %: the reader finds that out past line ~3,500, where its data ends.
+    # One posting thread: one chunk is sent while the next waits in its queue (requests of
+    # 0.2 s are fast enough for the queue: run/handoff.py). The gzip stream is cut at 60 %: the
+    # reader finds that out past line ~3,500, where its data ends.
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     monkeypatch.setenv("CHUNK_SIZE", "1000")
     rows = [make_row(n) for n in range(6000)]
     stack.vital.add_known_users(*(r["user_id"] for r in rows))
     packed = gzip.compress(encode_rows(rows, "jsonl"))
     stack.put("incoming/cut.jsonl.gz", packed[: len(packed) * 6 // 10])
-    stack.vital.latency_seconds = 0.5  # each chunk in flight for 0.5 s; reading takes ms
+    stack.vital.latency_seconds = 0.2  # each chunk in flight for 0.2 s; reading takes ms
 
     manifest, outcomes = run(stack, "incoming/cut.jsonl.gz")
 

@@ -79,6 +79,7 @@ def save(books: Ledger, store: FakeStore, **fields: object) -> bool:
         "started_at": "2026-01-01T00:00:00.000Z",
         "next_segment": 0,
         "lease": 0,
+        "handed": fields.get("lease", 0),
         "line": 0,
         "stop_reason": None,
         "at": "2026-01-01T00:00:05.000Z",
@@ -139,6 +140,44 @@ def test_given_a_handoff_record_when_restored_then_only_chunks_handed_over_are_i
     # checkpoint write, under the record too; the rest is new (never handed over)
     assert [n for n in range(10) if ledger.replay(n) is Replay.IN_DOUBT] == in_doubt
     assert ledger.lease == 6  # the next checkpoint is still due at the lease
+
+
+@pytest.mark.parametrize(
+    ("handoff", "in_doubt"),
+    [
+        (None, [2]),  # chunks from 3 on had not gone to the posting threads
+        (Handoff(refines="run-a:3", below=5), [2, 4]),  # handed over since the checkpoint
+        (Handoff(refines="run-a:2", below=9), [2]),  # refines an older write: ignored
+    ],
+)
+def test_given_a_checkpoint_naming_the_chunks_handed_over_then_only_those_are_in_doubt(
+    ledger: Ledger, handoff: Handoff | None, in_doubt: list[int]
+) -> None:
+    # Given a checkpoint write run-a:3 with a lease of 6, taken when chunks 0-2 had gone to the
+    # posting threads, chunks 0-1 and 3 settled
+    cp = checkpoint(lease=6, handed_below=3, settled_below=2, settled_extra=[3]).model_copy(
+        update={"write": "run-a:3"}
+    )
+    # When restored, with or without a hand-off record refining it
+    ledger.restore(cp, handoff)
+    # Then in doubt: the unsettled chunks handed over by then, or by the record's write
+    assert [n for n in range(10) if ledger.replay(n) is Replay.IN_DOUBT] == in_doubt
+
+
+def test_given_a_resumed_run_then_its_checkpoints_name_the_chunks_the_run_before_handed_over(
+    ledger: Ledger,
+) -> None:
+    # Given a run resumed from a checkpoint whose chunks 2 to 4 were handed over, unsettled
+    ledger.restore(checkpoint(lease=6, handed_below=5, settled_below=2))
+    store = new_store()
+    # When it saves a checkpoint before its replay reaches them, having handed none over
+    save(ledger, store, lease=6, handed=0)
+    # Then they stay in doubt for the next resume
+    assert store.state.checkpoint is not None
+    assert store.state.checkpoint.handed_below == 5
+    # And a checkpoint past them names what this run handed over
+    save(ledger, store, lease=9, handed=7)
+    assert store.state.checkpoint.handed_below == 7
 
 
 def test_given_a_settled_extra_past_the_lease_when_replayed_then_it_is_settled(

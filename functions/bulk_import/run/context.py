@@ -84,8 +84,13 @@ class RunContext:
     def next_ref(self, segment: int) -> ObjectRef:
         return self.ref.model_copy(update={"segment": segment})
 
-    def save_checkpoint(self, *, next_segment: int, lease: int, final: bool = False) -> None:
-        """Store the outcomes spooled so far and the checkpoint that makes them count."""
+    def save_checkpoint(
+        self, *, next_segment: int, lease: int, handed: int | None = None, final: bool = False
+    ) -> None:
+        """Store the outcomes spooled so far and the checkpoint that makes them count.
+
+        ``handed``: no chunk from this number on went to the posting threads (the lease when
+        not given: every chunk under it may have been sent)."""
         created = self.ledger.save(
             self.store,
             source=self.source,
@@ -93,6 +98,7 @@ class RunContext:
             started_at=self.started_at,
             next_segment=next_segment,
             lease=lease,
+            handed=lease if handed is None else handed,
             line=self.progress.line,
             stop_reason=self.stop.reason,
             at=now(),

@@ -35,8 +35,6 @@ if TYPE_CHECKING:
     from bulk_import.run.context import RunContext
     from bulk_import.vital.settle import BulkOpListing
 
-# Chunks handed to the posting threads at once, per thread: one being sent, one waiting.
-QUEUED_PER_THREAD = 2
 # Checkpoints are spaced at least about this far apart when chunks go out quickly.
 CHECKPOINT_SECONDS = 2.0
 
@@ -100,7 +98,7 @@ class Dispatcher:
         self.margin = max(settings.safety_margin_seconds, start_seconds(settings))
         self.last_lease_at = ctx.wiring.clock()
         self.last_lease_seq = 0
-        self.handoffs = Handoffs(ctx, QUEUED_PER_THREAD * settings.max_concurrency)
+        self.handoffs = Handoffs(ctx, settings.max_concurrency)
         self.ops: BulkOpListing | None = None  # Vital's bulk ops, for chunks in doubt
 
     def submit[T](self, work: Callable[..., T], *args: Any) -> Future[T]:
@@ -147,9 +145,10 @@ class Dispatcher:
             return
         # Up to MAX_CONCURRENCY chunks wait in the posting threads' queue behind the ones being
         # sent: a thread that is answered starts the next request at once, while this thread
-        # goes on reading (also while the invocation's first chunk is out: see ``_gate``).
+        # goes on reading (also while the invocation's first chunk is out: see ``_gate``). None
+        # wait when requests are slow enough for a hand-off record each (``run/handoff.py``).
         self.collect(block=False)
-        while len(self.in_flight) >= QUEUED_PER_THREAD * ctx.settings.max_concurrency:
+        while len(self.in_flight) >= self.handoffs.capacity():
             self.collect()
         # A chunk the posting threads deferred was held back by this same check (``_gate``).
         if self.posted_here and not self.time_left():
@@ -160,7 +159,11 @@ class Dispatcher:
         try:
             if seq >= ledger.lease:
                 # Make the lease durable before sending past it, so a crash cannot hide a send.
-                ctx.save_checkpoint(next_segment=ctx.ref.segment, lease=seq + self._step(seq))
+                ctx.save_checkpoint(
+                    next_segment=ctx.ref.segment,
+                    lease=seq + self._step(seq),
+                    handed=min(seq, self.lease_so_far()),
+                )
             self.handoffs.before(seq, len(self.in_flight))
         except Exception:
             self.next_seq = seq  # not sent: a retry rebuilds this chunk and sends it

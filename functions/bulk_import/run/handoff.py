@@ -2,14 +2,21 @@
 threads, and which were answered, since the last checkpoint write.
 
 A checkpoint is a large write (the outcome parts, the chunk table), made once per lease: every
-``CHECKPOINT_EVERY_CHUNKS`` chunks, or about 2 s worth when chunks go out faster. On its own it
-would leave every unsettled chunk under its lease in doubt after a crash. The hand-off record, a
-few bytes to tens of KB, is stored before chunks go to the posting threads: it lets through only as
-many as the posting queue has room for (a whole queue's worth when records come faster than one
-per HANDOFF_SECONDS), and lists the chunks answered alike since the checkpoint. A resume then
-asks Vital only about chunks the threads may have had: at most the posting queue's size
-(2 x MAX_CONCURRENCY chunks) while hand-offs are HANDOFF_SECONDS apart or more, twice that in
-faster runs (``Ledger.restore``).
+``CHECKPOINT_EVERY_CHUNKS`` chunks, or about 2 s worth when chunks go out faster. It names the
+chunks handed over when it was written; the hand-off record, a few bytes to tens of KB, is
+stored before more chunks go to the posting threads. A resume asks Vital only about chunks the
+threads may have had and whose answer is not stored (``Ledger.restore``).
+
+How many that is depends on Vital's pace, measured as the run goes:
+
+- requests of at least ``STRICT_REQUEST_SECONDS`` and ``STRICT_FACTOR`` times a record's write
+  (Vital answering slowly, as a real bulk import does): no chunk waits in the posting queue, and
+  a record is stored before each hand-off, so at most the chunks being sent are in doubt
+  (``MAX_CONCURRENCY``). The write costs a thread under 1/``STRICT_FACTOR`` of its time;
+- faster requests: a chunk waits behind each one being sent, so a thread that is answered
+  starts the next request at once, and records let a queue's worth through. At most the
+  posting queue (2 x ``MAX_CONCURRENCY`` chunks) is in doubt while records are
+  ``HANDOFF_SECONDS`` apart or more, twice that when they come faster.
 """
 
 from __future__ import annotations
@@ -17,42 +24,72 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bulk_import.model import DoneChunk
+from bulk_import.observability import logger
 
 if TYPE_CHECKING:
     from bulk_import.model import Checkpoint
     from bulk_import.run.context import RunContext
     from bulk_import.vital import ChunkReport
 
+# Chunks handed to the posting threads at once, per thread, while requests are fast: one being
+# sent, one waiting.
+QUEUED_PER_THREAD = 2
 # A record stored less than this long after the one before lets a whole posting queue's worth
 # of chunks through (not only its free places): fast runs write one record per queue of chunks.
 HANDOFF_SECONDS = 0.1
+# Requests at least this long, and this many times a record's write, get a record each.
+STRICT_REQUEST_SECONDS = 0.25
+STRICT_FACTOR = 20
+# Weight of the newest measurement in the running averages of both.
+SMOOTHING = 0.3
 
 
 class Handoffs:
     """The hand-off records of one run, written on the reading thread."""
 
-    def __init__(self, ctx: RunContext, room: int) -> None:
+    def __init__(self, ctx: RunContext, threads: int) -> None:
         self.ctx = ctx
-        self.room = room  # chunks the posting threads hold at most (sending or waiting)
+        self.threads = threads
+        self.queue = QUEUED_PER_THREAD * threads  # chunks the threads hold while pipelined
+        # Running averages: a request's time (Vital's answers), a record's write (the clock's).
+        self.request_seconds: float | None = None
+        self.write_seconds: float | None = None
+        # A record per hand-off, none waiting (see the module's docstring); so until the first
+        # answer tells Vital's pace: a few records more in a fast run, none in doubt too many.
+        self.strict = True
         self.below = 0  # no chunk from here on is handed over under the stored record
         self.refines = ""  # the checkpoint write the stored record refines
         self.at = ctx.wiring.clock() - HANDOFF_SECONDS
         self.done: dict[int, DoneChunk] = {}
         self.pruned_for: Checkpoint | None = None  # the checkpoint ``done`` was last pruned for
 
+    def capacity(self) -> int:
+        """Chunks the posting threads may hold at once (being sent or waiting)."""
+        return self.threads if self.strict else self.queue
+
     def before(self, seq: int, in_flight: int) -> None:
-        """Store a record letting chunk ``seq`` through, unless the stored one does."""
+        """Store a record letting chunk ``seq`` through, unless the stored one does;
+        ``in_flight``: the chunks the posting threads hold, answered or not."""
         store = self.ctx.store
         if seq < self.below and self.refines == store.write_id:
             return
-        now = self.ctx.wiring.clock()
-        room = self.room if now - self.at < HANDOFF_SECONDS else self.room - in_flight
+        clock = self.ctx.wiring.clock
+        now = clock()
+        if self.strict:
+            room = self.threads - in_flight
+        elif now - self.at < HANDOFF_SECONDS:
+            room = self.queue
+        else:
+            room = self.queue - in_flight
         below = seq + max(1, room)
         store.save_handoff(below, self._unsaved())
+        self.write_seconds = _average(self.write_seconds, clock() - now)
         self.below, self.refines, self.at = below, store.write_id, now
 
     def answered(self, seq: int, report: ChunkReport) -> None:
-        """Note a chunk answered with one outcome for every row, for the next record."""
+        """Note a chunk's requests (Vital's pace) and, answered with one outcome for every
+        row, the chunk itself, for the next record."""
+        self._pace(report)
         if report.shared is None or report.in_doubt or report.held is not None:
             return
         chunk = report.chunk
@@ -67,6 +104,27 @@ class Handoffs:
             records=report.records,
         )
 
+    def _pace(self, report: ChunkReport) -> None:
+        """Choose between a record per hand-off and pipelining, by the requests' pace."""
+        if not report.records or self.write_seconds is None:
+            return
+        seconds = sum(r.duration_ms for r in report.records) / 1000 / len(report.records)
+        self.request_seconds = request = _average(self.request_seconds, seconds)
+        strict = request >= STRICT_REQUEST_SECONDS and request >= STRICT_FACTOR * (
+            self.write_seconds
+        )
+        if strict != self.strict:
+            self.strict = strict
+            logger.info(
+                "hand-off records: one per chunk, none waiting"
+                if strict
+                else "hand-off records: one per posting queue of chunks",
+                extra={
+                    "request_seconds": round(request, 3),
+                    "record_seconds": round(self.write_seconds, 3),
+                },
+            )
+
     def _unsaved(self) -> list[DoneChunk]:
         """The chunks answered that the stored checkpoint does not count as settled (pruned
         once per checkpoint written)."""
@@ -80,3 +138,7 @@ class Handoffs:
             }
             self.pruned_for = cp
         return list(self.done.values())
+
+
+def _average(average: float | None, value: float) -> float:
+    return value if average is None else average + SMOOTHING * (value - average)

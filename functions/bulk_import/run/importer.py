@@ -103,7 +103,8 @@ class Run:
 
         A checkpoint stores every line spooled since the one before: taken now, the final
         checkpoint's part holds only the last chunks' lines. The same checkpoint as a lease's,
-        taken with chunks in flight: the lease stays where it is.
+        taken with chunks in flight: the lease stays where it is, and the chunks handed over so
+        far are named.
         """
         ctx, dispatcher = self.ctx, self.dispatcher
         dispatcher.collect(block=False)  # answers already in: stored with the rest, not after
@@ -112,7 +113,11 @@ class Run:
             return
         if ctx.ledger.unsaved_bytes < early:
             return
-        ctx.save_checkpoint(next_segment=ctx.ref.segment, lease=ctx.ledger.lease)
+        ctx.save_checkpoint(
+            next_segment=ctx.ref.segment,
+            lease=ctx.ledger.lease,
+            handed=dispatcher.lease_so_far(),
+        )
 
     def _hand_on(self) -> FileResult:
         """Checkpoint and name the next segment: a fresh invocation goes on from here."""

@@ -96,8 +96,11 @@ class Ledger:
         self.retry_parts = list(cp.retry_parts)
         self.outcome_parts_to_read = len(cp.outcome_parts)
         self.retry_parts_to_read = len(cp.retry_parts)
-        self.lease = self.replay_lease = self.replay_doubt = cp.lease
+        self.lease = self.replay_lease = cp.lease
+        handed = cp.lease if cp.handed_below is None else min(cp.lease, cp.handed_below)
+        self.replay_doubt = handed
         if handoff is not None and cp.write and handoff.refines == cp.write:
+            # Written after the checkpoint, it names the chunks handed over since as well.
             self.replay_doubt = min(cp.lease, handoff.below)
             self.replay_answered = {done.seq: done for done in handoff.done}
         self.lease_marks = list(cp.lease_marks)
@@ -187,6 +190,7 @@ class Ledger:
         started_at: str,
         next_segment: int,
         lease: int,
+        handed: int,
         line: int,
         stop_reason: errors.FileError | None,
         at: str,
@@ -194,7 +198,8 @@ class Ledger:
     ) -> bool:
         """Store the spooled lines as parts, then the checkpoint that makes them count.
 
-        ``final``: the run is about to send its results, from the spools it keeps whole.
+        ``handed``: no chunk from this number on went to the posting threads. ``final``: the
+        run is about to send its results, from the spools it keeps whole.
         True when this was the run's first checkpoint.
         """
         self._store_parts(store, source.bucket, final)
@@ -217,6 +222,9 @@ class Ledger:
             started_at=started_at,
             next_segment=next_segment,
             lease=self.lease,
+            # Nor below the chunks the replay may not have reached, left in doubt by the run
+            # before.
+            handed_below=max(handed, self.replay_doubt),
             lease_marks=list(self.lease_marks),
             settled_below=self.settled_below,
             settled_extra=sorted(self.settled),

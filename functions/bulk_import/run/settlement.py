@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from bulk_import.errors import FileError, TransientError
 from bulk_import.observability import logger
-from bulk_import.run.dispatch import QUEUED_PER_THREAD, DeadlineReached
+from bulk_import.run.dispatch import DeadlineReached
 from bulk_import.vital import parse_time
 from bulk_import.vital.settle import BulkOpListing, settle_chunk
 
@@ -41,7 +41,7 @@ def settle_in_doubt(dispatcher: Dispatcher, seq: int, chunk: Chunk) -> None:
         ledger.settle(seq)
         return
     dispatcher.collect(block=False)
-    while len(dispatcher.in_flight) >= QUEUED_PER_THREAD * ctx.settings.max_concurrency:
+    while len(dispatcher.in_flight) >= dispatcher.handoffs.capacity():
         dispatcher.collect()
     if dispatcher.posted_here and not dispatcher.time_left():
         dispatcher.next_seq = seq  # still in doubt: the next invocation settles it
