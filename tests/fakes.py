@@ -354,9 +354,11 @@ def outcomes_by_line(s3: FakeS3, key: str) -> dict[int, dict[str, str]]:
 
 @dataclass
 class FakeVital:
-    """Vital's read side: a user's providers and the bulk ops, or no answer at all."""
+    """Vital's read side: a user's providers and the bulk ops, or no answer at all. Every user
+    is known to Vital (listed with no provider if none is given) but those in ``unknown``."""
 
     providers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    unknown: set[str] = field(default_factory=set)
     ops: list[dict[str, Any]] = field(default_factory=list)
     down: bool = False
     asked: list[str] = field(default_factory=list)
@@ -364,6 +366,8 @@ class FakeVital:
     # ``then`` for its users as well; None: they never end.
     ops_end_after: int | None = None
     then: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # An op that starts at each listing (another file's, or this run's new chunks').
+    starts_each_listing: dict[str, Any] | None = None
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.asked.append(request.url.path)
@@ -375,8 +379,10 @@ class FakeVital:
             ):
                 self.ops = [op | {"status": "success"} for op in self.ops]
                 self.providers |= self.then
+            if self.starts_each_listing is not None:
+                self.ops = [dict(self.starts_each_listing), *self.ops]  # newest first
             return httpx.Response(200, json={"data": self.ops, "next_cursor": None})
         user = request.url.path.rsplit("/", 1)[-1]
-        if user not in self.providers:
+        if user in self.unknown:
             return httpx.Response(404, json={"detail": "user not found"})
-        return httpx.Response(200, json={"providers": self.providers[user]})
+        return httpx.Response(200, json={"providers": self.providers.get(user, [])})

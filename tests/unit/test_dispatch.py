@@ -17,7 +17,7 @@ from botocore.exceptions import ResponseStreamingError
 from bulk_import.config import Settings
 from bulk_import.errors import TransientError
 from bulk_import.ingest import Chunk
-from bulk_import.model import Checkpoint, Counts, ObjectRef, SourceRef
+from bulk_import.model import Checkpoint, Counts, ObjectRef, Outcome, SourceRef
 from bulk_import.run import replay
 from bulk_import.run.context import FileResult
 from bulk_import.vital import ChunkReport, Hold, post_chunk
@@ -31,7 +31,6 @@ from tests.fakes import (
     FakeVital,
     StoreState,
     client_error,
-    imported,
     outcomes_by_line,
     run_offline,
 )
@@ -79,29 +78,56 @@ def lines(first: int, last: int) -> list[int]:
 # --- the lease ------------------------------------------------------------------------------------
 
 
-def answered_in(seconds: float) -> Callable[[Chunk, bool], ChunkReport]:
-    """Vital's usual answer (every row imported), its request taking ``seconds``."""
+def answered_in(
+    seconds: float, *, first_fails: bool = False
+) -> Callable[[Chunk, bool], ChunkReport]:
+    """Vital's usual answer (every row imported, or all but the chunk's first row, whose
+    import failed), its request taking ``seconds``."""
 
     def answer(chunk: Chunk, probe: bool = False) -> ChunkReport:
-        report = imported(chunk, probe)
-        report.records[:] = [chunk.record(True, http_status=200, duration_ms=int(seconds * 1000))]
+        report = ChunkReport(chunk)
+        if first_fails:
+            report.add(chunk.subset(chunk.rows[:1]), Outcome.FAILED, "not connected")
+            report.add(chunk.subset(chunk.rows[1:]), Outcome.IMPORTED, "")
+        else:
+            report.add(chunk, Outcome.IMPORTED, "")
+        report.records.append(chunk.record(True, http_status=200, duration_ms=int(seconds * 1000)))
         return report
 
     return answer
 
 
 @pytest.mark.parametrize(
-    ("seconds_per_tick", "request_seconds", "room"),
-    [(1.0, 0.01, 4), (0.0, 0.01, 8), (0.0, 1.0, 2)],
-    ids=["records-far-apart", "records-in-quick-succession", "slow-requests"],
+    ("seconds_per_tick", "request_seconds", "first_fails", "room"),
+    [
+        (1.0, 0.01, False, 4),
+        (0.0, 0.01, False, 8),
+        (0.0, 1.0, False, 2),
+        (0.0, 1.0, True, 2),
+        (0.01, 1.0, False, 2),
+        (0.1, 1.0, False, 4),
+    ],
+    ids=[
+        "records-far-apart",
+        "records-in-quick-succession",
+        "slow-requests",
+        "slow-requests-answered-row-by-row",
+        "slow-requests-records-20-times-faster",
+        "slow-requests-records-not-20-times-faster",
+    ],
 )
 def test_given_a_lease_of_many_chunks_when_sent_then_a_handoff_record_narrows_it_first(
-    seconds_per_tick: float, request_seconds: float, room: int
+    seconds_per_tick: float,
+    request_seconds: float,
+    first_fails: bool,
+    room: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given 10 chunks, two posting threads (four chunks in their hands at most while requests
     # are fast), a lease of eight chunks, a clock that moves 1 s between readings (records far
-    # apart) or not at all (every record right after the one before, and a record's write
-    # taking no time), and requests answered in 10 ms or in 1 s
+    # apart, and a record's write 1 s) or less (a record's write 10 ms or 100 ms) or not at all
+    # (every record right after the one before, and its write taking no time), and requests
+    # answered in 10 ms or in 1 s, every row alike or one row failed a chunk
     s3, state = FakeS3(), StoreState()
     put_rows(s3, 100)
     ticks = itertools.count()
@@ -127,7 +153,9 @@ def test_given_a_lease_of_many_chunks_when_sent_then_a_handoff_record_narrows_it
         s3,
         state,
         config,
-        post_chunk=FakePost(answered_in(request_seconds), before_send=before_send),
+        post_chunk=FakePost(
+            answered_in(request_seconds, first_fails=first_fails), before_send=before_send
+        ),
         clock=lambda: next(ticks) * seconds_per_tick,
     )
 
@@ -136,12 +164,15 @@ def test_given_a_lease_of_many_chunks_when_sent_then_a_handoff_record_narrows_it
     # records come in quick succession), or the two being sent when requests are slow, not
     # the lease's eight
     assert result.manifest is not None
-    assert result.manifest.status == "succeeded"
+    assert result.manifest.status == ("partial" if first_fails else "succeeded")
     assert sorted(seq for seq, _, _ in seen) == list(range(10))
     for seq, bound, doubt in seen:
         assert seq < bound, f"chunk {seq} went out under a bound of {bound}"
         assert doubt <= room, (seq, bound, doubt)
     assert len(state.handoffs) >= -(-10 // room)  # several within one lease of eight chunks
+    # And the log says when the run leaves a record per chunk for the posting queue
+    pipelined = "hand-off records: one per posting queue of chunks" in caplog.messages
+    assert pipelined is (room > 2)
     assert state.handoff is None  # removed with the state when the file finished
 
 

@@ -39,6 +39,7 @@ from bulk_import.vital.settle import (
     LOST_UNASKED_DETAIL,
     NOT_CONNECTED_DETAIL,
     OP_DETAIL,
+    UNKNOWN_USER_DETAIL,
 )
 from tests.fakes import FakeTime
 
@@ -86,7 +87,8 @@ class Vital:
     """Vital's bulk import, bulk ops and user providers, losing answers as scripted."""
 
     actions: list[Action]
-    unknown: set[str] = field(default_factory=set)  # users Vital cannot import (404 later)
+    unknown: set[str] = field(default_factory=set)  # users Vital does not know (404)
+    refused: set[str] = field(default_factory=set)  # users it knows but does not connect
     lookups_down: bool = False
     connected: set[str] = field(default_factory=set)
     ops: list[dict[str, Any]] = field(default_factory=list)
@@ -109,10 +111,10 @@ class Vital:
         if self.lookups_down:
             raise httpx.ConnectError("connection refused", request=request)
         who = request.url.path.rsplit("/", 1)[-1]
-        if who not in self.connected:
+        if who in self.unknown:
             return httpx.Response(404, json={"detail": "User not found."})
         slug = {"slug": "oura", "name": "Oura", "logo": "", "created_on": "", "status": "connected"}
-        return httpx.Response(200, json={"providers": [slug]})
+        return httpx.Response(200, json={"providers": [slug] if who in self.connected else []})
 
     def _post(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
@@ -127,7 +129,7 @@ class Vital:
         if action == "400":
             return httpx.Response(400, json={"detail": "Team not set up for Link Migration"})
         now = datetime.now(UTC).isoformat()
-        taken = [i for i in ids if i not in self.unknown]
+        taken = [i for i in ids if i not in self.unknown | self.refused]
         if action == "202":
             self.ops.append(_op(len(ids), "in_progress", now))
             self.enqueued.append((self.ops[-1], taken))
@@ -136,7 +138,7 @@ class Vital:
         self.ops.append(_op(len(ids), "success", now))
         if action == "lose":
             raise httpx.ReadTimeout("timed out", request=request)
-        failed = [i for i in ids if i in self.unknown]
+        failed = [i for i in ids if i in self.unknown | self.refused]
         return httpx.Response(200, json={"user_ids_imported": taken, "user_ids_failed": failed})
 
     def _end_enqueued(self) -> None:
@@ -224,7 +226,7 @@ def test_given_the_answer_is_lost_twice_and_vital_lists_nobody_then_the_rows_sta
 def test_given_vital_enqueued_the_chunk_when_the_answer_is_lost_then_its_op_is_waited_for() -> None:
     """An op of the chunk's provider and size in progress since the send may be this chunk's:
     the lookups are made again once it ends, and tell what Vital holds."""
-    vital = Vital(["202"], unknown={user(1)}, ops_end_after=3)
+    vital = Vital(["202"], refused={user(1)}, ops_end_after=3)
     time = FakeTime()
     report = post(vital, make_chunk(3), time=time)
     assert len(vital.posts) == 1
@@ -236,6 +238,19 @@ def test_given_vital_enqueued_the_chunk_when_the_answer_is_lost_then_its_op_is_w
     assert report.in_doubt == 0
     assert time.sleeps == [BULK_OP_POLL_SECONDS] * 3, "one listing a poll, then the lookups"
     assert vital.lookups == 3 + 3
+
+
+@pytest.mark.parametrize("actions", [["lose"], ["202"]], ids=["answered", "enqueued"])
+def test_given_users_vital_does_not_know_then_they_are_failed_and_nothing_is_sent_again(
+    actions: list[Action],
+) -> None:
+    """Vital fails a user it does not know (404) whether or not the chunk arrived: no reason to
+    send the chunk again, even with none of its users listed once its op has ended."""
+    vital = Vital([*actions, "answer"], unknown={user(i) for i in range(3)}, ops_end_after=2)
+    report = post(vital, make_chunk(3))
+    assert len(vital.posts) == 1, "not sent twice"
+    assert outcomes(report) == {user(i): (Outcome.FAILED, UNKNOWN_USER_DETAIL) for i in range(3)}
+    assert report.in_doubt == 0
 
 
 def test_given_an_op_that_may_be_the_chunks_outlasts_the_wait_then_rows_stay_in_doubt() -> None:
@@ -252,7 +267,7 @@ def test_given_an_op_that_may_be_the_chunks_outlasts_the_wait_then_rows_stay_in_
 
 
 def test_given_some_users_vital_could_not_import_then_those_are_failed() -> None:
-    vital = Vital(["lose"], unknown={user(1)})
+    vital = Vital(["lose"], refused={user(1)})
     report = post(vital, make_chunk(3))
     assert len(vital.posts) == 1
     assert outcomes(report) == {

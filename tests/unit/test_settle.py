@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ from bulk_import.model import (
     ChunkRecord,
     Counts,
     DoneChunk,
+    DoneRow,
     Handoff,
     LeaseMark,
     ObjectRef,
@@ -29,12 +31,12 @@ from bulk_import.model import (
 )
 from bulk_import.run import replay
 from bulk_import.run.context import FileResult
-from bulk_import.vital import BULK_OP_MAX_WAIT_SECONDS
 from bulk_import.vital.settle import (
     CONFIRMED_DETAIL,
     NOT_CONNECTED_DETAIL,
     OP_DETAIL,
     PENDING_DETAIL,
+    UNKNOWN_USER_DETAIL,
 )
 from tests.fakes import (
     FakePost,
@@ -179,6 +181,26 @@ def test_a_chunk_vital_holds_nothing_of_is_sent() -> None:
     assert result.manifest.counts.imported == 30
 
 
+def test_users_vital_does_not_know_are_no_sign_that_the_chunk_reached_it() -> None:
+    # Given a chunk in doubt of which Vital lists no user, and knows two users not at all
+    vital = FakeVital(unknown={user_id(10), user_id(11)})
+    post = FakePost()
+    # When the run resumes
+    s3, _ = resume(vital, post)
+    # Then the chunk never reached Vital: it is sent, and Vital's answer decides every row
+    assert post.sent_lines == list(range(11, 21))
+    assert {o for o, _ in in_doubt_outcomes(s3)} == {"imported"}
+
+
+def test_a_chunk_of_users_vital_does_not_know_is_failed_not_sent() -> None:
+    vital = FakeVital(unknown={user_id(n) for n in IN_DOUBT})
+    post = FakePost()
+    s3, _ = resume(vital, post)
+    assert post.sent == []
+    assert set(in_doubt_outcomes(s3)) == {("failed", UNKNOWN_USER_DETAIL)}
+    assert retried(s3) == [user_id(n) for n in IN_DOUBT]
+
+
 @pytest.mark.parametrize("ops", [[op()], [op(status="failure")], [op(), op()]])
 def test_a_bulk_op_that_may_be_the_chunks_leaves_it_in_doubt_not_sent(
     ops: list[dict[str, Any]],
@@ -216,9 +238,32 @@ def test_given_an_op_that_may_be_the_chunks_is_in_progress_when_it_ends_then_use
     assert result.manifest.counts.errored == 0
 
 
+def test_given_ops_starting_while_a_chunk_waits_then_only_those_from_before_are_waited_for() -> (
+    None
+):
+    # Given a chunk in doubt whose op ends after two listings, while ops of the same provider
+    # and size keep starting (this run's new chunks, another file's): after the settlement began
+    later = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+    vital = FakeVital(
+        ops=[op()],
+        ops_end_after=2,
+        then={user_id(n): [connected()] for n in IN_DOUBT},
+        starts_each_listing=op(started=later),
+    )
+    post = FakePost()
+
+    # When the run resumes
+    s3, _ = resume(vital, post)
+
+    # Then the wait ended with the chunk's own op, and the lookups decided every row
+    assert vital.asked.count("/v2/link/bulk_op") == 3
+    assert post.sent == []
+    assert set(in_doubt_outcomes(s3)) == {("imported", CONFIRMED_DETAIL)}
+
+
 def test_given_too_little_time_to_wait_for_an_op_then_a_later_invocation_settles_it() -> None:
-    # Given a chunk in doubt, an op that may be its in progress, and less Lambda time than
-    # the longest wait for it leaves to the run (90 s, of which SAFETY_MARGIN_SECONDS is 60)
+    # Given a chunk in doubt, an op that may be its in progress, and less Lambda time than the
+    # longest wait for it before the run's margin (90 s left, SAFETY_MARGIN_SECONDS 60)
     s3 = FakeS3()
     s3.put(KEY, encode_rows([make_row(n) for n in range(30)], "jsonl"))
     state = StoreState(checkpoint=resumed_checkpoint(lease=3))
@@ -241,7 +286,7 @@ def test_given_too_little_time_to_wait_for_an_op_then_a_later_invocation_settles
 
     # Then it waited while it could, and the chunk is neither sent nor given an outcome: the
     # next invocation asks again
-    assert 50 < sum(time.sleeps) < BULK_OP_MAX_WAIT_SECONDS
+    assert 20 < sum(time.sleeps) <= 90 - 60, "waited, but never into the safety margin"
     assert post.sent == []
     assert result.manifest is None
     assert state.checkpoint is not None
@@ -281,6 +326,37 @@ def test_a_chunk_the_handoff_record_lists_as_answered_is_written_again_without_a
     assert result.manifest is not None
     assert result.manifest.counts == Counts(rows=30, imported=30)
     assert record in result.manifest.chunks
+
+
+def test_a_chunk_answered_row_by_row_is_written_again_from_the_record_without_asking() -> None:
+    # Given a hand-off record of this checkpoint write: chunk 1 answered, most rows imported,
+    # line 13's user failed and line 15 left in doubt by a lost answer
+    done = DoneChunk(
+        seq=1,
+        first_line=11,
+        last_line=20,
+        size=10,
+        outcome="imported",
+        detail="",
+        others=[
+            DoneRow(line=13, outcome="failed", detail="not connected"),
+            DoneRow(line=15, outcome="errored", detail="in doubt: see retry.jsonl"),
+        ],
+        in_doubt=1,
+    )
+    vital, post = FakeVital(down=True), FakePost()
+    # When the run resumes
+    s3, result = resume(vital, post, Handoff(refines="0000000a:4", below=3, done=[done]))
+    # Then each row gets its answer again, the failed and errored ones go to retry.jsonl, and
+    # nothing is asked or sent
+    assert (vital.asked, post.sent) == ([], [])
+    got = in_doubt_outcomes(s3)
+    assert got[2] == ("failed", "not connected")
+    assert got[4] == ("errored", "in doubt: see retry.jsonl")
+    assert {o for i, o in enumerate(got) if i not in (2, 4)} == {("imported", "")}
+    assert retried(s3) == [user_id(12), user_id(14)]
+    assert result.manifest is not None
+    assert result.manifest.counts == Counts(rows=30, imported=28, failed=1, errored=1)
 
 
 @pytest.mark.parametrize(

@@ -66,10 +66,21 @@ class LeaseMark(BaseModel):
     at: str
 
 
+class DoneRow(BaseModel):
+    """A row of a ``DoneChunk`` answered otherwise than most of the chunk's."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    line: int
+    outcome: Outcome
+    detail: str
+
+
 class DoneChunk(BaseModel):
-    """A chunk answered since the checkpoint a ``Handoff`` refines, every row alike (the usual
-    answer): a resume writes its rows' outcomes again from the file, without asking Vital.
-    Its lines and size tell the chunk a resume rebuilds from the one answered."""
+    """A chunk answered since the checkpoint a ``Handoff`` refines: a resume writes its rows'
+    outcomes again from the file, without asking Vital. Most rows share ``outcome`` (usually
+    all of them); ``others`` lists the rest (failed users, rows Vital rejected). Its lines and
+    size tell the chunk a resume rebuilds from the one answered."""
 
     model_config = ConfigDict(defer_build=True)
 
@@ -79,6 +90,8 @@ class DoneChunk(BaseModel):
     size: int
     outcome: Outcome
     detail: str
+    others: list[DoneRow] = Field(default_factory=list)
+    in_doubt: int = 0  # of its rows, errored in doubt (the failure threshold leaves them out)
     records: list[ChunkRecord] = Field(default_factory=list)
 
 

@@ -2,8 +2,9 @@
 posted by a thread pool, and their answers taken in on the reading thread.
 
 Only the POSTs run on worker threads, at most ``MAX_CONCURRENCY`` at a time, with as many more
-waiting ready behind them. A full pool blocks reading (back-pressure), so memory stays bounded
-by the chunks in flight, whatever the file's size.
+waiting ready behind them while Vital answers fast (``run/handoff.py``). A full pool blocks
+reading (back-pressure), so memory stays bounded by the chunks in flight, whatever the file's
+size.
 """
 
 from __future__ import annotations
@@ -143,10 +144,11 @@ class Dispatcher:
         client = self._client_or_stop(seq, chunk)
         if client is None:
             return
-        # Up to MAX_CONCURRENCY chunks wait in the posting threads' queue behind the ones being
-        # sent: a thread that is answered starts the next request at once, while this thread
-        # goes on reading (also while the invocation's first chunk is out: see ``_gate``). None
-        # wait when requests are slow enough for a hand-off record each (``run/handoff.py``).
+        # While Vital answers fast, up to MAX_CONCURRENCY chunks wait in the posting threads'
+        # queue behind the ones being sent: a thread that is answered starts the next request at
+        # once, while this thread goes on reading (also while the invocation's first chunk is
+        # out: see ``_gate``). None wait when requests are slow enough for a hand-off record
+        # each, nor before the first answer tells the pace (``run/handoff.py``).
         self.collect(block=False)
         while len(self.in_flight) >= self.handoffs.capacity():
             self.collect()
@@ -162,7 +164,7 @@ class Dispatcher:
                 ctx.save_checkpoint(
                     next_segment=ctx.ref.segment,
                     lease=seq + self._step(seq),
-                    handed=min(seq, self.lease_so_far()),
+                    handed=seq,
                 )
             self.handoffs.before(seq, len(self.in_flight))
         except Exception:
@@ -263,14 +265,9 @@ class Dispatcher:
         probe = self.probe
         if probe is None:  # gates are only given after the probe: nothing to wait for
             return None
-        stop = self.ctx.stop
         if probe.exception() is not None or probe.result().fatal is not None:
             return Hold.STOPPED  # as the reading thread will have it once it takes the answer
-        if stop.reason is not None or stop.refusal is not None:
-            return Hold.STOPPED
-        if not self.time_left():
-            return Hold.DEFERRED
-        return None
+        return held(self)
 
     def note_refusal(self, future: Future[ChunkReport]) -> None:
         """Run on the posting thread that got the answer: a refused key or Link Migration holds
@@ -360,6 +357,17 @@ class Dispatcher:
         self.executor.shutdown(wait=False)
         if self.client_future is not None:
             self.client_future.add_done_callback(_close_client)
+
+
+def held(dispatcher: Dispatcher) -> Hold | None:
+    """Whether a request about to start on a posting thread must not go (the run has stopped)
+    or must wait for a later invocation (too little time left)."""
+    stop = dispatcher.ctx.stop
+    if stop.reason is not None or stop.refusal is not None:
+        return Hold.STOPPED
+    if not dispatcher.time_left():
+        return Hold.DEFERRED
+    return None
 
 
 def _new_client(ctx: RunContext) -> VitalClient:

@@ -21,9 +21,10 @@ How many that is depends on Vital's pace, measured as the run goes:
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING
 
-from bulk_import.model import DoneChunk
+from bulk_import.model import DoneChunk, DoneRow
 from bulk_import.observability import logger
 
 if TYPE_CHECKING:
@@ -87,13 +88,26 @@ class Handoffs:
         self.below, self.refines, self.at = below, store.write_id, now
 
     def answered(self, seq: int, report: ChunkReport) -> None:
-        """Note a chunk's requests (Vital's pace) and, answered with one outcome for every
-        row, the chunk itself, for the next record."""
+        """Note a chunk's requests (Vital's pace) and its rows' outcomes, for the next record."""
         self._pace(report)
-        if report.shared is None or report.in_doubt or report.held is not None:
+        if report.held is not None:
             return
         chunk = report.chunk
-        outcome, detail = report.shared
+        others: list[DoneRow] = []
+        if report.shared is not None:
+            outcome, detail = report.shared
+        else:
+            decided = report.decided
+            if len(decided) != len(chunk.rows):  # not one outcome a row: left for the lookups
+                return
+            ((outcome, detail), _), *_ = Counter(
+                (o.outcome, o.detail) for o in decided
+            ).most_common(1)
+            others = [
+                DoneRow(line=o.line, outcome=o.outcome, detail=o.detail)
+                for o in decided
+                if o.outcome != outcome or o.detail != detail
+            ]
         self.done[seq] = DoneChunk(
             seq=seq,
             first_line=chunk.first_line,
@@ -101,6 +115,8 @@ class Handoffs:
             size=len(chunk.rows),
             outcome=outcome,
             detail=detail,
+            others=others,
+            in_doubt=report.in_doubt,
             records=report.records,
         )
 

@@ -116,7 +116,7 @@ class Run:
         ctx.save_checkpoint(
             next_segment=ctx.ref.segment,
             lease=ctx.ledger.lease,
-            handed=dispatcher.lease_so_far(),
+            handed=dispatcher.next_seq,
         )
 
     def _hand_on(self) -> FileResult:

@@ -135,7 +135,18 @@ class Ledger:
             len(chunk.rows),
         ):
             return None
-        self.write_chunk(chunk, done.outcome, done.detail)
+        if done.others:
+            others = {row.line: (row.outcome, row.detail) for row in done.others}
+            usual = (done.outcome, done.detail)
+            provider = chunk.provider
+            outcomes = [
+                RowOutcome(row.line, row.user_id, provider, *others.get(row.line, usual))
+                for row in chunk.rows
+            ]
+            self.write(outcomes, chunk)
+        else:
+            self.write_chunk(chunk, done.outcome, done.detail)
+        self.in_doubt += done.in_doubt
         self.chunk_records.extend(done.records)
         self.chunks_done += 1
         return done

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING
 
 from bulk_import.errors import FileError, TransientError
 from bulk_import.observability import logger
-from bulk_import.run.dispatch import DeadlineReached
+from bulk_import.run.dispatch import DeadlineReached, held
 from bulk_import.vital import parse_time
 from bulk_import.vital.settle import BulkOpListing, settle_chunk
 
 if TYPE_CHECKING:
     from bulk_import.ingest import Chunk
     from bulk_import.run.dispatch import Dispatcher
+    from bulk_import.vital import ChunkReport, VitalClient
 
 EPOCH = datetime.fromtimestamp(0, UTC)  # no lower bound on when a chunk in doubt was sent
 
@@ -49,6 +50,13 @@ def settle_in_doubt(dispatcher: Dispatcher, seq: int, chunk: Chunk) -> None:
     if dispatcher.ops is None:  # listed from the earliest lease in doubt on
         marks = ledger.lease_marks
         dispatcher.ops = BulkOpListing(_time(marks[0].at if marks else ctx.started_at))
+    post_chunk = ctx.wiring.post_chunk
+
+    def post(vital: VitalClient, rows: Chunk, wait_for_completion: bool) -> ChunkReport:
+        """Sent, as Vital holds nothing of it, unless the run stopped or ran short of time
+        meanwhile (the lookups and a wait for bulk ops take a while)."""
+        return post_chunk(vital, rows, wait_for_completion, lambda: held(dispatcher))
+
     future = dispatcher.executor.submit(
         settle_chunk,
         client,
@@ -56,7 +64,7 @@ def settle_in_doubt(dispatcher: Dispatcher, seq: int, chunk: Chunk) -> None:
         ctx.settings.wait_for_completion,
         sent_after=_time(ledger.sent_after(seq) or ctx.started_at),
         ops=dispatcher.ops,
-        post=ctx.wiring.post_chunk,
+        post=post,
     )
     dispatcher.submitted = chunk
     future.add_done_callback(dispatcher.note_refusal)

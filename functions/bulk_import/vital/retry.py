@@ -157,6 +157,10 @@ class RetryPolicy:
     def seconds_to_deadline(self) -> float:
         return self._remaining() - self._reserve_seconds
 
+    def remaining_seconds(self) -> float:
+        """The invocation's time left, margins included."""
+        return self._remaining()
+
     def check_time_to_start(self) -> None:
         """Raise ``VitalNoTime`` when too little Lambda time is left to start a request."""
         if self.seconds_to_deadline() < MIN_ATTEMPT_SECONDS:

@@ -8,11 +8,14 @@ connection, a gateway's 502/504). Each of its users is looked up
 - the chunk's provider listed as connected: ``imported``, confirmed by the lookup;
 - listed with another status: ``failed`` (the detail names the status; Vital's error text is
   not copied, as it may quote a token);
+- a user Vital does not know (404): ``failed``, whether or not the chunk arrived (Vital fails
+  such a user), and never a reason to send the chunk again;
 - users not listed while a bulk op that may be the chunk's (its provider and size, started
-  since the chunk was sent: for a crash, since the lease was raised past it) is in progress:
-  Vital has not said yet. The settlement waits for those ops to end (polling the listing, at
-  most ``BULK_OP_MAX_WAIT_SECONDS`` for all of a run's chunks together), then looks the users
-  up again. Whose op it was does not matter then: the lookup tells what Vital holds;
+  since the chunk was sent, for a crash since the lease was raised past it, and before the
+  settlement began) is in progress: Vital has not said yet. The settlement waits for those ops
+  to end (polling the listing, at most ``BULK_OP_MAX_WAIT_SECONDS`` for the chunks of one
+  listing together, never into the safety margin), then looks those users up again. Whose op
+  it was does not matter then: the lookup tells what Vital holds;
 - not listed, while others of the chunk are: the chunk reached Vital. ``failed``, unless such
   an op is still in progress after the wait: then the rows stay ``errored``, to check once it
   ends;
@@ -61,6 +64,10 @@ NOT_CONNECTED_DETAIL = (
     "not connected: the chunk reached Vital (others of it are listed) but this user is not "
     "listed for the provider"
 )
+UNKNOWN_USER_DETAIL = (
+    "Vital does not know this user (GET /v2/user/providers answers 404): create the user, "
+    "then upload the row again from retry.jsonl"
+)
 PENDING_DETAIL = (
     "in doubt: the chunk reached Vital and a bulk op of its provider and size is still in "
     "progress; check GET /v2/user/providers/{user_id} once it ends"
@@ -102,16 +109,18 @@ LISTING_LIMIT = 20 * 50
 
 
 class BulkOpListing:
-    """Vital's bulk ops since the earliest lease in doubt, listed once for a run's settlements
-    (on whichever posting thread asks first, under a lock), and listed again while chunks wait
-    for an op that may be theirs to end (``wait``)."""
+    """Vital's bulk ops started from the earliest send in doubt until the settlement began
+    (an op that starts later is no chunk's in doubt), listed once for a run's settlements (on
+    whichever posting thread asks first, under a lock), and listed again while chunks wait for
+    an op that may be theirs to end (``wait``)."""
 
     def __init__(self, since: datetime) -> None:
         self.since = since - BULK_OP_SKEW
+        self.until = datetime.now(UTC) + BULK_OP_SKEW
         self._lock = threading.Lock()
         self._ops: list[BulkOp] | None = None
         self._listings = 0  # how many listings ``_ops`` comes from: one is made per wait round
-        self._until: float | None = None  # the end of the waits, set by the first
+        self._wait_ends: float | None = None  # when the waits end (client clock): set by the first
 
     def _listing(self, client: VitalClient, seen: int = 0) -> tuple[int, list[BulkOp]]:
         """The ops, listed afresh unless a listing newer than the ``seen``-th one was made
@@ -127,41 +136,43 @@ class BulkOpListing:
         leased, in progress or failed (one that succeeded would list its users). A listing cut
         short counts as one more: an op left out of it cannot be ruled out."""
         _, ops = self._listing(client)
-        since = sent_after - BULK_OP_SKEW
-        found = sum(1 for op in ops if _could_be(op, chunk, since))
+        window = (sent_after - BULK_OP_SKEW, self.until)
+        found = sum(1 for op in ops if _could_be(op, chunk, *window))
         return found + (len(ops) >= LISTING_LIMIT)
 
     def in_progress(self, client: VitalClient, chunk: Chunk, sent_after: datetime) -> bool:
-        return _any_in_progress(self._listing(client)[1], chunk, sent_after - BULK_OP_SKEW)
+        _, ops = self._listing(client)
+        return _any_in_progress(ops, chunk, sent_after - BULK_OP_SKEW, self.until)
 
     def wait(self, client: VitalClient, chunk: Chunk, sent_after: datetime) -> bool:
         """Wait for the ops in progress that may be the chunk's to end, listing them every
         ``BULK_OP_POLL_SECONDS``: True once none is. The waits of one listing end together,
-        ``BULK_OP_MAX_WAIT_SECONDS`` after the first began (False). ``VitalNoTime`` when the
-        invocation runs short of time first: a later one asks again."""
-        since = sent_after - BULK_OP_SKEW
+        ``BULK_OP_MAX_WAIT_SECONDS`` after the first began (False). ``VitalNoTime`` rather than
+        wait into the run's safety margin: a later invocation asks again."""
+        window = (sent_after - BULK_OP_SKEW, self.until)
         seen, ops = self._listing(client)
-        while _any_in_progress(ops, chunk, since):
+        while _any_in_progress(ops, chunk, *window):
             now = client.clock()
             with self._lock:
-                if self._until is None:
-                    self._until = now + BULK_OP_MAX_WAIT_SECONDS
-                left = self._until - now
+                if self._wait_ends is None:
+                    self._wait_ends = now + BULK_OP_MAX_WAIT_SECONDS
+                left = self._wait_ends - now
             if left <= 0:
                 return False
             pause = min(BULK_OP_POLL_SECONDS, left)
-            if client.retry.seconds_to_deadline() - pause < MIN_ATTEMPT_SECONDS:
+            margin = client.settings.safety_margin_seconds + MIN_ATTEMPT_SECONDS
+            if client.retry.remaining_seconds() - pause < margin:
                 raise VitalNoTime("too little Lambda time left to wait for a bulk op")
             client.sleep(pause)
             seen, ops = self._listing(client, seen)
         return True
 
 
-def _any_in_progress(ops: list[BulkOp], chunk: Chunk, since: datetime) -> bool:
-    return any(op.status == "in_progress" and _could_be(op, chunk, since) for op in ops)
+def _any_in_progress(ops: list[BulkOp], chunk: Chunk, since: datetime, until: datetime) -> bool:
+    return any(op.status == "in_progress" and _could_be(op, chunk, since, until) for op in ops)
 
 
-def _could_be(op: BulkOp, chunk: Chunk, since: datetime) -> bool:
+def _could_be(op: BulkOp, chunk: Chunk, since: datetime, until: datetime) -> bool:
     started = parse_time(op.started_at)
     size = (op.pending or 0) + (op.processed or 0)
     return (
@@ -169,7 +180,7 @@ def _could_be(op: BulkOp, chunk: Chunk, since: datetime) -> bool:
         and op.status in UNFINISHED_OR_FAILED
         and op.provider == chunk.provider
         and started is not None
-        and started >= since
+        and since <= started <= until
         and size == len(chunk.rows)
     )
 
@@ -188,12 +199,14 @@ def settle_chunk(
     when Vital holds nothing of it."""
     report = ChunkReport(chunk)
     try:
-        unlisted = _look_up(client, report, chunk.rows, cause.confirmed)
-        # An op that may be the chunk's is running: what Vital holds is known once it ends.
-        in_progress = unlisted and ops.in_progress(client, chunk, sent_after)
-        if in_progress and ops.wait(client, chunk, sent_after):
-            unlisted = _look_up(client, report, unlisted, cause.confirmed)
-        if unlisted and len(unlisted) < len(chunk.rows):
+        unlisted, listed = _look_up(client, report, chunk.rows, cause.confirmed)
+        if unlisted and ops.in_progress(client, chunk, sent_after):
+            # An op that may be the chunk's is running: what Vital holds is known once it ends
+            # (or as far as the wait got).
+            ops.wait(client, chunk, sent_after)
+            unlisted, listed_now = _look_up(client, report, unlisted, cause.confirmed)
+            listed += listed_now
+        if unlisted and listed:
             # The chunk reached Vital: these it did not connect, or not yet.
             if ops.in_progress(client, chunk, sent_after):
                 _in_doubt(report, unlisted, PENDING_DETAIL)
@@ -239,6 +252,8 @@ def settle_lost(
         _in_doubt(twice, list(part.rows), LOST_TWICE_DETAIL)
         return twice
 
+    # One listing for the parts: their waits for ops end together.
+    listing = BulkOpListing(datetime.fromtimestamp(min(sent_at for _, sent_at in lost), UTC))
     for part, sent_at in lost:
         if report.fatal is not None:  # the key was refused meanwhile: nothing more is asked
             settled = ChunkReport(part)
@@ -255,7 +270,7 @@ def settle_lost(
                 part,
                 wait_for_completion,
                 sent_after=sent_after,
-                ops=BulkOpListing(sent_after),
+                ops=listing,
                 post=again,
                 cause=LOST,
             )
@@ -271,19 +286,28 @@ def settle_lost(
 
 def _look_up(
     client: VitalClient, report: ChunkReport, rows: list[PendingRow], confirmed: str
-) -> list[PendingRow]:
-    """The rows whose user Vital lists for the provider get their outcome; the others return."""
+) -> tuple[list[PendingRow], int]:
+    """The rows whose user Vital lists for the provider get their outcome, and so do those of
+    users it does not know; the others return, with how many were listed (a sign that the
+    chunk reached Vital, which an unknown user is not)."""
     chunk = report.chunk
     unlisted: list[PendingRow] = []
+    listed_rows = 0
     for row in rows:
-        status, detail = connection_status(user_providers(client, row.user_id), chunk.provider)
+        listed = user_providers(client, row.user_id)
+        if listed is None:  # whether or not the chunk arrived, Vital fails a user it lacks
+            report.decided.append(_outcome(chunk, row, Outcome.FAILED, UNKNOWN_USER_DETAIL))
+            continue
+        status, detail = connection_status(listed, chunk.provider)
         if status == MISSING:
             unlisted.append(row)
-        elif status == CONNECTED:
+            continue
+        listed_rows += 1
+        if status == CONNECTED:
             report.decided.append(_outcome(chunk, row, Outcome.IMPORTED, confirmed))
         else:
             report.decided.append(_outcome(chunk, row, Outcome.FAILED, detail))
-    return unlisted
+    return unlisted, listed_rows
 
 
 def _in_doubt(report: ChunkReport, rows: list[PendingRow], detail: str) -> None:
