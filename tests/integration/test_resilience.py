@@ -318,33 +318,36 @@ def test_circuit_breaker_stops_hammering_a_vital_that_is_down(
     assert [c["attempts"] for c in manifest["chunks"]] == [4, 4, 4, 0, 0, 0]
 
 
+@pytest.mark.parametrize(("latency", "sent"), [(0.2, 2), (0.5, 3)], ids=["queued", "none-queued"])
 def test_a_chunk_still_queued_when_the_file_fails_is_not_sent(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, latency: float, sent: int
 ) -> None:
-    # One posting thread: one chunk is sent while the next waits in its queue (requests of
-    # 0.2 s are fast enough for the queue: run/handoff.py). The gzip stream is cut at 60 %: the
-    # reader finds that out past line ~3,500, where its data ends.
+    # One posting thread: with requests of 0.2 s, one chunk is sent while the next waits in its
+    # queue; with 0.5 s, none waits (a hand-off record each: run/handoff.py), so reading waits
+    # for each answer. The gzip stream is cut at 60 %: the reader finds that out past line
+    # ~3,500, where its data ends.
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     monkeypatch.setenv("CHUNK_SIZE", "1000")
     rows = [make_row(n) for n in range(6000)]
     stack.vital.add_known_users(*(r["user_id"] for r in rows))
     packed = gzip.compress(encode_rows(rows, "jsonl"))
     stack.put("incoming/cut.jsonl.gz", packed[: len(packed) * 6 // 10])
-    stack.vital.latency_seconds = 0.2  # each chunk in flight for 0.2 s; reading takes ms
+    stack.vital.latency_seconds = latency  # each chunk in flight that long; reading takes ms
 
     manifest, outcomes = run(stack, "incoming/cut.jsonl.gz")
 
     assert manifest["status"] == "failed"
     assert manifest["error"]["type"] == "MalformedFile"
-    # Chunks 1 and 2 were sent. Chunk 3 (lines 2001-3000) waited behind chunk 2 when the file
-    # failed: it comes back unsent, as do the rows read after it.
+    # Queued: chunks 1 and 2 were sent, and chunk 3 (lines 2001-3000) waited behind chunk 2
+    # when the file failed: it comes back unsent, as do the rows read after it. None queued:
+    # chunk 3 went once chunk 2 was answered, and the file failed while it was out.
     requests = stack.vital.bulk_import_requests()
-    assert [r.user_ids[0] for r in requests] == [user_id(0), user_id(1000)]
+    assert [r.user_ids[0] for r in requests] == [user_id(n * 1000) for n in range(sent)]
     read = manifest["counts"]["rows"]
     assert read > 3000
     by_line = check_invariants(stack, manifest, outcomes, read)
-    assert {by_line[n]["outcome"] for n in range(1, 2001)} == {"imported"}
-    unsent = {by_line[n]["detail"] for n in range(2001, read + 1)}
+    assert {by_line[n]["outcome"] for n in range(1, sent * 1000 + 1)} == {"imported"}
+    unsent = {by_line[n]["detail"] for n in range(sent * 1000 + 1, read + 1)}
     assert len(unsent) == 1
     assert unsent.pop().startswith("not sent: gzip data is corrupt or truncated")
 
