@@ -10,6 +10,10 @@ includes the ones above it, as the intake does them for a well-formed JSONL row:
 validate, serialise the recipe, the dedupe claim (``Dedupe.claim``: the user id's 16 bytes,
 one dict lookup), then the chunker and the request bodies. The
 floor's per-row work is ``from_json`` plus its share of a per-chunk ``to_json``.
+
+Last, a whole run: ``Run`` with its collaborators faked at the wiring seam (``tests/fakes.py``:
+S3 in memory, every chunk answered at once on the posting threads, ``MAX_CONCURRENCY`` 8), at
+the given rows and twice as many; the difference per row leaves out what a run costs once.
 """
 
 from __future__ import annotations
@@ -24,12 +28,32 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("setup", "from_json", "validate", "serialise", "dedupe", "chunk")
+RUN = "run"
 TIMEOUT_S = 900
+
+
+def _whole_run(rows: int) -> None:
+    """One offline import of the benchmark's rows, through ``Run`` and its posting threads."""
+    from bench.data import generate  # noqa: PLC0415 - in the measured interpreter
+    from bulk_import.config import Settings  # noqa: PLC0415
+    from bulk_import.model import ObjectRef  # noqa: PLC0415
+    from tests.fakes import FakePost, FakeS3, StoreState, run_offline  # noqa: PLC0415
+
+    s3 = FakeS3()
+    s3.put("incoming/bench.jsonl", generate(rows).data)
+    settings = Settings.from_env({"VITAL_API_KEY_SECRET": "k", "MAX_CONCURRENCY": "8"})
+    ref = ObjectRef(bucket="bench", key="incoming/bench.jsonl", sequencer="0A")
+    result = run_offline(s3, StoreState(), settings, ref, post_chunk=FakePost())
+    if result.manifest is None or result.manifest.error is not None:
+        raise RuntimeError(f"the offline run did not finish: {result.manifest}")
 
 
 def _run_step(step: str, rows: int) -> None:
     """The step itself, in this (callgrind's) interpreter."""
     sys.path.insert(0, str(ROOT / "functions"))
+    if step == RUN:
+        _whole_run(rows)
+        return
     from pydantic_core import from_json, to_json  # noqa: PLC0415 - in the measured interpreter
 
     from bench.data import generate  # noqa: PLC0415
@@ -93,7 +117,7 @@ def _instructions(step: str, rows: int, valgrind: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.rowcost", description=__doc__)
     parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
+    parser.add_argument("--step", choices=(*STEPS, RUN), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.step:
         _run_step(args.step, args.rows)
@@ -111,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         added = "" if previous is None else f"  (+{per_row - previous:,.0f})"
         print(f"  {step:<10} {per_row:>9,.0f}{added}")
         previous = per_row if step != "from_json" else None
+    whole = _instructions(RUN, 2 * args.rows, valgrind) - _instructions(RUN, args.rows, valgrind)
+    print(f"  {'whole run':<10} {whole / args.rows:>9,.0f}  (Run with fakes, threads included)")
     return 0
 
 
