@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import httpx
@@ -98,6 +98,7 @@ class Vital:
     # Listings of the bulk ops after which the enqueued ones ("202") end; None: never.
     ops_end_after: int | None = None
     enqueued: list[tuple[dict[str, Any], list[str]]] = field(default_factory=list)
+    ops_start_late: timedelta = timedelta(0)  # how far Vital's started_at runs ahead
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.method == "POST":
@@ -128,7 +129,7 @@ class Vital:
             return httpx.Response(422, json={"detail": [{"loc": loc, "msg": "bad", "type": "x"}]})
         if action == "400":
             return httpx.Response(400, json={"detail": "Team not set up for Link Migration"})
-        now = datetime.now(UTC).isoformat()
+        now = (datetime.now(UTC) + self.ops_start_late).isoformat()
         taken = [i for i in ids if i not in self.unknown | self.refused]
         if action == "202":
             self.ops.append(_op(len(ids), "in_progress", now))
@@ -251,6 +252,17 @@ def test_given_users_vital_does_not_know_then_they_are_failed_and_nothing_is_sen
     assert len(vital.posts) == 1, "not sent twice"
     assert outcomes(report) == {user(i): (Outcome.FAILED, UNKNOWN_USER_DETAIL) for i in range(3)}
     assert report.in_doubt == 0
+
+
+def test_given_an_op_that_starts_late_by_vitals_clock_then_the_chunk_is_not_sent_again() -> None:
+    """Vital's clock ahead of the function's, or a request it started late: an op that may be
+    the chunk's counts whenever it started after the send, never resent on a guess."""
+    vital = Vital(["202", "answer"], ops_start_late=timedelta(minutes=5))
+    report = post(vital, make_chunk(3))
+    assert len(vital.posts) == 1, "not sent twice"
+    assert outcomes(report) == {
+        user(i): (Outcome.ERRORED, OP_DETAIL.format(count=1)) for i in range(3)
+    }
 
 
 def test_given_an_op_that_may_be_the_chunks_outlasts_the_wait_then_rows_stay_in_doubt() -> None:

@@ -23,7 +23,7 @@ from bulk_import.model import (
     ChunkRecord,
     Counts,
     DoneChunk,
-    DoneRow,
+    DoneRows,
     Handoff,
     LeaseMark,
     ObjectRef,
@@ -31,6 +31,7 @@ from bulk_import.model import (
 )
 from bulk_import.run import replay
 from bulk_import.run.context import FileResult
+from bulk_import.vital import Hold
 from bulk_import.vital.settle import (
     CONFIRMED_DETAIL,
     NOT_CONNECTED_DETAIL,
@@ -179,6 +180,32 @@ def test_a_chunk_vital_holds_nothing_of_is_sent() -> None:
     assert {o for o, _ in in_doubt_outcomes(s3)} == {"imported"}
     assert result.manifest is not None
     assert result.manifest.counts.imported == 30
+
+
+def test_a_chunk_vital_holds_nothing_of_waits_for_a_later_invocation_when_time_is_short() -> None:
+    # Given a chunk in doubt of which Vital holds nothing, and 40 s left: enough to ask, less
+    # than the run's 60 s margin to send in
+    s3 = FakeS3()
+    s3.put(KEY, encode_rows([make_row(n) for n in range(30)], "jsonl"))
+    state = StoreState(checkpoint=resumed_checkpoint(lease=3))
+    post = FakePost()
+    # When the run resumes
+    result = run_offline(
+        s3,
+        state,
+        CONFIG,
+        REF,
+        transport=httpx.MockTransport(FakeVital()),
+        post_chunk=post,
+        remaining_seconds=lambda: 40.0,
+    )
+    # Then the chunk goes through the run's gate as a new one would: held for the next
+    # invocation, which settles it, not sent into the margin
+    assert post.sent == []
+    assert [(c.first_line, held) for c, held in post.held] == [(11, Hold.DEFERRED)]
+    assert result.manifest is None
+    assert state.checkpoint is not None
+    assert state.checkpoint.settled_below == 1
 
 
 def test_users_vital_does_not_know_are_no_sign_that_the_chunk_reached_it() -> None:
@@ -339,8 +366,8 @@ def test_a_chunk_answered_row_by_row_is_written_again_from_the_record_without_as
         outcome="imported",
         detail="",
         others=[
-            DoneRow(line=13, outcome="failed", detail="not connected"),
-            DoneRow(line=15, outcome="errored", detail="in doubt: see retry.jsonl"),
+            DoneRows(outcome="failed", detail="not connected", lines=[13]),
+            DoneRows(outcome="errored", detail="in doubt: see retry.jsonl", lines=[15]),
         ],
         in_doubt=1,
     )

@@ -66,14 +66,15 @@ class LeaseMark(BaseModel):
     at: str
 
 
-class DoneRow(BaseModel):
-    """A row of a ``DoneChunk`` answered otherwise than most of the chunk's."""
+class DoneRows(BaseModel):
+    """Rows of a ``DoneChunk`` that got one outcome and detail, not the chunk's usual: their lines
+    (a detail is written once however many rows share it, as failed users' usually do)."""
 
     model_config = ConfigDict(defer_build=True)
 
-    line: int
     outcome: Outcome
     detail: str
+    lines: list[int]
 
 
 class DoneChunk(BaseModel):
@@ -90,7 +91,7 @@ class DoneChunk(BaseModel):
     size: int
     outcome: Outcome
     detail: str
-    others: list[DoneRow] = Field(default_factory=list)
+    others: list[DoneRows] = Field(default_factory=list)
     in_doubt: int = 0  # of its rows, errored in doubt (the failure threshold leaves them out)
     records: list[ChunkRecord] = Field(default_factory=list)
 

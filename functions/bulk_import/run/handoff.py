@@ -21,10 +21,9 @@ How many that is depends on Vital's pace, measured as the run goes:
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import TYPE_CHECKING
 
-from bulk_import.model import DoneChunk, DoneRow
+from bulk_import.model import DoneChunk, DoneRows, Outcome
 from bulk_import.observability import logger
 
 if TYPE_CHECKING:
@@ -93,20 +92,21 @@ class Handoffs:
         if report.held is not None:
             return
         chunk = report.chunk
-        others: list[DoneRow] = []
+        others: list[DoneRows] = []
         if report.shared is not None:
             outcome, detail = report.shared
         else:
             decided = report.decided
-            if len(decided) != len(chunk.rows):  # not one outcome a row: left for the lookups
-                return
-            ((outcome, detail), _), *_ = Counter(
-                (o.outcome, o.detail) for o in decided
-            ).most_common(1)
+            if sorted(o.line for o in decided) != [row.line for row in chunk.rows]:
+                return  # not one outcome a row: left for the lookups
+            groups: dict[tuple[Outcome, str], list[int]] = {}
+            for o in decided:
+                groups.setdefault((o.outcome, o.detail), []).append(o.line)
+            (outcome, detail), _ = max(groups.items(), key=lambda group: len(group[1]))
             others = [
-                DoneRow(line=o.line, outcome=o.outcome, detail=o.detail)
-                for o in decided
-                if o.outcome != outcome or o.detail != detail
+                DoneRows(outcome=kind, detail=text, lines=lines)
+                for (kind, text), lines in groups.items()
+                if (kind, text) != (outcome, detail)
             ]
         self.done[seq] = DoneChunk(
             seq=seq,

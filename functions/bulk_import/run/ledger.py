@@ -45,7 +45,7 @@ class Replay(Enum):
     """What an earlier invocation did with a chunk number."""
 
     SETTLED = "settled"  # its outcomes are stored: skip it
-    ANSWERED = "answered"  # answered alike since the checkpoint: the hand-off record says how
+    ANSWERED = "answered"  # answered since the checkpoint: the hand-off record says how
     IN_DOUBT = "in_doubt"  # it may have been sent: ask Vital before anything else
     NEW = "new"
 
@@ -136,7 +136,9 @@ class Ledger:
         ):
             return None
         if done.others:
-            others = {row.line: (row.outcome, row.detail) for row in done.others}
+            others = {
+                line: (rows.outcome, rows.detail) for rows in done.others for line in rows.lines
+            }
             usual = (done.outcome, done.detail)
             provider = chunk.provider
             outcomes = [

@@ -109,14 +109,13 @@ LISTING_LIMIT = 20 * 50
 
 
 class BulkOpListing:
-    """Vital's bulk ops started from the earliest send in doubt until the settlement began
-    (an op that starts later is no chunk's in doubt), listed once for a run's settlements (on
-    whichever posting thread asks first, under a lock), and listed again while chunks wait for
-    an op that may be theirs to end (``wait``)."""
+    """Vital's bulk ops started since the earliest send in doubt, listed once for a run's
+    settlements (on whichever posting thread asks first, under a lock), and listed again while
+    chunks wait for an op that may be theirs to end (``wait``)."""
 
     def __init__(self, since: datetime) -> None:
         self.since = since - BULK_OP_SKEW
-        self.until = datetime.now(UTC) + BULK_OP_SKEW
+        self._until: datetime | None = None  # when the first listing was made, plus the skew
         self._lock = threading.Lock()
         self._ops: list[BulkOp] | None = None
         self._listings = 0  # how many listings ``_ops`` comes from: one is made per wait round
@@ -129,6 +128,7 @@ class BulkOpListing:
             if self._ops is None or self._listings <= seen:
                 self._ops = list_bulk_ops(client, since=self.since)
                 self._listings += 1
+                self._until = self._until or datetime.now(UTC) + BULK_OP_SKEW
             return self._listings, self._ops
 
     def candidates(self, client: VitalClient, chunk: Chunk, sent_after: datetime) -> int:
@@ -136,21 +136,26 @@ class BulkOpListing:
         leased, in progress or failed (one that succeeded would list its users). A listing cut
         short counts as one more: an op left out of it cannot be ruled out."""
         _, ops = self._listing(client)
-        window = (sent_after - BULK_OP_SKEW, self.until)
-        found = sum(1 for op in ops if _could_be(op, chunk, *window))
+        found = sum(1 for op in ops if _could_be(op, chunk, sent_after - BULK_OP_SKEW))
         return found + (len(ops) >= LISTING_LIMIT)
 
     def in_progress(self, client: VitalClient, chunk: Chunk, sent_after: datetime) -> bool:
         _, ops = self._listing(client)
-        return _any_in_progress(ops, chunk, sent_after - BULK_OP_SKEW, self.until)
+        return _any_in_progress(ops, chunk, sent_after - BULK_OP_SKEW)
 
     def wait(self, client: VitalClient, chunk: Chunk, sent_after: datetime) -> bool:
         """Wait for the ops in progress that may be the chunk's to end, listing them every
-        ``BULK_OP_POLL_SECONDS``: True once none is. The waits of one listing end together,
-        ``BULK_OP_MAX_WAIT_SECONDS`` after the first began (False). ``VitalNoTime`` rather than
-        wait into the run's safety margin: a later invocation asks again."""
-        window = (sent_after - BULK_OP_SKEW, self.until)
+        ``BULK_OP_POLL_SECONDS``; True when it waited (the users are worth asking about again).
+
+        Only ops started before the first listing (and the clock skew) are waited for: one that
+        starts later (this run's new chunks, another file's) cannot be a chunk's in doubt, and
+        would keep the wait going. Whether an op is the chunk's is never decided here: the
+        lookups that follow decide, and ``candidates`` counts every op. The waits of one listing
+        end together, ``BULK_OP_MAX_WAIT_SECONDS`` after the first began. ``VitalNoTime`` rather
+        than wait into the run's safety margin: a later invocation asks again."""
         seen, ops = self._listing(client)
+        window = (sent_after - BULK_OP_SKEW, self._until)
+        waited = False
         while _any_in_progress(ops, chunk, *window):
             now = client.clock()
             with self._lock:
@@ -158,21 +163,24 @@ class BulkOpListing:
                     self._wait_ends = now + BULK_OP_MAX_WAIT_SECONDS
                 left = self._wait_ends - now
             if left <= 0:
-                return False
+                return waited
             pause = min(BULK_OP_POLL_SECONDS, left)
             margin = client.settings.safety_margin_seconds + MIN_ATTEMPT_SECONDS
             if client.retry.remaining_seconds() - pause < margin:
                 raise VitalNoTime("too little Lambda time left to wait for a bulk op")
             client.sleep(pause)
+            waited = True
             seen, ops = self._listing(client, seen)
         return True
 
 
-def _any_in_progress(ops: list[BulkOp], chunk: Chunk, since: datetime, until: datetime) -> bool:
+def _any_in_progress(
+    ops: list[BulkOp], chunk: Chunk, since: datetime, until: datetime | None = None
+) -> bool:
     return any(op.status == "in_progress" and _could_be(op, chunk, since, until) for op in ops)
 
 
-def _could_be(op: BulkOp, chunk: Chunk, since: datetime, until: datetime) -> bool:
+def _could_be(op: BulkOp, chunk: Chunk, since: datetime, until: datetime | None = None) -> bool:
     started = parse_time(op.started_at)
     size = (op.pending or 0) + (op.processed or 0)
     return (
@@ -180,7 +188,8 @@ def _could_be(op: BulkOp, chunk: Chunk, since: datetime, until: datetime) -> boo
         and op.status in UNFINISHED_OR_FAILED
         and op.provider == chunk.provider
         and started is not None
-        and since <= started <= until
+        and since <= started
+        and (until is None or started <= until)
         and size == len(chunk.rows)
     )
 
@@ -200,10 +209,10 @@ def settle_chunk(
     report = ChunkReport(chunk)
     try:
         unlisted, listed = _look_up(client, report, chunk.rows, cause.confirmed)
-        if unlisted and ops.in_progress(client, chunk, sent_after):
-            # An op that may be the chunk's is running: what Vital holds is known once it ends
-            # (or as far as the wait got).
-            ops.wait(client, chunk, sent_after)
+        # An op that may be the chunk's is running: what Vital holds is known once it ends (or
+        # as far as the wait got).
+        running = unlisted and ops.in_progress(client, chunk, sent_after)
+        if running and ops.wait(client, chunk, sent_after):
             unlisted, listed_now = _look_up(client, report, unlisted, cause.confirmed)
             listed += listed_now
         if unlisted and listed:
@@ -242,8 +251,8 @@ def settle_lost(
 ) -> None:
     """The parts of ``report``'s chunk whose answer was lost (each with the time it was sent),
     decided by what Vital holds and added to ``report``. What Vital holds nothing of goes to
-    ``resend``; without one (a resend's answer lost too), it stays in doubt. Each loss lists
-    the bulk ops afresh: an op of it starts after that request did."""
+    ``resend``; without one (a resend's answer lost too), it stays in doubt. The bulk ops are
+    listed once for all the parts, from the earliest send: their waits end together."""
 
     def again(_: VitalClient, part: Chunk, __: bool) -> ChunkReport:
         if resend is not None:
