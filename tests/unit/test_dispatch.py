@@ -136,7 +136,11 @@ def test_given_a_lease_of_many_chunks_when_sent_then_a_handoff_record_narrows_it
     def before_send(chunk: Chunk) -> None:
         """What a crash as this chunk goes out would leave: the stored bound, and the chunks
         under it neither settled by the checkpoint nor listed as answered by the record."""
-        seq, cp, handoff = seq_of(chunk), state.checkpoint, state.handoff
+        seq = seq_of(chunk)
+        for _ in range(100):  # what S3 holds at one moment (the reading thread may store more)
+            cp, handoff = state.checkpoint, state.handoff
+            if state.checkpoint is cp:
+                break
         assert cp is not None, f"chunk {seq} went before any checkpoint was stored"
         bound = cp.lease if cp.handed_below is None else min(cp.lease, cp.handed_below)
         answered = set(cp.settled_extra)

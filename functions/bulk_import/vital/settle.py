@@ -11,17 +11,18 @@ connection, a gateway's 502/504). Each of its users is looked up
 - a user Vital does not know (404): ``failed``, whether or not the chunk arrived (Vital fails
   such a user), and never a reason to send the chunk again;
 - users not listed while a bulk op that may be the chunk's (its provider and size, started
-  since the chunk was sent, for a crash since the lease was raised past it, and before the
-  settlement began) is in progress: Vital has not said yet. The settlement waits for those ops
-  to end (polling the listing, at most ``BULK_OP_MAX_WAIT_SECONDS`` for the chunks of one
-  listing together, never into the safety margin), then looks those users up again. Whose op
-  it was does not matter then: the lookup tells what Vital holds;
+  since the chunk was sent, for a crash since the lease was raised past it) is in progress:
+  Vital has not said yet. The settlement waits for those ops to end (those started before it
+  first listed them; polling the listing, at most ``BULK_OP_MAX_WAIT_SECONDS`` for the chunks
+  of one listing together, never into the safety margin), then looks those users up again.
+  Whose op it was does not matter then: the lookup tells what Vital holds;
 - not listed, while others of the chunk are: the chunk reached Vital. ``failed``, unless such
   an op is still in progress after the wait: then the rows stay ``errored``, to check once it
   ends;
 - no user of the chunk listed: if no bulk op of the provider and the chunk's size started
   since the chunk was sent and is in progress or failed, the chunk never reached Vital, and it
-  is sent now (once, for a lost answer: a second loss leaves the rows in doubt). If there is
+  is sent now, through the run's gate (once, for a lost answer: a second loss leaves the rows
+  in doubt). If there is
   such an op, it may be this chunk's or another's (bulk ops carry no id: another file, or
   another chunk of this one, looks the same), so the rows stay ``errored`` with a reason
   rather than be sent twice or counted as enqueued on a guess.
@@ -145,14 +146,16 @@ class BulkOpListing:
 
     def wait(self, client: VitalClient, chunk: Chunk, sent_after: datetime) -> bool:
         """Wait for the ops in progress that may be the chunk's to end, listing them every
-        ``BULK_OP_POLL_SECONDS``; True when it waited (the users are worth asking about again).
+        ``BULK_OP_POLL_SECONDS``; False when the waits' time was already spent and nothing
+        changed (the users are not worth asking about again).
 
-        Only ops started before the first listing (and the clock skew) are waited for: one that
-        starts later (this run's new chunks, another file's) cannot be a chunk's in doubt, and
-        would keep the wait going. Whether an op is the chunk's is never decided here: the
-        lookups that follow decide, and ``candidates`` counts every op. The waits of one listing
-        end together, ``BULK_OP_MAX_WAIT_SECONDS`` after the first began. ``VitalNoTime`` rather
-        than wait into the run's safety margin: a later invocation asks again."""
+        Only ops started before the first listing (and the clock skew) are waited for: those
+        that start later are most likely this run's new chunks or another file's, and would
+        keep the wait going. Whether an op is the chunk's is never decided here: the lookups
+        that follow decide, and ``candidates`` counts every op, late ones included. The waits of
+        one listing end together, ``BULK_OP_MAX_WAIT_SECONDS`` after the first began.
+        ``VitalNoTime`` rather than wait into the run's safety margin: a later invocation asks
+        again."""
         seen, ops = self._listing(client)
         window = (sent_after - BULK_OP_SKEW, self._until)
         waited = False
