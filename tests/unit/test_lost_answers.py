@@ -254,6 +254,17 @@ def test_given_users_vital_does_not_know_then_they_are_failed_and_nothing_is_sen
     assert report.in_doubt == 0
 
 
+def test_given_two_parts_of_a_chunk_lost_while_their_ops_run_then_they_share_one_wait() -> None:
+    """A 422 that points at no row splits the chunk; both halves are enqueued and their answers
+    lost: one listing for both, and one wait of at most BULK_OP_MAX_WAIT_SECONDS, not one each."""
+    vital = Vital(["reject-body", "202", "202"])
+    time = FakeTime()
+    report = post(vital, make_chunk(4), time=time)
+    assert [len(ids) for ids in vital.posts] == [4, 2, 2]
+    assert {outcome for outcome, _ in outcomes(report).values()} == {Outcome.ERRORED}
+    assert sum(time.sleeps) == BULK_OP_MAX_WAIT_SECONDS
+
+
 def test_given_an_op_that_starts_late_by_vitals_clock_then_the_chunk_is_not_sent_again() -> None:
     """Vital's clock ahead of the function's, or a request it started late: an op that may be
     the chunk's counts whenever it started after the send, never resent on a guess."""
