@@ -180,6 +180,29 @@ def test_given_a_lease_of_many_chunks_when_sent_then_a_handoff_record_narrows_it
     assert state.handoff is None  # removed with the state when the file finished
 
 
+def test_given_an_answer_not_one_outcome_a_row_then_no_record_repeats_it() -> None:
+    # Given slow requests (a hand-off record before each hand-off), and chunk 1 answered with two
+    # outcomes for its first row and none for its last
+    s3, state = FakeS3(), StoreState()
+    put_rows(s3, 40)
+    slow = answered_in(1.0, first_fails=True)
+
+    def answer(chunk: Chunk, probe: bool = False) -> ChunkReport:
+        report = slow(chunk, probe)
+        if seq_of(chunk) == 1:
+            report.decided[-1] = report.decided[0]
+        return report
+
+    # When the file is imported
+    run(s3, state, settings(MAX_CONCURRENCY="2"), post_chunk=FakePost(answer))
+
+    # Then the records list the other chunks as answered, never chunk 1: a resume would ask
+    # Vital about it rather than write those outcomes again
+    done = {d.seq for record in state.handoffs for d in record.done}
+    assert 1 not in done
+    assert done & {0, 2}
+
+
 def test_given_chunks_past_the_lease_when_sent_then_a_lease_covering_each_is_stored_first() -> None:
     # Given 10 chunks, two posting threads, and a lease every 2 chunks
     s3, events = FakeS3(), []
