@@ -265,9 +265,7 @@ def test_given_an_op_that_may_be_the_chunks_is_in_progress_when_it_ends_then_use
     assert result.manifest.counts.errored == 0
 
 
-def test_given_ops_starting_while_a_chunk_waits_then_only_those_from_before_are_waited_for() -> (
-    None
-):
+def test_given_ops_starting_while_a_chunk_waits_then_only_earlier_ones_are_waited_for() -> None:
     # Given a chunk in doubt whose op ends after two listings, while ops of the same provider
     # and size keep starting (this run's new chunks, another file's): after the settlement began
     later = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
