@@ -9,7 +9,7 @@ import gzip
 import io
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import zstandard
@@ -17,6 +17,7 @@ import zstandard
 from bulk_import.config import Settings
 from bulk_import.ingest.gzip_access import SPACING
 from bulk_import.model import Counts, ObjectRef, ResumePoint
+from bulk_import.model.row import RECIPE_FIELDS
 from bulk_import.run.context import FileResult
 from bulk_import.run.intake import REPLACED
 from bulk_import.wiring import Tunables
@@ -136,6 +137,52 @@ def chunks_of(post: FakePost) -> list[list[int]]:
     return [[row.line for row in chunk.rows] for chunk in post.sent]
 
 
+class Compared(NamedTuple):
+    """A file imported in one invocation and in many: what the many-invocation import left."""
+
+    outcomes: dict[int, dict[str, str]]
+    entered: list[ResumePoint]  # the points the resuming invocations read from
+    read_from: list[int]  # where reads of the object started, past its start
+    s3: RangedS3
+
+
+def import_once_and_in_many(data: bytes, key: str, suffix: str, calls: int) -> Compared:
+    """Import ``data`` in one invocation and in many that each run out of time after ``calls``
+    asks, and check that both send the same chunks (each row once), write the same outcomes and
+    counts, cut no chunk across a point, and that the invocations resuming at a point read the
+    file from there."""
+    once_s3, many_s3 = RangedS3(), RangedS3()
+    once_s3.put(key, compress(data, suffix))
+    many_s3.put(key, compress(data, suffix))
+
+    once, once_post, _ = import_all(once_s3, key, calls=None)
+    many, many_post, handed_on = import_all(many_s3, key, calls=calls)
+
+    assert len(handed_on) > 5
+    assert chunks_of(many_post) == chunks_of(once_post)
+    sent = many_post.sent_lines
+    assert len(sent) == len(set(sent))
+    outcomes_key = "results/" + key.removeprefix("incoming/") + "/outcomes.csv"
+    many_outcomes = outcomes_by_line(many_s3, outcomes_key)
+    assert many_outcomes == outcomes_by_line(once_s3, outcomes_key)
+    assert many.manifest is not None
+    assert once.manifest is not None
+    assert many.manifest.counts == once.manifest.counts
+    assert many.manifest.counts.rows == len(many_outcomes)
+    # No chunk spans a multiple of RESUME_EVERY_LINES (+1), where the points are
+    assert all((c[0] - 1) // EVERY == (c[-1] - 1) // EVERY for c in chunks_of(many_post))
+    # Each invocation resuming at a point read the file from there, not from its start
+    # (besides the object each invocation opens from the start while its checkpoint is read;
+    # gzip's first access point comes after SPACING bytes: before it, gzip inflates from the
+    # start)
+    entered = [point for state in handed_on if (point := usable_point(state))]
+    assert len(entered) >= len(handed_on) - 2
+    read_from = [start for start in many_s3.starts[key] if start > 0]
+    assert len(read_from) == sum(1 for p in entered if p.access or not suffix)
+    assert len(read_from) >= len(handed_on) // 3
+    return Compared(many_outcomes, entered, read_from, many_s3)
+
+
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 def test_given_invocations_that_run_out_of_time_then_each_reads_from_near_where_the_last_stopped(
     suffix: str,
@@ -149,43 +196,18 @@ def test_given_invocations_that_run_out_of_time_then_each_reads_from_near_where_
     ]
     data = body(lines)
     assert len(data) > 2 * SPACING  # gzip's access points are SPACING apart
-    key = f"incoming/a.jsonl{suffix}"
-    once_s3, many_s3 = RangedS3(), RangedS3()
-    once_s3.put(key, compress(data, suffix))
-    many_s3.put(key, compress(data, suffix))
 
     # When it is imported in one invocation, and in many that each run out of time
-    once, once_post, _ = import_all(once_s3, key, calls=None)
-    many, many_post, handed_on = import_all(many_s3, key, calls=40)
+    many = import_once_and_in_many(data, f"incoming/a.jsonl{suffix}", suffix, calls=40)
 
-    # Then the chunks, the outcomes and the counts are the same, each row sent once
-    assert len(handed_on) > 5
-    assert chunks_of(many_post) == chunks_of(once_post)
-    sent = many_post.sent_lines
-    assert len(sent) == len(set(sent))
-    outcomes_key = f"results/a.jsonl{suffix}/outcomes.csv"
-    many_outcomes = outcomes_by_line(many_s3, outcomes_key)
-    assert many_outcomes == outcomes_by_line(once_s3, outcomes_key)
-    assert sorted(many_outcomes) == [n for n in range(1, 3001) if lines[n - 1] != ""]
-    assert any(o["outcome"] == "duplicate" for o in many_outcomes.values())
-    assert many.manifest is not None
-    assert once.manifest is not None
-    assert many.manifest.counts == once.manifest.counts
-    assert many.manifest.counts.rows == len(many_outcomes)
-    # And no chunk spans a multiple of RESUME_EVERY_LINES (+1), where the points are
-    assert all((c[0] - 1) // EVERY == (c[-1] - 1) // EVERY for c in chunks_of(many_post))
-    # And each invocation resuming at a point read the file from there, not from its start
-    # (besides the object each invocation opens from the start while its checkpoint is read;
-    # gzip's first access point comes after SPACING bytes: before it, gzip inflates from the
-    # start)
-    entered = [point for state in handed_on if (point := usable_point(state))]
-    assert len(entered) >= len(handed_on) - 2
-    read_from = [start for start in many_s3.starts[key] if start > 0]
-    assert len(read_from) == sum(1 for p in entered if p.access or not suffix)
-    assert len(read_from) >= len(handed_on) // 3
-    assert read_from == sorted(read_from)
+    # Then the chunks, the outcomes and the counts are the same, each row sent once, and each
+    # invocation resuming at a point read the file from there (import_once_and_in_many)
+    assert sorted(many.outcomes) == [n for n in range(1, 3001) if lines[n - 1] != ""]
+    assert any(o["outcome"] == "duplicate" for o in many.outcomes.values())
+    assert many.read_from == sorted(many.read_from)
     if not suffix:
-        assert read_from[-1] > len(many_s3.objects[key]) * 3 // 4
+        key = "incoming/a.jsonl"
+        assert many.read_from[-1] > len(many.s3.objects[key]) * 3 // 4
 
 
 def test_given_a_point_whose_objects_are_gone_then_the_run_reads_from_the_start() -> None:
@@ -395,15 +417,7 @@ def csv_body(lines: list[dict[str, Any] | str], broken_every: int = 37) -> bytes
     return out.getvalue().encode()
 
 
-CSV_COLUMNS = (
-    "provider",
-    "user_id",
-    "access_token",
-    "refresh_token",
-    "provider_id",
-    "expires_at",
-    "oauth_scopes",
-)
+CSV_COLUMNS = ("provider", *RECIPE_FIELDS)
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
@@ -418,36 +432,17 @@ def test_given_a_csv_file_over_many_invocations_then_each_reads_from_its_point(
     ]
     data = csv_body(lines)
     assert len(data) > 2 * SPACING
-    key = f"incoming/a.csv{suffix}"
-    once_s3, many_s3 = RangedS3(), RangedS3()
-    once_s3.put(key, compress(data, suffix))
-    many_s3.put(key, compress(data, suffix))
 
     # When it is imported in one invocation, and in many that each run out of time
-    once, once_post, _ = import_all(once_s3, key, calls=None)
-    many, many_post, handed_on = import_all(many_s3, key, calls=15)
+    many = import_once_and_in_many(data, f"incoming/a.csv{suffix}", suffix, calls=15)
 
-    # Then the chunks, the outcomes and the counts are the same, each row sent once
-    assert len(handed_on) > 5
-    assert chunks_of(many_post) == chunks_of(once_post)
-    assert len(many_post.sent_lines) == len(set(many_post.sent_lines))
-    outcomes_key = f"results/a.csv{suffix}/outcomes.csv"
-    many_outcomes = outcomes_by_line(many_s3, outcomes_key)
-    assert many_outcomes == outcomes_by_line(once_s3, outcomes_key)
-    details = [o["detail"] for o in many_outcomes.values()]
+    # Then the chunks, the outcomes and the counts are the same, each row sent once, and the
+    # invocations resuming at a point read the file from there (import_once_and_in_many), the
+    # header from the point
+    details = [o["detail"] for o in many.outcomes.values()]
     assert any("holds a line break" in d for d in details)
     assert any(d.startswith("duplicate of line") for d in details)
-    assert many.manifest is not None
-    assert once.manifest is not None
-    assert many.manifest.counts == once.manifest.counts
-    assert all((c[0] - 1) // EVERY == (c[-1] - 1) // EVERY for c in chunks_of(many_post))
-    # And the invocations resuming at a point read the file from there, the header from it
-    entered = [point for state in handed_on if (point := usable_point(state))]
-    assert len(entered) >= len(handed_on) - 2
-    assert all(p.header == list(CSV_COLUMNS) for p in entered)
-    read_from = [start for start in many_s3.starts[key] if start > 0]
-    assert len(read_from) == sum(1 for p in entered if p.access or not suffix)
-    assert len(read_from) >= len(handed_on) // 3
+    assert all(p.header == list(CSV_COLUMNS) for p in many.entered)
 
 
 def threshold_file() -> list[dict[str, Any] | str]:

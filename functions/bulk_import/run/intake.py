@@ -37,7 +37,7 @@ NO_ROWS = (
     "blank lines): check the export"
 )
 # Why a resume stops when an unversioned key holds other bytes than its checkpoint's.
-REPLACED = "the object was replaced since this import started"
+REPLACED = "the key holds other bytes than the upload this import started from"
 # PendingRow(...) runs a Python-level __new__; tuple.__new__ builds the same named tuple in C.
 _pending = tuple.__new__
 
