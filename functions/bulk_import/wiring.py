@@ -59,9 +59,6 @@ if TYPE_CHECKING:
 # Lines spooled since the last checkpoint that make the reading thread take one: with the
 # spool's keep limit, /tmp holds at most ~200 MB (Lambda's default is 512 MB).
 UNSAVED_SPOOL_BYTES = 32 * 1024 * 1024
-# Lines spooled since the last checkpoint that make the end of reading store them while the
-# last answers are awaited, instead of after.
-EARLY_SAVE_BYTES = 1024 * 1024
 # Resume points are stored this far apart (decompressed): a resume reads at most about this
 # much, or RESUME_EVERY_LINES lines, again.
 RESUME_POINT_BYTES = 16 * 1024 * 1024
@@ -70,7 +67,6 @@ RESUME_POINT_BYTES = 16 * 1024 * 1024
 class Tunables(NamedTuple):
     """Thresholds that trade S3 writes against memory, /tmp and recovery; tests scale them."""
 
-    early_save_bytes: int = EARLY_SAVE_BYTES
     unsaved_spool_bytes: int = UNSAVED_SPOOL_BYTES
     spool_keep_bytes: int = SPOOL_KEEP_BYTES
     # JSONL is read in blocks this big: the deadline and checkpoint checks come between blocks.

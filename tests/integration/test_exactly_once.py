@@ -22,7 +22,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from bulk_import.errors import AlreadyInProgress, ImportStillRunning, TransientError
-from bulk_import.model import Checkpoint, ContinuationMessage, Manifest, ObjectRef
+from bulk_import.model import Checkpoint, ContinuationMessage, Handoff, Manifest, ObjectRef
 from bulk_import.storage import aws
 from bulk_import.storage.checkpoint_store import CheckpointStore
 from bulk_import.storage.idempotency import Work
@@ -167,45 +167,48 @@ def test_a_spool_that_let_its_lines_go_has_its_parts_read_back_in_order(
     assert outcomes.count("line,user_id,provider,outcome,detail") == 1
 
 
-@pytest.mark.parametrize("early", [True, False])
-def test_the_outcomes_so_far_are_stored_while_the_last_chunks_are_out(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch, early: bool
+def test_the_end_of_a_file_records_every_answer_and_stores_its_outcomes_once(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Once the file is read, the lines spooled since the last checkpoint are stored while the
-    # last answers are awaited, not after them: the part written after the answers then holds
-    # only the last chunks' lines. Below early_save_bytes it waits.
-    tunables = Tunables(early_save_bytes=1 if early else 1 << 30)
+    # Given a file whose chunks are all answered after the run's one checkpoint
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "2")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "100")  # no lease checkpoint after the first
-    stack.vital.latency_seconds = 0.5  # the last chunks are out for that long after reading
-    upload(stack, "incoming/early.jsonl", 60)  # 6 chunks, and a rejected and a duplicate row
-    parts: list[tuple[int, int]] = []  # per part stored: requests received, requests in flight
+    upload(stack, "incoming/end.jsonl", 60)  # 6 chunks, and a rejected and a duplicate row
+    writes: list[tuple[str, bytes]] = []
 
-    def note_part(params: dict[str, Any], **_: Any) -> None:
-        if "/_state/outcomes-" in params["Key"]:
-            requests = stack.vital.bulk_import_requests()
-            parts.append((len(requests), sum(r.status is None for r in requests)))
+    def note(params: dict[str, Any], **_: Any) -> None:
+        body = params.get("Body")
+        writes.append((params["Key"], body if isinstance(body, bytes | str) else b""))
 
+    # When it is imported
     s3 = aws.s3_client()
-    s3.meta.events.register("provide-client-params.s3.PutObject", note_part)
+    s3.meta.events.register("provide-client-params.s3.PutObject", note)
     try:
-        stack.import_keys("incoming/early.jsonl", tunables=tunables)
+        stack.import_keys("incoming/end.jsonl")
     finally:
-        s3.meta.events.unregister("provide-client-params.s3.PutObject", note_part)
+        s3.meta.events.unregister("provide-client-params.s3.PutObject", note)
 
-    assert_complete(stack, "results/early.jsonl/", 62)
-    # The last part is the final checkpoint's, after the last answer; an early one came first.
-    assert parts[-1] == (6, 0)
-    before_the_last_answer = [p for p in parts if p != (6, 0)]
-    assert len(before_the_last_answer) == (1 if early else 0), parts
+    # Then, between the last hand-off and outcomes.csv, one hand-off record holds every answer:
+    # no checkpoint, and no part storing the outcome lines that outcomes.csv stores right after
+    assert_complete(stack, "results/end.jsonl/", 62)
+    keys = [key.removeprefix("results/end.jsonl/") for key, _ in writes]
+    end = keys.index("outcomes.csv")
+    last = end - 1
+    assert keys[last] == "_state/handoff.json", keys
+    assert "_state/handoff.json" not in keys[end:]
+    assert not any(k.startswith("_state/outcomes-") for k in keys[end:])
+    assert keys.count("_state/checkpoint.json") == 1
+    record = Handoff.model_validate_json(writes[last][1])
+    assert sorted(done.seq for done in record.done) == list(range(6))
+    assert record.below == 6
 
 
 class _Killed(BaseException):
     """The process dying: not an Exception, so nothing in the run handles it."""
 
 
-def writer_failing_first_assemble(error: Exception) -> ResultWriter:
+def writer_failing_first_assemble(error: BaseException) -> ResultWriter:
     """The run's result writer, except that its first final object (outcomes.csv) fails."""
 
     class Failing(ResultWriter):
@@ -215,55 +218,33 @@ def writer_failing_first_assemble(error: Exception) -> ResultWriter:
 
 
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the killed run
-def test_a_run_killed_right_after_its_early_save_resumes_from_it_sending_nothing_twice(
+def test_a_run_killed_before_its_results_is_retried_from_its_answers_asking_vital_nothing(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a run killed right after it stored its outcomes while its last chunks were out:
-    # the first checkpoint taken once the whole file is read (its last line is line 62)
+    # Given a run that dies once every answer is in and recorded, as it starts outcomes.csv;
+    # its one checkpoint came before the first chunk, so no checkpoint holds any answer
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "2")
     monkeypatch.setenv("CHECKPOINT_EVERY_CHUNKS", "100")
-    stack.vital.latency_seconds = 0.2
-    upload(stack, "incoming/killed-early.jsonl", 60)  # 6 chunks: 30 rows of each provider
-    chunks = 6
-    early: list[Checkpoint] = []
-
-    class KilledAfterEarlySave(CheckpointStore):
-        def save(self, checkpoint: Checkpoint) -> None:
-            super().save(checkpoint)
-            if checkpoint.lines_done == 62 and not early:
-                early.append(checkpoint)
-                raise _Killed
-
-    event = s3_event(stack.bucket, ["incoming/killed-early.jsonl"])
+    upload(stack, "incoming/killed-end.jsonl", 60)  # 6 chunks: 30 rows of each provider
+    event = s3_event(stack.bucket, ["incoming/killed-end.jsonl"])
     with pytest.raises(_Killed):
-        stack.invoke(event, tunables=Tunables(early_save_bytes=1), new_store=KilledAfterEarlySave)
-    deadline = time.monotonic() + 10  # its posting threads are done with the chunks out
-    while time.monotonic() < deadline and any(
-        t.name.startswith("vital-post") for t in threading.enumerate()
-    ):
-        time.sleep(0.02)
-    # The chunks out when it died: handed to the posting threads, their answers not taken in.
-    (saved,) = early
-    out = [
-        seq
-        for seq in range(saved.settled_below, chunks)
-        if seq not in saved.settled_extra and seq < saved.lease
-    ]
+        stack.invoke(event, results=writer_failing_first_assemble(_Killed()))
+    assert len(stack.vital.posted_connections()) == 60
 
-    # When Lambda's retry resumes from that checkpoint
+    # When Lambda's retry runs
     stack.invoke(event)
 
-    # Then the chunks that were out are settled by asking Vital: those it holds are imported
-    # (confirmed by the lookup), those it never got are sent now; nothing is sent twice
-    assert out
-    manifest = assert_complete(stack, "results/killed-early.jsonl/", 62)
-    assert manifest["counts"]["errored"] == 0
+    # Then it takes every answer from the hand-off record: nothing is sent again and Vital is
+    # not asked about any user
+    manifest = assert_complete(stack, "results/killed-end.jsonl/", 62)
     assert manifest["counts"]["imported"] == 60
-    confirmed = [
-        o for o in stack.outcomes("results/killed-early.jsonl/") if o["detail"] == CONFIRMED_DETAIL
-    ]
-    assert 0 < len(confirmed) <= 10 * len(out)
+    assert manifest["counts"]["errored"] == 0
+    assert len(stack.vital.posted_connections()) == 60
+    assert lookups(stack) == []
+    assert not any(
+        o["detail"] == CONFIRMED_DETAIL for o in stack.outcomes("results/killed-end.jsonl/")
+    )
 
 
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the failed cleanup
@@ -690,20 +671,20 @@ def test_a_newer_upload_imported_while_a_run_waits_on_bulk_ops_keeps_its_results
     assert len(stack.outcomes("results/op-wait.jsonl/")) == 20
 
 
-def test_a_run_asks_s3_whose_checkpoint_it_is_once_when_its_last_write_just_said_so(
+def test_a_run_asks_s3_whose_checkpoint_it_is_before_its_results_and_before_clearing_up(
     stack: Stack,
 ) -> None:
-    # The final checkpoint is a conditional write: it succeeds only while the checkpoint is
-    # still this run's, so no HEAD follows it before the results. The one before deleting
-    # the state stays (parts are listed before it; see CheckpointStore.finish).
+    # A hand-off record's write is conditional on the record, not on the checkpoint: a HEAD
+    # tells, before the results are written, that no other import took the key over; another
+    # one before the state is deleted, after the key's parts are listed (CheckpointStore.finish).
     upload(stack, "incoming/one-head.jsonl", 30)
     with s3_keys("HeadObject", "PutObject") as keys:
         stack.import_keys("incoming/one-head.jsonl")
 
     assert_complete(stack, "results/one-head.jsonl/", 32)
     checkpoint = "results/one-head.jsonl/_state/checkpoint.json"
-    assert keys["HeadObject"].count(checkpoint) == 1
-    assert keys["PutObject"].count(checkpoint) >= 2  # the first, and the final
+    assert keys["HeadObject"].count(checkpoint) == 2
+    assert keys["PutObject"].count(checkpoint) == 1
 
 
 @contextmanager

@@ -530,9 +530,9 @@ def test_a_retry_of_a_run_stopped_by_a_one_off_bug_gives_every_row_an_outcome(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A one-off bug stops the run at row 35, its half-filled chunks reported "not sent"; then
-    # writing its results fails and Lambda retries the event. The run's final checkpoint must
-    # not store those short chunks as settled: the retry, reading on, would skip the whole
-    # chunks under the same numbers, and lines 35-40 would have no outcome.
+    # writing its results fails and Lambda retries the event. The run must not store those
+    # short chunks' answers for the retry: reading on, it would take them for the whole chunks
+    # under the same numbers, and lines 35-40 would have no outcome.
     monkeypatch.setenv("CHUNK_SIZE", "10")
     monkeypatch.setenv("MAX_CONCURRENCY", "1")
     rows = _interleaved(stack, "incoming/stopped.jsonl", 60)

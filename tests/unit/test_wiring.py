@@ -163,7 +163,7 @@ OVERRIDES: dict[str, object] = {
     "results": ResultWriter(FakeS3(), 9),  # type: ignore[arg-type]
     "post_chunk": _post,
     "serialise": lambda row: b"{}",
-    "tunables": Tunables(early_save_bytes=1, recheck_delay_seconds=5),
+    "tunables": Tunables(recheck_delay_seconds=5),
     "clock": lambda: 100.0,
     "sleep": lambda seconds: None,
 }

@@ -84,9 +84,7 @@ class RunContext:
     def next_ref(self, segment: int) -> ObjectRef:
         return self.ref.model_copy(update={"segment": segment})
 
-    def save_checkpoint(
-        self, *, next_segment: int, lease: int, handed: int | None = None, final: bool = False
-    ) -> None:
+    def save_checkpoint(self, *, next_segment: int, lease: int, handed: int | None = None) -> None:
         """Store the outcomes spooled so far and the checkpoint that makes them count.
 
         ``handed``: no chunk from this number on went to the posting threads (the lease when
@@ -102,7 +100,6 @@ class RunContext:
             line=self.progress.line,
             stop_reason=self.stop.reason,
             at=now(),
-            final=final,
         )
         if created:
             self._check_not_imported_meanwhile()

@@ -1,4 +1,4 @@
-"""The end of a file: the last answers stored, the bulk ops awaited, outcomes.csv, retry.jsonl
+"""The end of a file: the last answers recorded, the bulk ops awaited, outcomes.csv, retry.jsonl
 and the manifest written, and the import's state cleared."""
 
 from __future__ import annotations
@@ -38,23 +38,21 @@ if TYPE_CHECKING:
 def finalise(ctx: RunContext, dispatcher: Dispatcher) -> FileResult:
     """Write the file's results; raises ``Superseded`` if another import took the key over."""
     check_every_row_counted(ctx)
-    saved = False
     ledger, store = ctx.ledger, ctx.store
     if ledger.checkpoint is not None and dispatcher.posted_here and ctx.progress.read_to_end:
         # Every answer of this run, stored before anything else can fail (the results' writes,
-        # waiting on bulk ops): a retry then replays them instead of reporting the chunks
-        # answered since the last lease in doubt. Not after a run that stopped reading early:
-        # it cut its last chunks short, which a retry reading further (past a one-off error)
-        # would cut whole, under the same numbers.
-        ctx.save_checkpoint(
-            next_segment=ctx.ref.segment, lease=dispatcher.lease_so_far(), final=True
-        )
-        saved = True
+        # waiting on bulk ops): a retry then replays them instead of asking Vital about the
+        # chunks answered since the last checkpoint. A hand-off record holds them in a few KB;
+        # a checkpoint would first store every outcome line since the one before as a part,
+        # and the results store them all again right after. Not after a run that stopped
+        # reading early: it cut its last chunks short, which a retry reading further (past a
+        # one-off error) would cut whole, under the same numbers.
+        dispatcher.handoffs.store_answers(dispatcher.next_seq)
     waited = ledger.tally[Outcome.ENQUEUED] > 0  # on bulk ops, after 202s: seconds, maybe
     bulk_ops = _await_bulk_ops(ctx, dispatcher) if waited else []
-    # A checkpoint write that just succeeded (conditional on this run's last) shows the key is
-    # still this run's as well as a HEAD would; after a wait, or without it, ask.
-    if ledger.checkpoint is not None and (waited or not saved) and not store.still_mine():
+    # No other import of the key took it over meanwhile (a hand-off record's write does not
+    # tell: it is conditional on the record, not on the checkpoint).
+    if ledger.checkpoint is not None and not store.still_mine():
         raise Superseded("another import of this key took over while this one finished")
     check = None
     if ctx.settings.verify_after_import and ctx.stop.error is None and not ctx.dry_run:

@@ -86,6 +86,17 @@ class Handoffs:
         self.write_seconds = _average(self.write_seconds, clock() - now)
         self.below, self.refines, self.at = below, store.write_id, now
 
+    def store_answers(self, handed: int) -> None:
+        """Every answer taken in since the last checkpoint, in one record, before a file's
+        results are written (``handed``: no chunk from this number on went out). A retry
+        after the results failed replays them instead of asking Vital about those chunks."""
+        done = self._unsaved()
+        if not done:
+            return  # the checkpoint holds them all
+        store = self.ctx.store
+        store.save_handoff(handed, done)
+        self.below, self.refines, self.at = handed, store.write_id, self.ctx.wiring.clock()
+
     def answered(self, seq: int, report: ChunkReport) -> None:
         """Note a chunk's requests (Vital's pace) and its rows' outcomes, for the next record."""
         self._pace(report)

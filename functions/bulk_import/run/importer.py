@@ -64,7 +64,6 @@ class Run:
         try:
             if ctx.stop.error is None:
                 self.intake.read()
-                self._save_while_answered()
         except FileError as exc:
             # Rows already chunked are not sent after a file error: reported, and in retry.jsonl.
             ctx.stop.fail(exc)
@@ -97,27 +96,6 @@ class Run:
         self.dispatcher.drain()
         lease = self.dispatcher.lease_so_far()
         self.ctx.save_checkpoint(next_segment=self.ctx.ref.segment, lease=lease)
-
-    def _save_while_answered(self) -> None:
-        """Store the outcomes so far while the last chunks are out, not after their answers.
-
-        A checkpoint stores every line spooled since the one before: taken now, the final
-        checkpoint's part holds only the last chunks' lines. The same checkpoint as a lease's,
-        taken with chunks in flight: the lease stays where it is, and the chunks handed over so
-        far are named.
-        """
-        ctx, dispatcher = self.ctx, self.dispatcher
-        dispatcher.collect(block=False)  # answers already in: stored with the rest, not after
-        early = ctx.wiring.tunables.early_save_bytes
-        if ctx.ledger.checkpoint is None or not dispatcher.in_flight:
-            return
-        if ctx.ledger.unsaved_bytes < early:
-            return
-        ctx.save_checkpoint(
-            next_segment=ctx.ref.segment,
-            lease=ctx.ledger.lease,
-            handed=dispatcher.next_seq,
-        )
 
     def _hand_on(self) -> FileResult:
         """Checkpoint and name the next segment: a fresh invocation goes on from here."""

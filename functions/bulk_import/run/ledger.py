@@ -207,15 +207,13 @@ class Ledger:
         line: int,
         stop_reason: errors.FileError | None,
         at: str,
-        final: bool = False,
     ) -> bool:
         """Store the spooled lines as parts, then the checkpoint that makes them count.
 
-        ``handed``: no chunk from this number on went to the posting threads. ``final``: the
-        run is about to send its results, from the spools it keeps whole.
+        ``handed``: no chunk from this number on went to the posting threads.
         True when this was the run's first checkpoint.
         """
-        self._store_parts(store, source.bucket, final)
+        self._store_parts(store, source.bucket)
         # Never below the lease this run resumed from: the chunks under it that the replay has
         # not reached yet may have been sent by the run before, and must stay in doubt.
         raised = max(lease, self.replay_lease)
@@ -258,17 +256,17 @@ class Ledger:
         self.checkpoint = checkpoint
         return created
 
-    def _store_parts(self, store: CheckpointStore, bucket: str, final: bool) -> None:
+    def _store_parts(self, store: CheckpointStore, bucket: str) -> None:
         s3 = store.s3
         if self.outcomes.lines:
             key = store.outcome_part_key(len(self.outcome_parts) + 1)
-            kept = self.outcomes.upload(s3, bucket, key, "text/csv", keep=final)
+            kept = self.outcomes.upload(s3, bucket, key, "text/csv")
             self.outcome_parts.append(key)
             if not kept:
                 self.outcome_parts_to_read = len(self.outcome_parts)
         if self.retries.lines:
             key = store.retry_part_key(len(self.retry_parts) + 1)
-            kept = self.retries.upload(s3, bucket, key, "application/x-ndjson", keep=final)
+            kept = self.retries.upload(s3, bucket, key, "application/x-ndjson")
             self.retry_parts.append(key)
             if not kept:
                 self.retry_parts_to_read = len(self.retry_parts)

@@ -88,18 +88,15 @@ class Spool:
         self.lines += lines
         self.written += lines
 
-    def upload(
-        self, s3: S3Client, bucket: str, key: str, content_type: str, *, keep: bool = False
-    ) -> bool:
+    def upload(self, s3: S3Client, bucket: str, key: str, content_type: str) -> bool:
         """The lines written since the last upload, as one object.
 
         False when the spool has let go of every line uploaded so far (it had kept more than
-        ``keep_bytes``, and ``keep`` was not asked for, as it is right before the final
-        object is sent): the final object must then read back the parts stored until now.
+        ``keep_bytes``): the final object must then read back the parts stored until now.
         """
         self._send(s3, bucket, key, content_type, self._uploaded)
         self.lines = 0
-        kept = keep or self._size - len(self.header) <= self.keep_bytes
+        kept = self._size - len(self.header) <= self.keep_bytes
         if not kept:
             self._file.truncate(len(self.header))
             self._file.seek(0, io.SEEK_END)
