@@ -173,11 +173,35 @@ def test_given_a_lease_of_many_chunks_when_sent_then_a_handoff_record_narrows_it
     for seq, bound, doubt in seen:
         assert seq < bound, f"chunk {seq} went out under a bound of {bound}"
         assert doubt <= room, (seq, bound, doubt)
-    assert len(state.handoffs) >= -(-10 // room)  # several within one lease of eight chunks
+    # Several writes bound the hand-offs within one lease of eight chunks: records, and the
+    # checkpoints raising the lease, each standing for the record it spares
+    assert len(state.handoffs) + len(state.saved) >= -(-10 // room)
+    assert len(state.handoffs) >= 2
     # And the log says when the run leaves a record per chunk for the posting queue
     pipelined = "hand-off records: one per posting queue of chunks" in caplog.messages
     assert pipelined is (room > 2)
     assert state.handoff is None  # removed with the state when the file finished
+
+
+def test_given_a_lease_raised_for_a_chunk_then_its_checkpoint_bounds_the_hand_off() -> None:
+    # Given slow requests (a hand-off record before each hand-off) and a lease of two chunks
+    s3, state = FakeS3(), StoreState()
+    put_rows(s3, 6 * CHUNK)
+    at_send: list[tuple[int, int | None, int]] = []  # chunk, handed_below, records stored
+
+    def before_send(chunk: Chunk) -> None:
+        cp = state.checkpoint
+        assert cp is not None
+        at_send.append((seq_of(chunk), cp.handed_below, len(state.handoffs)))
+
+    # When the file is imported
+    config = settings(MAX_CONCURRENCY="2", CHECKPOINT_EVERY_CHUNKS="2")
+    run(s3, state, config, post_chunk=FakePost(answered_in(1.0), before_send=before_send))
+
+    # Then the chunks that raised the lease (2 and 4) went out under their checkpoint's bound
+    # on hand-offs (the two threads' worth), with no record written for them or the chunk
+    # after them; the run's first record is written all the same (its write time sets the pace)
+    assert sorted(at_send) == [(0, 2, 1), (1, 2, 1), (2, 4, 1), (3, 4, 1), (4, 6, 1), (5, 6, 1)]
 
 
 def test_given_an_answer_not_one_outcome_a_row_then_no_record_repeats_it() -> None:

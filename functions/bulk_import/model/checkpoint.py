@@ -143,12 +143,12 @@ class Checkpoint(BaseModel):
     """What a later invocation needs to resume a file without re-sending any chunk.
 
     Chunks are numbered in the deterministic order the chunker emits them. ``lease`` is the
-    number of chunks that may have been sent, ``handed_below`` the number handed to the posting
-    threads when it was written; every chunk below ``settled_below`` or in ``settled_extra`` has
-    its outcomes stored in ``parts``. A chunk under both that is not settled is in doubt after a
-    crash (Vital is asked about it), unless the ``Handoff`` record of this write says it was
-    answered or never handed over. Rejected and duplicate rows up to ``lines_done`` are in the
-    parts too.
+    number of chunks that may have been sent, ``handed_below`` the number that may go to the
+    posting threads before the next write; every chunk below ``settled_below`` or in
+    ``settled_extra`` has its outcomes stored in ``parts``. A chunk under both that is not
+    settled is in doubt after a crash (Vital is asked about it), unless the ``Handoff`` record
+    of this write says it was answered or never handed over. Rejected and duplicate rows up to
+    ``lines_done`` are in the parts too.
     """
 
     model_config = ConfigDict(defer_build=True)
@@ -162,8 +162,9 @@ class Checkpoint(BaseModel):
     started_at: str
     next_segment: int
     lease: int = 0
-    # No chunk from here on had gone to the posting threads (None: the lease bounds them). Until
-    # a hand-off record refines this write, a crash leaves in doubt only the chunks they had.
+    # No chunk from here on goes to the posting threads before the next write (None: the lease
+    # bounds them). Until a hand-off record refines this write, a crash leaves in doubt only the
+    # chunks they may have had.
     handed_below: int | None = None
     # The raises of the lease whose chunks are not all settled yet, in order.
     lease_marks: list[LeaseMark] = Field(default_factory=list)

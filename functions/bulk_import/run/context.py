@@ -87,8 +87,9 @@ class RunContext:
     def save_checkpoint(self, *, next_segment: int, lease: int, handed: int | None = None) -> None:
         """Store the outcomes spooled so far and the checkpoint that makes them count.
 
-        ``handed``: no chunk from this number on went to the posting threads (the lease when
-        not given: every chunk under it may have been sent)."""
+        ``handed``: no chunk from this number on goes to the posting threads before the next
+        write, checkpoint or hand-off record (the lease when not given: every chunk under it may
+        have been sent)."""
         created = self.ledger.save(
             self.store,
             source=self.source,

@@ -161,11 +161,12 @@ class Dispatcher:
         try:
             if seq >= ledger.lease:
                 # Make the lease durable before sending past it, so a crash cannot hide a send.
+                # The checkpoint also bounds the hand-offs, as the record it spares would.
+                below = self.handoffs.allowance(seq, len(self.in_flight))
                 ctx.save_checkpoint(
-                    next_segment=ctx.ref.segment,
-                    lease=seq + self._step(seq),
-                    handed=seq,
+                    next_segment=ctx.ref.segment, lease=seq + self._step(seq), handed=below
                 )
+                self.handoffs.covered(below)
             self.handoffs.before(seq, len(self.in_flight))
         except Exception:
             self.next_seq = seq  # not sent: a retry rebuilds this chunk and sends it

@@ -75,16 +75,28 @@ class Handoffs:
             return
         clock = self.ctx.wiring.clock
         now = clock()
-        if self.strict:
-            room = self.threads - in_flight
-        elif now - self.at < HANDOFF_SECONDS:
-            room = self.queue
-        else:
-            room = self.queue - in_flight
-        below = seq + max(1, room)
+        below = self.allowance(seq, in_flight)
         store.save_handoff(below, self._unsaved())
         self.write_seconds = _average(self.write_seconds, clock() - now)
         self.below, self.refines, self.at = below, store.write_id, now
+
+    def allowance(self, seq: int, in_flight: int) -> int:
+        """How far hand-offs may get from chunk ``seq`` on under one write: its ``below``."""
+        if self.strict:
+            room = self.threads - in_flight
+        elif self.ctx.wiring.clock() - self.at < HANDOFF_SECONDS:
+            room = self.queue
+        else:
+            room = self.queue - in_flight
+        return seq + max(1, room)
+
+    def covered(self, below: int) -> None:
+        """A checkpoint just stored says hand-offs may get to ``below`` (its ``handed_below``):
+        it does what a record would, so none is written before those chunks. Except for the
+        run's first record: its write time is half of what sets the pace (``_pace``)."""
+        if self.write_seconds is None:
+            return
+        self.below, self.refines, self.at = below, self.ctx.store.write_id, self.ctx.wiring.clock()
 
     def store_answers(self, handed: int) -> None:
         """Every answer taken in since the last checkpoint, in one record, before a file's

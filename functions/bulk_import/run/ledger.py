@@ -210,7 +210,8 @@ class Ledger:
     ) -> bool:
         """Store the spooled lines as parts, then the checkpoint that makes them count.
 
-        ``handed``: no chunk from this number on went to the posting threads.
+        ``handed``: no chunk from this number on goes to the posting threads before the next
+        write.
         True when this was the run's first checkpoint.
         """
         self._store_parts(store, source.bucket)
