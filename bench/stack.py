@@ -47,6 +47,13 @@ class BenchState(StandinState):
             self.known_users = {u for u in user_ids if u in self.bench_known}
             return super()._import(provider, user_ids, enqueue=enqueue)
 
+    def _user_providers(self, user_id: str) -> list[dict[str, Any]] | None:
+        """A lookup (a lost answer's settlement) knows every user of the file, as Vital would:
+        not only those of the last request."""
+        with self._lock:
+            self.known_users = {user_id} if user_id in self.bench_known else set()
+            return super()._user_providers(user_id)
+
 
 # The moto process: prints its endpoint, serves until its stdin closes (the parent stopped or died).
 _MOTO_CHILD = """
