@@ -7,7 +7,6 @@ arriving after a newer upload's, or a hand-off that was saved but may not have b
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -32,14 +31,7 @@ def skip(ctx: RunContext, reason: str) -> FileResult:
 def prepare(ctx: RunContext) -> FileResult | None:  # noqa: PLR0911 - a table of early exits
     """Resume, skip a duplicate, or re-send a lost hand-off; None to start fresh or resume."""
     ref, store = ctx.ref, ctx.store
-    # The manifest is read while the checkpoint is: one round trip fewer at the start of every
-    # invocation. Between the two reads an import of the key may finish (manifest written,
-    # then checkpoint deleted) and look like none; the run's first checkpoint then looks again
-    # before anything is sent (``RunContext._check_not_imported_meanwhile``).
-    with ThreadPoolExecutor(1, thread_name_prefix="read-manifest") as reader:
-        manifest_read = reader.submit(store.existing_manifest)
-        checkpoint = store.load()
-    manifest = manifest_read.result()
+    checkpoint = store.load()
     if checkpoint is not None and not same_object(ref, checkpoint.source):
         if ref.segment > 0 or older_than(ref, checkpoint.source):
             return skip(ctx, "a newer upload of this key replaced the file being imported")
@@ -54,7 +46,7 @@ def prepare(ctx: RunContext) -> FileResult | None:  # noqa: PLR0911 - a table of
         )
         leave_record(ctx, finish.superseded(checkpoint, newer))
         checkpoint = None
-        manifest = store.existing_manifest()  # the record left, or a newer import's
+    manifest = store.existing_manifest()
     finished = manifest is not None and same_object(ref, manifest.source)
     if checkpoint is None:
         if ref.segment > 0:
