@@ -633,7 +633,7 @@ def test_a_newer_upload_imported_while_a_run_waits_on_bulk_ops_keeps_its_results
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given version A of a key whose rows Vital enqueues (202s), so that A waits on bulk ops
-    # after its last answer and its final checkpoint
+    # after its last answer and the record of its answers
     monkeypatch.setenv("WAIT_FOR_COMPLETION", "false")
     old = [make_row(n) for n in range(30)]
     new = [make_row(n) for n in range(1000, 1020)]

@@ -39,21 +39,14 @@ def finalise(ctx: RunContext, dispatcher: Dispatcher) -> FileResult:
     """Write the file's results; raises ``Superseded`` if another import took the key over."""
     check_every_row_counted(ctx)
     ledger, store = ctx.ledger, ctx.store
-    if ledger.checkpoint is not None and dispatcher.posted_here and ctx.progress.read_to_end:
-        # Every answer of this run, stored before anything else can fail (the results' writes,
-        # waiting on bulk ops): a retry then replays them instead of asking Vital about the
-        # chunks answered since the last checkpoint. A hand-off record holds them in a few KB;
-        # a checkpoint would first store every outcome line since the one before as a part,
-        # and the results store them all again right after. Not after a run that stopped
-        # reading early: it cut its last chunks short, which a retry reading further (past a
-        # one-off error) would cut whole, under the same numbers.
-        dispatcher.handoffs.store_answers(dispatcher.next_seq)
+    if ledger.checkpoint is not None:
+        _check_still_mine(ctx)
+        if dispatcher.posted_here and ctx.progress.read_to_end:
+            _store_answers(ctx, dispatcher)
     waited = ledger.tally[Outcome.ENQUEUED] > 0  # on bulk ops, after 202s: seconds, maybe
     bulk_ops = _await_bulk_ops(ctx, dispatcher) if waited else []
-    # No other import of the key took it over meanwhile (a hand-off record's write does not
-    # tell: it is conditional on the record, not on the checkpoint).
-    if ledger.checkpoint is not None and not store.still_mine():
-        raise Superseded("another import of this key took over while this one finished")
+    if ledger.checkpoint is not None and waited:
+        _check_still_mine(ctx)
     check = None
     if ctx.settings.verify_after_import and ctx.stop.error is None and not ctx.dry_run:
         from bulk_import.run.verify import verify  # noqa: PLC0415 - only with the setting
@@ -72,6 +65,31 @@ def finalise(ctx: RunContext, dispatcher: Dispatcher) -> FileResult:
         store.finish(ledger.all_parts(), stored)
     stats = dispatcher.client.stats if dispatcher.client else None
     return FileResult(ctx.ref, manifest_key, manifest=manifest, call_stats=stats)
+
+
+def _check_still_mine(ctx: RunContext) -> None:
+    """Raise ``Superseded`` if another import of the key took it over (a newer upload's):
+    none of this run's results may be written then."""
+    cp = ctx.ledger.checkpoint
+    if cp is not None and not ctx.store.still_mine():
+        raise ctx.store.taken_over(cp)
+
+
+def _store_answers(ctx: RunContext, dispatcher: Dispatcher) -> None:
+    """Every answer of this run, stored before anything else can fail (the results' writes,
+    waiting on bulk ops): a retry then replays them instead of asking Vital about the chunks
+    answered since the last checkpoint.
+
+    A hand-off record holds them in a few KB, where a checkpoint would first store every
+    outcome line since the one before as a part, for ``outcomes.csv`` to store them all again
+    right after. A checkpoint it is when the run stopped sending (the retry must know of the
+    stop: only checkpoints carry it) or some answer fits no record. Not after a run that
+    stopped reading early (``finalise``): it cut its last chunks short, which a retry reading
+    further (past a one-off error) would cut whole, under the same numbers.
+    """
+    if ctx.stop.reason is None and dispatcher.handoffs.store_answers(dispatcher.next_seq):
+        return
+    ctx.save_checkpoint(next_segment=ctx.ref.segment, lease=dispatcher.lease_so_far())
 
 
 def _await_bulk_ops(ctx: RunContext, dispatcher: Dispatcher) -> list[BulkOp]:

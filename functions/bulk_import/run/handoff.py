@@ -2,8 +2,8 @@
 threads, and which were answered, since the last checkpoint write.
 
 A checkpoint is a large write (the outcome parts, the chunk table), made once per lease: every
-``CHECKPOINT_EVERY_CHUNKS`` chunks, or about 2 s worth when chunks go out faster. It names the
-chunks handed over when it was written; the hand-off record, a few bytes to tens of KB, is
+``CHECKPOINT_EVERY_CHUNKS`` chunks, or about 2 s worth when chunks go out faster. It says how
+far hand-offs may get before the next write; the hand-off record, a few bytes to tens of KB, is
 stored before more chunks go to the posting threads. A resume asks Vital only about chunks the
 threads may have had and whose answer is not stored (``Ledger.restore``).
 
@@ -61,6 +61,9 @@ class Handoffs:
         self.refines = ""  # the checkpoint write the stored record refines
         self.at = ctx.wiring.clock() - HANDOFF_SECONDS
         self.done: dict[int, DoneChunk] = {}
+        # Chunks answered that no record can hold (held back, or not one outcome a row): only a
+        # checkpoint stores their outcomes.
+        self.unrecorded: set[int] = set()
         self.pruned_for: Checkpoint | None = None  # the checkpoint ``done`` was last pruned for
 
     def capacity(self) -> int:
@@ -98,21 +101,25 @@ class Handoffs:
             return
         self.below, self.refines, self.at = below, self.ctx.store.write_id, self.ctx.wiring.clock()
 
-    def store_answers(self, handed: int) -> None:
+    def store_answers(self, handed: int) -> bool:
         """Every answer taken in since the last checkpoint, in one record, before a file's
         results are written (``handed``: no chunk from this number on went out). A retry
-        after the results failed replays them instead of asking Vital about those chunks."""
+        after the results failed replays them instead of asking Vital about those chunks.
+        False, with nothing written, when some answers fit no record: a checkpoint must."""
         done = self._unsaved()
-        if not done:
-            return  # the checkpoint holds them all
-        store = self.ctx.store
-        store.save_handoff(handed, done)
-        self.below, self.refines, self.at = handed, store.write_id, self.ctx.wiring.clock()
+        if self.unrecorded:
+            return False
+        if done:  # else the checkpoint holds them all
+            store = self.ctx.store
+            store.save_handoff(handed, done)
+            self.below, self.refines, self.at = handed, store.write_id, self.ctx.wiring.clock()
+        return True
 
     def answered(self, seq: int, report: ChunkReport) -> None:
         """Note a chunk's requests (Vital's pace) and its rows' outcomes, for the next record."""
         self._pace(report)
         if report.held is not None:
+            self.unrecorded.add(seq)
             return
         chunk = report.chunk
         others: list[DoneRows] = []
@@ -121,7 +128,8 @@ class Handoffs:
         else:
             decided = report.decided
             if sorted(o.line for o in decided) != [row.line for row in chunk.rows]:
-                return  # not one outcome a row: left for the lookups
+                self.unrecorded.add(seq)  # not one outcome a row: left for the lookups
+                return
             groups: dict[tuple[Outcome, str], list[int]] = {}
             for o in decided:
                 groups.setdefault((o.outcome, o.detail), []).append(o.line)
@@ -174,6 +182,9 @@ class Handoffs:
                 seq: done
                 for seq, done in self.done.items()
                 if seq >= cp.settled_below and seq not in settled
+            }
+            self.unrecorded = {
+                seq for seq in self.unrecorded if seq >= cp.settled_below and seq not in settled
             }
             self.pruned_for = cp
         return list(self.done.values())

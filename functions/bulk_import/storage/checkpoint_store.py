@@ -165,27 +165,26 @@ class CheckpointStore:
                 # in flight at S3). Not a takeover; the invocation fails and Lambda's retry
                 # resumes from whichever is stored (nothing was sent past either's lease).
                 raise
-            newer = stored[0].source if stored is not None else None
-            if newer is not None and same_upload(checkpoint.source, newer):
-                newer = None  # this upload's other delivery: nothing supersedes it
-            raise Superseded(
-                self._taken_by(stored[0] if stored else None, checkpoint), newer
-            ) from None
+            raise self.taken_over(checkpoint) from None
         self._etag = response["ETag"]
         self.write_id = write
 
-    def _taken_by(self, stored: Checkpoint | None, mine: Checkpoint) -> str:
-        """Why a conditional write lost: whose checkpoint S3 holds instead of this run's."""
+    def taken_over(self, mine: Checkpoint) -> Superseded:
+        """Why the checkpoint S3 holds is not ``mine`` (a conditional write of it failed, or
+        ``still_mine`` said so), naming the newer upload that took the key over, if any."""
+        fetched = self._stored()
+        stored = fetched[0] if fetched is not None else None
         if stored is not None and same_upload(mine.source, stored.source):
             # The same event delivered twice at once (no idempotency table): the other run
             # goes on importing this version.
-            return "another invocation is importing this version"
+            return Superseded("another invocation is importing this version")
         if stored is not None:
-            return "another import of this key took over (a newer upload replaced the file)"
+            why = "another import of this key took over (a newer upload replaced the file)"
+            return Superseded(why, stored.source)
         manifest = self.existing_manifest()
         if manifest is not None and same_upload(mine.source, manifest.source):
-            return "another delivery of this event imported the object meanwhile"
-        return "another import of this key took over"
+            return Superseded("another delivery of this event imported the object meanwhile")
+        return Superseded("another import of this key took over")
 
     def named_parts(self) -> set[str]:
         """The parts the stored checkpoint names, whoever wrote it (for a run that lost it)."""
