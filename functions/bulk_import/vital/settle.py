@@ -22,10 +22,9 @@ connection, a gateway's 502/504). Each of its users is looked up
 - no user of the chunk listed: if no bulk op of the provider and the chunk's size started
   since the chunk was sent and is in progress or failed, the chunk never reached Vital, and it
   is sent now, through the run's gate (once, for a lost answer: a second loss leaves the rows
-  in doubt). If there is
-  such an op, it may be this chunk's or another's (bulk ops carry no id: another file, or
-  another chunk of this one, looks the same), so the rows stay ``errored`` with a reason
-  rather than be sent twice or counted as enqueued on a guess.
+  in doubt). If there is such an op, it may be this chunk's or another's (bulk ops carry no
+  id: another file, or another chunk of this one, looks the same), so the rows stay
+  ``errored`` with a reason rather than be sent twice or counted as enqueued on a guess.
 
 When Vital cannot be asked (a rejected key, an outage past the retries), the undecided rows
 stay ``errored``, saying what to check before they are uploaded again.
