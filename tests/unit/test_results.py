@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bulk_import.ingest import Format, read_records
@@ -285,6 +285,10 @@ _near_plain = st.uuids().map(str) | st.text(alphabet="ab1_.:/ -\n\r,=+@\t\"'", m
         max_size=20,
     )
 )
+# Plain ids, but one starting with a character a plain value has only after its first.
+@example([(1, "a", "oura", Outcome.IMPORTED, ""), (2, "-1", "oura", Outcome.IMPORTED, "")])
+@example([(1, " a", "oura", Outcome.IMPORTED, "")])
+@example([(1, "a", "", Outcome.IMPORTED, ""), (2, "b\n:c", "", Outcome.IMPORTED, "")])
 def test_fast_outcome_lines_parse_like_the_csv_module(rows: list[tuple]) -> None:
     outcomes = [RowOutcome(*row) for row in rows]
     spool = OutcomeSpool()

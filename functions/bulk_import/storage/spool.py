@@ -13,6 +13,7 @@ import json
 import operator
 import os
 import re
+import string
 import tempfile
 from collections.abc import Iterator, Sequence
 from typing import IO, TYPE_CHECKING
@@ -168,11 +169,11 @@ _LINE = "%d,%s,%s,%s,%s\n"  # line, user_id, provider, outcome (a StrEnum: its v
 _HEAD = "%d,%s"  # line, user_id
 _USER_ID = operator.attrgetter("user_id")  # of a RowOutcome or a PendingRow
 _PROVIDER_AND_DETAIL = operator.attrgetter("provider", "detail")
-# Plain values, one per line: newlines cannot occur inside a plain value, so the count of
-# newlines tells that no value hid one.
-_PLAIN_LINES = re.compile(
-    r"(?:[0-9A-Za-z_][0-9A-Za-z_.:/ -]*)?(?:\n(?:[0-9A-Za-z_][0-9A-Za-z_.:/ -]*)?)*"
-)
+# ``_PLAIN`` for many values on lines of their own (newlines cannot occur inside a plain value,
+# so the count of newlines tells that no value hid one): only these bytes, and no value starting
+# with one of the characters a plain value has only after its first.
+_PLAIN_BYTES = (string.digits + string.ascii_letters + "_.:/ -\n").encode()
+_INNER_FIRST = re.compile(r"\n[.:/ -]")
 
 
 def _all_plain(outcomes: Sequence[RowOutcome]) -> bool:
@@ -186,9 +187,13 @@ def _all_plain(outcomes: Sequence[RowOutcome]) -> bool:
 
 
 def _plain_ids(rows: Sequence[RowOutcome] | Sequence[PendingRow]) -> bool:
-    """True when no row's user id needs quoting: one regex over all of them, in C."""
+    """True when no row's user id needs quoting (each is ``_PLAIN``): a few scans of all of
+    them at once, in C. Every chunk's ids pass through here: a regex over them costs ~2 % of
+    a run's instructions."""
     ids = "\n".join(map(_USER_ID, rows))
-    return ids.count("\n") == len(rows) - 1 and _PLAIN_LINES.fullmatch(ids) is not None
+    if ids.count("\n") != len(rows) - 1 or not ids.isascii():
+        return False
+    return not ids.encode().translate(None, _PLAIN_BYTES) and not _INNER_FIRST.search("\n" + ids)
 
 
 def _plain_row(o: RowOutcome) -> bool:

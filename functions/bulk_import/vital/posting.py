@@ -209,11 +209,14 @@ class _Poster:
         if result.body is None:
             self.report.add(chunk, Outcome.ENQUEUED, ENQUEUED_DETAIL)
             return
-        imported = set(map(str.lower, result.body.user_ids_imported))
-        failed = set(map(str.lower, result.body.user_ids_failed))
-        if not failed and imported.issuperset(map(USER_ID_OF, chunk.rows)):
+        body = result.body
+        imported = set(body.user_ids_imported)
+        if not body.user_ids_failed and imported.issuperset(map(USER_ID_OF, chunk.rows)):
             self.report.add(chunk, Outcome.IMPORTED, IMPORTED_DETAIL)  # the usual answer
             return
+        # Row ids are lower case (validated); Vital's may not be.
+        imported = set(map(str.lower, imported))
+        failed = set(map(str.lower, body.user_ids_failed))
         for row in chunk.rows:
             if row.user_id in imported:
                 outcome, detail = Outcome.IMPORTED, IMPORTED_DETAIL
