@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "vital-import-bench"
 SECRET_NAME = "vital/bulk-import/bench-api-key"  # noqa: S105 - a secret's name, not its value
+# The contenders' AWS config: S3 uploads unsigned, as over https (see the file).
+AWS_CONFIG = Path(__file__).with_name("aws-config")
 INCOMING = "incoming/bench/"
 
 
@@ -185,6 +187,7 @@ class BenchStack:
         """What every contender's process gets on top of a clean environment."""
         return {
             **self.moto.env,
+            "AWS_CONFIG_FILE": str(AWS_CONFIG),
             "VITAL_API_BASE_URL": self.vital.url,
             "VITAL_API_KEY_SECRET": SECRET_NAME,
             "BENCH_BUCKET": BUCKET,
