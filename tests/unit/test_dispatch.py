@@ -356,14 +356,15 @@ def test_given_too_little_time_from_the_start_then_the_probe_goes_and_reading_st
     result = run(s3, state, config, post_chunk=post, remaining_seconds=lambda: 1.0)
 
     # Then the invocation still sends its first chunk (so it moves the file on), and the next
-    # chunk is not handed to a posting thread: reading stops on the row that closed it
+    # chunk is not handed to a posting thread: reading stops in the block that closed it, whose
+    # rows are all past the checkpoint's line (no outcome of theirs is written twice)
     assert post.sent_lines == lines(1, 10)
     assert post.held == []
     assert result.continuation == REF.model_copy(update={"segment": 1})
     cp = state.checkpoint
     assert cp is not None
     assert (cp.next_segment, cp.lease, cp.settled_below) == (1, 1, 1)
-    assert cp.lines_done == 19  # line 20 closed chunk 1: it is left to the next invocation
+    assert cp.lines_done == 40  # the file is one block: chunks 1-3 are left to the next one
 
     # When the next invocation has time enough
     post_next = FakePost()
@@ -373,6 +374,31 @@ def test_given_too_little_time_from_the_start_then_the_probe_goes_and_reading_st
     assert post_next.sent_lines == lines(11, 40)
     assert final.manifest is not None
     assert final.manifest.counts == Counts(rows=40, imported=40)
+
+
+def test_given_a_deadline_as_a_block_closes_chunks_then_its_duplicates_get_one_outcome_each() -> (
+    None
+):
+    # Given one block of 40 rows in which lines 25 and 35 repeat the users of lines 3 and 31,
+    # and an invocation with less time left than the margin all along
+    s3, state = FakeS3(), StoreState()
+    rows = [make_row(n) for n in range(40)]
+    rows[24], rows[34] = make_row(2), make_row(30)
+    s3.put(KEY, encode_rows(rows, "jsonl"))
+    config = settings(MAX_CONCURRENCY="1")
+
+    # When it sends the first chunk and stops at the second, reported duplicates and all,
+    # and the next invocation reads the block again
+    first = run(s3, state, config, post_chunk=FakePost(), remaining_seconds=lambda: 1.0)
+    assert first.continuation is not None
+    final = run(s3, state, config, ref=first.continuation, post_chunk=FakePost())
+
+    # Then each line has one outcome: the duplicates the first invocation's, written once
+    assert final.manifest is not None
+    assert final.manifest.counts == Counts(rows=40, imported=38, duplicates=2)
+    by_line = outcomes(s3)  # fails on a line with two outcomes
+    assert sorted(by_line) == lines(1, 40)
+    assert {n for n, o in by_line.items() if o["outcome"] == "duplicate"} == {25, 35}
 
 
 # --- resuming: settled and in-doubt chunks --------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from itertools import repeat
@@ -39,7 +39,6 @@ USER_ID_OF = itemgetter(1)
 _PAYLOAD_OF = itemgetter(2)
 # A NamedTuple's own constructor is Python code; tuple.__new__ builds the same tuple in C.
 _new_tuple = tuple.__new__
-_NONE: tuple[Chunk, ...] = ()  # what Chunker.add closes for most rows
 
 
 @cache
@@ -128,11 +127,7 @@ class Chunk:
 
 
 class Chunker:
-    """Buffers rows per provider; ``add`` returns the chunks a row closed.
-
-    ``add`` runs once per row: its usual path (the row fits the open chunk, which stays open) is
-    one dict lookup, two comparisons and an append, and returns a shared empty tuple.
-    """
+    """Buffers rows per provider; ``add`` and ``add_all`` return the chunks rows closed."""
 
     def __init__(
         self, max_rows: int, max_bytes: int, providers: frozenset[str] = PROVIDERS
@@ -153,29 +148,36 @@ class Chunker:
     def fits_alone(self, provider: str, payload: bytes) -> bool:
         return len(payload) <= self._room_for(provider)
 
-    def add(self, provider: str, row: PendingRow) -> tuple[Chunk, ...]:
+    def add(self, provider: str, row: PendingRow) -> list[Chunk]:
         """Add a row; returns the chunks it closed (none, or one, or two when max_rows is 1).
 
         A row that does not fit alone (see ``fits_alone``) still goes in, as a chunk of one.
         """
-        size = len(row.payload)
-        current = self._open.get(provider)
-        closed: tuple[Chunk, ...] = _NONE
-        if current is not None:
-            rows = current.rows
-            # With the row, the body holds every payload plus one comma per row already there.
-            if current.payload_bytes + len(rows) + size <= self._room[provider]:
-                rows.append(row)
-                current.payload_bytes += size
-                if len(rows) < self._max_rows:
-                    return _NONE
-                del self._open[provider]
-                return (current,)
-            closed = (self._open.pop(provider),)
-        self._room_for(provider)  # known from here on, for the usual path above
-        self._open[provider] = Chunk(provider, [row], size)
-        if self._max_rows == 1:
-            return (*closed, self._open.pop(provider))
+        return self.add_all((provider,), (row,))
+
+    def add_all(self, providers: Sequence[str], rows: Sequence[PendingRow]) -> list[Chunk]:
+        """``add`` for many rows, in order, in one call: the chunks they closed, in the order
+        they closed. The hot path adds a block's rows at once; a row's usual path (it fits the
+        open chunk, which stays open) is a dict lookup, two comparisons and an append."""
+        closed: list[Chunk] = []
+        open_chunks, room, max_rows = self._open, self._room, self._max_rows
+        for provider, row in zip(providers, rows, strict=True):
+            size = len(row.payload)
+            current = open_chunks.get(provider)
+            if current is not None:
+                chunk_rows = current.rows
+                # With the row, the body holds every payload plus one comma per row already there.
+                if current.payload_bytes + len(chunk_rows) + size <= room[provider]:
+                    chunk_rows.append(row)
+                    current.payload_bytes += size
+                    if len(chunk_rows) >= max_rows:
+                        closed.append(open_chunks.pop(provider))
+                    continue
+                closed.append(open_chunks.pop(provider))
+            self._room_for(provider)  # known from here on, for the usual path above
+            open_chunks[provider] = Chunk(provider, [row], size)
+            if max_rows == 1:
+                closed.append(open_chunks.pop(provider))
         return closed
 
     def pending_rows(self) -> int:

@@ -1,8 +1,10 @@
 """Reading the file: every row validated, deduplicated and chunked, or rejected with a reason.
 
-Reading, validation and outcome writing happen on the calling thread. ``progress.line`` moves
-after each row, so a deadline raised while a row is dispatched leaves that row to the next
-invocation.
+Reading, validation and outcome writing happen on the calling thread. ``progress.line`` (a
+checkpoint's ``lines_done``) passes a row once any outcome of its own (rejected, duplicate) is
+written, and before the chunks it closes are sent: a deadline raised while one is sent leaves the
+rows after it to a later invocation, which chunks them again but writes none of their outcomes
+twice.
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ from bulk_import.errors import MalformedFile, Superseded
 from bulk_import.model import (
     OAUTH1_EXPIRES_AT,
     OAUTH1_PROVIDERS,
-    Outcome,
     ResumePoint,
-    RowOutcome,
+    WellFormedRow,
 )
 from bulk_import.observability import logger
-from bulk_import.redaction import redact_text
 from bulk_import.run.dispatch import DeadlineReached
 from bulk_import.run.resume_points import ResumePoints
+from bulk_import.run.rows import Rows
 from bulk_import.run.stop import too_many_rejected
 
 if TYPE_CHECKING:
@@ -38,8 +39,6 @@ NO_ROWS = (
 )
 # Why a resume stops when an unversioned key holds other bytes than its checkpoint's.
 REPLACED = "the key holds other bytes than the upload this import started from"
-# PendingRow(...) runs a Python-level __new__; tuple.__new__ builds the same named tuple in C.
-_pending = tuple.__new__
 
 
 class Opened(NamedTuple):
@@ -48,23 +47,17 @@ class Opened(NamedTuple):
 
 
 class Intake:
-    """Takes a file's rows to the dispatcher; rejects and duplicates straight to the ledger."""
+    """Reads a file's rows and validates them; ``Rows`` takes each where it goes."""
 
     def __init__(self, ctx: RunContext, dispatcher: Dispatcher) -> None:
         self.ctx = ctx
         self.dispatcher = dispatcher
-        self.seen = ingest.Dedupe()
+        self.rows = Rows(ctx, dispatcher)
         self.providers = providers = ctx.settings.providers
-        self.chunker = ingest.Chunker(
-            ctx.settings.chunk_size, ctx.settings.max_body_bytes, providers
-        )
         self.last_progress = ctx.wiring.clock()
         # The file's, once its default provider is known.
         self.context = ingest.context_for(None, providers)
-        # Rows rejected from the file's start, those of a resumed run's earlier invocations too
-        # (its tally counts Vital's rejections as well): the rejection threshold's count.
-        self.rejected = 0
-        self.points = ResumePoints(ctx, dispatcher, self.chunker, self.seen)
+        self.points = ResumePoints(ctx, dispatcher, self.rows.chunker, self.rows.seen)
         # HEAD and GET the object on a posting thread while this one reads the checkpoint: a
         # failure is raised where the stream is taken; a run that turns out not to need the
         # object closes it unread.
@@ -115,7 +108,7 @@ class Intake:
             point = None
         start = None if point is None else self.points.resume(point)
         if start is not None and point is not None:
-            self.rejected = point.rejected
+            self.rows.rejected = point.rejected
             stream.close()  # opened again at the point: the same version (or ETag)
             stream = ingest.open_stream(
                 ctx.wiring.s3, described, compression, ctx.settings.max_decompressed_bytes, start
@@ -147,7 +140,7 @@ class Intake:
             # too): nothing to migrate is an export gone wrong, not a file that succeeded.
             raise MalformedFile(NO_ROWS)
         self._check_rejected()  # a whole file of them, read in fewer blocks than the threshold
-        self.dispatcher.send(self.chunker.flush())
+        self.dispatcher.send(self.rows.chunker.flush())
         ctx.progress.read_to_end = True
 
     def _take_records(
@@ -175,7 +168,7 @@ class Intake:
                 self._between_rows()
             if cuts and record.line >= points.next_cut:
                 points.cut(
-                    stream, record.line, place.offset, self.rejected,
+                    stream, record.line, place.offset, self.rows.rejected,
                     line=record.line, header=place.names, clean=place.clean,
                 )  # fmt: skip
             progress.rows_read += 1
@@ -188,7 +181,7 @@ class Intake:
         if ctx.progress.line > ctx.ledger.lines_done and not self.dispatcher.time_left():
             raise DeadlineReached
         # From the checkpoint on: the invocations before judged the rows before it.
-        if self.rejected and ctx.progress.line >= ctx.ledger.lines_done:
+        if self.rows.rejected and ctx.progress.line >= ctx.ledger.lines_done:
             self._check_rejected()
         if ctx.wiring.clock() - self.last_progress > PROGRESS_EVERY_SECONDS:
             self.log_progress()
@@ -204,7 +197,10 @@ class Intake:
         settings = self.ctx.settings
         rows = self.ctx.progress.rows_read
         error = too_many_rejected(
-            self.rejected, rows, settings.rejected_stop_after_rows, settings.rejected_stop_percent
+            self.rows.rejected,
+            rows,
+            settings.rejected_stop_after_rows,
+            settings.rejected_stop_percent,
         )
         if error is not None:
             logger.error("too many rows rejected; file stopped", extra={"rows_read": rows})
@@ -237,18 +233,19 @@ class Intake:
                 if cut > start:
                     self._take_block(start, lines[: cut - start], default_provider)
                     lines, start = lines[cut - start :], cut
-                points.cut(stream, first, offset, self.rejected)
+                points.cut(stream, first, offset, self.rows.rejected)
             if lines:
                 self._take_block(start, lines, default_provider)
 
     def _take_block(
         self, first: int, lines: list[bytes | None], default_provider: str | None
     ) -> None:
-        """The hot loop: well-formed rows straight to ``_accept``.
+        """The hot loop: well-formed rows go to ``Rows.accept_all`` together, in line order.
 
         Everything else (blank and over-long lines, lenient spellings, errors) goes through
-        ``_take`` like the other formats' rows; so does an OAuth 1.0 row whose ``expires_at`` is
-        not the constant (WellFormedRow cannot compare two fields): the full model rejects it.
+        ``_take`` like the other formats' rows, once the well-formed rows before it are
+        accepted; so does an OAuth 1.0 row whose ``expires_at`` is not the constant
+        (WellFormedRow cannot compare two fields): the full model rejects it.
         """
         progress = self.ctx.progress
         blank = lines.count(b"")
@@ -256,94 +253,60 @@ class Intake:
             progress.line = first + blank - 1
             return
         limit = self.ctx.settings.max_row_bytes
-        accept = self._accept
-        serialise = self.ctx.wiring.serialise
         # A default spelled otherwise ("Oura") is normalised, or refused, by the full model.
         providers = self.providers
         default = default_provider if default_provider in providers else None
         oauth1, oauth1_expires_at = OAUTH1_PROVIDERS, OAUTH1_EXPIRES_AT
         progress.rows_read += len(lines) - blank
         rows = ingest.validate_well_formed(lines, providers)
+        # The well-formed rows not accepted yet: their lines, providers and rows.
+        taken: list[int] = []
+        taken_providers: list[str] = []
+        taken_rows: list[WellFormedRow] = []
         for line, raw, row in zip(itertools.count(first), lines, rows, strict=False):
             if (
                 row is not None
                 and (provider := row.pop("provider", None) or default)
                 and (provider not in oauth1 or row["expires_at"] == oauth1_expires_at)
             ):
-                accept(line, provider, row["user_id"], serialise(row))
-            elif raw:
-                self._take(ingest.Record(line, None, None, raw), default_provider)
-            elif raw is None:
-                self._take(ingest.Record(line, None, ingest.too_long(limit)), default_provider)
-            progress.line = line
+                taken.append(line)
+                taken_providers.append(provider)
+                taken_rows.append(row)
+            elif raw is None or raw:
+                if taken:
+                    self.rows.accept_all(taken, taken_providers, taken_rows)
+                    taken, taken_providers, taken_rows = [], [], []
+                progress.line = line - 1  # this row is the first not taken yet
+                if raw is None:
+                    record = ingest.Record(line, None, ingest.too_long(limit))
+                else:
+                    record = ingest.Record(line, None, None, raw)
+                self._take(record, default_provider)
+        if taken:
+            self.rows.accept_all(taken, taken_providers, taken_rows)
+        progress.line = first + len(lines) - 1
 
     def _take(self, record: ingest.Record, default_provider: str | None) -> None:
         if record.raw is not None:  # a JSONL line that is not well formed (see _take_jsonl)
             lenient = ingest.validate_json_row(record.raw, self.context)
             if lenient is not None:
                 payload = ingest.serialise(lenient)
-                self._accept(record.line, lenient.provider, lenient.user_id, payload)
+                self.rows.accept(record.line, lenient.provider, lenient.user_id, payload)
                 return
             record = ingest.parse_json_line(record.line, record.raw)  # for the exact reason
         if record.data is None:
-            self._reject(record.line, None, default_provider, record.error or "unreadable row")
+            self.rows.reject(record.line, None, default_provider, record.error or "unreadable row")
             return
         row = ingest.validate_row(record.data, default_provider, self.providers)
         if isinstance(row, str):
-            self._reject(record.line, record.data, default_provider, row)
+            self.rows.reject(record.line, record.data, default_provider, row)
             return
-        self._accept(record.line, row.provider, row.user_id, ingest.serialise(row))
-
-    def _reject(
-        self, line: int, data: dict[str, object] | None, default: str | None, reason: str
-    ) -> None:
-        self.rejected += 1
-        ledger = self.ctx.ledger
-        if line <= ledger.lines_done:
-            return  # stored before the checkpoint this run resumed from
-        provider = ingest.display_provider(data, default, self.providers)
-        user_id = ingest.display_user_id(data)
-        ledger.write([RowOutcome(line, user_id, provider, Outcome.REJECTED, redact_text(reason))])
-
-    def _accept(self, line: int, provider: str, user_id: str, payload: bytes) -> None:
-        """A valid row, its recipe serialised (``payload``): a duplicate, or on to a chunk."""
-        chunker = self.chunker
-        if len(payload) > chunker.fits_any and not chunker.fits_alone(provider, payload):
-            self._too_large(line, provider, user_id)
-            return
-        first = self.seen.claim(provider, user_id, line)
-        if first is not None:
-            self._duplicate(line, provider, user_id, first)
-            return
-        closed = chunker.add(provider, _pending(ingest.PendingRow, (line, user_id, payload)))
-        if closed:
-            self.dispatcher.send(closed)
-
-    def _duplicate(self, line: int, provider: str, user_id: str, first: int) -> None:
-        ledger = self.ctx.ledger
-        if line > ledger.lines_done:
-            detail = f"duplicate of line {first} (same provider and user_id); not sent"
-            ledger.write([RowOutcome(line, user_id, provider, Outcome.DUPLICATE, detail)])
-
-    def _too_large(self, line: int, provider: str, user_id: str) -> None:
-        """A row no request can hold: a duplicate if its user came before, else rejected (and
-        not claimed: a corrected copy of the row further down is not its duplicate)."""
-        first = self.seen.first_line(provider, user_id)
-        if first is not None:
-            self._duplicate(line, provider, user_id, first)
-            return
-        self._reject(
-            line,
-            {"user_id": user_id},  # validated: shown, as for any rejected row with a valid id
-            provider,
-            "row is larger than one request may be "
-            f"(MAX_BODY_BYTES={self.ctx.settings.max_body_bytes})",
-        )
+        self.rows.accept(record.line, row.provider, row.user_id, ingest.serialise(row))
 
     def report_unsent(self) -> None:
         """Once the run has stopped: the chunks it was about to send, then those still being
         filled, each row with its outcome ("not sent")."""
-        self.dispatcher.send(self.chunker.flush())
+        self.dispatcher.send(self.rows.chunker.flush())
 
     def log_progress(self) -> None:
         ctx = self.ctx
