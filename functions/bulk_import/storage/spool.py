@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING
 
 from boto3.s3.transfer import TransferConfig
 
-from bulk_import.ingest.chunking import LINE_OF, USER_ID_OF, PendingRow
+from bulk_import.ingest.chunking import PendingRow
 from bulk_import.model import Outcome, RowOutcome
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ class OutcomeSpool(Spool):
             self.write([RowOutcome(r.line, r.user_id, provider, outcome, detail) for r in rows])
             return
         tail = f",{provider},{outcome.value},{detail}\n"
-        heads = map(_HEAD.__mod__, zip(map(LINE_OF, rows), map(USER_ID_OF, rows), strict=True))
+        heads = [f"{line},{user_id}" for line, user_id, _ in rows]
         self.write_bytes((tail.join(heads) + tail).encode(), len(rows))
 
     def write(self, outcomes: Sequence[RowOutcome]) -> None:
@@ -166,7 +166,6 @@ class OutcomeSpool(Spool):
 
 
 _LINE = "%d,%s,%s,%s,%s\n"  # line, user_id, provider, outcome (a StrEnum: its value), detail
-_HEAD = "%d,%s"  # line, user_id
 _USER_ID = operator.attrgetter("user_id")  # of a RowOutcome or a PendingRow
 _PROVIDER_AND_DETAIL = operator.attrgetter("provider", "detail")
 # ``_PLAIN`` for many values on lines of their own (newlines cannot occur inside a plain value,
