@@ -180,6 +180,7 @@ class FakeStore:
         self.state.runs.append(run)
         self.write_id = ""
         self.writes = 0
+        self.writing = threading.Lock()  # a record may be written on a thread of its own
 
     def load(self) -> Checkpoint | None:
         if self.state.checkpoint is not None:
@@ -187,18 +188,23 @@ class FakeStore:
         return self.state.checkpoint
 
     def save(self, checkpoint: Checkpoint) -> None:
-        self.writes += 1
-        self.write_id = f"{self.run}:{self.writes}"
-        checkpoint = checkpoint.model_copy(update={"write": self.write_id})
-        self.state.saved.append(checkpoint)
-        self.state.checkpoint = checkpoint
+        with self.writing:
+            self.writes += 1
+            self.write_id = f"{self.run}:{self.writes}"
+            checkpoint = checkpoint.model_copy(update={"write": self.write_id})
+            self.state.saved.append(checkpoint)
+            self.state.checkpoint = checkpoint
 
     def load_handoff(self) -> Handoff | None:
         return self.state.handoff
 
-    def save_handoff(self, below: int, done: list[DoneChunk]) -> None:
-        self.state.handoff = Handoff(refines=self.write_id, below=below, done=done)
-        self.state.handoffs.append(self.state.handoff)
+    def save_handoff(self, below: int, done: list[DoneChunk], refines: str | None = None) -> bool:
+        with self.writing:
+            if refines is not None and refines != self.write_id:
+                return False
+            self.state.handoff = Handoff(refines=self.write_id, below=below, done=done)
+            self.state.handoffs.append(self.state.handoff)
+            return True
 
     def existing_manifest(self) -> Manifest | None:
         return self.state.manifest

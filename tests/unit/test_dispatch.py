@@ -17,7 +17,7 @@ from botocore.exceptions import ResponseStreamingError
 from bulk_import.config import Settings
 from bulk_import.errors import TransientError, VitalAuthError
 from bulk_import.ingest import Chunk
-from bulk_import.model import Checkpoint, Counts, ObjectRef, Outcome, SourceRef
+from bulk_import.model import Checkpoint, Counts, DoneChunk, ObjectRef, Outcome, SourceRef
 from bulk_import.run import replay
 from bulk_import.run.context import FileResult
 from bulk_import.vital import ChunkReport, Hold, post_chunk
@@ -177,6 +177,84 @@ def test_given_a_lease_of_many_chunks_when_sent_then_a_handoff_record_narrows_it
     pipelined = "hand-off records: one per posting queue of chunks" in caplog.messages
     assert pipelined is (room > 2)
     assert state.handoff is None  # removed with the state when the file finished
+
+
+def _stored_bound(state: StoreState) -> int:
+    """How far hand-offs may have got by what S3 holds at one moment (the reading thread and
+    the record's writer may store more meanwhile)."""
+    for _ in range(100):
+        cp, handoff = state.checkpoint, state.handoff
+        if state.checkpoint is cp and state.handoff is handoff:
+            break
+    assert cp is not None
+    bound = cp.lease if cp.handed_below is None else min(cp.lease, cp.handed_below)
+    if handoff is not None and handoff.refines == cp.write:
+        bound = min(cp.lease, handoff.below)
+    return bound
+
+
+class _RecordsWrittenAhead(FakeStore):
+    """A store whose hand-off records written off the reading thread are stored only once
+    ``go`` is set (waiting at most 1 s), or a checkpoint saved meanwhile."""
+
+    def __init__(self, *args: Any, go: threading.Event, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.go = go
+        self.waiting = False
+        self.ahead: list[bool] = []  # each record written ahead: stored, or overtaken
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        super().save(checkpoint)
+        if self.waiting:
+            self.go.set()
+
+    def save_handoff(self, below: int, done: list[DoneChunk], refines: str | None = None) -> bool:
+        if threading.current_thread() is threading.main_thread():
+            return super().save_handoff(below, done, refines)
+        self.waiting = True
+        self.go.wait(1)
+        self.go.clear()
+        self.waiting = False
+        stored = super().save_handoff(below, done, refines)
+        self.ahead.append(stored)
+        return stored
+
+
+@pytest.mark.parametrize("checkpoint_every", [100, 3], ids=["one-lease", "lease-every-3"])
+def test_given_fast_answers_then_records_are_written_ahead_while_chunks_go_out(
+    checkpoint_every: int,
+) -> None:
+    # Given 20 chunks answered at once on two posting threads (records let a posting queue's
+    # worth through), a store whose records written off the reading thread are stored once a
+    # chunk went out meanwhile (one lease) or a checkpoint was saved meanwhile (a lease raised
+    # every 3 chunks: checkpoints overtake records being written)
+    s3, state = FakeS3(), StoreState()
+    put_rows(s3, 20 * CHUNK)
+    go = threading.Event()
+    stores_made: list[_RecordsWrittenAhead] = []
+
+    def new_store(*args: Any) -> FakeStore:
+        stores_made.append(_RecordsWrittenAhead(*args, state=state, go=go))
+        return stores_made[-1]
+
+    def before_send(chunk: Chunk) -> None:
+        assert seq_of(chunk) < _stored_bound(state), f"chunk {seq_of(chunk)} went out unbound"
+        if checkpoint_every == 100:
+            go.set()
+
+    # When the file is imported
+    config = settings(MAX_CONCURRENCY="2", CHECKPOINT_EVERY_CHUNKS=str(checkpoint_every))
+    post = FakePost(answered_in(0.0), before_send=before_send)
+    result = run(s3, state, config, post_chunk=post, new_store=new_store)
+
+    # Then records were written on a thread of their own while chunks went out, each chunk
+    # under a stored bound that covers it; a record a checkpoint overtook was not stored
+    [store] = stores_made
+    assert store.ahead
+    assert all(store.ahead) is (checkpoint_every == 100)
+    assert result.manifest is not None
+    assert result.manifest.counts == Counts(rows=200, imported=200)
+    assert sorted(seq_of(chunk) for chunk in post.sent) == list(range(20))
 
 
 def test_given_a_lease_raised_for_a_chunk_then_its_checkpoint_bounds_the_hand_off() -> None:

@@ -356,6 +356,7 @@ class Dispatcher:
     def close(self) -> None:
         """Release the threads and the client, now or once the client is built."""
         self.executor.shutdown(wait=False)
+        self.handoffs.close()
         if self.client_future is not None:
             self.client_future.add_done_callback(_close_client)
 

@@ -16,12 +16,16 @@ How many that is depends on Vital's pace, measured as the run goes:
 - faster requests: a chunk waits behind each one being sent, so a thread that is answered
   starts the next request at once, and records let a queue's worth through. At most the
   posting queue (2 x ``MAX_CONCURRENCY`` chunks) is in doubt while records are
-  ``HANDOFF_SECONDS`` apart or more, twice that when they come faster.
+  ``HANDOFF_SECONDS`` apart or more, twice that when they come faster. The next record is
+  written on a thread of its own as the chunks its predecessor lets through run out (when as
+  many are left as hand-offs take the time of a write), so the reading thread rarely waits for
+  S3: chunks past the stored record still wait until the new one is stored.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, NamedTuple
 
 from bulk_import.model import DoneChunk, DoneRows, Outcome
 from bulk_import.observability import logger
@@ -44,8 +48,19 @@ STRICT_FACTOR = 20
 SMOOTHING = 0.3
 
 
+class _Written(NamedTuple):
+    """A record written ahead, on the writer thread: what it allows, once taken in."""
+
+    stored: bool  # False: a checkpoint replaced the write it refines first
+    below: int
+    refines: str
+    at: float
+    seconds: float
+
+
 class Handoffs:
-    """The hand-off records of one run, written on the reading thread."""
+    """The hand-off records of one run: written on the reading thread, or ahead of need on a
+    thread of their own (``writer``)."""
 
     def __init__(self, ctx: RunContext, threads: int) -> None:
         self.ctx = ctx
@@ -65,6 +80,11 @@ class Handoffs:
         # checkpoint stores their outcomes.
         self.unrecorded: set[int] = set()
         self.pruned_for: Checkpoint | None = None  # the checkpoint ``done`` was last pruned for
+        # The next record, being written ahead on ``writer``; the time between hand-offs.
+        self.ahead: Future[_Written] | None = None
+        self.writer: ThreadPoolExecutor | None = None
+        self.handoff_seconds: float | None = None
+        self.last_handoff: float | None = None
 
     def capacity(self) -> int:
         """Chunks the posting threads may hold at once (being sent or waiting)."""
@@ -74,14 +94,62 @@ class Handoffs:
         """Store a record letting chunk ``seq`` through, unless the stored one does;
         ``in_flight``: the chunks the posting threads hold, answered or not."""
         store = self.ctx.store
-        if seq < self.below and self.refines == store.write_id:
-            return
         clock = self.ctx.wiring.clock
+        now = clock()
+        if self.last_handoff is not None:
+            self.handoff_seconds = _average(self.handoff_seconds, now - self.last_handoff)
+        self.last_handoff = now
+        if self.ahead is not None and (seq >= self.below or self.refines != store.write_id):
+            self.wait_ahead()
+        if seq < self.below and self.refines == store.write_id:
+            self._write_ahead(seq, in_flight)
+            return
         now = clock()
         below = self.allowance(seq, in_flight)
         store.save_handoff(below, self._unsaved())
         self.write_seconds = _average(self.write_seconds, clock() - now)
         self.below, self.refines, self.at = below, store.write_id, now
+
+    def wait_ahead(self) -> None:
+        """Wait for the record being written ahead, if any: what it allows counts from here
+        on. Raises what its write raised."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is None:
+            return
+        written = ahead.result()
+        self.write_seconds = _average(self.write_seconds, written.seconds)
+        if written.stored and written.refines == self.ctx.store.write_id:
+            self.below, self.refines, self.at = written.below, written.refines, written.at
+
+    def close(self) -> None:
+        """No record is written after the run: the one ahead, if any, is waited for."""
+        if self.writer is not None:
+            self.writer.shutdown(wait=True)
+
+    def _write_ahead(self, seq: int, in_flight: int) -> None:
+        """Start the next record on the writer thread once the chunks the stored one lets
+        through (from ``seq`` on) would last about as long as a write (pipelined runs only)."""
+        if self.strict or self.ahead is not None or self.write_seconds is None:
+            return
+        interval = self.handoff_seconds or 0.0
+        lead = self.queue // 2
+        if interval > 0:
+            lead = min(lead, 1 + int(self.write_seconds / interval))
+        if self.below - seq > lead:
+            return
+        below = self.allowance(seq, in_flight)
+        if below <= self.below:
+            return
+        if self.writer is None:
+            self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handoff")
+        refines, done = self.ctx.store.write_id, self._unsaved()
+        self.ahead = self.writer.submit(self._write, below, done, refines)
+
+    def _write(self, below: int, done: list[DoneChunk], refines: str) -> _Written:
+        clock = self.ctx.wiring.clock
+        at = clock()
+        stored = self.ctx.store.save_handoff(below, done, refines=refines)
+        return _Written(stored, below, refines, at, clock() - at)
 
     def allowance(self, seq: int, in_flight: int) -> int:
         """How far hand-offs may get from chunk ``seq`` on under one write: its ``below``."""
@@ -96,7 +164,9 @@ class Handoffs:
     def covered(self, below: int) -> None:
         """A checkpoint just stored says hand-offs may get to ``below`` (its ``handed_below``):
         it does what a record would, so none is written before those chunks. Except for the
-        run's first record: its write time is half of what sets the pace (``_pace``)."""
+        run's first record: its write time is half of what sets the pace (``_pace``). A record
+        written ahead meanwhile refines the checkpoint before it: it is waited for, and left."""
+        self.wait_ahead()
         if self.write_seconds is None:
             return
         self.below, self.refines, self.at = below, self.ctx.store.write_id, self.ctx.wiring.clock()
@@ -106,6 +176,7 @@ class Handoffs:
         results are written (``handed``: no chunk from this number on went out). A retry
         after the results failed replays them instead of asking Vital about those chunks.
         False, with nothing written, when some answers fit no record: a checkpoint must."""
+        self.wait_ahead()
         done = self._unsaved()
         if self.unrecorded:
             return False

@@ -20,6 +20,7 @@ invocations resuming one import, one alone hands chunks over.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
@@ -66,6 +67,9 @@ class CheckpointStore:
         self._handoff_loaded = False  # the record was read (a resume), or written, by this run
         self._handoff_etag: str | None = None  # of that record; None: there was none
         self._handoffs = 0
+        # Checkpoint and hand-off record writes, one at a time: a record may be written on a
+        # thread of its own (``run/handoff.py``) while the reading thread saves a checkpoint.
+        self._writing = threading.Lock()
 
     def load(self) -> Checkpoint | None:
         stored = self._stored()
@@ -81,33 +85,39 @@ class CheckpointStore:
         self._handoff_etag = None if stored is None else stored[1]
         return None if stored is None else stored[0]
 
-    def save_handoff(self, below: int, done: list[DoneChunk]) -> None:
+    def save_handoff(self, below: int, done: list[DoneChunk], refines: str | None = None) -> bool:
         """No chunk numbered ``below`` or more goes to the posting threads before the next
         write (stored before the chunks it lets through are handed over); ``done``: the chunks
-        answered since the checkpoint this run last read or wrote.
+        answered since the checkpoint this run last read or wrote. False, with nothing written,
+        when ``refines`` names another write than that checkpoint's (a record written on another
+        thread, overtaken by a checkpoint).
 
         Replaces only the record this run loaded or last wrote: another invocation's record
         written meanwhile means it hands this import's chunks over too (``Superseded``). A run
         that loaded none (a fresh import) replaces one an older import of the key left.
         """
-        self._handoffs += 1
-        write = f"{self._run}:h{self._handoffs}"
-        body = Handoff(write=write, refines=self.write_id, below=below, done=done)
-        json = body.model_dump_json()
-        try:
-            self._handoff_etag = self._put_handoff(json, self._handoff_etag)
-        except ClientError as exc:
-            if aws_error_code(exc) not in _LOST:
-                raise
-            stored = self._stored_handoff()
-            if stored is not None and stored[0].write == write:  # S3's answer was lost
-                self._handoff_etag = stored[1]
-            elif not self._handoff_loaded and stored and stored[0].refines != self.write_id:
-                self._handoff_etag = self._put_handoff(json, stored[1])  # an older import's
-            else:
-                msg = "another invocation is handing this import's chunks over"
-                raise Superseded(msg) from None
-        self._handoff_loaded = True
+        with self._writing:
+            if refines is not None and refines != self.write_id:
+                return False
+            self._handoffs += 1
+            write = f"{self._run}:h{self._handoffs}"
+            body = Handoff(write=write, refines=self.write_id, below=below, done=done)
+            json = body.model_dump_json()
+            try:
+                self._handoff_etag = self._put_handoff(json, self._handoff_etag)
+            except ClientError as exc:
+                if aws_error_code(exc) not in _LOST:
+                    raise
+                stored = self._stored_handoff()
+                if stored is not None and stored[0].write == write:  # S3's answer was lost
+                    self._handoff_etag = stored[1]
+                elif not self._handoff_loaded and stored and stored[0].refines != self.write_id:
+                    self._handoff_etag = self._put_handoff(json, stored[1])  # an older import's
+                else:
+                    msg = "another invocation is handing this import's chunks over"
+                    raise Superseded(msg) from None
+            self._handoff_loaded = True
+            return True
 
     def _put_handoff(self, json: str, etag: str | None) -> str:
         """Store the record if S3 holds ``etag`` (None: no record); the new ETag."""
@@ -130,44 +140,45 @@ class CheckpointStore:
         return None if fetched is None else (Handoff.model_validate_json(fetched[0]), fetched[1])
 
     def save(self, checkpoint: Checkpoint) -> None:
-        self._writes += 1
-        write = f"{self._run}:{self._writes}"
-        body = checkpoint.model_copy(update={"write": write}).model_dump_json()
-        try:
-            if self._etag is None:  # created only if absent
-                response = self.s3.put_object(
-                    Bucket=self._bucket,
-                    Key=self.key,
-                    Body=body,
-                    ContentType=JSON,
-                    IfNoneMatch="*",
-                )
-            else:  # replaced only if still the one this run last read or wrote
-                response = self.s3.put_object(
-                    Bucket=self._bucket,
-                    Key=self.key,
-                    Body=body,
-                    ContentType=JSON,
-                    IfMatch=self._etag,
-                )
-        except ClientError as exc:
-            if aws_error_code(exc) not in _LOST:
-                raise
-            stored = self._stored()
-            if stored is not None and stored[0].write == write:
-                # A write whose answer was lost (a timeout, a dropped connection) is retried by
-                # botocore; the first attempt was stored, so the retry's condition failed on it.
-                self._etag = stored[1]
-                self.write_id = write
-                return
-            if stored is not None and stored[0].write.startswith(f"{self._run}:"):
-                # Still this run's previous write: the new one may yet land (an attempt still
-                # in flight at S3). Not a takeover; the invocation fails and Lambda's retry
-                # resumes from whichever is stored (nothing was sent past either's lease).
-                raise
-            raise self.taken_over(checkpoint) from None
-        self._etag = response["ETag"]
-        self.write_id = write
+        with self._writing:  # not while a hand-off record is being written
+            self._writes += 1
+            write = f"{self._run}:{self._writes}"
+            body = checkpoint.model_copy(update={"write": write}).model_dump_json()
+            try:
+                if self._etag is None:  # created only if absent
+                    response = self.s3.put_object(
+                        Bucket=self._bucket,
+                        Key=self.key,
+                        Body=body,
+                        ContentType=JSON,
+                        IfNoneMatch="*",
+                    )
+                else:  # replaced only if still the one this run last read or wrote
+                    response = self.s3.put_object(
+                        Bucket=self._bucket,
+                        Key=self.key,
+                        Body=body,
+                        ContentType=JSON,
+                        IfMatch=self._etag,
+                    )
+            except ClientError as exc:
+                if aws_error_code(exc) not in _LOST:
+                    raise
+                stored = self._stored()
+                if stored is not None and stored[0].write == write:
+                    # A write whose answer was lost (a timeout, a dropped connection) is retried by
+                    # botocore; the first attempt was stored, so the retry's condition failed on it.
+                    self._etag = stored[1]
+                    self.write_id = write
+                    return
+                if stored is not None and stored[0].write.startswith(f"{self._run}:"):
+                    # Still this run's previous write: the new one may yet land (an attempt still
+                    # in flight at S3). Not a takeover; the invocation fails and Lambda's retry
+                    # resumes from whichever is stored (nothing was sent past either's lease).
+                    raise
+                raise self.taken_over(checkpoint) from None
+            self._etag = response["ETag"]
+            self.write_id = write
 
     def taken_over(self, mine: Checkpoint) -> Superseded:
         """Why the checkpoint S3 holds is not ``mine`` (a conditional write of it failed, or
