@@ -6,10 +6,11 @@
 Wall time on a shared machine swings by ±20 %; instruction counts do not. Each step runs in a
 fresh interpreter under ``valgrind --tool=callgrind`` on the benchmark's rows (in memory: no
 stack, no threads), and the count of a run that only builds the rows is taken off. Every step
-includes the ones above it, as the intake does them for a well-formed JSONL row: parse and
-validate, serialise the recipe, the dedupe claim (``Dedupe.claim``: the user id's 16 bytes,
-one dict lookup), then the chunker and the request bodies. The
-floor's per-row work is ``from_json`` plus its share of a per-chunk ``to_json``.
+includes the ones above it, as the intake does them for a block of well-formed JSONL rows
+(``Rows.accept_all``): parse and validate, serialise the recipes, the dedupe claims
+(``Dedupe.claim_all``: each user id's 16 bytes, one dict lookup), then the chunker
+(``Chunker.add_all``) and the request bodies. The floor's per-row work is ``from_json`` plus its
+share of a per-chunk ``to_json``.
 
 Last, a whole run: ``Run`` with its collaborators faked at the wiring seam (``tests/fakes.py``:
 S3 in memory, every chunk answered at once on the posting threads, ``MAX_CONCURRENCY`` 8), at
@@ -63,27 +64,35 @@ def _run_step(step: str, rows: int) -> None:
         PendingRow,
         validate_well_formed,
     )
+    from bulk_import.ingest.jsonl import JSONL_BLOCK_BYTES  # noqa: PLC0415
 
-    lines: list[bytes | None] = [line for line in generate(rows).data.split(b"\n") if line]
+    data = generate(rows).data
+    lines: list[bytes | None] = [line for line in data.split(b"\n") if line]
+    block_lines = max(1, JSONL_BLOCK_BYTES * len(lines) // len(data))  # rows in a JSONL block
     if step == "from_json":
         for raw in lines:
             from_json(raw or b"")
     elif step != "setup":
         chunker = Chunker(500, 4_000_000)
         seen = Dedupe()
-        # The hot path validates a block of lines in one call (ingest.validate_well_formed).
-        for n, row in enumerate(validate_well_formed(lines)):
-            if step == "validate" or row is None:
+        # As the intake takes a 64 KiB block (``Rows.accept_all``): one validation call, then
+        # each step one call (or one comprehension) for the block's well-formed rows.
+        for start in range(0, len(lines), block_lines):
+            validated = validate_well_formed(lines[start : start + block_lines])
+            if step == "validate":
                 continue
-            provider = row.pop("provider", None) or ""
-            payload = to_json(row)
+            numbers = [start + i + 1 for i, row in enumerate(validated) if row is not None]
+            kept = [row for row in validated if row is not None]
+            providers = [row.pop("provider", None) or "" for row in kept]
+            payloads = list(map(to_json, kept))
             if step == "serialise":
                 continue
-            user_id = row["user_id"]
-            seen.claim(provider, user_id, n)
+            user_ids = [row["user_id"] for row in kept]
+            seen.claim_all(providers, user_ids, numbers)
             if step == "dedupe":
                 continue
-            for chunk in chunker.add(provider, PendingRow(n, user_id, payload)):
+            pending = list(map(PendingRow._make, zip(numbers, user_ids, payloads, strict=True)))
+            for chunk in chunker.add_all(providers, pending):
                 chunk.body(True)
 
 

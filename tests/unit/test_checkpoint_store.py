@@ -463,3 +463,38 @@ def test_a_fresh_import_replaces_a_record_an_older_import_of_the_key_left(s3: An
     record = fresh.load_handoff()
     assert record is not None
     assert (record.write, record.refines) == ("0000000d:h1", "0000000d:1")
+
+
+def test_a_record_written_ahead_is_not_stored_once_a_checkpoint_overtook_it(s3: Any) -> None:
+    # Given a record computed under a run's first checkpoint write, then a second write
+    mine = store(s3, run="0000000c")
+    mine.save(checkpoint(lease=4))
+    refines = mine.write_id
+    mine.save(checkpoint(lease=8))
+    # When the record is written, naming the write it was computed under
+    stored_it = mine.save_handoff(6, [], refines=refines)
+    # Then nothing is stored: it would narrow a lease it never saw
+    assert stored_it is False
+    assert store(s3).load_handoff() is None
+    # While one computed under the stored write is
+    assert mine.save_handoff(10, [], refines=mine.write_id) is True
+
+
+def test_a_record_written_ahead_is_not_stored_after_a_checkpoint_write_failed(s3: Any) -> None:
+    # Given a run with a checkpoint and a record, and another run that took the import over
+    # (its own checkpoint) without handing anything over yet
+    first = store(s3, run="0000000c")
+    first.save(checkpoint(lease=4))
+    first.save_handoff(2, [])
+    newer = store(s3, run="0000000d")
+    newer.load()
+    newer.load_handoff()
+    newer.save(checkpoint(lease=4))
+    # When the first run's next checkpoint write fails, and the record it was writing ahead
+    # under its last stored write comes after
+    with pytest.raises(Superseded):
+        first.save(checkpoint(lease=8))
+    stored_it = first.save_handoff(6, [], refines=first.write_id)
+    # Then that record is not stored, and the newer run still hands its chunks over
+    assert stored_it is False
+    assert newer.save_handoff(3, []) is True

@@ -179,13 +179,10 @@ def test_given_a_lease_of_many_chunks_when_sent_then_a_handoff_record_narrows_it
     assert state.handoff is None  # removed with the state when the file finished
 
 
-def _stored_bound(state: StoreState) -> int:
-    """How far hand-offs may have got by what S3 holds at one moment (the reading thread and
-    the record's writer may store more meanwhile)."""
-    for _ in range(100):
-        cp, handoff = state.checkpoint, state.handoff
-        if state.checkpoint is cp and state.handoff is handoff:
-            break
+def _stored_bound(store: FakeStore) -> int:
+    """How far hand-offs may have got by what S3 holds at one moment (taken between writes)."""
+    with store.writing:
+        cp, handoff = store.state.checkpoint, store.state.handoff
     assert cp is not None
     bound = cp.lease if cp.handed_below is None else min(cp.lease, cp.handed_below)
     if handoff is not None and handoff.refines == cp.write:
@@ -238,7 +235,8 @@ def test_given_fast_answers_then_records_are_written_ahead_while_chunks_go_out(
         return stores_made[-1]
 
     def before_send(chunk: Chunk) -> None:
-        assert seq_of(chunk) < _stored_bound(state), f"chunk {seq_of(chunk)} went out unbound"
+        bound = _stored_bound(stores_made[0])
+        assert seq_of(chunk) < bound, f"chunk {seq_of(chunk)} went out under a bound of {bound}"
         if checkpoint_every == 100:
             go.set()
 

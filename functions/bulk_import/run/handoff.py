@@ -117,14 +117,22 @@ class Handoffs:
         if ahead is None:
             return
         written = ahead.result()
-        self.write_seconds = _average(self.write_seconds, written.seconds)
         if written.stored and written.refines == self.ctx.store.write_id:
+            self.write_seconds = _average(self.write_seconds, written.seconds)
             self.below, self.refines, self.at = written.below, written.refines, written.at
 
     def close(self) -> None:
-        """No record is written after the run: the one ahead, if any, is waited for."""
-        if self.writer is not None:
-            self.writer.shutdown(wait=True)
+        """No record is written after the run: the one ahead, if any, is waited for (a run
+        that stopped first lets nothing through under it)."""
+        if self.writer is None:
+            return
+        self.writer.shutdown(wait=True)
+        error = None if self.ahead is None else self.ahead.exception()
+        if error is not None:
+            logger.warning(
+                "a hand-off record written ahead failed as the run stopped",
+                extra={"error": type(error).__name__},
+            )
 
     def _write_ahead(self, seq: int, in_flight: int) -> None:
         """Start the next record on the writer thread once the chunks the stored one lets

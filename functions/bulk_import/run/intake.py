@@ -1,10 +1,10 @@
 """Reading the file: every row validated, deduplicated and chunked, or rejected with a reason.
 
 Reading, validation and outcome writing happen on the calling thread. ``progress.line`` (a
-checkpoint's ``lines_done``) passes a row once any outcome of its own (rejected, duplicate) is
-written, and before the chunks it closes are sent: a deadline raised while one is sent leaves the
-rows after it to a later invocation, which chunks them again but writes none of their outcomes
-twice.
+checkpoint's ``lines_done``) is past a row only once any outcome of its own (rejected,
+duplicate) is written, so that a later invocation, which reads and chunks the rows again, writes
+none of those twice. A JSONL block's well-formed rows pass it together, before the chunks they
+close are sent; any other row, just after it is taken (and what it closes sent).
 """
 
 from __future__ import annotations

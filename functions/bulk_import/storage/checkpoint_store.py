@@ -70,6 +70,7 @@ class CheckpointStore:
         # Checkpoint and hand-off record writes, one at a time: a record may be written on a
         # thread of its own (``run/handoff.py``) while the reading thread saves a checkpoint.
         self._writing = threading.Lock()
+        self._failed = False  # the last checkpoint write raised
 
     def load(self) -> Checkpoint | None:
         stored = self._stored()
@@ -90,14 +91,14 @@ class CheckpointStore:
         write (stored before the chunks it lets through are handed over); ``done``: the chunks
         answered since the checkpoint this run last read or wrote. False, with nothing written,
         when ``refines`` names another write than that checkpoint's (a record written on another
-        thread, overtaken by a checkpoint).
+        thread, overtaken by a checkpoint), or the last checkpoint write failed.
 
         Replaces only the record this run loaded or last wrote: another invocation's record
         written meanwhile means it hands this import's chunks over too (``Superseded``). A run
         that loaded none (a fresh import) replaces one an older import of the key left.
         """
         with self._writing:
-            if refines is not None and refines != self.write_id:
+            if refines is not None and (refines != self.write_id or self._failed):
                 return False
             self._handoffs += 1
             write = f"{self._run}:h{self._handoffs}"
@@ -141,6 +142,9 @@ class CheckpointStore:
 
     def save(self, checkpoint: Checkpoint) -> None:
         with self._writing:  # not while a hand-off record is being written
+            # Until this write is stored: a record written ahead (``refines``) must not follow a
+            # checkpoint write that failed (another import may have taken the key over).
+            self._failed = True
             self._writes += 1
             write = f"{self._run}:{self._writes}"
             body = checkpoint.model_copy(update={"write": write}).model_dump_json()
@@ -170,6 +174,7 @@ class CheckpointStore:
                     # botocore; the first attempt was stored, so the retry's condition failed on it.
                     self._etag = stored[1]
                     self.write_id = write
+                    self._failed = False
                     return
                 if stored is not None and stored[0].write.startswith(f"{self._run}:"):
                     # Still this run's previous write: the new one may yet land (an attempt still
@@ -179,6 +184,7 @@ class CheckpointStore:
                 raise self.taken_over(checkpoint) from None
             self._etag = response["ETag"]
             self.write_id = write
+            self._failed = False
 
     def taken_over(self, mine: Checkpoint) -> Superseded:
         """Why the checkpoint S3 holds is not ``mine`` (a conditional write of it failed, or
