@@ -105,7 +105,7 @@ class CheckpointStore:
             body = Handoff(write=write, refines=self.write_id, below=below, done=done)
             json = body.model_dump_json()
             try:
-                self._handoff_etag = self._put_handoff(json, self._handoff_etag)
+                self._handoff_etag = self._put_if(self.handoff_key, json, self._handoff_etag)
             except ClientError as exc:
                 if aws_error_code(exc) not in _LOST:
                     raise
@@ -113,26 +113,25 @@ class CheckpointStore:
                 if stored is not None and stored[0].write == write:  # S3's answer was lost
                     self._handoff_etag = stored[1]
                 elif not self._handoff_loaded and stored and stored[0].refines != self.write_id:
-                    self._handoff_etag = self._put_handoff(json, stored[1])  # an older import's
+                    self._handoff_etag = self._put_if(
+                        self.handoff_key, json, stored[1]
+                    )  # older import's
                 else:
                     msg = "another invocation is handing this import's chunks over"
                     raise Superseded(msg) from None
             self._handoff_loaded = True
             return True
 
-    def _put_handoff(self, json: str, etag: str | None) -> str:
-        """Store the record if S3 holds ``etag`` (None: no record); the new ETag."""
+    def _put_if(self, key: str, body: str, etag: str | None) -> str:
+        """Store ``body`` at ``key`` only if S3 holds ``etag`` there (None: only if nothing is
+        there); the new ETag."""
         if etag is None:
             response = self.s3.put_object(
-                Bucket=self._bucket,
-                Key=self.handoff_key,
-                Body=json,
-                ContentType=JSON,
-                IfNoneMatch="*",
+                Bucket=self._bucket, Key=key, Body=body, ContentType=JSON, IfNoneMatch="*"
             )
         else:
             response = self.s3.put_object(
-                Bucket=self._bucket, Key=self.handoff_key, Body=json, ContentType=JSON, IfMatch=etag
+                Bucket=self._bucket, Key=key, Body=body, ContentType=JSON, IfMatch=etag
             )
         return response["ETag"]
 
@@ -149,22 +148,9 @@ class CheckpointStore:
             write = f"{self._run}:{self._writes}"
             body = checkpoint.model_copy(update={"write": write}).model_dump_json()
             try:
-                if self._etag is None:  # created only if absent
-                    response = self.s3.put_object(
-                        Bucket=self._bucket,
-                        Key=self.key,
-                        Body=body,
-                        ContentType=JSON,
-                        IfNoneMatch="*",
-                    )
-                else:  # replaced only if still the one this run last read or wrote
-                    response = self.s3.put_object(
-                        Bucket=self._bucket,
-                        Key=self.key,
-                        Body=body,
-                        ContentType=JSON,
-                        IfMatch=self._etag,
-                    )
+                # Created only if absent, else replaced only if still the one this run last read
+                # or wrote.
+                etag = self._put_if(self.key, body, self._etag)
             except ClientError as exc:
                 if aws_error_code(exc) not in _LOST:
                     raise
@@ -182,7 +168,7 @@ class CheckpointStore:
                     # resumes from whichever is stored (nothing was sent past either's lease).
                     raise
                 raise self.taken_over(checkpoint) from None
-            self._etag = response["ETag"]
+            self._etag = etag
             self.write_id = write
             self._failed = False
 
